@@ -1,0 +1,23 @@
+"""lipgraph: certified Lipschitz bounds of PyTorch networks, explained layer by layer.
+
+    report = lipgraph.analyze(model, example_input)     # trace -> rules -> AutoLip -> report
+    report.bound, report.kind; report.print(); report.to_dict()
+
+    lipgraph.register(MyAct, lipgraph.elementwise(slope=(0, 1)))   # a custom op in one line
+"""
+from .api import analyze
+from .bound import Bound, Kind, certified, estimate, exact, lower, unbounded
+from .errors import (InputError, LipgraphError, NormNotSupported, NotLipschitzError, RuleError, TraceError,
+                     UnsupportedOpsError)
+from .registry import Registry, default_registry, register, rule
+from .report import Report, ReportNode
+from .ruleapi import OpContext, Rule, Transfer, Var, elementwise, isometry, not_lipschitz, scale
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "analyze", "Bound", "Kind", "certified", "estimate", "exact", "lower", "unbounded", "InputError",
+    "LipgraphError", "NormNotSupported", "NotLipschitzError", "RuleError", "TraceError", "UnsupportedOpsError",
+    "Registry", "default_registry", "register", "rule", "Report", "ReportNode", "OpContext", "Rule",
+    "Transfer", "Var", "elementwise", "isometry", "not_lipschitz", "scale", "__version__",
+]

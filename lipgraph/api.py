@@ -1,0 +1,76 @@
+"""``lipgraph.analyze``: trace -> rules -> AutoLip -> report."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from . import ir
+from .bound import Kind
+from .errors import InputError
+from .frontend.prepare import as_inputs, check_finite_weights, check_runs, eval_mode, unwrap
+from .passes.annotate import annotate
+from .passes.autolip import autolip
+from .registry import default_registry
+from .report import Report, build_tree, output_bounds
+
+METHODS = ("autolip",)
+NORMS = {"1": 1.0, "2": 2.0, "inf": math.inf}
+
+
+def parse_norm(norm: Any) -> float:
+    """1, 2, inf (also as strings, ``"linf"`` or ``math.inf``) -> 1.0, 2.0 or ``math.inf``."""
+    key = str(norm).lower().removeprefix("l").removesuffix(".0")
+    if key in ("infinity", "∞"):
+        key = "inf"
+    if key not in NORMS:
+        raise InputError(f"norm must be 1, 2 or inf, got {norm!r}")
+    return NORMS[key]
+
+
+def analyze(
+    model: nn.Module,
+    example_input: Any = None,
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    method: str = "autolip",
+    norm: Any = 2,
+    rules: Mapping[Any, Any] | None = None,
+    frontend: str = "auto",
+    unsupported: str = "error",
+    concrete_args: dict[str, Any] | None = None,
+) -> Report:
+    """Certified upper bound on the Lipschitz constant of ``model`` (in eval mode) around its whole input space.
+
+    ``example_input`` (or ``input_shape``) fixes the input size, which the operator norms depend on; the batch
+    dimension is dim 0. ``norm`` is the ℓp norm on inputs and outputs. ``rules`` maps op keys, module classes
+    or functions to rules for this call only. ``unsupported="inf"`` reports ops without a rule as unbounded
+    instead of failing.
+    """
+    start = time.perf_counter()
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+    p = parse_norm(norm)
+    if example_input is None:
+        if input_shape is None:
+            raise InputError("give example_input (a tensor with a batch dimension) or input_shape")
+        example_input = torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))
+    inputs = as_inputs(example_input)
+    registry = default_registry().with_overrides(rules)
+    model = unwrap(model)
+    check_finite_weights(model)
+    notes: list[str] = []
+    with eval_mode(model, notes):
+        check_runs(model, inputs)
+        lg = ir.build(model, inputs, registry, frontend, concrete_args)
+        annotate(lg, registry, p, unsupported)
+        total = autolip(lg, p)
+        tree = build_tree(lg, total, p)
+    if total.kind is Kind.UNBOUNDED:
+        notes.append("some ops have no rule: the bound is unbounded (see the ops marked in the tree)")
+    return Report(bound=total, norm=p, model=type(model).__name__,
+                  input_shape=[list(x.shape) for x in inputs], seconds=time.perf_counter() - start,
+                  frontend=lg.frontend, tree=tree, outputs=output_bounds(lg), notes=notes)

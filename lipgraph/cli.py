@@ -1,0 +1,134 @@
+"""``lipgraph explain | rules | doctor``: a thin front over the Python API. Errors print one message, exit 2."""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from typing import Sequence
+
+from . import __version__
+from .api import METHODS, analyze
+from .errors import LipgraphError
+from .frontend.opkeys import MODULE_KEYS, NAME_KEYS
+from .frontend.prepare import load_weights
+from .frontend.trace import FRONTENDS
+from .loader import load_model
+from .passes.annotate import UNSUPPORTED_MODES
+from .registry import default_registry
+from .render.json import to_json
+from .render.rich_tree import make_console, print_report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except LipgraphError as exc:
+        print(f"lipgraph: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - never show a raw traceback to a CLI user
+        if os.environ.get("LIPGRAPH_DEBUG"):
+            raise
+        print(f"lipgraph: internal error: {type(exc).__name__}: {exc}\n"
+              "This is a bug in lipgraph; rerun with LIPGRAPH_DEBUG=1 for the traceback and report it.",
+              file=sys.stderr)
+        return 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lipgraph", description="Certified Lipschitz bounds for PyTorch networks.")
+    parser.add_argument("--version", action="version", version=f"lipgraph {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    explain = sub.add_parser("explain", help="bound a model's Lipschitz constant and show where it comes from",
+                             description="Executes MODEL (a Python file) to build the model, then analyses it.")
+    explain.add_argument("model", help="model.py or model.py:factory (the file is executed)")
+    explain.add_argument("--input-shape", help="input shape with batch dimension, e.g. 1,3,32,32")
+    explain.add_argument("--weights", help="state dict to load (torch.load with weights_only=True)")
+    explain.add_argument("--norm", default="2", choices=["1", "2", "inf"], help="ℓp norm (default 2)")
+    explain.add_argument("--method", default="autolip", choices=METHODS)
+    explain.add_argument("--frontend", default="auto", choices=FRONTENDS)
+    explain.add_argument("--rules", action="append", default=[], metavar="FILE", help="extra rules file (repeatable)")
+    explain.add_argument("--unsupported", default="error", choices=UNSUPPORTED_MODES,
+                         help="ops without a rule: fail (default) or mark them unbounded")
+    explain.add_argument("--json", action="store_true", help="print the JSON report")
+    explain.add_argument("--depth", type=int, help="collapse the tree below this depth")
+    explain.add_argument("--ascii", action="store_true", help="plain ASCII output")
+    explain.add_argument("--width", type=int, help="terminal width")
+    explain.set_defaults(run=_explain)
+
+    rules = sub.add_parser("rules", help="list every rule, its op keys, kind and source")
+    rules.add_argument("--rules", action="append", default=[], metavar="FILE")
+    rules.set_defaults(run=_rules)
+
+    doctor = sub.add_parser("doctor", help="versions and loaded rule packs")
+    doctor.set_defaults(run=_doctor)
+    return parser
+
+
+def _load_rule_files(files: list[str]) -> None:
+    registry = default_registry()
+    for file in files:
+        registry.load_file(file)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    _load_rule_files(args.rules)
+    model, example = load_model(args.model, args.input_shape)
+    if args.weights:
+        load_weights(model, args.weights)
+    report = analyze(model, example, norm=args.norm, method=args.method, frontend=args.frontend,
+                     unsupported=args.unsupported)
+    if args.json:
+        print(to_json(report))
+    else:
+        print_report(report, depth=args.depth, ascii_only=args.ascii, width=args.width)
+    return 0
+
+
+def _rules(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    _load_rule_files(args.rules)
+    registry = default_registry()
+    spellings: dict[str, list[str]] = {}
+    for cls, key in MODULE_KEYS.items():
+        spellings.setdefault(key, []).append(f"nn.{cls.__name__}")
+    for name, key in NAME_KEYS.items():
+        if name != key:
+            spellings.setdefault(key, []).append(name)
+    table = Table(title=f"{len(registry.items())} rules")
+    for column in ("op key", "kind", "description", "spellings", "source"):
+        table.add_column(column, overflow="fold")
+    for key, rule in registry.items():
+        names = registry.aliases_of(key) + spellings.get(key, [])
+        table.add_row(key, "exact" if rule.exact else "upper bound", rule.description,
+                      ", ".join(names[:6]) + (" …" if len(names) > 6 else ""), rule.source)
+    make_console().print(table)
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    import networkx
+    import rich
+    import sympy
+    import torch
+
+    console = make_console()
+    console.print(f"lipgraph {__version__}  python {platform.python_version()}  ({platform.platform()})")
+    console.print(f"torch {torch.__version__} (cuda available: {torch.cuda.is_available()}, "
+                  f"threads: {torch.get_num_threads()})  networkx {networkx.__version__}  sympy {sympy.__version__}"
+                  f"  rich {getattr(rich, '__version__', '?')}")
+    registry = default_registry()
+    console.print(f"{len(registry.items())} rules loaded from:")
+    for pack in registry.packs:
+        console.print(f"  - {pack}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Errors that reach the user. Each one carries a complete, human-readable message."""
+from __future__ import annotations
+
+
+class LipgraphError(Exception):
+    """Base class: the CLI prints ``str(err)`` and exits 2, never a traceback."""
+
+
+class InputError(LipgraphError):
+    """The model, its example input, its weights or a checkpoint is not usable as given."""
+
+
+class TraceError(LipgraphError):
+    """The model could not be turned into a graph."""
+
+
+class RuleError(LipgraphError):
+    """A rule is missing, misregistered, failed to load, or returned something invalid."""
+
+
+class NotLipschitzError(LipgraphError):
+    """The network contains an operation that is not globally Lipschitz."""
+
+
+class UnsupportedOpsError(LipgraphError):
+    """One or more ops have no rule. ``nodes`` lists them; the message has a rule stub."""
+
+    def __init__(self, message: str, nodes: list) -> None:
+        super().__init__(message)
+        self.nodes = nodes
+
+
+class NormNotSupported(RuleError):
+    """A rule has no constant for the requested norm."""

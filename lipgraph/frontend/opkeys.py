@@ -1,0 +1,183 @@
+"""The canonical op vocabulary: every torch spelling of an op maps to one key.
+
+``nn.ReLU``, ``F.relu``, ``torch.relu``, ``x.relu()``, ``x.relu_()`` and ``aten.relu.default`` are all ``relu``.
+Torch functions, tensor methods and ``aten`` ops that are not in the table keep their own name as key
+(``torch.cumsum`` -> ``cumsum``), so one registration covers all their spellings. User functions and module
+classes have no implicit key: they map to an op only through ``lipgraph.register``.
+"""
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# key -> spellings: nn classes, functions, and strings (tensor method names and aten op names).
+_SPELLINGS: dict[str, list[Any]] = {
+    # linear layers
+    "linear": [nn.Linear, F.linear, "linear"],
+    "addmm": [torch.addmm, "addmm"],
+    "bilinear": [nn.Bilinear, F.bilinear],
+    "conv1d": [nn.Conv1d, F.conv1d, "conv1d"],
+    "conv2d": [nn.Conv2d, F.conv2d, "conv2d"],
+    "conv3d": [nn.Conv3d, F.conv3d, "conv3d"],
+    "conv_transpose1d": [nn.ConvTranspose1d, F.conv_transpose1d, "conv_transpose1d"],
+    "conv_transpose2d": [nn.ConvTranspose2d, F.conv_transpose2d, "conv_transpose2d"],
+    "conv_transpose3d": [nn.ConvTranspose3d, F.conv_transpose3d, "conv_transpose3d"],
+    "matmul": [torch.matmul, operator.matmul, "matmul", "mm", "bmm", torch.mm, torch.bmm, "__matmul__"],
+    # normalisation
+    "batch_norm": [nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, F.batch_norm, "batch_norm",
+                   "_native_batch_norm_legit_no_training"],
+    "layer_norm": [nn.LayerNorm, F.layer_norm, "layer_norm"],
+    "group_norm": [nn.GroupNorm, F.group_norm, "group_norm"],
+    "instance_norm": [nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, F.instance_norm, "instance_norm"],
+    # activations
+    "relu": [nn.ReLU, F.relu, F.relu_, torch.relu, torch.relu_, "relu", "relu_"],
+    "leaky_relu": [nn.LeakyReLU, F.leaky_relu, F.leaky_relu_, "leaky_relu", "leaky_relu_"],
+    "prelu": [nn.PReLU, F.prelu, "prelu", "_prelu_kernel"],
+    "rrelu": [nn.RReLU, F.rrelu, "rrelu"],
+    "elu": [nn.ELU, F.elu, F.elu_, "elu", "elu_"],
+    "celu": [nn.CELU, F.celu, "celu"],
+    "selu": [nn.SELU, F.selu, torch.selu, "selu"],
+    "gelu": [nn.GELU, F.gelu, "gelu"],
+    "silu": [nn.SiLU, F.silu, "silu", "silu_"],
+    "mish": [nn.Mish, F.mish, "mish"],
+    "softplus": [nn.Softplus, F.softplus, "softplus"],
+    "sigmoid": [nn.Sigmoid, F.sigmoid, torch.sigmoid, "sigmoid", "sigmoid_"],
+    "tanh": [nn.Tanh, F.tanh, torch.tanh, "tanh", "tanh_"],
+    "hardtanh": [nn.Hardtanh, F.hardtanh, F.hardtanh_, "hardtanh", "hardtanh_", "clamp", "clip", torch.clamp,
+                 torch.clip],
+    "relu6": [nn.ReLU6, F.relu6, "relu6"],
+    "hardsigmoid": [nn.Hardsigmoid, F.hardsigmoid, "hardsigmoid"],
+    "hardswish": [nn.Hardswish, F.hardswish, "hardswish"],
+    "softsign": [nn.Softsign, F.softsign, "softsign"],
+    "logsigmoid": [nn.LogSigmoid, F.logsigmoid, "log_sigmoid"],
+    "tanhshrink": [nn.Tanhshrink, F.tanhshrink],
+    "softshrink": [nn.Softshrink, F.softshrink, "softshrink"],
+    "hardshrink": [nn.Hardshrink, F.hardshrink, "hardshrink"],
+    "threshold": [nn.Threshold, F.threshold, "threshold"],
+    "softmax": [nn.Softmax, F.softmax, torch.softmax, "softmax", "_softmax"],
+    "log_softmax": [nn.LogSoftmax, F.log_softmax, torch.log_softmax, "log_softmax", "_log_softmax"],
+    # pooling and resampling
+    "max_pool1d": [nn.MaxPool1d, F.max_pool1d, "max_pool1d"],
+    "max_pool2d": [nn.MaxPool2d, F.max_pool2d, "max_pool2d"],
+    "max_pool3d": [nn.MaxPool3d, F.max_pool3d, "max_pool3d"],
+    "avg_pool1d": [nn.AvgPool1d, F.avg_pool1d, "avg_pool1d"],
+    "avg_pool2d": [nn.AvgPool2d, F.avg_pool2d, "avg_pool2d"],
+    "avg_pool3d": [nn.AvgPool3d, F.avg_pool3d, "avg_pool3d"],
+    "adaptive_avg_pool1d": [nn.AdaptiveAvgPool1d, F.adaptive_avg_pool1d, "adaptive_avg_pool1d"],
+    "adaptive_avg_pool2d": [nn.AdaptiveAvgPool2d, F.adaptive_avg_pool2d, "adaptive_avg_pool2d"],
+    "adaptive_avg_pool3d": [nn.AdaptiveAvgPool3d, F.adaptive_avg_pool3d, "adaptive_avg_pool3d"],
+    "adaptive_max_pool1d": [nn.AdaptiveMaxPool1d, F.adaptive_max_pool1d, "adaptive_max_pool1d"],
+    "adaptive_max_pool2d": [nn.AdaptiveMaxPool2d, F.adaptive_max_pool2d, "adaptive_max_pool2d"],
+    "adaptive_max_pool3d": [nn.AdaptiveMaxPool3d, F.adaptive_max_pool3d, "adaptive_max_pool3d"],
+    "upsample": [nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, F.interpolate, "upsample_nearest2d",
+                 "upsample_bilinear2d"],
+    "pad": [nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d, nn.ReflectionPad1d,
+            nn.ReflectionPad2d, nn.ReplicationPad1d, nn.ReplicationPad2d, nn.CircularPad2d, F.pad, "pad",
+            "constant_pad_nd"],
+    # arithmetic
+    "add": [operator.add, operator.iadd, torch.add, "add", "add_", "__add__", "__radd__", "__iadd__"],
+    "sub": [operator.sub, operator.isub, torch.sub, torch.subtract, "sub", "sub_", "subtract", "__sub__",
+            "__rsub__", "rsub"],
+    "neg": [operator.neg, torch.neg, torch.negative, "neg", "negative", "__neg__"],
+    "mul": [operator.mul, operator.imul, torch.mul, torch.multiply, "mul", "mul_", "multiply", "__mul__",
+            "__rmul__"],
+    "div": [operator.truediv, operator.itruediv, torch.div, torch.true_divide, "div", "div_", "true_divide",
+            "__truediv__", "__rtruediv__"],
+    "pos": [operator.pos, "positive"],
+    # structure: isometries, projections, concatenation
+    "cat": [torch.cat, torch.concat, torch.concatenate, "cat", "concat"],
+    "stack": [torch.stack, "stack"],
+    "flatten": [nn.Flatten, torch.flatten, "flatten"],
+    "unflatten": [nn.Unflatten, torch.unflatten, "unflatten"],
+    "reshape": [torch.reshape, "reshape", "view", "view_as", "reshape_as", "_unsafe_view"],
+    "permute": [torch.permute, "permute"],
+    "transpose": [torch.transpose, torch.t, "transpose", "t", "swapaxes", "swapdims", "mT"],
+    "squeeze": [torch.squeeze, "squeeze"],
+    "unsqueeze": [torch.unsqueeze, "unsqueeze"],
+    "contiguous": ["contiguous", "clone", torch.clone, "alias", "detach_copy"],
+    "identity": [nn.Identity],
+    "dropout": [nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, F.dropout, F.dropout1d,
+                F.dropout2d, F.dropout3d, F.alpha_dropout, "dropout", "feature_dropout"],
+    "channel_shuffle": [nn.ChannelShuffle, F.channel_shuffle, "channel_shuffle", "native_channel_shuffle"],
+    "pixel_shuffle": [nn.PixelShuffle, F.pixel_shuffle, "pixel_shuffle"],
+    "pixel_unshuffle": [nn.PixelUnshuffle, F.pixel_unshuffle, "pixel_unshuffle"],
+    "getitem": [operator.getitem, "__getitem__", "select", "slice", "narrow", torch.narrow, "index_select",
+                torch.index_select],
+    "chunk": [torch.chunk, "chunk"],
+    "split": [torch.split, "split", "split_with_sizes", "tensor_split", torch.tensor_split],
+    "unbind": [torch.unbind, "unbind"],
+    "expand": ["expand", "expand_as", "repeat", "broadcast_to", torch.broadcast_to],
+    "mean": [torch.mean, "mean"],
+    "sum": [torch.sum, "sum"],
+    "multihead_attention": [nn.MultiheadAttention, F.multi_head_attention_forward,
+                            F.scaled_dot_product_attention, "scaled_dot_product_attention"],
+}
+
+MODULE_KEYS: dict[type, str] = {}
+FUNCTION_KEYS: dict[int, str] = {}  # id(function) -> key (builtins are not always hashable by value)
+NAME_KEYS: dict[str, str] = {}  # tensor method and aten op names -> key
+for _key, _spellings in _SPELLINGS.items():
+    for _s in _spellings:
+        if isinstance(_s, str):
+            NAME_KEYS[_s] = _key
+        elif isinstance(_s, type):
+            MODULE_KEYS[_s] = _key
+        else:
+            FUNCTION_KEYS[id(_s)] = _key
+    NAME_KEYS.setdefault(_key, _key)
+
+# fx containers are never leaves; every other torch.nn module without a rule stays a leaf (and is reported).
+CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def _is_torch_owned(fn: Any) -> bool:
+    module = getattr(fn, "__module__", None) or ""
+    return module == "torch" or module.startswith("torch.") or module.startswith("torch._C")
+
+
+def function_key(fn: Any) -> str | None:
+    """Key of a ``call_function`` target: a torch function, an operator, or an ``aten`` overload."""
+    key = FUNCTION_KEYS.get(id(fn))
+    if key:
+        return key
+    schema = getattr(fn, "_schema", None)
+    if schema is not None:  # aten.relu.default -> "relu"
+        name = schema.name.split("::", 1)[-1]
+        return NAME_KEYS.get(name, name)
+    if _is_torch_owned(fn) and getattr(fn, "__name__", None):
+        return NAME_KEYS.get(fn.__name__, fn.__name__)
+    return None
+
+
+def method_key(name: str) -> str:
+    """Key of a ``call_method`` target (a tensor method name)."""
+    return NAME_KEYS.get(name, name.rstrip("_") if name.endswith("_") and not name.startswith("_") else name)
+
+
+def module_key(cls: type, alias_of) -> str | None:
+    """Key of a module class: the first class along the MRO that has a key, if ``cls`` inherits its ``forward``.
+
+    A subclass that overrides ``forward`` (say, weight standardisation on top of ``nn.Conv2d``) computes
+    something else than its base: it gets no key and is traced through instead, which stays sound.
+    ``alias_of`` looks up user registrations (module classes -> keys).
+    """
+    for base in cls.__mro__:
+        key = alias_of(base) or MODULE_KEYS.get(base)
+        if key is not None:
+            return key if base is cls or getattr(cls, "forward", None) is getattr(base, "forward", None) else None
+    return None
+
+
+def display_name(target: Any) -> str:
+    """A copy-pasteable name of a function, module class or method, for messages and rule stubs."""
+    if isinstance(target, str):
+        return f"Tensor.{target}"
+    module = getattr(target, "__module__", None) or ""
+    name = getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or repr(target)
+    if module.startswith("torch._C") or module.startswith("torch._ops"):
+        module = "torch"
+    return f"{module}.{name}" if module else name

@@ -1,0 +1,99 @@
+"""Turn a module into an fx graph: ``torch.fx`` with a registry-aware tracer, or ``torch.export`` (non-strict).
+
+Trace failures become a :class:`TraceError` naming the user's source line and the remedies.
+"""
+from __future__ import annotations
+
+import os
+import traceback
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from ..errors import TraceError
+from ..registry import Registry
+from .opkeys import CONTAINERS, module_key
+
+FRONTENDS = ("auto", "fx", "export")
+_TORCH_DIR = os.path.dirname(torch.__file__)
+_LIPGRAPH_DIR = os.path.dirname(os.path.dirname(__file__))
+
+
+class LipTracer(fx.Tracer):
+    """fx tracer whose leaves are the module classes that have a rule (plus torch.nn modules without one,
+    which are then reported as unsupported rather than traced into their internals)."""
+
+    def __init__(self, registry: Registry) -> None:
+        super().__init__(autowrap_functions=registry.functions)
+        self.registry = registry
+        self.record_stack_traces = True
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        key = module_key(type(m), self.registry.alias)
+        if key is not None and self.registry.get(key) is not None:
+            return True
+        return type(m).__module__.startswith("torch.nn") and not isinstance(m, CONTAINERS)
+
+
+def trace(model: nn.Module, inputs: tuple, registry: Registry, frontend: str = "auto",
+          concrete_args: dict[str, Any] | None = None) -> tuple[fx.GraphModule, str]:
+    """Trace ``model``; return the graph module and the frontend that produced it."""
+    if frontend not in FRONTENDS:
+        raise TraceError(f"unknown frontend {frontend!r}; choose one of {', '.join(FRONTENDS)}")
+    if frontend == "export":
+        return _export(model, inputs), "export"
+    try:
+        return _fx(model, registry, concrete_args), "fx"
+    except TraceError as fx_error:
+        if frontend == "fx":
+            raise
+        try:
+            return _export(model, inputs), "export"
+        except TraceError as export_error:
+            raise TraceError(f"{fx_error}\n\nThe export frontend failed as well: {export_error}") from None
+
+
+def _fx(model: nn.Module, registry: Registry, concrete_args: dict[str, Any] | None) -> fx.GraphModule:
+    tracer = LipTracer(registry)
+    try:
+        graph = tracer.trace(model, concrete_args=concrete_args)
+    except Exception as exc:  # noqa: BLE001 - every fx failure is reported the same way
+        scope = next(reversed(tracer.module_stack.values()), None) if tracer.module_stack else None
+        where = f" inside module {scope[0] or '<root>'} ({_type_name(scope[1])})" if scope else ""
+        raise TraceError(
+            f"torch.fx could not trace {type(model).__name__}{where}: {type(exc).__name__}: {exc}\n"
+            f"  at {user_frame(exc)}\n"
+            "Remedies:\n"
+            "  - make the module that contains this line a leaf by giving its class a rule:\n"
+            "      lipgraph.register(ThatModule, rule)   (or @lipgraph.rule(ThatModule))\n"
+            "  - fix the value that drives Python control flow with concrete_args={'flag': value}\n"
+            "  - use the export frontend: --frontend export (Python API: frontend='export')"
+        ) from None
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def _export(model: nn.Module, inputs: tuple) -> fx.GraphModule:
+    try:
+        program = torch.export.export(model, inputs, strict=False)
+    except Exception as exc:  # noqa: BLE001
+        raise TraceError(
+            f"torch.export could not export {type(model).__name__}: {type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}\n  at {user_frame(exc)}"
+        ) from None
+    return program.module()
+
+
+def user_frame(exc: BaseException) -> str:
+    """The innermost traceback frame in the user's code (not torch's, not lipgraph's): ``file:line: code``."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not f.filename.startswith(_TORCH_DIR) and not f.filename.startswith(_LIPGRAPH_DIR)
+              and not f.filename.startswith("<")]
+    if not frames:
+        return "(no user source line in the traceback)"
+    f = frames[-1]
+    return f"{f.filename}:{f.lineno}: {(f.line or '').strip()}"
+
+
+def _type_name(t: Any) -> str:
+    return t.__name__ if isinstance(t, type) else str(t).rsplit(".", 1)[-1]

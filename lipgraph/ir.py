@@ -1,0 +1,149 @@
+"""The intermediate representation: the fx graph, a networkx view of its input-dependent part, and the
+model's own module tree for display.
+
+``node.meta`` keys written here (on top of those from :mod:`lipgraph.frontend.propagate`):
+
+- ``lip.key``     canonical op key (input-dependent ops only; ``None`` if the op has no known spelling)
+- ``lip.scope``   the module calls the node sits in, outermost first: ``(("layer1", 0), ("layer1.0", 0))``
+- ``lip.path``    display path: the module path of a ``call_module`` op, else ``<scope>.<node name>``
+- ``lip.source``  ``file:line: code`` of the user's source line, when known
+- ``lip.inputs``  the input-dependent argument nodes, one entry per occurrence, in argument order
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import networkx as nx
+from torch import fx, nn
+
+from .frontend.opkeys import display_name, function_key, method_key, module_key
+from .frontend.propagate import propagate
+from .frontend.trace import trace
+from .registry import Registry
+
+Scope = tuple[tuple[str, int], ...]
+
+
+@dataclass
+class LipGraph:
+    model: nn.Module
+    gm: fx.GraphModule
+    frontend: str
+    inputs: tuple
+    graph: nx.DiGraph = field(default_factory=nx.DiGraph)
+    module_types: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def placeholders(self) -> list[fx.Node]:
+        return [n for n in self.gm.graph.nodes if n.op == "placeholder" and n.meta.get("lip.dep")]
+
+    @property
+    def output(self) -> fx.Node:
+        return next(n for n in reversed(self.gm.graph.nodes) if n.op == "output")
+
+    def ops(self) -> list[fx.Node]:
+        """Input-dependent op nodes in topological order (no placeholders, no output)."""
+        return [n for n in nx.topological_sort(self.graph) if n.op not in ("placeholder", "output")]
+
+    def target_of(self, node: fx.Node) -> Any:
+        """The module of a ``call_module`` node, else the node's target."""
+        return self.gm.get_submodule(node.target) if node.op == "call_module" else node.target
+
+
+def build(model: nn.Module, inputs: tuple, registry: Registry, frontend: str = "auto",
+          concrete_args: dict[str, Any] | None = None) -> LipGraph:
+    """Trace, run once for shapes and constants, and annotate keys, scopes, paths and sources."""
+    gm, used = trace(model, inputs, registry, frontend, concrete_args)
+    propagate(gm, inputs)
+    lg = LipGraph(model=model, gm=gm, frontend=used, inputs=inputs,
+                  module_types={name: type(m).__name__ for name, m in model.named_modules()})
+    for n in gm.graph.nodes:
+        n.meta["lip.scope"] = _scope(n)
+        n.meta["lip.source"] = _source(n)
+        if n.op == "output" or n.meta.get("lip.dep"):
+            n.meta["lip.inputs"] = [a for a in arg_nodes(n) if a.meta.get("lip.dep")]
+            lg.graph.add_node(n)
+            lg.graph.add_edges_from((a, n) for a in n.meta["lip.inputs"])
+        if n.meta.get("lip.dep") and n.op != "output":
+            n.meta["lip.key"] = op_key(lg, n, registry)
+            n.meta["lip.path"] = _path(n)
+    return lg
+
+
+def op_key(lg: LipGraph, node: fx.Node, registry: Registry) -> str | None:
+    """Canonical key of an op node (see :mod:`lipgraph.frontend.opkeys`)."""
+    if node.op == "call_module":
+        return module_key(type(lg.gm.get_submodule(node.target)), registry.alias)
+    if node.op == "call_method":
+        return method_key(node.target)
+    if node.op == "call_function":
+        return registry.alias(node.target) or function_key(node.target)
+    return None
+
+
+def op_spelling(lg: LipGraph, node: fx.Node) -> str:
+    """How the op is spelled in the user's code, for messages and rule stubs."""
+    if node.op == "call_module":
+        return display_name(type(lg.gm.get_submodule(node.target)))
+    return display_name(node.target)
+
+
+def arg_nodes(node: fx.Node) -> list[fx.Node]:
+    """The fx nodes among ``node``'s arguments, one per occurrence, in argument order."""
+    found: list[fx.Node] = []
+    map_args(node, lambda a: found.append(a) or a)
+    return found
+
+
+def map_args(node: fx.Node, fn: Callable[[fx.Node], Any]) -> tuple[tuple, dict]:
+    """``node.args``/``node.kwargs`` with every fx node replaced by ``fn(node)``, visited in argument order."""
+
+    def walk(obj: Any) -> Any:
+        if isinstance(obj, fx.Node):
+            return fn(obj)
+        if isinstance(obj, (tuple, list)):
+            return type(obj)(walk(o) for o in obj) if not hasattr(obj, "_fields") else type(obj)(*map(walk, obj))
+        if isinstance(obj, dict):
+            return {k: walk(v) for k, v in obj.items()}
+        if isinstance(obj, slice):
+            return slice(walk(obj.start), walk(obj.stop), walk(obj.step))
+        return obj
+
+    return walk(tuple(node.args)), walk(dict(node.kwargs))
+
+
+def _scope(node: fx.Node) -> Scope:
+    """Module calls around a node, from fx's or export's ``nn_module_stack`` (repeated calls carry ``@n``)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    scope = []
+    for key, (path, _type) in stack.items():
+        if not path:
+            continue
+        match = re.search(r"@(\d+)$", str(key))
+        scope.append((path, int(match.group(1)) if match else 0))
+    return tuple(scope)
+
+
+def _path(node: fx.Node) -> str:
+    if node.op == "placeholder":
+        return f"<input {node.name}>"
+    if node.op == "call_module":
+        return str(node.target)
+    scope = node.meta["lip.scope"]
+    return f"{scope[-1][0]}.{node.name}" if scope else node.name
+
+
+_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<fn>\S+)\n\s+(?P<code>[^\n]*)')
+
+
+def _source(node: fx.Node) -> str | None:
+    trace_text = node.meta.get("stack_trace")
+    if not trace_text:
+        return None
+    frames = list(_FRAME.finditer(trace_text))
+    if not frames:
+        return None
+    f = frames[-1]
+    return f"{f['file']}:{f['line']}: {f['code'].strip()}"

@@ -1,0 +1,59 @@
+"""Load ``model.py[:factory]`` for the CLI. This executes the file, like ``python model.py`` would."""
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import InputError
+from .frontend.prepare import parse_shape
+
+
+def load_model(spec: str, input_shape: str | None = None) -> tuple[nn.Module, Any]:
+    """``path.py`` or ``path.py:factory`` -> (model, example input).
+
+    The file defines ``build_model()`` or ``model`` (or the named factory) and ``example_input()`` or
+    ``input_shape`` (or ``<factory>_input()``); ``input_shape`` given here (``"1,3,32,32"``) wins.
+    """
+    path, _, factory = spec.partition(":")
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"model file {file} does not exist")
+    try:
+        namespace = runpy.run_path(str(file), run_name=f"lipgraph_model_{file.stem}")
+    except Exception as exc:  # noqa: BLE001 - the user's file failed: say where
+        raise InputError(f"running {file} failed: {type(exc).__name__}: {exc}") from None
+    model = _model(namespace, factory or None, file)
+    if input_shape:
+        return model, torch.randn(*parse_shape(input_shape), generator=torch.Generator().manual_seed(0))
+    return model, _example_input(namespace, factory or None, file)
+
+
+def _model(ns: dict, factory: str | None, file: Path) -> nn.Module:
+    names = [factory] if factory else ["build_model", "model"]
+    for name in names:
+        if name in ns:
+            obj = ns[name]
+            if not isinstance(obj, nn.Module) and callable(obj):
+                try:
+                    obj = obj()
+                except Exception as exc:  # noqa: BLE001
+                    raise InputError(f"{file}:{name}() failed: {type(exc).__name__}: {exc}") from None
+            if not isinstance(obj, nn.Module):
+                raise InputError(f"{file}:{name} is a {type(obj).__name__}, not an nn.Module")
+            return obj
+    want = f"a factory named {factory!r}" if factory else "build_model() or a module-level `model`"
+    raise InputError(f"{file} defines no {want}")
+
+
+def _example_input(ns: dict, factory: str | None, file: Path) -> Any:
+    for name in ([f"{factory}_input"] if factory else []) + ["example_input"]:
+        if callable(ns.get(name)):
+            return ns[name]()
+    if "input_shape" in ns:
+        shape = ns["input_shape"]
+        return torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    raise InputError(f"{file} defines neither example_input() nor input_shape; pass --input-shape 1,3,32,32")

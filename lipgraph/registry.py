@@ -1,0 +1,228 @@
+"""The rule registry: canonical op keys -> rules, plus user spellings (module classes, functions) -> keys.
+
+Built-in rules (``lipgraph.rules``), third-party packs (entry-point group ``lipgraph.rules``), local files
+(``--rules my_rules.py``) and user code all register through the same API, :func:`register` / :func:`rule`.
+Every rule remembers where it came from; ``lipgraph rules`` lists them. A pack that fails to load is an error.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.metadata
+import inspect
+import runpy
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+from torch import nn
+
+from .errors import RuleError
+from .ruleapi import Rule, RuleFn, make_rule
+
+ENTRY_POINT_GROUP = "lipgraph.rules"
+BUILTIN_PACKAGE = "lipgraph.rules"
+
+
+class Registry:
+    """Maps op keys to rules, and module classes / functions to op keys."""
+
+    def __init__(self) -> None:
+        self._rules: dict[str, Rule] = {}
+        self._aliases: dict[Any, str] = {}
+        self.packs: list[str] = []  # what was loaded, for `lipgraph doctor`
+
+    # -- registration ------------------------------------------------------------------------------
+    def register(
+        self,
+        target: str | type | Callable,
+        rule: Rule | RuleFn,
+        *,
+        key: str | None = None,
+        override: bool = False,
+        exact: bool = False,
+        source: str | None = None,
+    ) -> Rule:
+        """Register ``rule`` for ``target``: an op key (``"relu"``), a module class or a function.
+
+        A class or function is an alias of ``key`` (default: its qualified name); module classes with a
+        rule become leaves of the trace, and functions are traced as single ops.
+        """
+        key = key or (target if isinstance(target, str) else _default_key(target))
+        rule = make_rule(rule, name=key, exact_=exact)
+        if key in self._rules and self._rules[key] is not rule and not override:
+            raise RuleError(
+                f"a rule for op {key!r} is already registered (from {self._rules[key].source}); "
+                "pass override=True to replace it"
+            )
+        if not isinstance(target, str):
+            if not (isinstance(target, type) and issubclass(target, nn.Module)) and not callable(target):
+                raise RuleError(f"cannot register {target!r}: give an op key, an nn.Module class or a function")
+            self._aliases[target] = key
+        rule.source = rule.source or source or _loading_source() or _caller_module()
+        if key not in rule.keys:
+            rule.keys.append(key)
+        self._rules[key] = rule
+        return rule
+
+    def rule(self, *targets: str | type | Callable, exact: bool = False, override: bool = False):
+        """Decorator form: ``@registry.rule(nn.Conv2d, "conv2d")`` on ``def conv(ctx) -> Bound | Transfer``.
+
+        String targets are op keys (the first one names the rule); classes and functions become aliases.
+        """
+        keys = [t for t in targets if isinstance(t, str)]
+        aliases = [t for t in targets if not isinstance(t, str)]
+
+        def decorate(fn: RuleFn) -> RuleFn:
+            main = keys[0] if keys else _default_key(aliases[0]) if aliases else fn.__name__
+            made = make_rule(fn, name=main, exact_=exact)
+            for key in keys or [main]:
+                self.register(key, made, override=override)
+            for alias in aliases:
+                self.register(alias, made, key=main, override=override)
+            return fn
+
+        return decorate
+
+    # -- lookup ------------------------------------------------------------------------------------
+    def get(self, key: str) -> Rule | None:
+        return self._rules.get(key)
+
+    def alias(self, target: Any) -> str | None:
+        """The op key a user-registered module class or function stands for."""
+        try:
+            return self._aliases.get(target)
+        except TypeError:  # unhashable target
+            return None
+
+    def aliases_of(self, key: str) -> list[str]:
+        return sorted(_display_name(t) for t, k in self._aliases.items() if k == key)
+
+    @property
+    def functions(self) -> tuple[Callable, ...]:
+        """User-registered plain functions: the tracer wraps them as single ops."""
+        return tuple(t for t in self._aliases if not isinstance(t, type) and callable(t))
+
+    def items(self) -> list[tuple[str, Rule]]:
+        return sorted(self._rules.items())
+
+    # -- derived registries ------------------------------------------------------------------------
+    def copy(self) -> "Registry":
+        new = Registry()
+        new._rules = dict(self._rules)
+        new._aliases = dict(self._aliases)
+        new.packs = list(self.packs)
+        return new
+
+    def with_overrides(self, rules: Mapping[Any, Rule | RuleFn] | None) -> "Registry":
+        """A copy where ``rules`` (target -> rule) replace or add to these, for one analysis."""
+        if not rules:
+            return self
+        new = self.copy()
+        for target, rule in rules.items():
+            new.register(target, rule, override=True, source="rules= argument")
+        return new
+
+    # -- loading packs -----------------------------------------------------------------------------
+    def load_builtins(self) -> None:
+        from importlib import import_module
+
+        package = import_module(BUILTIN_PACKAGE)
+        for name in package.MODULES:
+            with self._loading(f"builtin ({BUILTIN_PACKAGE}.{name})"):
+                import_module(f"{BUILTIN_PACKAGE}.{name}").register(self)
+        self.packs.append(f"builtin: {BUILTIN_PACKAGE} ({len(package.MODULES)} modules)")
+
+    def load_entry_points(self) -> None:
+        """Load third-party packs: each entry point is a callable ``register(registry)`` or a module."""
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            label = f"entry point {ep.name} ({ep.value})"
+            with self._loading(label), _as_rule_error(f"rule pack {label} failed to load"):
+                loaded = ep.load()
+                if callable(loaded):
+                    loaded(self)
+            self.packs.append(label)
+
+    def load_file(self, path: str | Path) -> None:
+        """Run a local rules file; its top-level ``lipgraph.register``/``@lipgraph.rule`` calls land here."""
+        path = Path(path)
+        if not path.is_file():
+            raise RuleError(f"rules file {path} does not exist")
+        label = f"file {path}"
+        with self._loading(label), _as_rule_error(f"rules file {path} failed to load"):
+            runpy.run_path(str(path), run_name=f"lipgraph_rules_{path.stem}")
+        self.packs.append(label)
+
+    @contextlib.contextmanager
+    def _loading(self, label: str) -> Iterator[None]:
+        _LOADING.append((self, label))
+        try:
+            yield
+        finally:
+            _LOADING.pop()
+
+
+# -- the process-wide default registry and the module-level API ----------------------------------------
+_LOADING: list[tuple[Registry, str]] = []
+_DEFAULT: Registry | None = None
+
+
+def default_registry() -> Registry:
+    """The registry with built-in rules and installed packs, created on first use."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        registry = Registry()
+        registry.load_builtins()
+        registry.load_entry_points()
+        _DEFAULT = registry
+    return _DEFAULT
+
+
+def current_registry() -> Registry:
+    """The registry a pack being loaded registers into, else the default one."""
+    return _LOADING[-1][0] if _LOADING else default_registry()
+
+
+def register(target: str | type | Callable, rule: Rule | RuleFn, *, key: str | None = None,
+             override: bool = False, exact: bool = False) -> Rule:
+    """Register a rule, e.g. ``lipgraph.register(MyAct, lipgraph.elementwise(slope=(0, 1)))``."""
+    return current_registry().register(target, rule, key=key, override=override, exact=exact)
+
+
+def rule(*targets: str | type | Callable, exact: bool = False, override: bool = False):
+    """Decorator: ``@lipgraph.rule(MyBlock)`` on ``def my_rule(ctx) -> lipgraph.Bound | lipgraph.Transfer``."""
+    return current_registry().rule(*targets, exact=exact, override=override)
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
+def _default_key(target: Any) -> str:
+    return getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or repr(target)
+
+
+def _display_name(target: Any) -> str:
+    module = getattr(target, "__module__", "") or ""
+    return f"{module}.{_default_key(target)}" if module else _default_key(target)
+
+
+def _loading_source() -> str | None:
+    return _LOADING[-1][1] if _LOADING else None
+
+
+def _caller_module() -> str:
+    """The first module outside lipgraph's own registry code that called us (for ``lipgraph rules``)."""
+    for frame in inspect.stack()[1:]:
+        name = frame.frame.f_globals.get("__name__", "")
+        if not name.startswith("lipgraph.registry") and not name.startswith("lipgraph.ruleapi"):
+            return f"api ({name})"
+    return "api"
+
+
+@contextlib.contextmanager
+def _as_rule_error(message: str) -> Iterator[None]:
+    try:
+        yield
+    except RuleError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure of a user pack must be reported, not swallowed
+        last = traceback.extract_tb(exc.__traceback__)[-1]
+        raise RuleError(f"{message}: {type(exc).__name__}: {exc} (at {last.filename}:{last.lineno})") from exc

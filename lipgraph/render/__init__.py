@@ -1,0 +1,1 @@
+"""Renderers of a :class:`lipgraph.report.Report`: a rich tree and JSON."""

@@ -1,0 +1,240 @@
+"""The result of an analysis as a plain tree: no rich, no printing (renderers live in ``lipgraph.render``).
+
+One node per module of the model's own hierarchy; its bound is the Lipschitz constant of the sub-network
+the module computes (AutoLip over its ops, inputs at 1). Functional ops appear as children of the module
+that calls them; an op merging several branches (``add``, ``cat``) shows its value inside the parent module
+with the formula, e.g. ``1 + L(bn2)`` for a residual addition.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from torch import fx
+
+from .bound import Bound, Kind, exact, join_kinds
+from .ir import LipGraph, Scope
+from .passes.autolip import combine, propagate
+
+
+@dataclass
+class ReportNode:
+    path: str
+    type: str
+    op: str | None
+    bound: Bound
+    calls: int = 1
+    formula: str | None = None
+    notes: list[str] = field(default_factory=list)
+    children: list["ReportNode"] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit(".", 1)[-1] if self.path else self.type
+
+    def walk(self) -> Iterator["ReportNode"]:
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "type": self.type,
+            "op": self.op,
+            **bound_dict(self.bound),
+            "calls": self.calls,
+            "formula": self.formula,
+            "notes": list(self.notes),
+            "children": [c.to_dict() for c in self.children],
+        }
+
+
+@dataclass
+class Report:
+    bound: Bound
+    norm: float
+    model: str
+    input_shape: list[list[int]]
+    seconds: float
+    frontend: str
+    tree: ReportNode
+    outputs: list[tuple[str, Bound]]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def kind(self) -> Kind:
+        return self.bound.kind
+
+    @property
+    def method(self) -> str:
+        return self.bound.method
+
+    def find(self, path: str) -> ReportNode:
+        """The tree node of a module path (``"layer1.0.conv1"``)."""
+        for node in self.tree.walk():
+            if node.path == path:
+                return node
+        raise KeyError(f"no node with path {path!r} in the report")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON contract of ``lipgraph explain --json``."""
+        return {
+            **bound_dict(self.bound),
+            "norm": norm_name(self.norm),
+            "model": self.model,
+            "input_shape": self.input_shape[0] if len(self.input_shape) == 1 else self.input_shape,
+            "seconds": round(self.seconds, 4),
+            "frontend": self.frontend,
+            "outputs": [{"name": name, **bound_dict(b)} for name, b in self.outputs],
+            "notes": list(self.notes),
+            "tree": self.tree.to_dict(),
+        }
+
+    def print(self, **options: Any) -> None:
+        from .render.rich_tree import print_report
+
+        print_report(self, **options)
+
+
+def bound_dict(b: Bound) -> dict[str, Any]:
+    return {"bound": None if math.isinf(b.value) else b.value, "kind": b.kind.value, "method": b.method,
+            "exact": b.exact}
+
+
+def norm_name(norm: float) -> str:
+    return "inf" if math.isinf(norm) else f"{norm:g}"
+
+
+# -- building the tree ----------------------------------------------------------------------------------
+def build_tree(lg: LipGraph, total: Bound, norm: float) -> ReportNode:
+    order = {n: i for i, n in enumerate(lg.ops())}
+    instances: dict[Scope, list[fx.Node]] = {(): list(order)}
+    for node in order:
+        scope = node.meta["lip.scope"]
+        for depth in range(1, len(scope) + 1):
+            instances.setdefault(scope[:depth], []).append(node)
+
+    by_path: dict[str, ReportNode] = {}
+    root = ReportNode(path="", type=type(lg.model).__name__, op=None, bound=total)
+    by_path[""] = root
+    for scope in sorted(instances, key=lambda s: (len(s), order[instances[s][0]])):
+        nodes = instances[scope]
+        parent = by_path[scope[-2][0] if len(scope) > 1 else ""] if scope else None
+        if scope:
+            bound = _subnetwork_bound(lg, nodes, norm)
+            path = scope[-1][0]
+            single = nodes[0] if len(nodes) == 1 and nodes[0].meta["lip.scope"] == scope else None
+            node = by_path.get(path)
+            if node is not None:  # another call of the same module: the bound covers every call
+                node.calls += 1
+                node.bound = _worst(node.bound, bound)
+                continue
+            node = ReportNode(path=path, type=lg.module_types.get(path, "?"),
+                              op=single.meta["lip.key"] if single else None, bound=bound)
+            by_path[path] = node
+            parent.children.append(node)
+            if single is not None:
+                node.notes.extend(_op_notes(single))
+                continue
+        _add_op_children(lg, by_path[scope[-1][0]] if scope else root, scope, nodes, norm)
+    rank = {path: order[instances[s][0]] for s in reversed(sorted(instances, key=lambda s: order[instances[s][0]]))
+            if s for path in [s[-1][0]]}
+    for n, i in order.items():
+        rank.setdefault(n.meta["lip.path"], i)
+    for node in root.walk():
+        node.children.sort(key=lambda c: rank[c.path])
+        if node.calls > 1:
+            node.notes.append(f"called ×{node.calls}")
+    return root
+
+
+def _add_op_children(lg: LipGraph, parent: ReportNode, scope: Scope, nodes: list[fx.Node], norm: float) -> None:
+    """Functional ops called directly in this scope (not inside a child module)."""
+    inside = set(nodes)
+    local: dict[fx.Node, Bound] | None = None
+    for n in nodes:
+        if n.meta["lip.scope"] != scope:
+            continue
+        transfer = n.meta["lip.transfer"]
+        child = ReportNode(path=n.meta["lip.path"], type=_op_type(lg, n), op=n.meta["lip.key"],
+                           bound=_local_gain(transfer), notes=_op_notes(n))
+        if len(transfer.gains) > 1:  # a merge: show its value inside the parent, and where it comes from
+            local = local or propagate(nodes, _entries(nodes, inside))
+            child.bound = local[n]
+            child.formula = _merge_formula(n, local, inside, transfer)
+        parent.children.append(child)
+
+
+def _subnetwork_bound(lg: LipGraph, nodes: list[fx.Node], norm: float) -> Bound:
+    """AutoLip over one module call: its inputs at 1, its outputs joined as a concatenation."""
+    inside = set(nodes)
+    if len(nodes) == 1:
+        return _local_gain(nodes[0].meta["lip.transfer"])
+    bounds = propagate(nodes, _entries(nodes, inside))
+    outs = [n for n in nodes if any(u not in inside for u in n.users)]
+    one = exact(1.0, "output")
+    return combine([(one, bounds[n]) for n in outs], norm)
+
+
+def _entries(nodes: list[fx.Node], inside: set[fx.Node]) -> dict[fx.Node, Bound]:
+    one = exact(1.0, "module input")
+    return {a: one for n in nodes for a in n.meta["lip.inputs"] if a not in inside}
+
+
+def _local_gain(transfer) -> Bound:
+    """The op's own constant: its gain if it has one input, else the largest (all are shown in formulas)."""
+    gains = transfer.gains
+    if len(gains) == 1:
+        return gains[0]
+    if not gains:
+        return exact(0.0, "constant")
+    worst = max(gains, key=lambda g: g.value)
+    return Bound(worst.value, join_kinds(g.kind for g in gains), worst.method, exact=all(g.exact for g in gains))
+
+
+def _merge_formula(node: fx.Node, local: dict[fx.Node, Bound], inside: set[fx.Node], transfer) -> str:
+    terms_sym, terms_num = [], []
+    for gain, arg in zip(transfer.gains, node.meta["lip.inputs"]):
+        name = "1" if arg not in inside else f"L({arg.meta['lip.path'].rsplit('.', 1)[-1]})"
+        value = local[arg].value if arg in inside else 1.0
+        coef = "" if gain.value == 1 else f"{gain.value:.4g}·"
+        terms_sym.append(f"{coef}{name}" if name != "1" or coef == "" else f"{gain.value:.4g}")
+        terms_num.append(f"{gain.value * value:.4g}")
+    q = transfer.combine
+    if q == 1:
+        sym, num = " + ".join(terms_sym), " + ".join(terms_num)
+    elif math.isinf(q):
+        sym, num = f"max({', '.join(terms_sym)})", f"max({', '.join(terms_num)})"
+    else:
+        sym = f"({' + '.join(t + f'^{q:g}' for t in terms_sym)})^(1/{q:g})"
+        num = f"({' + '.join(t + f'^{q:g}' for t in terms_num)})^(1/{q:g})"
+    return f"{sym} = {num}"
+
+
+def _op_type(lg: LipGraph, node: fx.Node) -> str:
+    target = node.target
+    if node.op == "call_method":
+        return f"Tensor.{target}"
+    if node.op == "call_module":
+        return type(lg.gm.get_submodule(target)).__name__
+    return getattr(target, "__name__", None) or str(target)
+
+
+def _op_notes(node: fx.Node) -> list[str]:
+    transfer = node.meta["lip.transfer"]
+    notes = list(transfer.notes)
+    if any(g.kind is Kind.UNBOUNDED for g in transfer.gains):
+        notes.append("no rule for this op: treated as unbounded (unsupported='inf')")
+    return notes
+
+
+def _worst(a: Bound, b: Bound) -> Bound:
+    top = a if a.value >= b.value else b
+    return Bound(top.value, join_kinds([a.kind, b.kind]), top.method, exact=a.exact and b.exact)
+
+
+def output_bounds(lg: LipGraph) -> list[tuple[str, Bound]]:
+    return [(n.meta["lip.path"], b) for n, b in lg.output.meta["lip.outputs"]]
+

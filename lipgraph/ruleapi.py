@@ -1,0 +1,263 @@
+"""What a rule sees and returns. Rules know nothing of passes, graphs or rendering.
+
+A rule maps one op of the network to its Lipschitz *transfer*: for an op ``y = g(x_1, ..., x_m)`` it gives
+the gains ``l_i = Lip(g in x_i)`` and how they combine, so that AutoLip (Scaman & Virmaux 2018, §4) can bound
+``L(y) <= ||(l_1 L(x_1), ..., l_m L(x_m))||_q`` with ``q = 1`` (a sum: add, sub, generic ops) or ``q = p``
+for a concatenation measured in the ℓp norm (cat/stack: ℓ2 -> root of squares, ℓ∞ -> max).
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Union
+
+import torch
+from torch import nn
+
+from .bound import Bound, exact
+from .errors import NotLipschitzError, RuleError
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Var:
+    """An input-dependent tensor argument of an op, as the rule sees it: shape and dtype, no values."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    index: int  # position among the op's input-dependent arguments
+    parts: tuple["Var", ...] | None = None  # for a tuple-valued input (the result of chunk/split)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """The local Lipschitz behaviour of one op.
+
+    ``gains[i]`` bounds the Lipschitz constant of the op in its i-th input-dependent argument
+    (``ctx.inputs[i]``). ``combine`` is the q of the q-norm that merges the per-input terms
+    (1: sum, as for add; ``ctx.norm``: concatenation). ``slope`` is the derivative interval of an
+    elementwise activation, for chain passes (SeqLip, SDP) that need more than the constant.
+    """
+
+    gains: tuple[Bound, ...]
+    combine: float = 1.0
+    slope: tuple[float, float] | None = None
+    notes: tuple[str, ...] = ()
+
+
+RuleFn = Callable[["OpContext"], Union[Transfer, Bound]]
+
+
+@dataclass
+class Rule:
+    """A transfer rule plus what ``lipgraph rules`` shows about it."""
+
+    fn: RuleFn
+    name: str
+    exact: bool  # declared: the constant is exact (True) or only an upper bound (False)
+    description: str = ""
+    slope: tuple[float, float] | None = None
+    source: str = ""  # filled in by the registry: builtin module, entry point, file, or API caller
+    keys: list[str] = field(default_factory=list)
+
+    def apply(self, ctx: "OpContext") -> Transfer:
+        """Run the rule and check its answer has one gain per input-dependent argument."""
+        out = self.fn(ctx)
+        if isinstance(out, Bound):
+            out = Transfer(gains=(out,) * len(ctx.inputs), slope=self.slope)
+        if not isinstance(out, Transfer):
+            raise RuleError(
+                f"rule {self.name!r} for {ctx.describe()} returned {type(out).__name__}; it must return a "
+                "lipgraph.Bound (e.g. lipgraph.certified(value, 'method')) or a lipgraph.Transfer"
+            )
+        if len(out.gains) != len(ctx.inputs):
+            raise RuleError(
+                f"rule {self.name!r} for {ctx.describe()} returned {len(out.gains)} gains for "
+                f"{len(ctx.inputs)} input-dependent arguments"
+            )
+        return out
+
+
+class OpContext:
+    """One op of the traced network, seen by its rule.
+
+    ``args``/``kwargs`` hold the op's arguments with constants resolved to their values (weights are real
+    tensors) and input-dependent tensors replaced by :class:`Var`. ``module`` is the ``nn.Module`` of a
+    ``call_module`` op, else ``None``. ``norm`` is the vector norm p (1, 2 or ``math.inf``).
+    """
+
+    def __init__(
+        self,
+        *,
+        key: str,
+        target: Any,
+        module: nn.Module | None,
+        args: tuple,
+        kwargs: dict,
+        output: Any,
+        norm: float,
+        name: str,
+        path: str,
+    ) -> None:
+        self.key = key
+        self.target = target
+        self.module = module
+        self.args = args
+        self.kwargs = kwargs
+        self.output = output
+        self.norm = norm
+        self.name = name
+        self.path = path
+        self.inputs: tuple[Var, ...] = tuple(_vars_in((args, kwargs)))
+
+    # -- argument access ---------------------------------------------------------------------------
+    def arg(self, name: str, index: int | None = None, default: Any = _MISSING) -> Any:
+        """An argument by name, the same way for ``nn.Conv2d``, ``F.conv2d`` and ``aten.conv2d``.
+
+        Looks at the module's attribute ``name``, then the keyword, then the positional slot that the op's
+        signature gives ``name`` (or ``index``), then ``default``.
+        """
+        if self.module is not None and hasattr(self.module, name):
+            return getattr(self.module, name)
+        if name in self.kwargs:
+            return self.kwargs[name]
+        names = _parameter_names(self.target) if self.module is None else None
+        if names and name in names:
+            index = names.index(name)
+        if index is not None and index < len(self.args):
+            return self.args[index]
+        if default is not _MISSING:
+            return default
+        raise RuleError(f"{self.describe()}: rule {self.key!r} needs argument {name!r}, which the call does not give")
+
+    @property
+    def input(self) -> Var:
+        """The single input-dependent argument of a unary op."""
+        if len(self.inputs) != 1:
+            raise RuleError(f"{self.describe()}: expected one input-dependent argument, got {len(self.inputs)}")
+        return self.inputs[0]
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        if not isinstance(self.output, Var):
+            raise RuleError(f"{self.describe()}: output is not a single tensor")
+        return self.output.shape
+
+    def apply(self, *tensors: torch.Tensor) -> Any:
+        """Run the op on concrete tensors in place of its input-dependent arguments (constants kept).
+
+        Rules use it to measure linear ops exactly (materialise, count copies) without re-implementing them.
+        """
+        it = iter(tensors)
+
+        def fill(obj: Any) -> Any:
+            if isinstance(obj, Var):
+                return next(it)
+            if isinstance(obj, (tuple, list)):
+                return type(obj)(fill(o) for o in obj)
+            if isinstance(obj, dict):
+                return {k: fill(v) for k, v in obj.items()}
+            return obj
+
+        args, kwargs = fill(self.args), fill(self.kwargs)
+        if self.module is not None:
+            return self.module(*args, **kwargs)
+        if isinstance(self.target, str):
+            return getattr(args[0], self.target)(*args[1:], **kwargs)
+        return self.target(*args, **kwargs)
+
+    def describe(self) -> str:
+        where = f" in {self.path}" if self.path else ""
+        return f"op {self.key!r} (node {self.name}{where})"
+
+    def not_lipschitz(self, why: str) -> NotLipschitzError:
+        return NotLipschitzError(f"{self.describe()} is not globally Lipschitz: {why}")
+
+
+def _vars_in(obj: Any):
+    if isinstance(obj, Var):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for item in obj:
+            yield from _vars_in(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _vars_in(item)
+
+
+def _parameter_names(target: Any) -> list[str] | None:
+    """Positional parameter names of a torch function, an ``aten`` overload or a Python function."""
+    schema = getattr(target, "_schema", None)
+    if schema is not None:
+        return [a.name for a in schema.arguments]
+    from torch.fx.operator_schemas import get_signature_for_torch_op
+
+    try:
+        signatures = get_signature_for_torch_op(target) if callable(target) else None
+    except Exception:  # noqa: BLE001 - torch raises various errors for non-ops
+        signatures = None
+    candidates = list(signatures or [])
+    try:
+        candidates.append(inspect.signature(target))
+    except (TypeError, ValueError):
+        pass
+    for sig in candidates:
+        kinds = {p.kind for p in sig.parameters.values()}
+        if inspect.Parameter.VAR_POSITIONAL not in kinds:
+            return list(sig.parameters)
+    return None
+
+
+# -- factories for the common cases ---------------------------------------------------------------------
+def elementwise(slope: tuple[float, float], *, name: str = "elementwise") -> Rule:
+    """An elementwise map whose derivative lies in ``[lo, hi]``: Lipschitz ``max(|lo|, |hi|)`` in every ℓp."""
+    lo, hi = map(float, slope)
+    if lo > hi:
+        raise RuleError(f"slope interval must have lo <= hi, got {slope}")
+    gain = exact(max(abs(lo), abs(hi)), "slope")
+    return Rule(lambda ctx: gain, name=name, exact=True, slope=(lo, hi),
+                description=f"elementwise, slope in [{lo:g}, {hi:g}]")
+
+
+def scale(c: float, *, name: str = "scale") -> Rule:
+    """Multiplication by a constant ``c``: Lipschitz ``|c|`` in every norm."""
+    gain = exact(abs(float(c)), "constant")
+    return Rule(lambda ctx: gain, name=name, exact=True, slope=(float(c), float(c)), description=f"x -> {c:g}·x")
+
+
+def isometry(*, name: str = "isometry", description: str = "reshape/permutation: Lipschitz 1") -> Rule:
+    """A map that permutes, reshapes or selects coordinates: Lipschitz 1 in every ℓp."""
+    gain = exact(1.0, "isometry")
+    return Rule(lambda ctx: gain, name=name, exact=True, slope=(1.0, 1.0), description=description)
+
+
+def not_lipschitz(why: str, *, name: str = "not-lipschitz") -> Rule:
+    """A rule for an op that has no global Lipschitz constant: analysing it raises with ``why``."""
+
+    def fn(ctx: OpContext) -> Transfer:
+        raise ctx.not_lipschitz(why)
+
+    return Rule(fn, name=name, exact=True, description=f"not globally Lipschitz: {why}")
+
+
+def make_rule(fn: RuleFn | Rule, *, name: str | None = None, exact_: bool = False) -> Rule:
+    """Wrap a plain function ``ctx -> Bound | Transfer`` as a :class:`Rule` (its docstring becomes the description)."""
+    if isinstance(fn, Rule):
+        return fn
+    if not callable(fn):
+        raise RuleError(f"a rule must be a lipgraph Rule or a function ctx -> Bound | Transfer, got {fn!r}")
+    doc = inspect.getdoc(fn) or ""
+    return Rule(fn, name=name or getattr(fn, "__name__", "rule"), exact=exact_, description=doc.split("\n")[0])
+
+
+def ntuple(x: Any, n: int) -> tuple:
+    """Normalise an int-or-tuple argument (``kernel_size=3`` or ``(3, 3)``) to an n-tuple."""
+    if isinstance(x, (tuple, list, torch.Size)):
+        return tuple(x) if len(x) == n else tuple(x) * n if len(x) == 1 else tuple(x)
+    return (x,) * n

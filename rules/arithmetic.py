@@ -1,0 +1,49 @@
+"""Sums, differences and scaling; products and quotients of two input-dependent tensors are refused."""
+from __future__ import annotations
+
+import torch
+
+from lipgraph.bound import exact
+from lipgraph.registry import Registry
+from lipgraph.ruleapi import OpContext, Transfer, Var, scale
+
+from ._gains import broadcast_copies, constant_scale_gain, copies_gain
+
+
+def add(ctx: OpContext) -> Transfer:
+    """a ± alpha·b: gain 1 per input (AutoLip: L_a + L_b), times |alpha| for the second operand and the
+    broadcast copy count when an input is broadcast to a larger shape."""
+    alpha = abs(float(ctx.arg("alpha", None, 1.0)))
+    gains = []
+    for v in ctx.inputs:
+        g = copies_gain(broadcast_copies(v, ctx.output_shape), ctx.norm, ctx.key)
+        is_second = len(ctx.args) > 1 and ctx.args[1] is v
+        gains.append(exact(g.value * alpha, ctx.key) if is_second and alpha != 1 else g)
+    return Transfer(gains=tuple(gains))
+
+
+def mul(ctx: OpContext) -> Transfer:
+    """x·c for a constant c (scalar or broadcast tensor); x·y of two input-dependent tensors is not Lipschitz."""
+    x = ctx.input if len(ctx.inputs) == 1 else None
+    if x is None:
+        raise ctx.not_lipschitz("it multiplies two input-dependent tensors (x·y grows quadratically)")
+    c = next(a for a in ctx.args[:2] if a is not x)
+    return Transfer(gains=(constant_scale_gain(torch.as_tensor(c), x, ctx.output_shape, ctx.norm, "constant-scale"),))
+
+
+def div(ctx: OpContext) -> Transfer:
+    """x / c for a constant c; anything divided by an input-dependent tensor is not Lipschitz."""
+    numerator, denominator = ctx.args[0], ctx.args[1]
+    if isinstance(denominator, Var):
+        raise ctx.not_lipschitz("it divides by an input-dependent tensor (unbounded as the divisor nears 0)")
+    c = 1.0 / torch.as_tensor(denominator, dtype=torch.float64)
+    return Transfer(gains=(constant_scale_gain(c, numerator, ctx.output_shape, ctx.norm, "constant-scale"),))
+
+
+def register(registry: Registry) -> None:
+    registry.register("add", add, exact=True)
+    registry.register("sub", add, key="sub", exact=True)
+    registry.register("neg", scale(-1.0, name="neg"))
+    registry.register("pos", scale(1.0, name="pos"))
+    registry.register("mul", mul, exact=True)
+    registry.register("div", div, exact=True)

@@ -1,0 +1,65 @@
+"""Ops that move, copy, select, concatenate or average coordinates (algorithms.md §1–§2)."""
+from __future__ import annotations
+
+import math
+
+from lipgraph.bound import exact
+from lipgraph.registry import Registry
+from lipgraph.ruleapi import OpContext, Transfer, Var, isometry
+
+from ._gains import copies_gain, max_copies
+
+ISOMETRIES = ("flatten", "unflatten", "reshape", "permute", "transpose", "squeeze", "unsqueeze", "contiguous",
+              "identity", "channel_shuffle", "pixel_shuffle", "pixel_unshuffle", "chunk", "split", "unbind")
+
+
+def dropout(ctx: OpContext) -> Transfer:
+    """Identity in eval mode; functional dropout left in training mode scales kept units by 1/(1 − p)."""
+    if not ctx.arg("training", 2, True):  # module: its .training flag; F.dropout/aten.dropout: the argument
+        return Transfer(gains=(exact(1.0, "eval-identity"),), slope=(1.0, 1.0))
+    p = float(ctx.arg("p", 1, 0.5))
+    return Transfer(gains=(exact(1.0 / (1.0 - p), "dropout-scale"),),
+                    notes=(f"dropout is active (training=True): random mask scaled by 1/(1-{p:g})",))
+
+
+def gather(ctx: OpContext) -> Transfer:
+    """Indexing, slicing, expand/repeat, padding: each output copies one input coordinate (or a constant).
+
+    The copy count of every input coordinate is measured exactly (one vjp); see ``copies_gain``.
+    """
+    source, *rest = ctx.inputs
+    if rest:
+        raise ctx.not_lipschitz("it indexes with an input-dependent index (a data-dependent selection)")
+    if source.parts is not None:  # picking one tensor out of chunk/split's tuple: a projection
+        return Transfer(gains=(exact(1.0, "projection"),))
+    return Transfer(gains=(copies_gain(max_copies(ctx, source), ctx.norm, "copy-count"),))
+
+
+def concatenate(ctx: OpContext) -> Transfer:
+    """cat/stack: ‖(Δa, Δb)‖_p = (‖Δa‖_p^p + ‖Δb‖_p^p)^{1/p}, so the branch bounds combine in ℓp."""
+    return Transfer(gains=tuple(exact(1.0, "concat") for _ in ctx.inputs), combine=ctx.norm)
+
+
+def reduce(ctx: OpContext) -> Transfer:
+    """sum/mean over m coordinates per output: ‖·‖₂ = √m (sum) or 1/√m (mean); ℓ1: 1 or 1/m; ℓ∞: m or 1."""
+    var: Var = ctx.input
+    out = ctx.output.numel if isinstance(ctx.output, Var) else 1
+    m = var.numel / max(out, 1)
+    p = ctx.norm
+    if ctx.key == "sum":
+        value = m if math.isinf(p) else (math.sqrt(m) if p == 2 else 1.0)
+    else:
+        value = 1.0 if math.isinf(p) else (1 / math.sqrt(m) if p == 2 else 1 / m)
+    return Transfer(gains=(exact(value, f"{ctx.key} of {m:g}"),))
+
+
+def register(registry: Registry) -> None:
+    for key in ISOMETRIES:
+        registry.register(key, isometry(name=key))
+    registry.register("dropout", dropout, exact=True)
+    for key in ("getitem", "expand", "pad"):
+        registry.register(key, gather, key=key, exact=True)
+    for key in ("cat", "stack"):
+        registry.register(key, concatenate, exact=True)
+    for key in ("sum", "mean"):
+        registry.register(key, reduce, exact=True)

@@ -1,0 +1,54 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lipgraph.linalg import DENSE_LIMIT, dense_is_cheap, dense_norm, materialize, matrix_norm
+from lipgraph.linalg import dense as dense_module
+
+P_VALUES = [1, 2, math.inf]
+
+
+def _conv_map(x: torch.Tensor) -> torch.Tensor:
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    return F.conv2d(x, w, stride=2, padding=1)
+
+
+@pytest.mark.parametrize("chunk_entries", [1, 50, 1 << 22])
+def test_materialize_matches_jacobian(oracle, monkeypatch, chunk_entries):
+    monkeypatch.setattr(dense_module, "_CHUNK_ENTRIES", chunk_entries)
+    W = materialize(_conv_map, (2, 5, 4))
+    assert W.dtype == torch.float64 and W.shape == (3 * 3 * 2, 2 * 5 * 4)
+    np.testing.assert_allclose(W.numpy(), oracle.jacobian(_conv_map, (2, 5, 4)), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(7, 3), (3, 7), (5, 5), (1, 4)])
+@pytest.mark.parametrize("p", P_VALUES)
+def test_matrix_norm_exact(oracle, shape, p):
+    W = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    b = matrix_norm(W, p)
+    oracle.assert_exact(b, float(np.linalg.norm(W.numpy(), ord=p)))
+    assert b.method == {1: "abs-col-sum", 2: "svd", math.inf: "abs-row-sum"}[p]
+
+
+def test_matrix_norm_rejects_bad_input():
+    with pytest.raises(ValueError):
+        matrix_norm(torch.ones(2, 2, 2), 2)
+    with pytest.raises(ValueError):
+        matrix_norm(torch.ones(2, 2), 3)
+
+
+@pytest.mark.parametrize("p", P_VALUES)
+def test_dense_norm(oracle, p):
+    b = dense_norm(_conv_map, (2, 5, 4), p)
+    oracle.assert_exact(b, oracle.norm(_conv_map, (2, 5, 4), p))
+    assert b.method.startswith("dense-")
+
+
+def test_dense_is_cheap():
+    assert dense_is_cheap(1000, 1000)
+    assert not dense_is_cheap(64 * 32 * 32, 64 * 32 * 32)
+    assert not dense_is_cheap(DENSE_LIMIT.max_min_dim + 1, DENSE_LIMIT.max_min_dim + 1)
+    assert dense_is_cheap(DENSE_LIMIT.max_min_dim, 1)
