@@ -12,6 +12,7 @@ from . import ir
 from .bound import Kind
 from .errors import InputError
 from .frontend.prepare import as_inputs, check_finite_weights, check_runs, eval_mode, unwrap
+from .frontend.trace import LipTracer
 from .passes.annotate import annotate
 from .passes.autolip import autolip
 from .registry import default_registry
@@ -61,16 +62,23 @@ def analyze(
     inputs = as_inputs(example_input)
     registry = default_registry().with_overrides(rules)
     model = unwrap(model)
+    name = type(model).__name__
+    if LipTracer(registry).is_leaf_module(model, ""):  # fx never makes the root a leaf: give it a parent
+        model = nn.Sequential(model)
     check_finite_weights(model)
     notes: list[str] = []
     with eval_mode(model, notes):
         check_runs(model, inputs)
         lg = ir.build(model, inputs, registry, frontend, concrete_args)
+        if lg.frontend == "export":
+            notes.append(("torch.fx could not trace the model; " if frontend == "auto" else "")
+                         + "the export frontend traces into every module, so rules registered for module classes "
+                           "do not apply (ops are bounded one by one)")
         annotate(lg, registry, p, unsupported)
         total = autolip(lg, p)
         tree = build_tree(lg, total, p)
     if total.kind is Kind.UNBOUNDED:
         notes.append("some ops have no rule: the bound is unbounded (see the ops marked in the tree)")
-    return Report(bound=total, norm=p, model=type(model).__name__,
+    return Report(bound=total, norm=p, model=name,
                   input_shape=[list(x.shape) for x in inputs], seconds=time.perf_counter() - start,
                   frontend=lg.frontend, tree=tree, outputs=output_bounds(lg), notes=notes)

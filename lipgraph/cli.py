@@ -30,6 +30,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `lipgraph explain ... | head`: the reader left; not an error of ours
+        try:  # silence the flush at interpreter exit, which would raise again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 141
     except Exception as exc:  # noqa: BLE001 - never show a raw traceback to a CLI user
         if os.environ.get("LIPGRAPH_DEBUG"):
             raise
@@ -112,9 +118,17 @@ def _rules(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version(dist: str) -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(dist)  # rich has no __version__ attribute
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
 def _doctor(args: argparse.Namespace) -> int:
     import networkx
-    import rich
     import sympy
     import torch
 
@@ -122,7 +136,7 @@ def _doctor(args: argparse.Namespace) -> int:
     console.print(f"lipgraph {__version__}  python {platform.python_version()}  ({platform.platform()})")
     console.print(f"torch {torch.__version__} (cuda available: {torch.cuda.is_available()}, "
                   f"threads: {torch.get_num_threads()})  networkx {networkx.__version__}  sympy {sympy.__version__}"
-                  f"  rich {getattr(rich, '__version__', '?')}")
+                  f"  rich {_version('rich')}")
     registry = default_registry()
     console.print(f"{len(registry.items())} rules loaded from:")
     for pack in registry.packs:

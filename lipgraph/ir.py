@@ -20,7 +20,7 @@ from torch import fx, nn
 
 from .frontend.opkeys import display_name, function_key, method_key, module_key
 from .frontend.propagate import propagate
-from .frontend.trace import trace
+from .frontend.trace import _LIPGRAPH_DIR, _TORCH_DIR, trace
 from .registry import Registry
 
 Scope = tuple[tuple[str, int], ...]
@@ -59,6 +59,7 @@ def build(model: nn.Module, inputs: tuple, registry: Registry, frontend: str = "
     propagate(gm, inputs)
     lg = LipGraph(model=model, gm=gm, frontend=used, inputs=inputs,
                   module_types={name: type(m).__name__ for name, m in model.named_modules()})
+    taken = set(lg.module_types)  # module paths: a functional op must not take one (torch.relu vs self.relu)
     for n in gm.graph.nodes:
         n.meta["lip.scope"] = _scope(n)
         n.meta["lip.source"] = _source(n)
@@ -68,7 +69,7 @@ def build(model: nn.Module, inputs: tuple, registry: Registry, frontend: str = "
             lg.graph.add_edges_from((a, n) for a in n.meta["lip.inputs"])
         if n.meta.get("lip.dep") and n.op != "output":
             n.meta["lip.key"] = op_key(lg, n, registry)
-            n.meta["lip.path"] = _path(n)
+            n.meta["lip.path"] = _unique(_path(n), taken) if n.op != "call_module" else _path(n)
     return lg
 
 
@@ -78,6 +79,8 @@ def op_key(lg: LipGraph, node: fx.Node, registry: Registry) -> str | None:
         return module_key(type(lg.gm.get_submodule(node.target)), registry.alias)
     if node.op == "call_method":
         return method_key(node.target)
+    if node.op == "call_function" and node.target is getattr:  # x.T, x.mT: attributes computing tensors
+        return method_key(node.args[1])
     if node.op == "call_function":
         return registry.alias(node.target) or function_key(node.target)
     return None
@@ -135,6 +138,14 @@ def _path(node: fx.Node) -> str:
     return f"{scope[-1][0]}.{node.name}" if scope else node.name
 
 
+def _unique(path: str, taken: set[str]) -> str:
+    candidate, i = path, 1
+    while candidate in taken:
+        candidate, i = f"{path}_{i}", i + 1
+    taken.add(candidate)
+    return candidate
+
+
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<fn>\S+)\n\s+(?P<code>[^\n]*)')
 
 
@@ -145,5 +156,9 @@ def _source(node: fx.Node) -> str | None:
     frames = list(_FRAME.finditer(trace_text))
     if not frames:
         return None
-    f = frames[-1]
+    # the innermost frame in the user's code, not torch's tracing machinery (fx records its own frames last)
+    user = [f for f in frames if not f["file"].startswith((_TORCH_DIR, _LIPGRAPH_DIR))]
+    if not user:  # e.g. a layer called by nn.Sequential: no line of the user's own code to show
+        return None
+    f = user[-1]
     return f"{f['file']}:{f['line']}: {f['code'].strip()}"

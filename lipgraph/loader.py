@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import runpy
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ def load_model(spec: str, input_shape: str | None = None) -> tuple[nn.Module, An
     file = Path(path)
     if not file.is_file():
         raise InputError(f"model file {file} does not exist")
+    _script_dir_on_path(file)
     try:
         namespace = runpy.run_path(str(file), run_name=f"lipgraph_model_{file.stem}")
     except Exception as exc:  # noqa: BLE001 - the user's file failed: say where
@@ -30,6 +32,13 @@ def load_model(spec: str, input_shape: str | None = None) -> tuple[nn.Module, An
     if input_shape:
         return model, torch.randn(*parse_shape(input_shape), generator=torch.Generator().manual_seed(0))
     return model, _example_input(namespace, factory or None, file)
+
+
+def _script_dir_on_path(file: Path) -> None:
+    """Like ``python model.py``: the file's folder goes first on ``sys.path``, so its sibling modules import."""
+    folder = str(file.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
 
 
 def _model(ns: dict, factory: str | None, file: Path) -> nn.Module:

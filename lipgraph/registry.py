@@ -11,6 +11,7 @@ import importlib
 import importlib.metadata
 import inspect
 import runpy
+import sys
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -50,7 +51,11 @@ class Registry:
         """
         key = key or (target if isinstance(target, str) else _default_key(target))
         rule = make_rule(rule, name=key, exact_=exact)
-        if key in self._rules and self._rules[key] is not rule and not override:
+        stale = [t for t, k in self._aliases.items()
+                 if k == key and t is not target and not isinstance(target, str) and _display_name(t) == _display_name(target)]
+        for old in stale:  # the same class defined again (a re-run script or notebook cell): replace it
+            del self._aliases[old]
+        if key in self._rules and self._rules[key] is not rule and not override and not stale:
             raise RuleError(
                 f"a rule for op {key!r} is already registered (from {self._rules[key].source}); "
                 "pass override=True to replace it"
@@ -149,6 +154,7 @@ class Registry:
         if not path.is_file():
             raise RuleError(f"rules file {path} does not exist")
         label = f"file {path}"
+        _script_dir_on_path(path)
         with self._loading(label), _as_rule_error(f"rules file {path} failed to load"):
             runpy.run_path(str(path), run_name=f"lipgraph_rules_{path.stem}")
         self.packs.append(label)
@@ -215,6 +221,13 @@ def _caller_module() -> str:
         if not name.startswith("lipgraph.registry") and not name.startswith("lipgraph.ruleapi"):
             return f"api ({name})"
     return "api"
+
+
+def _script_dir_on_path(file: Path) -> None:
+    """Like ``python my_rules.py``: the file's folder goes first on ``sys.path`` (its sibling modules import)."""
+    folder = str(file.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
 
 
 @contextlib.contextmanager

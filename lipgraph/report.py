@@ -119,7 +119,8 @@ def build_tree(lg: LipGraph, total: Bound, norm: float) -> ReportNode:
     by_path: dict[str, ReportNode] = {}
     root = ReportNode(path="", type=type(lg.model).__name__, op=None, bound=total)
     by_path[""] = root
-    for scope in sorted(instances, key=lambda s: (len(s), order[instances[s][0]])):
+    # the root scope has no op when the output does not depend on the input (L = 0)
+    for scope in sorted(instances, key=lambda s: (len(s), order[instances[s][0]] if instances[s] else -1)):
         nodes = instances[scope]
         parent = by_path[scope[-2][0] if len(scope) > 1 else ""] if scope else None
         if scope:
@@ -139,8 +140,9 @@ def build_tree(lg: LipGraph, total: Bound, norm: float) -> ReportNode:
                 node.notes.extend(_op_notes(single))
                 continue
         _add_op_children(lg, by_path[scope[-1][0]] if scope else root, scope, nodes, norm)
-    rank = {path: order[instances[s][0]] for s in reversed(sorted(instances, key=lambda s: order[instances[s][0]]))
-            if s for path in [s[-1][0]]}
+    rank = {path: order[instances[s][0]] for s in reversed(sorted((s for s in instances if s),
+                                                                  key=lambda s: order[instances[s][0]]))
+            for path in [s[-1][0]]}
     for n, i in order.items():
         rank.setdefault(n.meta["lip.path"], i)
     for node in root.walk():
@@ -170,8 +172,8 @@ def _add_op_children(lg: LipGraph, parent: ReportNode, scope: Scope, nodes: list
 def _subnetwork_bound(lg: LipGraph, nodes: list[fx.Node], norm: float) -> Bound:
     """AutoLip over one module call: its inputs at 1, its outputs joined as a concatenation."""
     inside = set(nodes)
-    if len(nodes) == 1:
-        return _local_gain(nodes[0].meta["lip.transfer"])
+    if len(nodes) == 1 and len(nodes[0].meta["lip.inputs"]) == 1:  # one op: its own constant and method
+        return nodes[0].meta["lip.transfer"].gains[0]
     bounds = propagate(nodes, _entries(nodes, inside))
     outs = [n for n in nodes if any(u not in inside for u in n.users)]
     one = exact(1.0, "output")
@@ -197,7 +199,7 @@ def _local_gain(transfer) -> Bound:
 def _merge_formula(node: fx.Node, local: dict[fx.Node, Bound], inside: set[fx.Node], transfer) -> str:
     terms_sym, terms_num = [], []
     for gain, arg in zip(transfer.gains, node.meta["lip.inputs"]):
-        name = "1" if arg not in inside else f"L({arg.meta['lip.path'].rsplit('.', 1)[-1]})"
+        name = "1" if arg not in inside else f"L({_term_name(arg, node.meta['lip.scope'])})"
         value = local[arg].value if arg in inside else 1.0
         coef = "" if gain.value == 1 else f"{gain.value:.4g}·"
         terms_sym.append(f"{coef}{name}" if name != "1" or coef == "" else f"{gain.value:.4g}")
@@ -211,6 +213,14 @@ def _merge_formula(node: fx.Node, local: dict[fx.Node, Bound], inside: set[fx.No
         sym = f"({' + '.join(t + f'^{q:g}' for t in terms_sym)})^(1/{q:g})"
         num = f"({' + '.join(t + f'^{q:g}' for t in terms_num)})^(1/{q:g})"
     return f"{sym} = {num}"
+
+
+def _term_name(arg: fx.Node, scope: Scope) -> str:
+    """A merge input named after the child module of the merge's scope that produces it (``downsample``, not
+    ``1`` for ``downsample.1``), else after its own path, relative to the scope."""
+    inner = arg.meta["lip.scope"]
+    path = inner[len(scope)][0] if len(inner) > len(scope) and inner[:len(scope)] == scope else arg.meta["lip.path"]
+    return path.removeprefix(scope[-1][0] + ".") if scope else path
 
 
 def _op_type(lg: LipGraph, node: fx.Node) -> str:

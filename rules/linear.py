@@ -34,8 +34,11 @@ def product_gain(var: Var, const: torch.Tensor, var_on_left: bool, p: float) -> 
     norms = [matrix_norm(m, q) for m in mats]
     kind = join_kinds(b.kind for b in norms)
     values = [b.value for b in norms]
-    var_batch = math.prod(var.shape[:-2]) if len(var.shape) > 2 else 1
-    if len(values) == 1 or var_batch == len(values):
+    # max only if no slice of x meets several matrices (x's batch dims are never broadcast against c's)
+    var_batch = tuple(var.shape[:-2]) if len(var.shape) > 2 else ()
+    n = max(len(var_batch), c.ndim - 2)
+    vb, cb = (1,) * (n - len(var_batch)) + var_batch, (1,) * (n - c.ndim + 2) + tuple(c.shape[:-2])
+    if len(values) == 1 or all(v != 1 or k == 1 for v, k in zip(vb, cb)):
         value = max(values)
     else:
         value = max(values) if math.isinf(p) else math.fsum(v ** p for v in values) ** (1 / p)

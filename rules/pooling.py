@@ -14,10 +14,14 @@ import torch
 
 from lipgraph.bound import Bound
 from lipgraph.linalg import col_sum_max, dense_is_cheap, dense_norm, row_sum_max, schur_bound
+from lipgraph.errors import NormNotSupported
 from lipgraph.registry import Registry
-from lipgraph.ruleapi import OpContext, ntuple
+from lipgraph.ruleapi import OpContext, Var, ntuple
 
 from ._gains import copies_gain
+
+
+NONNEGATIVE_MODES = ("nearest", "nearest-exact", "linear", "bilinear", "trilinear", "area")
 
 
 def _dims(key: str) -> int:
@@ -33,10 +37,16 @@ def window_coverage(n: int, starts: list[int], sizes: list[int], step: int = 1) 
     return int(counts.max()) if n else 0
 
 
+def _out_shape(ctx: OpContext) -> tuple[int, ...]:
+    """The output's shape; with ``return_indices=True`` (and aten's ``*_with_indices``) that of the values."""
+    out = ctx.output
+    return out.parts[0].shape if isinstance(out, Var) and out.parts else ctx.output_shape
+
+
 def max_pool(ctx: OpContext) -> Bound:
     """√(max windows covering a pixel) in ℓ2; computed per dimension from the real output size."""
     d = _dims(ctx.key)
-    n_in, n_out = ctx.input.shape[-d:], ctx.output_shape[-d:]
+    n_in, n_out = ctx.input.shape[-d:], _out_shape(ctx)[-d:]
     k = ntuple(ctx.arg("kernel_size", 1), d)
     stride = ctx.arg("stride", 2, None)
     s = ntuple(stride if stride not in (None, [], ()) else k, d)
@@ -50,7 +60,7 @@ def max_pool(ctx: OpContext) -> Bound:
 def adaptive_max_pool(ctx: OpContext) -> Bound:
     """Adaptive windows [⌊o·n/m⌋, ⌈(o+1)·n/m⌉) may overlap; same bound as max pooling."""
     d = _dims(ctx.key)
-    n_in, n_out = ctx.input.shape[-d:], ctx.output_shape[-d:]
+    n_in, n_out = ctx.input.shape[-d:], _out_shape(ctx)[-d:]
     copies = 1
     for n, m in zip(n_in, n_out):
         starts = [(o * n) // m for o in range(m)]
@@ -64,6 +74,12 @@ def per_channel_linear(ctx: OpContext) -> Bound:
     d = _dims(ctx.key) if ctx.key != "upsample" else len(ctx.input.shape) - 2
     in_shape = (1, *ctx.input.shape[-d:])
     fn = ctx.apply
+    if ctx.key == "upsample" and ctx.arg("mode", None, "nearest") not in NONNEGATIVE_MODES:
+        # bicubic weights are signed: the row/column sums and the Schur test below need A ≥ 0
+        if not dense_is_cheap(math.prod(in_shape), math.prod(ctx.output_shape[-d:])):
+            raise NormNotSupported(f"{ctx.describe()}: bicubic upsampling has signed weights; only its dense "
+                                   "norm is implemented, and this operator is too large to materialise")
+        return dense_norm(fn, in_shape, ctx.norm)
     if math.isinf(ctx.norm):
         return row_sum_max(fn, in_shape)
     if ctx.norm == 1:

@@ -111,8 +111,13 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
+        # torch's message suggests weights_only=False (arbitrary code execution) and carries ANSI codes:
+        # keep only its reason, e.g. "Unsupported global: GLOBAL torch.nn.modules.container.Sequential ..."
+        reason = next((line.strip() for line in str(exc).splitlines() if "WeightsUnpickler error" in line),
+                      str(exc).strip())
         raise InputError(
-            f"could not load {path} with weights_only=True: {exc}\n"
+            f"could not load {path} with weights_only=True (it may hold a pickled object such as a whole "
+            f"nn.Module, which is never unpickled): {reason}\n"
             "lipgraph only loads tensors (a state_dict); save one with torch.save(model.state_dict(), path)"
         ) from None
     for key in ("state_dict", "model_state_dict", "model"):

@@ -4,9 +4,13 @@ Trace failures become a :class:`TraceError` naming the user's source line and th
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
+import sys
 import traceback
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import fx, nn
@@ -73,9 +77,26 @@ def _fx(model: nn.Module, registry: Registry, concrete_args: dict[str, Any] | No
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
+@contextlib.contextmanager
+def _quiet_export_failure() -> Iterator[None]:
+    """On failure torch.export prints its partial graph to stderr and logs warnings; our TraceError says it all.
+    On success whatever it printed is passed on."""
+    captured = io.StringIO()
+    logger = logging.getLogger("torch.fx.experimental.symbolic_shapes")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stderr(captured):
+            yield
+        sys.stderr.write(captured.getvalue())
+    finally:
+        logger.setLevel(level)
+
+
 def _export(model: nn.Module, inputs: tuple) -> fx.GraphModule:
     try:
-        program = torch.export.export(model, inputs, strict=False)
+        with _quiet_export_failure():
+            program = torch.export.export(model, inputs, strict=False)
     except Exception as exc:  # noqa: BLE001
         raise TraceError(
             f"torch.export could not export {type(model).__name__}: {type(exc).__name__}: "

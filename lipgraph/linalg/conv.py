@@ -11,8 +11,9 @@ Strategies:
   the padding or row-repetition map (Sedghi, Gupta & Long, ICLR 2019, for the circular norm); see
   :func:`_fft_norm`. Certified.
 - ``abs-sum`` (p = 1, inf): exact row/column sums of the entrywise |operator|; see :func:`_abs_sum_norm`.
-- ``auto``: p = 2: dense when :func:`dense_is_cheap`, else fft. p = 1, inf: abs-sum for zero padding (exact),
-  else dense when cheap, else abs-sum.
+- ``auto``: p = 2: fft when it is exact (circular padding without repeated rows), else dense when
+  :func:`dense_is_cheap`, else fft. p = 1, inf: abs-sum for zero padding (exact), else dense when cheap, else
+  abs-sum.
 """
 from __future__ import annotations
 
@@ -56,7 +57,8 @@ class _Geometry:
 
     @property
     def out(self) -> tuple[int, ...]:
-        return tuple((n + l + r - K) // s + 1 for n, (l, r), K, s in zip(self.n, self.pads, self.span, self.stride))
+        sizes = zip(self.n, self.pads, self.span, self.stride)
+        return tuple((n + l + r - K) // s + 1 for n, (l, r), K, s in sizes)
 
     def linear_map(self, weight: torch.Tensor) -> LinearMap:
         """The operator with this geometry and ``weight`` (c_out, c_in/groups, *k), batched on (B, c_in, *n)."""
@@ -83,20 +85,24 @@ def conv_norm(
     strategy: Strategy = "auto",
 ) -> Bound:
     """Certified ℓp → ℓp norm (p ∈ {1, 2, inf}) of a convolution or ConvTranspose on inputs of spatial size
-    ``in_spatial``. Arguments follow ``torch.nn.Conv{1,2,3}d`` / ``ConvTranspose{1,2,3}d``; the bias is irrelevant.
+    ``in_spatial``. Arguments follow ``torch.nn.Conv{1,2,3}d`` / ``ConvTranspose{1,2,3}d``; the bias is
+    irrelevant. See the module docstring for the strategies.
     """
     if p not in _DUAL:
         raise ValueError(f"p must be 1, 2 or inf, got {p!r}")
-    geo = _geometry(weight, in_spatial, stride, padding, dilation, groups, padding_mode, transposed, output_padding)
+    geo = _geometry(
+        weight, in_spatial, stride, padding, dilation, groups, padding_mode, transposed, output_padding
+    )
     w = weight.detach().to("cpu", torch.float64)
     q = _DUAL[p] if transposed else p  # the norm to take of the direct convolution
     in_shape = (w.shape[1] * groups, *geo.n)
     if strategy == "auto":
         cheap = dense_is_cheap(math.prod(in_shape), w.shape[0] * math.prod(geo.out))
-        if q == 2:
-            strategy = "dense" if cheap else "fft"
-        else:
-            strategy = "dense" if cheap and geo.mode != "zeros" else "abs-sum"
+        if q == 2 and (geo.mode == "circular" or not cheap):
+            b = _fft_norm(w, geo)
+            if b.exact or not cheap:
+                return b
+        strategy = "dense" if cheap and (q == 2 or geo.mode != "zeros") else "abs-sum"
     if strategy == "dense":
         return dense_norm(geo.linear_map(w), in_shape, q)
     if strategy == "fft" and q == 2:
@@ -135,7 +141,9 @@ def _geometry(
         if mode != "zeros" or isinstance(padding, str):
             raise ValueError("ConvTranspose supports only zero padding given as int or tuple")
         pad, op = _tuple(padding, d, "padding"), _tuple(output_padding, d, "output_padding")
-        n = tuple((ni - 1) * si - 2 * pi + di * (ki - 1) + oi + 1 for ni, si, pi, di, ki, oi in zip(n, s, pad, dil, k, op))
+        # the transpose's output size = the input size of the convolution it is the adjoint of
+        sizes = zip(n, s, pad, dil, k, op)
+        n = tuple((ni - 1) * si - 2 * pi + di * (ki - 1) + oi + 1 for ni, si, pi, di, ki, oi in sizes)
         pads = tuple((pi, pi - oi) for pi, oi in zip(pad, op))
     elif padding == "valid":
         pads = ((0, 0),) * d

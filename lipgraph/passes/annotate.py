@@ -42,8 +42,8 @@ def annotate(lg: LipGraph, registry: Registry, norm: float = 2, unsupported: str
         except LipgraphError:
             raise
         except Exception as exc:  # noqa: BLE001 - a broken rule must say which rule and where
-            raise RuleError(f"rule {rule.name!r} (from {rule.source}) failed on {ctx.describe()}{_at(node)}: "
-                            f"{type(exc).__name__}: {exc}") from exc
+            raise RuleError(f"rule {rule.name!r} (from {rule.source}) failed on {ctx.describe()}: "
+                            f"{type(exc).__name__}: {exc}{_at(node)}") from exc
         node.meta["lip.rule"] = rule
     if not_lipschitz:
         raise NotLipschitzError(
@@ -86,7 +86,10 @@ def _unsupported_message(lg: LipGraph, nodes: list[fx.Node], norm: float) -> str
         rows.append(f"  - {key:<16} {op_spelling(lg, n):<40} at {n.meta['lip.path']}{_at(n)}")
     first = nodes[0]
     spelling = op_spelling(lg, first)
-    target = f'"{first.meta["lip.key"]}"' if first.op == "call_method" else spelling
+    # an op key covers every spelling and is always valid Python; torch functions' display names may not be
+    # (torch.fft.fft displays as torch.fft_fft, torch.cumsum as torch._VariableFunctionsClass.cumsum)
+    key = first.meta["lip.key"]
+    target = f'"{key}"' if key and first.op != "call_module" else spelling
     norm_text = "inf" if math.isinf(norm) else f"{norm:g}"
     return (
         f"lipgraph has no rule (for the ℓ{norm_text} norm) for {len(nodes)} op(s); an op without a rule is never "

@@ -84,6 +84,9 @@ _ASCII = str.maketrans({"≤": "<=", "≈": "~", "≥": ">=", "∞": "inf", "ℓ
 def print_report(report: Report, *, console: Console | None = None, depth: int | None = None,
                  ascii_only: bool = False, width: int | None = None) -> None:
     console = console or make_console(ascii_only=ascii_only, width=width)
+    if ascii_only and not console.options.ascii_only:  # a caller's UTF-8 console would draw unicode guides
+        console = _AsciiConsole(file=console.file, width=console.width, color_system=console.color_system,
+                                no_color=console.no_color, highlight=False, emoji=False)
     if ascii_only:
         with console.capture() as captured:
             _print(report, console, depth)

@@ -137,10 +137,15 @@ def test_auto_is_exact_on_small_inputs(oracle, case, p):
     oracle.assert_exact(c.norm(m, p, "auto"), oracle.norm(m, c.in_shape, p))
 
 
-def test_circular_exact_flag():
-    assert CASES["1d-circular-p1"].norm(CASES["1d-circular-p1"].module(), 2, "fft").exact
-    assert CASES["2d-circular-p1-s2"].norm(CASES["2d-circular-p1-s2"].module(), 2, "fft").exact
-    assert not CASES["1d-circular-p2-repeat"].norm(CASES["1d-circular-p2-repeat"].module(), 2, "fft").exact
+@pytest.mark.parametrize("name, exact", [
+    ("1d-circular-p1", True), ("2d-circular-p1-s2", True), ("3d-circular", True),
+    ("1d-circular-p2-repeat", False), ("1d-circular-s2-odd", False),
+])
+def test_circular_fft_exactness(name, exact):
+    c = CASES[name]
+    m = c.module()
+    assert c.norm(m, 2, "fft").exact is exact
+    assert c.norm(m, 2, "auto").method == ("fft-circular" if exact else "dense-svd")
 
 
 # --- the zero-padding pitfall (algorithms.md §3) ----------------------------------------------------------------
@@ -189,7 +194,7 @@ def conv_cases(draw):
     return Case(cin, cout, k, n, kw, transposed), draw(st.integers(0, 2**16))
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(conv_cases())
 def test_certified_at_least_exact(oracle, drawn):
     c, seed = drawn

@@ -1,0 +1,42 @@
+"""Shared test configuration.
+
+- ``pytest --update-golden`` rewrites the golden files under ``tests/golden/`` instead of comparing to them.
+- torch runs single-threaded: on a busy 2-core machine its OpenMP threads oversubscribe the cores and a
+  512×512 ``eigvalsh`` goes from 13 ms to several seconds.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `from tests.fixtures.zoo import ...` works from any working directory
+    sys.path.insert(0, str(ROOT))
+
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # for CLI subprocesses
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-golden", action="store_true", default=False,
+                     help="rewrite tests/golden/* from the current output instead of comparing")
+
+
+@pytest.fixture
+def update_golden(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--update-golden"))
+
+
+@pytest.fixture
+def restore_default_registry():
+    """Undo whatever a test registers into the process-wide default registry (CLI --rules, example files)."""
+    from lipgraph.registry import default_registry
+
+    registry = default_registry()
+    saved = (dict(registry._rules), dict(registry._aliases), list(registry.packs))
+    yield registry
+    registry._rules, registry._aliases, registry.packs = dict(saved[0]), dict(saved[1]), list(saved[2])
