@@ -1,8 +1,6 @@
 """Load ``model.py[:factory]`` for the CLI. This executes the file, like ``python model.py`` would."""
 from __future__ import annotations
 
-import runpy
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +9,7 @@ from torch import nn
 
 from .errors import InputError
 from .frontend.prepare import parse_shape
+from .userfile import run_user_file
 
 
 def load_model(spec: str, input_shape: str | None = None) -> tuple[nn.Module, Any]:
@@ -23,22 +22,14 @@ def load_model(spec: str, input_shape: str | None = None) -> tuple[nn.Module, An
     file = Path(path)
     if not file.is_file():
         raise InputError(f"model file {file} does not exist")
-    _script_dir_on_path(file)
     try:
-        namespace = runpy.run_path(str(file), run_name=f"lipgraph_model_{file.stem}")
+        namespace = run_user_file(file, "lipgraph_model")
     except Exception as exc:  # noqa: BLE001 - the user's file failed: say where
         raise InputError(f"running {file} failed: {type(exc).__name__}: {exc}") from None
     model = _model(namespace, factory or None, file)
     if input_shape:
         return model, torch.randn(*parse_shape(input_shape), generator=torch.Generator().manual_seed(0))
     return model, _example_input(namespace, factory or None, file)
-
-
-def _script_dir_on_path(file: Path) -> None:
-    """Like ``python model.py``: the file's folder goes first on ``sys.path``, so its sibling modules import."""
-    folder = str(file.resolve().parent)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
 
 
 def _model(ns: dict, factory: str | None, file: Path) -> nn.Module:

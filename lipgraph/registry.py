@@ -10,8 +10,6 @@ import contextlib
 import importlib
 import importlib.metadata
 import inspect
-import runpy
-import sys
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -20,6 +18,7 @@ from torch import nn
 
 from .errors import RuleError
 from .ruleapi import Rule, RuleFn, make_rule
+from .userfile import run_user_file
 
 ENTRY_POINT_GROUP = "lipgraph.rules"
 BUILTIN_PACKAGE = "lipgraph.rules"
@@ -154,9 +153,8 @@ class Registry:
         if not path.is_file():
             raise RuleError(f"rules file {path} does not exist")
         label = f"file {path}"
-        _script_dir_on_path(path)
         with self._loading(label), _as_rule_error(f"rules file {path} failed to load"):
-            runpy.run_path(str(path), run_name=f"lipgraph_rules_{path.stem}")
+            run_user_file(path, "lipgraph_rules")
         self.packs.append(label)
 
     @contextlib.contextmanager
@@ -222,12 +220,6 @@ def _caller_module() -> str:
             return f"api ({name})"
     return "api"
 
-
-def _script_dir_on_path(file: Path) -> None:
-    """Like ``python my_rules.py``: the file's folder goes first on ``sys.path`` (its sibling modules import)."""
-    folder = str(file.resolve().parent)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
 
 
 @contextlib.contextmanager
