@@ -15,6 +15,7 @@ from .frontend.prepare import as_inputs, check_finite_weights, check_runs, eval_
 from .frontend.trace import LipTracer
 from .passes.annotate import annotate
 from .passes.autolip import autolip
+from .passes.fuse import fuse
 from .registry import default_registry
 from .report import Report, build_tree, output_bounds
 
@@ -75,6 +76,7 @@ def analyze(
                          + "the export frontend traces into every module, so rules registered for module classes "
                            "do not apply (ops are bounded one by one)")
         annotate(lg, registry, p, unsupported)
+        fuse(lg, p)
         total = autolip(lg, p)
         tree = build_tree(lg, total, p)
     if total.kind is Kind.UNBOUNDED:

@@ -41,6 +41,7 @@ class Registry:
         key: str | None = None,
         override: bool = False,
         exact: bool = False,
+        affine: bool = False,
         source: str | None = None,
     ) -> Rule:
         """Register ``rule`` for ``target``: an op key (``"relu"``), a module class or a function.
@@ -49,7 +50,7 @@ class Registry:
         rule become leaves of the trace, and functions are traced as single ops.
         """
         key = key or (target if isinstance(target, str) else _default_key(target))
-        rule = make_rule(rule, name=key, exact_=exact)
+        rule = make_rule(rule, name=key, exact_=exact, affine=affine)
         stale = [t for t, k in self._aliases.items()
                  if k == key and t is not target and not isinstance(target, str) and _display_name(t) == _display_name(target)]
         for old in stale:  # the same class defined again (a re-run script or notebook cell): replace it

@@ -19,6 +19,18 @@ from .passes.autolip import combine, propagate
 
 
 @dataclass
+class FusedChain:
+    """A chain of affine ops bounded as one operator (ends at the node that carries it)."""
+
+    members: list[str]
+    bound: Bound
+    product: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"members": self.members, **bound_dict(self.bound), "product": self.product}
+
+
+@dataclass
 class ReportNode:
     path: str
     type: str
@@ -28,6 +40,7 @@ class ReportNode:
     formula: str | None = None
     notes: list[str] = field(default_factory=list)
     children: list["ReportNode"] = field(default_factory=list)
+    fused: FusedChain | None = None
 
     @property
     def name(self) -> str:
@@ -47,6 +60,7 @@ class ReportNode:
             "calls": self.calls,
             "formula": self.formula,
             "notes": list(self.notes),
+            "fused": self.fused.to_dict() if self.fused else None,
             "children": [c.to_dict() for c in self.children],
         }
 
@@ -138,6 +152,7 @@ def build_tree(lg: LipGraph, total: Bound, norm: float) -> ReportNode:
             parent.children.append(node)
             if single is not None:
                 node.notes.extend(_op_notes(single))
+                node.fused = _fused_chain(single)
                 continue
         _add_op_children(lg, by_path[scope[-1][0]] if scope else root, scope, nodes, norm)
     rank = {path: order[instances[s][0]] for s in reversed(sorted((s for s in instances if s),
@@ -161,7 +176,7 @@ def _add_op_children(lg: LipGraph, parent: ReportNode, scope: Scope, nodes: list
             continue
         transfer = n.meta["lip.transfer"]
         child = ReportNode(path=n.meta["lip.path"], type=_op_type(lg, n), op=n.meta["lip.key"],
-                           bound=_local_gain(transfer), notes=_op_notes(n))
+                           bound=_local_gain(transfer), notes=_op_notes(n), fused=_fused_chain(n))
         if len(transfer.gains) > 1:  # a merge: show its value inside the parent, and where it comes from
             local = local or propagate(nodes, _entries(nodes, inside))
             child.bound = local[n]
@@ -238,6 +253,17 @@ def _op_notes(node: fx.Node) -> list[str]:
     if any(g.kind is Kind.UNBOUNDED for g in transfer.gains):
         notes.append("no rule for this op: treated as unbounded (unsupported='inf')")
     return notes
+
+
+def _fused_chain(node: fx.Node) -> FusedChain | None:
+    if "lip.chain" not in node.meta:
+        return None
+    first, fused, product = node.meta["lip.chain"]
+    members = [node.meta["lip.path"]]
+    while members[-1] != first.meta["lip.path"]:
+        node = node.meta["lip.inputs"][0]
+        members.append(node.meta["lip.path"])
+    return FusedChain(members=members[::-1], bound=fused, product=product)
 
 
 def _worst(a: Bound, b: Bound) -> Bound:

@@ -43,12 +43,19 @@ class Transfer:
     (``ctx.inputs[i]``). ``combine`` is the q of the q-norm that merges the per-input terms
     (1: sum, as for add; ``ctx.norm``: concatenation). ``slope`` is the derivative interval of an
     elementwise activation, for chain passes (SeqLip, SDP) that need more than the constant.
+
+    ``affine`` declares the op affine in its input (x ↦ A x + b, A fixed): chains of affine ops are bounded
+    as one composed operator (algorithms.md §4). ``structure`` optionally describes A for exact folding:
+    ``("matrix", W)`` (y = W x on the last dim), ``("conv", weight, options)`` (``conv_norm`` keywords),
+    ``("channel_scale", s)`` (y_c = s_c x_c along dim 1, e.g. eval BatchNorm).
     """
 
     gains: tuple[Bound, ...]
     combine: float = 1.0
     slope: tuple[float, float] | None = None
     notes: tuple[str, ...] = ()
+    affine: bool = False
+    structure: tuple | None = None
 
 
 RuleFn = Callable[["OpContext"], Union[Transfer, Bound]]
@@ -65,12 +72,13 @@ class Rule:
     slope: tuple[float, float] | None = None
     source: str = ""  # filled in by the registry: builtin module, entry point, file, or API caller
     keys: list[str] = field(default_factory=list)
+    affine: bool = False  # for rules returning a plain Bound: the op is affine (see Transfer.affine)
 
     def apply(self, ctx: "OpContext") -> Transfer:
         """Run the rule and check its answer has one gain per input-dependent argument."""
         out = self.fn(ctx)
         if isinstance(out, Bound):
-            out = Transfer(gains=(out,) * len(ctx.inputs), slope=self.slope)
+            out = Transfer(gains=(out,) * len(ctx.inputs), slope=self.slope, affine=self.affine)
         if not isinstance(out, Transfer):
             raise RuleError(
                 f"rule {self.name!r} for {ctx.describe()} returned {type(out).__name__}; it must return a "
@@ -221,20 +229,21 @@ def elementwise(slope: tuple[float, float], *, name: str = "elementwise") -> Rul
     if lo > hi:
         raise RuleError(f"slope interval must have lo <= hi, got {slope}")
     gain = exact(max(abs(lo), abs(hi)), "slope")
-    return Rule(lambda ctx: gain, name=name, exact=True, slope=(lo, hi),
+    return Rule(lambda ctx: gain, name=name, exact=True, slope=(lo, hi), affine=lo == hi,
                 description=f"elementwise, slope in [{lo:g}, {hi:g}]")
 
 
 def scale(c: float, *, name: str = "scale") -> Rule:
     """Multiplication by a constant ``c``: Lipschitz ``|c|`` in every norm."""
     gain = exact(abs(float(c)), "constant")
-    return Rule(lambda ctx: gain, name=name, exact=True, slope=(float(c), float(c)), description=f"x -> {c:g}·x")
+    return Rule(lambda ctx: gain, name=name, exact=True, slope=(float(c), float(c)), affine=True,
+                description=f"x -> {c:g}·x")
 
 
 def isometry(*, name: str = "isometry", description: str = "reshape/permutation: Lipschitz 1") -> Rule:
     """A map that permutes, reshapes or selects coordinates: Lipschitz 1 in every ℓp."""
     gain = exact(1.0, "isometry")
-    return Rule(lambda ctx: gain, name=name, exact=True, slope=(1.0, 1.0), description=description)
+    return Rule(lambda ctx: gain, name=name, exact=True, slope=(1.0, 1.0), affine=True, description=description)
 
 
 def not_lipschitz(why: str, *, name: str = "not-lipschitz") -> Rule:
@@ -246,14 +255,15 @@ def not_lipschitz(why: str, *, name: str = "not-lipschitz") -> Rule:
     return Rule(fn, name=name, exact=True, description=f"not globally Lipschitz: {why}")
 
 
-def make_rule(fn: RuleFn | Rule, *, name: str | None = None, exact_: bool = False) -> Rule:
+def make_rule(fn: RuleFn | Rule, *, name: str | None = None, exact_: bool = False, affine: bool = False) -> Rule:
     """Wrap a plain function ``ctx -> Bound | Transfer`` as a :class:`Rule` (its docstring becomes the description)."""
     if isinstance(fn, Rule):
         return fn
     if not callable(fn):
         raise RuleError(f"a rule must be a lipgraph Rule or a function ctx -> Bound | Transfer, got {fn!r}")
     doc = inspect.getdoc(fn) or ""
-    return Rule(fn, name=name or getattr(fn, "__name__", "rule"), exact=exact_, description=doc.split("\n")[0])
+    return Rule(fn, name=name or getattr(fn, "__name__", "rule"), exact=exact_, affine=affine,
+                description=doc.split("\n")[0])
 
 
 def ntuple(x: Any, n: int) -> tuple:

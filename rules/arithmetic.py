@@ -20,7 +20,7 @@ def add(ctx: OpContext) -> Transfer:
     for v in ctx.inputs:
         g = copies_gain(broadcast_copies(v, ctx.output_shape), ctx.norm, ctx.key)
         gains.append(exact(g.value * alpha, ctx.key) if scaled is v and alpha != 1 else g)
-    return Transfer(gains=tuple(gains))
+    return Transfer(gains=tuple(gains), affine=len(gains) == 1)
 
 
 def mul(ctx: OpContext) -> Transfer:
@@ -29,7 +29,8 @@ def mul(ctx: OpContext) -> Transfer:
     if x is None:
         raise ctx.not_lipschitz("it multiplies two input-dependent tensors (x·y grows quadratically)")
     c = next(a for a in _operands(ctx) if a is not x)
-    return Transfer(gains=(constant_scale_gain(torch.as_tensor(c), x, ctx.output_shape, ctx.norm, "constant-scale"),))
+    return Transfer(gains=(constant_scale_gain(torch.as_tensor(c), x, ctx.output_shape, ctx.norm, "constant-scale"),),
+                    affine=True)
 
 
 def div(ctx: OpContext) -> Transfer:
@@ -40,7 +41,8 @@ def div(ctx: OpContext) -> Transfer:
     if isinstance(denominator, Var):
         raise ctx.not_lipschitz("it divides by an input-dependent tensor (unbounded as the divisor nears 0)")
     c = 1.0 / torch.as_tensor(denominator, dtype=torch.float64)
-    return Transfer(gains=(constant_scale_gain(c, numerator, ctx.output_shape, ctx.norm, "constant-scale"),))
+    return Transfer(gains=(constant_scale_gain(c, numerator, ctx.output_shape, ctx.norm, "constant-scale"),),
+                    affine=True)
 
 
 def _operands(ctx: OpContext) -> tuple:

@@ -5,16 +5,15 @@
 """
 from __future__ import annotations
 
-from lipgraph.bound import Bound
 from lipgraph.linalg import conv_norm
 from lipgraph.registry import Registry
-from lipgraph.ruleapi import OpContext
+from lipgraph.ruleapi import OpContext, Transfer
 
 CONV_KEYS = ("conv1d", "conv2d", "conv3d")
 TRANSPOSE_KEYS = ("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
 
 
-def conv(ctx: OpContext) -> Bound:
+def conv(ctx: OpContext) -> Transfer:
     """‖conv‖_p at the input's spatial size; stride, padding (any mode), dilation and groups included."""
     transposed = ctx.key in TRANSPOSE_KEYS
     dims = int(ctx.key[-2])
@@ -28,7 +27,9 @@ def conv(ctx: OpContext) -> Bound:
     )
     if transposed:
         options["output_padding"] = ctx.arg("output_padding", 5, 0)
-    return conv_norm(weight, tuple(ctx.input.shape[-dims:]), transposed=transposed, p=ctx.norm, **options)
+    options.update(in_spatial=tuple(ctx.input.shape[-dims:]), transposed=transposed)
+    return Transfer(gains=(conv_norm(weight, p=ctx.norm, **options),), affine=True,
+                    structure=("conv", weight, options))
 
 
 def register(registry: Registry) -> None:

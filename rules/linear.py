@@ -15,9 +15,12 @@ from ._gains import broadcast_copies, copies_gain
 _TRANSPOSED_NORM = {1: math.inf, 2: 2, math.inf: 1}  # ‖Bᵀ‖_p = ‖B‖_q
 
 
-def linear(ctx: OpContext) -> Bound:
+def linear(ctx: OpContext) -> Transfer:
     """y = W x + b: ‖W‖_p, exact (each sample/row is mapped independently by the same W)."""
-    return matrix_norm(ctx.arg("weight", 1).detach(), ctx.norm)
+    weight = ctx.arg("weight", 1).detach()
+    flat = len(ctx.input.shape) == 2  # (N, features): channel scales (BatchNorm1d) act on the same axis
+    return Transfer(gains=(matrix_norm(weight, ctx.norm),), affine=True,
+                    structure=("matrix", weight) if flat else None)
 
 
 def product_gain(var: Var, const: torch.Tensor, var_on_left: bool, p: float) -> Bound:
@@ -52,7 +55,7 @@ def matmul(ctx: OpContext) -> Transfer:
         raise ctx.not_lipschitz("it multiplies two input-dependent tensors (as dot-product attention does; "
                                 "Kim, Papamakarios & Mnih 2021)")
     var, const, left = (a, b, True) if isinstance(a, Var) else (b, a, False)
-    return Transfer(gains=(product_gain(var, torch.as_tensor(const), left, ctx.norm),))
+    return Transfer(gains=(product_gain(var, torch.as_tensor(const), left, ctx.norm),), affine=True)
 
 
 def addmm(ctx: OpContext) -> Transfer:
@@ -69,7 +72,7 @@ def addmm(ctx: OpContext) -> Transfer:
         else:
             g = product_gain(v, torch.as_tensor(mat2 if v is mat1 else mat1), v is mat1, ctx.norm)
             gains.append(Bound(alpha * g.value, g.kind, g.method, exact=g.exact))
-    return Transfer(gains=tuple(gains))
+    return Transfer(gains=tuple(gains), affine=len(gains) == 1)
 
 
 def register(registry: Registry) -> None:

@@ -23,8 +23,9 @@ def batch_norm(ctx: OpContext) -> Transfer:
     scale = 1.0 / torch.sqrt(running_var.detach().to(torch.float64) + eps)
     weight = ctx.arg("weight", None, None)
     if weight is not None:
-        scale = scale * weight.detach().to(torch.float64).abs()
-    return Transfer(gains=(certified(float(scale.max()), "diagonal", exact=True, margin=1e-12),))
+        scale = scale * weight.detach().to(torch.float64)
+    return Transfer(gains=(certified(float(scale.abs().max()), "diagonal", exact=True, margin=1e-12),),
+                    affine=True, structure=("channel_scale", scale))
 
 
 def feature_norm(ctx: OpContext) -> Transfer:

@@ -94,8 +94,8 @@ def register(registry: Registry) -> None:
     for d in (1, 2, 3):
         registry.register(f"max_pool{d}d", max_pool)
         registry.register(f"adaptive_max_pool{d}d", adaptive_max_pool)
-        registry.register(f"avg_pool{d}d", per_channel_linear)
-        registry.register(f"adaptive_avg_pool{d}d", per_channel_linear)
-    registry.register("upsample", per_channel_linear)
+        registry.register(f"avg_pool{d}d", per_channel_linear, affine=True)
+        registry.register(f"adaptive_avg_pool{d}d", per_channel_linear, affine=True)
+    registry.register("upsample", per_channel_linear, affine=True)
 
 

@@ -16,7 +16,7 @@ ISOMETRIES = ("flatten", "unflatten", "reshape", "permute", "transpose", "squeez
 def dropout(ctx: OpContext) -> Transfer:
     """Identity in eval mode; functional dropout left in training mode scales kept units by 1/(1 − p)."""
     if not ctx.arg("training", 2, True):  # module: its .training flag; F.dropout/aten.dropout: the argument
-        return Transfer(gains=(exact(1.0, "eval-identity"),), slope=(1.0, 1.0))
+        return Transfer(gains=(exact(1.0, "eval-identity"),), slope=(1.0, 1.0), affine=True)
     p = float(ctx.arg("p", 1, 0.5))
     return Transfer(gains=(exact(1.0 / (1.0 - p), "dropout-scale"),),
                     notes=(f"dropout is active (training=True): random mask scaled by 1/(1-{p:g})",))
@@ -31,13 +31,14 @@ def gather(ctx: OpContext) -> Transfer:
     if rest:
         raise ctx.not_lipschitz("it indexes with an input-dependent index (a data-dependent selection)")
     if source.parts is not None:  # picking one tensor out of chunk/split's tuple: a projection
-        return Transfer(gains=(exact(1.0, "projection"),))
-    return Transfer(gains=(copies_gain(max_copies(ctx, source), ctx.norm, "copy-count"),))
+        return Transfer(gains=(exact(1.0, "projection"),), affine=True)
+    return Transfer(gains=(copies_gain(max_copies(ctx, source), ctx.norm, "copy-count"),), affine=True)
 
 
 def concatenate(ctx: OpContext) -> Transfer:
     """cat/stack: ‖(Δa, Δb)‖_p = (‖Δa‖_p^p + ‖Δb‖_p^p)^{1/p}, so the branch bounds combine in ℓp."""
-    return Transfer(gains=tuple(exact(1.0, "concat") for _ in ctx.inputs), combine=ctx.norm)
+    return Transfer(gains=tuple(exact(1.0, "concat") for _ in ctx.inputs), combine=ctx.norm,
+                    affine=len(ctx.inputs) == 1)
 
 
 def reduce(ctx: OpContext) -> Transfer:
@@ -50,7 +51,7 @@ def reduce(ctx: OpContext) -> Transfer:
         value = m if math.isinf(p) else (math.sqrt(m) if p == 2 else 1.0)
     else:
         value = 1.0 if math.isinf(p) else (1 / math.sqrt(m) if p == 2 else 1 / m)
-    return Transfer(gains=(exact(value, f"{ctx.key} of {m:g}"),))
+    return Transfer(gains=(exact(value, f"{ctx.key} of {m:g}"),), affine=True)
 
 
 def register(registry: Registry) -> None:

@@ -120,6 +120,29 @@ _SPELLINGS: dict[str, list[Any]] = {
     "sum": [torch.sum, "sum"],
     "multihead_attention": [nn.MultiheadAttention, F.multi_head_attention_forward,
                             F.scaled_dot_product_attention, "scaled_dot_product_attention"],
+    # rules/softmax.py, rules/extra.py
+    "softmin": [nn.Softmin, F.softmin, "softmin"],
+    "softmax2d": [nn.Softmax2d],
+    "abs": [torch.abs, torch.absolute, "abs", "absolute"],
+    "flip": [torch.flip, torch.fliplr, torch.flipud, "flip", "fliplr", "flipud"],
+    "roll": [torch.roll, "roll"],
+    "rot90": [torch.rot90, "rot90"],
+    # clamp broadcasts x against tensor bounds (copies x): its own key, not hardtanh's. Listed after "hardtanh",
+    # so these spellings override the clamp/clip entries there.
+    "clamp": [torch.clamp, torch.clip, torch.clamp_min, torch.clamp_max, "clamp", "clip", "clamp_min", "clamp_max"],
+    "maximum": [torch.maximum, torch.fmax, "maximum", "fmax"],
+    "minimum": [torch.minimum, torch.fmin, "minimum", "fmin"],
+    "max": [torch.max, "max"],  # reduction over dims, or torch.max(a, b) of two tensors
+    "min": [torch.min, "min"],
+    "amax": [torch.amax, "amax"],
+    "amin": [torch.amin, "amin"],
+    "argmax": [torch.argmax, "argmax"],
+    "argmin": [torch.argmin, "argmin"],
+    "sort": [torch.sort, "sort"],
+    "topk": [torch.topk, "topk"],
+    "norm": [torch.norm, "norm"],
+    "linalg_vector_norm": [torch.linalg.vector_norm, "linalg_vector_norm", "vector_norm"],
+    "linalg_norm": [torch.linalg.norm, "linalg_norm"],
 }
 
 MODULE_KEYS: dict[type, str] = {}

@@ -195,7 +195,7 @@ def _fft_norm(w: torch.Tensor, geo: _Geometry) -> Bound:
     grid, strides, copies, exact = [], [], 1, geo.mode == "circular"
     for n, (l, r), K, s, out in zip(geo.n, geo.pads, geo.span, geo.stride, geo.out):
         if geo.mode == "zeros":
-            n, l, r = n + min(l, 0) + min(r, 0), max(l, 0), max(r, 0)  # cropped columns are zero columns
+            n, r = n + min(r, 0), max(r, 0)  # a crop (r < 0, ConvTranspose) only removes zero columns
             grid.append(_round_up(n + min(l + r, K - 1), s))
             strides.append(s)
         elif geo.mode == "circular":
@@ -253,7 +253,7 @@ def _circular_norm(
     best = 0.0
     for start in range(0, n_freq, chunk):
         freq = torch.stack(torch.unravel_index(torch.arange(start, min(start + chunk, n_freq)), half), -1)
-        turns = (((freq[:, None, :] * u[None, :, :]) % M).double() / M).sum(-1)  # ω·u/M mod 1, per dim in integers
+        turns = (((freq[:, None, :] * u[None, :, :]) % M).double() / M).sum(-1)  # Σ (ω·u mod M)/M, exact ints
         e = torch.polar(torch.ones_like(turns), -2 * math.pi * turns)
         sym = torch.cat([(e[:, idx] @ flat_w[idx]).reshape(-1, g, co, ci) for idx in phase_taps], dim=-1)
         gram = sym @ sym.mH if co <= width else sym.mH @ sym

@@ -38,7 +38,19 @@ def propagate(nodes: Iterable[fx.Node], entry: Mapping[fx.Node, Bound]) -> dict[
         transfer = node.meta["lip.transfer"]
         terms = list(zip(transfer.gains, (bounds[a] for a in node.meta["lip.inputs"])))
         bounds[node] = combine(terms, transfer.combine)
+        if "lip.chain" in node.meta:
+            bounds[node] = _through_chain(node, bounds, entry)
     return bounds
+
+
+def _through_chain(node: fx.Node, bounds: Mapping[fx.Node, Bound], entry: Mapping[fx.Node, Bound]) -> Bound:
+    """The smaller of the product path and ``fused · L(chain input)`` (fuse pass), both certified bounds."""
+    first, fused, _product = node.meta["lip.chain"]
+    source = first.meta["lip.inputs"][0]
+    if first in entry or first not in bounds or source not in bounds:  # the chain starts outside this sub-network
+        return bounds[node]
+    via = combine([(fused, bounds[source])], 1, method="autolip+fusion")
+    return via if via.value < bounds[node].value else bounds[node]
 
 
 def autolip(lg: LipGraph, norm: float) -> Bound:

@@ -52,6 +52,10 @@ def label(node: ReportNode, *, root: bool = False) -> Text:
     text.append(f"  {node.bound.kind.value} · {node.bound.method}", style="dim")
     if node.formula:
         text.append(f"  [{node.formula}]", style="magenta")
+    if node.fused:
+        names = "+".join(m.rsplit(".", 1)[-1] for m in node.fused.members)
+        text.append(f"  [{names} fused: L {format_bound(node.fused.bound)} by {node.fused.bound.method[6:]}, "
+                    f"product {node.fused.product:.4g}]", style="green")
     for note in node.notes:
         text.append(f"  ({note})", style="italic")
     return text
