@@ -130,9 +130,9 @@ def build_tree(lg: LipGraph, total: Bound, norm: float) -> ReportNode:
         for depth in range(1, len(scope) + 1):
             instances.setdefault(scope[:depth], []).append(node)
 
-    by_path: dict[str, ReportNode] = {}
     root = ReportNode(path="", type=type(lg.model).__name__, op=None, bound=total)
-    by_path[""] = root
+    by_path: dict[str, ReportNode] = {"": root}
+    rank: dict[str, int] = {}  # children are listed in execution order of their first op
     # the root scope has no op when the output does not depend on the input (L = 0)
     for scope in sorted(instances, key=lambda s: (len(s), order[instances[s][0]] if instances[s] else -1)):
         nodes = instances[scope]
@@ -149,17 +149,14 @@ def build_tree(lg: LipGraph, total: Bound, norm: float) -> ReportNode:
             node = ReportNode(path=path, type=lg.module_types.get(path, "?"),
                               op=single.meta["lip.key"] if single else None, bound=bound)
             by_path[path] = node
+            rank[path] = order[nodes[0]]
             parent.children.append(node)
             if single is not None:
                 node.notes.extend(_op_notes(single))
                 node.fused = _fused_chain(single)
                 continue
         _add_op_children(lg, by_path[scope[-1][0]] if scope else root, scope, nodes, norm)
-    rank = {path: order[instances[s][0]] for s in reversed(sorted((s for s in instances if s),
-                                                                  key=lambda s: order[instances[s][0]]))
-            for path in [s[-1][0]]}
-    for n, i in order.items():
-        rank.setdefault(n.meta["lip.path"], i)
+        rank.update((n.meta["lip.path"], order[n]) for n in nodes if n.meta["lip.scope"] == scope)
     for node in root.walk():
         node.children.sort(key=lambda c: rank[c.path])
         if node.calls > 1:
