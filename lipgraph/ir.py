@@ -70,6 +70,8 @@ def build(model: nn.Module, inputs: tuple, registry: Registry, frontend: str = "
         if n.meta.get("lip.dep") and n.op != "output":
             n.meta["lip.key"] = op_key(lg, n, registry)
             n.meta["lip.path"] = _unique(_path(n), taken) if n.op != "call_module" else _path(n)
+    # ops whose results never reach an output (an unused max-pool index, a debug tensor) cannot change L
+    lg.graph = lg.graph.subgraph(nx.ancestors(lg.graph, lg.output) | {lg.output}).copy()
     return lg
 
 

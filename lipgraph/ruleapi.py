@@ -223,27 +223,34 @@ def _parameter_names(target: Any) -> list[str] | None:
 
 
 # -- factories for the common cases ---------------------------------------------------------------------
+def _unary(gain: Bound) -> RuleFn:
+    """A rule function for a one-input op with a fixed gain (refuses ops with several input-dependent arguments)."""
+
+    def fn(ctx: OpContext) -> Bound:
+        ctx.input  # noqa: B018 - raises unless exactly one argument depends on the input
+        return gain
+
+    return fn
+
+
 def elementwise(slope: tuple[float, float], *, name: str = "elementwise") -> Rule:
     """An elementwise map whose derivative lies in ``[lo, hi]``: Lipschitz ``max(|lo|, |hi|)`` in every ℓp."""
     lo, hi = map(float, slope)
     if lo > hi:
         raise RuleError(f"slope interval must have lo <= hi, got {slope}")
-    gain = exact(max(abs(lo), abs(hi)), "slope")
-    return Rule(lambda ctx: gain, name=name, exact=True, slope=(lo, hi), affine=lo == hi,
+    return Rule(_unary(exact(max(abs(lo), abs(hi)), "slope")), name=name, exact=True, slope=(lo, hi), affine=lo == hi,
                 description=f"elementwise, slope in [{lo:g}, {hi:g}]")
 
 
 def scale(c: float, *, name: str = "scale") -> Rule:
     """Multiplication by a constant ``c``: Lipschitz ``|c|`` in every norm."""
-    gain = exact(abs(float(c)), "constant")
-    return Rule(lambda ctx: gain, name=name, exact=True, slope=(float(c), float(c)), affine=True,
+    return Rule(_unary(exact(abs(float(c)), "constant")), name=name, exact=True, slope=(float(c), float(c)), affine=True,
                 description=f"x -> {c:g}·x")
 
 
 def isometry(*, name: str = "isometry", description: str = "reshape/permutation: Lipschitz 1") -> Rule:
     """A map that permutes, reshapes or selects coordinates: Lipschitz 1 in every ℓp."""
-    gain = exact(1.0, "isometry")
-    return Rule(lambda ctx: gain, name=name, exact=True, slope=(1.0, 1.0), affine=True, description=description)
+    return Rule(_unary(exact(1.0, "isometry")), name=name, exact=True, slope=(1.0, 1.0), affine=True, description=description)
 
 
 def not_lipschitz(why: str, *, name: str = "not-lipschitz") -> Rule:

@@ -31,6 +31,8 @@ def gather(ctx: OpContext) -> Transfer:
     if rest:
         raise ctx.not_lipschitz("it indexes with an input-dependent index (a data-dependent selection)")
     if source.parts is not None:  # picking one tensor out of chunk/split's tuple: a projection
+        if isinstance(ctx.output, Var) and not ctx.output.dtype.is_floating_point:
+            raise ctx.not_lipschitz("it selects integer indices (e.g. of a max), which jump as the input moves")
         return Transfer(gains=(exact(1.0, "projection"),), affine=True)
     return Transfer(gains=(copies_gain(max_copies(ctx, source), ctx.norm, "copy-count"),), affine=True)
 

@@ -1,0 +1,564 @@
+"""Lower bounds on the Lipschitz constant: the largest ratio we can actually exhibit (algorithms.md §9).
+
+    bound = lipgraph.lower_bound(model, x)                  # Bound(kind=LOWER, method="jacobian-ascent")
+    bound, x_star = lipgraph.lower_bound(model, x, return_input=True)
+    result = lipgraph.lower.search(model, x, seconds=10)    # everything: the pair, the direction, the history
+
+**Why the returned number is ≤ L.** By definition L ≥ ‖f(a) − f(b)‖_p / ‖a − b‖_p for *every* pair a ≠ b. The
+value returned is such a ratio, evaluated in float64 at an explicit pair (``result.input``, ``result.other``),
+minus a rounding allowance (1e-12 · (‖f(a)‖_p + ‖f(b)‖_p) off the numerator, ≈ 4500 float64 ulps, and a relative
+1e-12). No differentiability is needed, so kinks (ReLU at 0, max-pool ties) cannot make it unsound. The pairs
+are a = x + h·v, b = x − h·v around the best point x and direction v found by the search (several h, the best
+kept), plus the wider pairs the ascent itself used and a few random nearby pairs. Where f is differentiable at x
+the ratio tends to ‖J_f(x) v‖_p / ‖v‖_p as h → 0: it *is* the attained Jacobian norm (to ~1e-8), which the
+search maximises.
+
+**The search** (batched over starts, in the model's own dtype):
+
+- starts: the example input's rows, rows of ``data``, scaled copies of them, Gaussian and uniform points at
+  the data's scale, and (in later rounds) perturbations of the best point so far;
+- at each point, the dual power method for ‖J‖_{p→p} (Higham): u = J v (``torch.func.jvp``),
+  g = Jᵀ dual_p(u) (``torch.func.vjp``), v ← argmax_{‖v‖_p=1} ⟨g, v⟩. ℓ2: power iteration on JᵀJ. ℓ∞: v is a sign
+  vector and dual_∞(u) picks the largest output coordinate, so g is a Jacobian *row* and ‖J v‖_∞ its abs-sum
+  (‖J‖_{∞→∞} = max row abs-sum). ℓ1: dual_1(u) = sign(u) and v becomes the best coordinate vector e_j, so
+  ‖J v‖_1 is a Jacobian *column* abs-sum (‖J‖_{1→1} = max column abs-sum). Each ‖J v‖_p/‖v‖_p is a lower bound
+  of ‖J(x)‖_{p→p}, hence of L where f is differentiable;
+- gradient ascent (Adam) on x of the symmetric difference quotient ‖f(x + εv) − f(x − εv)‖_p / (2ε‖v‖_p) with
+  the power-iterated v, ε shrinking geometrically: for small ε this is the Jacobian norm ‖J(x) v‖ as a function
+  of x (with first-order autodiff only), and for larger ε it still has a useful gradient on piecewise-linear
+  (ReLU) networks, whose Jacobian is piecewise constant (zero gradient almost everywhere);
+- with ``seconds``, new rounds of starts until the budget is spent;
+- at the end, the best candidates are re-examined in float64: the exact local norm from the full Jacobian
+  when it is small (ℓ2: its top singular vector; ℓ∞: its largest row; ℓ1: its largest column), else a few
+  float64 power steps, then the difference quotients above.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jvp, vjp
+
+from .bound import Bound, lower
+from .errors import InputError, LipgraphError
+from .frontend.prepare import as_inputs, eval_mode, unwrap
+
+METHOD = "jacobian-ascent"
+#: numerator allowance (relative to ‖f(a)‖ + ‖f(b)‖) and relative allowance for float64 rounding
+ROUNDING = 1e-12
+#: the full Jacobian is materialised at the final candidates when it has at most this many entries
+DENSE_JACOBIAN = 1 << 21
+STEP_SIZES = (1e-2, 1e-3, 1e-4)  # h for the final difference quotients, relative to the input's scale
+
+
+@dataclass
+class LowerResult:
+    """A proven lower bound with its witness pair: ``bound.value`` ≤ ‖f(input) − f(other)‖_p/‖input − other‖_p."""
+
+    bound: Bound
+    input: Tensor | tuple[Tensor, ...]  # a = x + h·v: same structure as the example input, batch 1
+    other: Tensor | tuple[Tensor, ...]  # b
+    point: Tensor | tuple[Tensor, ...]  # x, the point where the Jacobian norm is attained
+    direction: Tensor  # v, flat, unit p-norm
+    jacobian: float | None  # ‖J_f(x) v‖_p in float64 (None when it could not be computed)
+    norm: float
+    evaluations: int  # points at which the Jacobian was probed
+    rounds: int
+    seconds: float
+    history: list[tuple[float, float]] = field(default_factory=list)  # (seconds, best value found so far)
+
+    @property
+    def value(self) -> float:
+        return self.bound.value
+
+
+def lower_bound(model: nn.Module, x: Any, *, norm: Any = 2, starts: int = 8, steps: int = 50,
+                seconds: float | None = None, data: Any = None, seed: int = 0, return_input: bool = False,
+                progress: bool | Callable[[float, float], None] = False) -> Bound | tuple[Bound, Any]:
+    """A proven lower bound on the ℓp Lipschitz constant of ``model`` (eval mode), kind ``LOWER``.
+
+    ``x`` fixes the input shape (dim 0 is the batch; its rows are also starting points), ``data`` adds rows
+    of real inputs as starts. ``starts`` points are searched at once, ``steps`` ascent steps each; with
+    ``seconds`` the search keeps drawing new rounds of starts until that many seconds have passed.
+    ``return_input=True`` also returns the input (batch 1) at which the Jacobian norm is attained.
+    """
+    result = search(model, x, norm=norm, starts=starts, steps=steps, seconds=seconds, data=data, seed=seed,
+                    progress=progress)
+    return (result.bound, result.point) if return_input else result.bound
+
+
+# -- the function as a map between flat vectors ----------------------------------------------------------
+def _flatten_outputs(out: Any, rows: int | None) -> list[Tensor]:
+    if isinstance(out, Tensor):
+        if not out.is_floating_point():
+            return []
+        if rows is None:
+            return [out.reshape(1, -1)]
+        if out.dim() == 0 or out.shape[0] != rows:
+            raise _NotBatched
+        return [out.reshape(rows, -1)]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _flatten_outputs(o, rows)]
+    return []
+
+
+class _NotBatched(Exception):
+    pass
+
+
+class _Net:
+    """f as a map from (B, n) to (B, m): B points, each the concatenation of the flattened inputs.
+
+    ``batched``: the B points run as one batch (checked to match one-at-a-time evaluation); ``loop``: one
+    point at a time with batch 1; ``whole``: the model only runs on the example's exact shape, so a point is
+    the whole example (its batch dimension included).
+    """
+
+    def __init__(self, model: nn.Module, inputs: tuple[Tensor, ...], dtype: torch.dtype | None,
+                 deep: bool = False) -> None:
+        self.device = inputs[0].device
+        self.dtype = dtype or inputs[0].dtype
+        if deep:
+            self.module = copy.deepcopy(model).to(self.dtype)
+            self.state = None
+        else:
+            self.module = model
+            self.state = {k: (v.detach().to(self.dtype) if v.is_floating_point() else v)
+                          for k, v in [*model.named_parameters(), *model.named_buffers()]}
+        self.example = tuple(x.detach().to(self.dtype) for x in inputs)
+        self.mode = "batched"
+        self.shapes = [tuple(x.shape[1:]) for x in self.example]
+        rows = self.pack(self.example)
+        try:
+            single = [self(rows[i:i + 1], mode="loop") for i in range(min(len(rows), 2))]
+        except Exception:  # noqa: BLE001 - the model only accepts the example's exact shape
+            self.mode, self.shapes = "whole", [tuple(x.shape) for x in self.example]
+            self.m = self(self.pack(self.example)).shape[1]
+            return
+        probe = torch.cat([rows[:1], rows[:1] * 0.5 + 0.1], 0)
+        try:
+            both = self(probe, mode="batched")
+            ref = torch.cat([single[0], self(probe[1:], mode="loop")], 0)
+            tol = 1e-4 * (1.0 + float(ref.abs().max()))
+            if both.shape != ref.shape or not bool(((both - ref).abs() <= tol).all()):
+                raise _NotBatched
+        except Exception:  # noqa: BLE001 - points interact across the batch: run them one by one
+            self.mode = "loop"
+        self.m = single[0].shape[1]
+
+    @property
+    def n(self) -> int:
+        return sum(math.prod(s) for s in self.shapes)
+
+    def pack(self, inputs: tuple[Tensor, ...]) -> Tensor:
+        """Example-structured inputs -> (B, n) rows."""
+        if self.mode == "whole":
+            return torch.cat([x.reshape(1, -1) for x in inputs], 1).to(self.dtype)
+        return torch.cat([x.reshape(x.shape[0], -1) for x in inputs], 1).to(self.dtype)
+
+    def unpack(self, z: Tensor) -> tuple[Tensor, ...]:
+        """(B, n) rows -> the model's positional inputs (batch B; ``whole``: B must be 1)."""
+        parts, start = [], 0
+        for shape in self.shapes:
+            size = math.prod(shape)
+            chunk = z[:, start:start + size]
+            parts.append(chunk.reshape(*shape) if self.mode == "whole" else chunk.reshape(z.shape[0], *shape))
+            start += size
+        return tuple(parts)
+
+    def _call(self, args: tuple[Tensor, ...]) -> Any:
+        if self.state is None:
+            return self.module(*args)
+        return functional_call(self.module, self.state, args)
+
+    def __call__(self, z: Tensor, mode: str | None = None) -> Tensor:
+        mode = mode or self.mode
+        if mode == "batched":
+            return torch.cat(_flatten_outputs(self._call(self.unpack(z)), z.shape[0]), 1)
+        rows = None if mode == "whole" else 1
+        return torch.cat([torch.cat(_flatten_outputs(self._call(self.unpack(z[i:i + 1])), rows), 1)
+                          for i in range(z.shape[0])], 0)
+
+    def structured(self, z: Tensor, like: tuple[Tensor, ...]) -> Tensor | tuple[Tensor, ...]:
+        """One row as the example's structure (batch 1), in the example's dtype."""
+        parts = self.unpack(z.reshape(1, -1))
+        parts = tuple(p.detach().to(x.dtype) for p, x in zip(parts, like))
+        return parts[0] if len(parts) == 1 else parts
+
+
+def _jvp(fn: _Net, z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    try:
+        return jvp(fn, (z,), (v,))
+    except Exception:  # noqa: BLE001 - an op without forward-mode AD: J v as the transpose of a vjp
+        y, pullback = vjp(fn, z)
+        _, push = vjp(lambda u: pullback(u)[0], torch.zeros_like(y))
+        return y, push(v)[0]
+
+
+# -- norms and their duals, row by row -------------------------------------------------------------------
+def _norm(u: Tensor, p: float) -> Tensor:
+    if math.isinf(p):
+        return u.abs().amax(1)
+    if p == 1:
+        return u.abs().sum(1)
+    return u.pow(2).sum(1).add(1e-300 if u.dtype == torch.float64 else 1e-30).sqrt()
+
+
+def _one_hot_max(g: Tensor) -> Tensor:
+    idx = g.abs().argmax(1, keepdim=True)
+    out = torch.zeros_like(g)
+    sign = torch.gather(g, 1, idx).sign()
+    return out.scatter_(1, idx, torch.where(sign == 0, torch.ones_like(sign), sign))
+
+
+def _dual_out(u: Tensor, p: float) -> Tensor:
+    """A norming functional of u: ⟨w, u⟩ = ‖u‖_p with ‖w‖_q = 1 (1/p + 1/q = 1)."""
+    if math.isinf(p):
+        return _one_hot_max(u)
+    if p == 1:
+        return u.sign()
+    return u / _norm(u, 2)[:, None]
+
+
+def _unit_in(g: Tensor, p: float) -> Tensor:
+    """argmax over ‖v‖_p = 1 of ⟨g, v⟩."""
+    if math.isinf(p):
+        return torch.where(g >= 0, 1.0, -1.0).to(g.dtype)
+    if p == 1:
+        return _one_hot_max(g)
+    return g / _norm(g, 2)[:, None]
+
+
+def _power_step(fn: _Net, z: Tensor, v: Tensor, p: float) -> tuple[Tensor, Tensor]:
+    """(‖J v‖_p / ‖v‖_p per row, the next direction) at the points z."""
+    _, u = _jvp(fn, z, v)
+    value = _norm(u, p) / _norm(v, p)
+    value = torch.where(v.abs().amax(1) > 0, value, torch.zeros_like(value))
+    _, pullback = vjp(fn, z)
+    g = pullback(_dual_out(u, p))[0]
+    dead = ~(g.abs().amax(1) > 0)  # J = 0 there (or exactly orthogonal): try a fresh random direction
+    nxt = _unit_in(g, p)
+    if bool(dead.any()):
+        nxt[dead] = _unit_in(torch.randn_like(g[dead]), p)
+    return value.detach(), nxt.detach()
+
+
+# -- starting points -----------------------------------------------------------------------------------
+def _data_rows(fn: _Net, data: Any) -> Tensor | None:
+    if data is None:
+        return None
+    items = as_inputs(data)
+    if fn.mode == "whole":
+        if tuple(tuple(t.shape) for t in items) == tuple(fn.shapes):
+            return fn.pack(items)
+        if all(tuple(t.shape[1:]) == s for t, s in zip(items, fn.shapes)):
+            return torch.cat([fn.pack(tuple(t[i] for t in items)) for i in range(items[0].shape[0])], 0)
+    else:
+        if all(tuple(t.shape) == s for t, s in zip(items, fn.shapes)):  # one sample without a batch dim
+            items = tuple(t.unsqueeze(0) for t in items)
+        if len(items) == len(fn.shapes) and all(tuple(t.shape[1:]) == s for t, s in zip(items, fn.shapes)):
+            return fn.pack(tuple(t.to(fn.device) for t in items))
+    want = ", ".join("(N, " + ", ".join(map(str, s)) + ")" for s in fn.shapes)
+    got = ", ".join(str(tuple(t.shape)) for t in items)
+    raise InputError(f"data of shape {got} does not match the model's input: expected {want}")
+
+
+def _first_starts(fn: _Net, example: Tensor, data: Tensor | None, count: int, scale: float, mean: float,
+                  lo: float, hi: float, gen: torch.Generator) -> Tensor:
+    n, kw = fn.n, dict(dtype=fn.dtype, device=fn.device)
+
+    def gauss(c: float, k: int = 1) -> Tensor:
+        return mean + c * scale * torch.randn(k, n, generator=gen, dtype=fn.dtype).to(fn.device)
+
+    picks: list[Tensor] = [example[:max(1, count // 4)]]
+    if data is not None and len(data):
+        idx = torch.randperm(len(data), generator=gen)[:max(1, count // 2)]
+        picks.append(data[idx.to(data.device)])
+    pool = torch.cat(picks, 0)
+    extra = [pool * 2.0, pool * 0.5, gauss(1.0), gauss(3.0), gauss(0.3),
+             lo + (hi - lo) * torch.rand(1, n, generator=gen, dtype=fn.dtype).to(fn.device),
+             pool[:1] + gauss(0.3) - mean, torch.randn(1, n, generator=gen, dtype=fn.dtype).to(fn.device)]
+    out = torch.cat([pool] + extra, 0)[:count]
+    if len(out) < count:
+        cs = (1.0, 3.0, 0.3, 10.0)
+        more = [gauss(cs[i % 4]) for i in range(count - len(out))]
+        out = torch.cat([out, *more], 0)
+    return out.to(**kw)
+
+
+def _later_starts(fn: _Net, best: Tensor | None, count: int, scale: float, mean: float, gen: torch.Generator,
+                  round_: int) -> Tensor:
+    n = fn.n
+    rand = torch.randn(count, n, generator=gen, dtype=fn.dtype).to(fn.device)
+    cs = torch.tensor([(0.3, 1.0, 3.0, 10.0)[(i + round_) % 4] for i in range(count)], dtype=fn.dtype,
+                      device=fn.device)[:, None]
+    out = mean + cs * scale * rand
+    if best is not None:  # half of them explore around the best point so far
+        k = count // 2
+        local = torch.tensor([(0.01, 0.1, 0.3)[i % 3] for i in range(k)], dtype=fn.dtype, device=fn.device)[:, None]
+        out[:k] = best + local * scale * rand[:k]
+    return out
+
+
+# -- the search ------------------------------------------------------------------------------------------
+@dataclass
+class _Pool:
+    """The best (value, x, v, ε) candidates found so far, one per start, kept across rounds."""
+
+    size: int
+    items: list[tuple[float, Tensor, Tensor, float]] = field(default_factory=list)
+
+    def offer(self, values: Tensor, z: Tensor, v: Tensor, eps: Tensor) -> None:
+        for i in torch.argsort(values, descending=True)[:self.size].tolist():
+            val = float(values[i])
+            if math.isfinite(val):
+                self.items.append((val, z[i].detach().clone(), v[i].detach().clone(), float(eps[i])))
+        self.items.sort(key=lambda t: -t[0])
+        del self.items[self.size:]
+
+    @property
+    def best(self) -> float:
+        return self.items[0][0] if self.items else 0.0
+
+
+class _Progress:
+    def __init__(self, progress: bool | Callable[[float, float], None], total: int | None,
+                 seconds: float | None) -> None:
+        self.callback = progress if callable(progress) else None
+        self.bar = None
+        if progress is True:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("lower bound"), BarColumn(), TextColumn("{task.description}"),
+                                TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+            self.task = self.bar.add_task("", total=seconds if seconds else total)
+            self.by_time = bool(seconds)
+            self.bar.start()
+
+    def update(self, elapsed: float, best: float, done: int) -> None:
+        if self.callback:
+            self.callback(elapsed, best)
+        if self.bar is not None:
+            self.bar.update(self.task, completed=elapsed if self.by_time else done, description=f"≥ {best:.4g}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def search(model: nn.Module, x: Any, *, norm: Any = 2, starts: int = 8, steps: int = 50,
+           seconds: float | None = None, data: Any = None, seed: int = 0, power_steps: int = 8,
+           progress: bool | Callable[[float, float], None] = False) -> LowerResult:
+    """The lower-bound search of :func:`lower_bound`, returning the witness pair and the search history."""
+    from .api import parse_norm
+
+    p = parse_norm(norm)
+    if starts < 1 or steps < 0 or power_steps < 1:
+        raise InputError("starts and power_steps must be >= 1 and steps >= 0")
+    if seconds is not None and seconds <= 0:
+        raise InputError("seconds must be positive")
+    model = unwrap(model)
+    inputs = as_inputs(x)
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
+    with eval_mode(model, []), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            fn = _Net(model, inputs, None)
+        except LipgraphError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"the model does not run on the example input: {type(exc).__name__}: {exc}") from None
+        example = fn.pack(fn.example)
+        rows = _data_rows(fn, data)
+        ref = rows if rows is not None else example
+        scale = float(ref.std()) if ref.numel() > 1 else 0.0
+        scale = scale if scale > 1e-6 else max(float(ref.abs().mean()), 1.0)
+        mean, lo, hi = float(ref.mean()), float(ref.min()), float(ref.max())
+        if hi - lo < 1e-6:
+            lo, hi = mean - scale, mean + scale
+        budget = seconds
+        pool = _Pool(size=max(4, starts))
+        history: list[tuple[float, float]] = []
+        bar = _Progress(progress, steps + power_steps, seconds)
+        evaluations, round_ = 0, 0
+        try:
+            while True:
+                if round_ == 0:
+                    z0 = _first_starts(fn, example, rows, starts, scale, mean, lo, hi, gen)
+                else:
+                    best_z = pool.items[0][1][None] if pool.items else None
+                    z0 = _later_starts(fn, best_z, starts, scale, mean, gen, round_)
+                evaluations += _ascend(fn, z0, p, steps, power_steps, scale, pool, history, t0, budget, bar,
+                                       gen, round_)
+                round_ += 1
+                if budget is None or time.perf_counter() - t0 >= budget:
+                    break
+            verified = _verify(model, inputs, fn, pool, p, scale)
+        finally:
+            bar.close()
+    value, a, b, z, v, jac = verified
+    elapsed = time.perf_counter() - t0
+    history.append((elapsed, max(value, history[-1][1] if history else 0.0)))
+    like = fn.example
+    return LowerResult(bound=lower(value, METHOD), input=fn.structured(a, like), other=fn.structured(b, like),
+                       point=fn.structured(z, like), direction=v.to(like[0].dtype), jacobian=jac, norm=p,
+                       evaluations=evaluations, rounds=round_, seconds=elapsed, history=history)
+
+
+def _ascend(fn: _Net, z0: Tensor, p: float, steps: int, power_steps: int, scale: float, pool: _Pool,
+            history: list[tuple[float, float]], t0: float, budget: float | None, bar: _Progress,
+            gen: torch.Generator, round_: int) -> int:
+    """Power iteration at the starts, then Adam on the points with the power-iterated directions."""
+    b, n = z0.shape
+    v = _unit_in(torch.randn(b, n, generator=gen, dtype=fn.dtype).to(fn.device), p)
+    z = z0.detach().clone()
+    no_eps = torch.zeros(b, dtype=fn.dtype, device=fn.device)
+    evaluations = 0
+
+    def record(values: Tensor, pts: Tensor, dirs: Tensor, eps: Tensor, done: int) -> bool:
+        values = torch.nan_to_num(values, nan=0.0, posinf=0.0)
+        pool.offer(values, pts, dirs, eps)
+        elapsed = time.perf_counter() - t0
+        best = max(pool.best, history[-1][1] if history else 0.0)
+        history.append((elapsed, best))
+        bar.update(elapsed, best, done)
+        return budget is not None and elapsed >= budget
+
+    for i in range(power_steps):
+        value, v_next = _power_step(fn, z, v, p)
+        evaluations += b
+        # the first round's power iteration always completes (torch.func's first call alone can take ~1 s)
+        if record(value, z, v, no_eps, i + 1) and round_ > 0:
+            return evaluations
+        v = v_next
+    if steps == 0:
+        return evaluations
+    # ε: the half-width of the difference quotient, per-coordinate size of ε·v from 0.3·scale down to 3e-4·scale
+    width = scale * math.sqrt(n) if p == 2 else scale  # ℓ2: v is spread out; ℓ∞: signs; ℓ1: e_j
+    eps0, eps1 = 0.3 * width, 3e-4 * width
+    zp = z.clone().requires_grad_(True)
+    opt = torch.optim.Adam([zp], lr=0.05 * scale)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps), eta_min=0.002 * scale)
+    for t in range(steps):
+        eps = eps0 * (eps1 / eps0) ** (t / max(1, steps - 1))
+        d = eps * v
+        q = _norm(fn(zp + d) - fn(zp - d), p) / (2 * eps * _norm(v, p))
+        q = torch.nan_to_num(q, nan=0.0, posinf=0.0)
+        record(q.detach(), zp.detach(), v, torch.full((b,), eps, dtype=fn.dtype, device=fn.device),
+               power_steps + t)
+        opt.zero_grad(set_to_none=True)
+        (-q.sum()).backward()
+        if zp.grad is not None:
+            torch.nan_to_num_(zp.grad, nan=0.0, posinf=0.0, neginf=0.0)
+        opt.step()
+        sched.step()
+        value, v_next = _power_step(fn, zp.detach(), v, p)
+        evaluations += b
+        if record(value, zp.detach(), v, no_eps, power_steps + t + 1):
+            break
+        v = v_next
+    return evaluations
+
+
+# -- float64 verification: the returned value is an explicit difference quotient ---------------------------
+def _float64_net(model: nn.Module, inputs: tuple[Tensor, ...], fn: _Net) -> tuple[_Net, float]:
+    """f in float64 (the parameters cast for the call, else a float64 copy); float32 as the last resort."""
+    for deep in (False, True):
+        try:
+            net = _Net(model, inputs, torch.float64, deep=deep)
+            if net.mode == fn.mode and net.shapes == fn.shapes:
+                return net, ROUNDING
+        except Exception:  # noqa: BLE001
+            continue
+    return fn, 1e-5  # the model does not run in float64: a much larger allowance for float32 rounding
+
+
+def _ratio(net: _Net, a: Tensor, b: Tensor, p: float, rounding: float) -> Tensor:
+    """‖f(a) − f(b)‖_p / ‖a − b‖_p per row, minus the rounding allowance (each one ≤ L)."""
+    with torch.no_grad():
+        fa, fb = net(a), net(b)
+        num = _norm(fa - fb, p) - rounding * (_norm(fa, p) + _norm(fb, p))
+        den = _norm(a - b, p)
+        out = num.clamp_min(0) / den * (1 - rounding)
+    return torch.where(den > 0, torch.nan_to_num(out, nan=0.0, posinf=0.0), torch.zeros_like(out))
+
+
+def _dense_direction(net: _Net, z: Tensor, p: float) -> tuple[Tensor, float] | None:
+    """The best direction at z from the full Jacobian (and ‖J(z)‖_p), when it is small enough to build."""
+    if net.n * net.m > DENSE_JACOBIAN:
+        return None
+    try:
+        jac = torch.autograd.functional.jacobian(lambda r: net(r[None])[0], z, vectorize=True)
+    except Exception:  # noqa: BLE001
+        try:
+            jac = torch.autograd.functional.jacobian(lambda r: net(r[None])[0], z)
+        except Exception:  # noqa: BLE001
+            return None
+    jac = jac.reshape(net.m, net.n)
+    if math.isinf(p):
+        sums = jac.abs().sum(1)
+        i = int(sums.argmax())
+        return torch.where(jac[i] >= 0, 1.0, -1.0).to(z.dtype), float(sums[i])
+    if p == 1:
+        sums = jac.abs().sum(0)
+        j = int(sums.argmax())
+        return torch.zeros_like(z).index_fill_(0, torch.tensor(j, device=z.device), 1.0), float(sums[j])
+    _, s, vh = torch.linalg.svd(jac, full_matrices=False)
+    return vh[0], float(s[0])
+
+
+def _verify(model: nn.Module, inputs: tuple[Tensor, ...], fn: _Net, pool: _Pool, p: float,
+            scale: float) -> tuple[float, Tensor, Tensor, Tensor, Tensor, float | None]:
+    net, rounding = _float64_net(model, inputs, fn)
+    best: tuple[float, Tensor, Tensor, Tensor, Tensor, float | None] | None = None
+    gen = torch.Generator().manual_seed(12345)
+    for _, z32, v32, eps in pool.items[:3]:
+        z, v = z32.to(net.dtype), v32.to(net.dtype)
+        jac_value = None
+        dense = _dense_direction(net, z, p)
+        if dense is not None:
+            v, jac_value = dense
+        else:
+            try:
+                for _ in range(4):
+                    value, v_next = _power_step(net, z[None], v[None], p)
+                    jac_value = float(value[0])
+                    v = v_next[0]
+            except Exception:  # noqa: BLE001
+                pass
+        v = v / _norm(v[None], p)[0]
+        vmax = float(v.abs().max())
+        size = max(float(z.abs().max()), scale, 1e-3)
+        a_rows, b_rows = [], []
+        for h in STEP_SIZES:
+            step = (h * size / vmax) * v
+            a_rows.append(z + step)
+            b_rows.append(z - step)
+        if eps > 0:  # the ascent's own (wider) pair at this point
+            a_rows.append(z + eps * v32.to(net.dtype))
+            b_rows.append(z - eps * v32.to(net.dtype))
+        for r in (1e-1, 1e-2):  # a few random nearby pairs
+            xi = torch.randn(z.shape, generator=gen, dtype=net.dtype).to(z.device)
+            a_rows.append(z + r * scale * xi)
+            b_rows.append(z.clone())
+        a, b = torch.stack(a_rows), torch.stack(b_rows)
+        ratios = _ratio(net, a, b, p, rounding)
+        k = int(ratios.argmax())
+        value = float(ratios[k])
+        if best is None or value > best[0]:
+            best = (value, a[k], b[k], z, v, jac_value)
+    if best is None:  # nothing was found (no steps ran): the example itself, any direction
+        z = fn.pack(fn.example)[0].to(net.dtype)
+        v = _unit_in(torch.ones(1, net.n, dtype=net.dtype, device=z.device), p)[0]
+        a, b = z + 1e-3 * v, z - 1e-3 * v
+        best = (float(_ratio(net, a[None], b[None], p, rounding)[0]), a, b, z, v, None)
+    return best
