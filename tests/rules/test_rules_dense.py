@@ -10,15 +10,9 @@ A data table of tiny one-op (or few-op) networks. For each case and norm p ∈ {
   activations: within 1e-3 of the grid sup).
 
 Expectation per case: "exact" or "upper", or a dict norm -> expectation when it depends on the norm.
+The harness (case constructors, Jacobians, probes, true norms) lives in ``oracle.py``.
 """
 from __future__ import annotations
-
-import copy
-import functools
-import math
-import zlib
-from dataclasses import dataclass
-from typing import Any, Callable, Union
 
 import pytest
 import torch
@@ -26,31 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import lipgraph
-from lipgraph import ir
-from lipgraph.passes.annotate import annotate
-from lipgraph.registry import default_registry
+from tests.rules.oracle import (INF, L2, Case, act, analysis, annotated_ops, assert_table_covers, built, const,
+                                derivative_range, fn, lin, nonlin, op_nodes, params, rnd, true_norm)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same'")
 
-INF = math.inf
-ALL = (2, 1, INF)
-L2 = (2,)
-
 
 # -- the table ----------------------------------------------------------------------------------------------
-class Fn(nn.Module):
-    """A functional op as a module: ``forward(x) = fn(self, x)``; keyword tensors become buffers."""
-
-    def __init__(self, fn: Callable[..., torch.Tensor], **consts: torch.Tensor) -> None:
-        super().__init__()
-        self.fn = fn
-        for name, value in consts.items():
-            self.register_buffer(name, value)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(self, x)
-
-
 class First(nn.Module):
     """The values of a module that returns (values, indices)."""
 
@@ -60,47 +36,6 @@ class First(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x)[0]
-
-
-def fn(f: Callable[..., torch.Tensor], **consts: Callable[[], torch.Tensor]) -> Callable[[], nn.Module]:
-    """Factory of an :class:`Fn` module; constants are built lazily (under the case's seed)."""
-    return lambda: Fn(f, **{k: v() for k, v in consts.items()})
-
-
-def rnd(*shape: int) -> Callable[[], torch.Tensor]:
-    return lambda: torch.randn(*shape)
-
-
-def const(value: Any) -> Callable[[], torch.Tensor]:
-    return lambda: torch.as_tensor(value)
-
-
-Expect = Union[str, dict]
-
-
-@dataclass(frozen=True, eq=False)  # hashed by identity (lru_cache keys)
-class Case:
-    id: str
-    make: Callable[[], nn.Module]
-    shape: tuple[int, ...]
-    expect: Expect = "exact"
-    kind: str = "linear"  # linear | nonlinear | act
-    norms: tuple = ALL
-
-    def expectation(self, p: float) -> str:
-        return self.expect if isinstance(self.expect, str) else self.expect[p]
-
-
-def lin(id, make, shape, expect="exact", norms=ALL):
-    return Case(id, make, shape, expect, "linear", norms)
-
-
-def nonlin(id, make, shape, expect="exact", norms=ALL):
-    return Case(id, make, shape, expect, "nonlinear", norms)
-
-
-def act(id, make, shape=(1, 3, 5), expect="exact"):
-    return Case(id, make, shape, expect, "act", ALL)
 
 
 def _bn(cls, c, affine=True):
@@ -459,106 +394,7 @@ def _halves_sum(x: torch.Tensor) -> torch.Tensor:
     return a + b
 
 
-# -- helpers ------------------------------------------------------------------------------------------------
-def _seed(case: Case) -> int:
-    return zlib.crc32(case.id.encode())
-
-
-@functools.lru_cache(maxsize=None)
-def built(case: Case) -> tuple[nn.Module, torch.Tensor]:
-    """The case's model (eval, float32) and example input, deterministic per case id."""
-    with torch.random.fork_rng():
-        torch.manual_seed(_seed(case))
-        # wrapped: fx never makes the root module a leaf, so a bare nn.Conv1d would be traced into
-        model = nn.Sequential(case.make()).eval()
-        x = torch.randn(*case.shape)
-    return model, x
-
-
-def jacobian(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """(out_numel × in_numel) float64 Jacobian of ``model`` at ``x`` (model already in float64)."""
-    x = x.to(torch.float64)
-
-    def f(v):
-        return model(v.reshape(x.shape)).reshape(-1)
-
-    try:
-        jac = torch.autograd.functional.jacobian(f, x.reshape(-1), vectorize=True)
-    except Exception:  # noqa: BLE001 - some ops have no batching rule
-        jac = torch.autograd.functional.jacobian(f, x.reshape(-1))
-    return jac.reshape(-1, x.numel())
-
-
-def op_norm(J: torch.Tensor, p: float) -> float:
-    if p == 1:
-        return J.abs().sum(0).max().item()
-    if math.isinf(p):
-        return J.abs().sum(1).max().item()
-    return torch.linalg.matrix_norm(J, 2).item()
-
-
-def probes(case: Case, x: torch.Tensor) -> list[torch.Tensor]:
-    """Inputs for a nonlinear op: random at several scales, one spike per coordinate (max pooling's worst
-    case: the pixel wins every window covering it) and near-constant inputs (normalisation's worst case)."""
-    g = torch.Generator().manual_seed(_seed(case) + 1)
-    shape, n = x.shape, x.numel()
-    out = [x.double()]
-    for scale in (0.1, 1.0, 10.0):
-        out += [scale * torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(3)]
-    for i in range(n):
-        spike = 0.01 * torch.randn(n, generator=g, dtype=torch.float64)
-        spike[i] = 10.0
-        out.append(spike.reshape(shape))
-    for c in (0.0, 1.0, -2.0):
-        out.append(torch.full(shape, c, dtype=torch.float64))
-        out.append(c + 1e-6 * torch.randn(shape, generator=g, dtype=torch.float64))
-    return out
-
-
-@functools.lru_cache(maxsize=None)
-def jacobians(case: Case) -> tuple[torch.Tensor, ...]:
-    model, x = built(case)
-    model64 = copy.deepcopy(model).double()
-    points = [x.double()] if case.kind == "linear" else probes(case, x)
-    return tuple(jacobian(model64, pt) for pt in points)
-
-
-GRID = torch.cat([
-    torch.linspace(-12, 12, 240_001, dtype=torch.float64),  # step 1e-4
-    torch.logspace(1, 4, 2_000, dtype=torch.float64),
-    -torch.logspace(1, 4, 2_000, dtype=torch.float64),
-    torch.tensor([0.0, -1e-9, 1e-9], dtype=torch.float64),
-])
-
-
-@functools.lru_cache(maxsize=None)
-def derivative_range(case: Case) -> tuple[float, float, float]:
-    """(min φ', max φ', sup |φ'|) of an elementwise activation on a fine grid (every channel)."""
-    model, x = built(case)
-    model64 = copy.deepcopy(model).double()
-    channels = x.shape[1]
-    t = GRID.repeat(channels, 1).unsqueeze(0).requires_grad_(True)  # (1, C, N): PReLU's channel dim is 1
-    (d,) = torch.autograd.grad(model64(t).sum(), t)
-    return d.min().item(), d.max().item(), d.abs().max().item()
-
-
-def true_norm(case: Case, p: float) -> float:
-    if case.kind == "act":
-        return derivative_range(case)[2]
-    return max(op_norm(J, p) for J in jacobians(case))
-
-
-@functools.lru_cache(maxsize=None)
-def analysis(case: Case, p: float) -> lipgraph.Report:
-    model, x = built(case)
-    return lipgraph.analyze(model, x, norm=p)
-
-
-def op_nodes(report: lipgraph.Report) -> list[lipgraph.ReportNode]:
-    return [n for n in report.tree.walk() if n.op is not None]
-
-
-PARAMS = [pytest.param(c, p, id=f"{c.id}-l{'inf' if math.isinf(p) else p}") for c in CASES for p in c.norms]
+PARAMS = params(CASES)
 
 
 MERGES = {"add", "sub", "cat", "stack", "addmm"}  # several inputs: the node shows a gain, not the combination
@@ -590,11 +426,7 @@ ACTS = [c for c in CASES if c.kind == "act"]
 
 
 def _transfer(case: Case):
-    model, x = built(case)
-    registry = default_registry()
-    lg = ir.build(model, (x,), registry, "auto")
-    annotate(lg, registry, 2.0)
-    (node,) = lg.ops()
+    (node,) = annotated_ops(case, 2.0)
     return node.meta["lip.key"], node.meta["lip.transfer"]
 
 
@@ -638,12 +470,7 @@ COVERED_KEYS = {
 
 
 def test_table_covers_rule_keys():
-    seen: set[str] = set()
-    for case in CASES:
-        seen |= {n.op for n in op_nodes(analysis(case, case.norms[0]))}
-    assert COVERED_KEYS <= seen, sorted(COVERED_KEYS - seen)
-    registered = {k for k, _ in default_registry().items()}
-    assert COVERED_KEYS <= registered, sorted(COVERED_KEYS - registered)
+    assert_table_covers(CASES, COVERED_KEYS)
 
 
 # -- refusals: ops that look Lipschitz to a derivative test but are not ----------------------------------------
@@ -677,7 +504,7 @@ KEYWORD_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case,p", [pytest.param(c, p, id=f"{c.id}-l{p}") for c in KEYWORD_CASES for p in (2, INF)])
+@pytest.mark.parametrize("case,p", params(KEYWORD_CASES, (2, INF)))
 def test_keyword_operands(case: Case, p: float):
     test_rule_bounds_dense_jacobian(case, p)
 
@@ -691,8 +518,7 @@ EXPORT_IDS = ["adaptive_max_pool2d-3x3-of-5", "adaptive_max_pool1d-3", "max_pool
 EXPORT_CASES = [c for c in CASES + KEYWORD_CASES if c.id in EXPORT_IDS]
 
 
-@pytest.mark.parametrize("case,p", [pytest.param(c, p, id=f"{c.id}-l{'inf' if math.isinf(p) else p}")
-                                    for c in EXPORT_CASES for p in (2, 1)])
+@pytest.mark.parametrize("case,p", params(EXPORT_CASES, (2, 1)))
 def test_export_frontend(case: Case, p: float):
     model, x = built(case)
     bound = lipgraph.analyze(model, x, norm=p, frontend="export").bound

@@ -5,15 +5,13 @@ For each case and norm p ∈ {2, 1, ∞}: the bound of ``lipgraph.analyze(model,
 Probes: random points at several scales, one spike per coordinate, constant inputs, and per-case points at (or
 next to) the worst case: for softmax two tied logits and the rest at −30 (sup 1/2), for log_softmax one
 dominant logit (sup √d, 2, d − 1). A rule that claims ``exact`` on the only non-projection op of a case must match.
+The harness (case constructors, Jacobians, probes, true norms) lives in ``oracle.py``.
 """
 from __future__ import annotations
 
-import copy
 import functools
 import math
-import zlib
-from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Callable
 
 import pytest
 import torch
@@ -21,33 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import lipgraph
-from lipgraph import ir
-from lipgraph.passes.annotate import annotate
-from lipgraph.registry import default_registry
-
-INF = math.inf
-ALL = (2, 1, INF)
-
-
-class Fn(nn.Module):
-    """A functional op as a module: ``forward(x) = fn(self, x)``; keyword tensors become buffers."""
-
-    def __init__(self, fn: Callable[..., torch.Tensor], **consts: torch.Tensor) -> None:
-        super().__init__()
-        self.fn = fn
-        for name, value in consts.items():
-            self.register_buffer(name, value)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(self, x)
-
-
-def fn(f: Callable[..., torch.Tensor], **consts: Callable[[], torch.Tensor]) -> Callable[[], nn.Module]:
-    return lambda: Fn(f, **{k: v() for k, v in consts.items()})
-
-
-def const(value: Any) -> Callable[[], torch.Tensor]:
-    return lambda: torch.as_tensor(value, dtype=torch.float32)
+from tests.rules import oracle
+from tests.rules.oracle import (ALL, INF, Case, Probing, analysis, annotated_ops, assert_table_covers, built, const,
+                                fn, lin, params, true_norm)
 
 
 # worst-case probes ------------------------------------------------------------------------------------------
@@ -82,30 +56,11 @@ def ones(shape):
     return [torch.ones(shape, dtype=torch.float64), -torch.ones(shape, dtype=torch.float64)]
 
 
-Expect = Union[str, dict]
 UPPER_L12 = {2: "upper", 1: "upper", INF: "exact"}  # disjoint branches merged in ℓp: exact only in ℓ∞
 
-
-@dataclass(frozen=True, eq=False)
-class Case:
-    id: str
-    make: Callable[[], nn.Module]
-    shape: tuple[int, ...]
-    expect: Expect = "exact"
-    linear: bool = False
-    extra: Callable[[tuple], list[torch.Tensor]] | None = None
-    norms: tuple = ALL
-
-    def expectation(self, p: float) -> str:
-        return self.expect if isinstance(self.expect, str) else self.expect[p]
-
-
-def lin(id, make, shape, expect="exact"):
-    return Case(id, make, shape, expect, linear=True)
-
-
-def nonlin(id, make, shape, expect="exact", extra=None):
-    return Case(id, make, shape, expect, extra=extra)
+# this file's generic probes: four random inputs per scale, near-constant inputs at 1 and −2 (jitter 1e-3)
+PROBING = Probing(per_scale=4, levels=(1.0, -2.0), exact_levels=False, jitter=1e-3)
+nonlin = functools.partial(oracle.nonlin, probing=PROBING)
 
 
 CASES: list[Case] = [
@@ -201,89 +156,18 @@ def _first_of_unpacked(x: torch.Tensor) -> torch.Tensor:
     return values
 
 
-# -- helpers ------------------------------------------------------------------------------------------------
-def _seed(case: Case) -> int:
-    return zlib.crc32(case.id.encode())
-
-
-@functools.lru_cache(maxsize=None)
-def built(case: Case) -> tuple[nn.Module, torch.Tensor]:
-    with torch.random.fork_rng():
-        torch.manual_seed(_seed(case))
-        model = nn.Sequential(case.make()).eval()
-        x = torch.randn(*case.shape)
-    return model, x
-
-
-def jacobian(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    x = x.to(torch.float64)
-
-    def f(v):
-        return model(v.reshape(x.shape)).reshape(-1)
-
-    jac = torch.autograd.functional.jacobian(f, x.reshape(-1))
-    return jac.reshape(-1, x.numel())
-
-
-def op_norm(J: torch.Tensor, p: float) -> float:
-    if p == 1:
-        return J.abs().sum(0).max().item()
-    if math.isinf(p):
-        return J.abs().sum(1).max().item()
-    return torch.linalg.matrix_norm(J, 2).item()
-
-
-def probes(case: Case, x: torch.Tensor) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(_seed(case) + 1)
-    shape, n = x.shape, x.numel()
-    out = [x.double()]
-    for scale in (0.1, 1.0, 10.0):
-        out += [scale * torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(4)]
-    for i in range(n):
-        spike = 0.01 * torch.randn(n, generator=g, dtype=torch.float64)
-        spike[i] = 10.0
-        out.append(spike.reshape(shape))
-    for c in (1.0, -2.0):
-        out.append(c + 1e-3 * torch.randn(shape, generator=g, dtype=torch.float64))
-    if case.extra is not None:
-        out += case.extra(tuple(shape))
-    return out
-
-
-@functools.lru_cache(maxsize=None)
-def jacobians(case: Case) -> tuple[torch.Tensor, ...]:
-    model, x = built(case)
-    model64 = copy.deepcopy(model).double()
-    points = [x.double()] if case.linear else probes(case, x)
-    return tuple(jacobian(model64, pt) for pt in points)
-
-
-def true_norm(case: Case, p: float) -> float:
-    return max(op_norm(J, p) for J in jacobians(case))
-
-
-@functools.lru_cache(maxsize=None)
-def analysis(case: Case, p: float) -> lipgraph.Report:
-    model, x = built(case)
-    return lipgraph.analyze(model, x, norm=p)
-
-
 PROJECTIONS = {"getitem", "values"}
 
 
 def main_op(case: Case, p: float):
     """(key, transfer, true norm) of the case's only op that is not a tuple projection, or None."""
-    model, x = built(case)
-    registry = default_registry()
-    lg = ir.build(model, (x,), registry, "auto")
-    annotate(lg, registry, p)
-    ops = [n for n in lg.ops() if n.meta["lip.key"] not in PROJECTIONS]
+    ops = [n for n in annotated_ops(case, p) if n.meta["lip.key"] not in PROJECTIONS]
     if len(ops) != 1 or len(ops[0].meta["lip.inputs"]) != 1:
         return None
     return ops[0].meta["lip.key"], ops[0].meta["lip.transfer"]
 
 
-PARAMS = [pytest.param(c, p, id=f"{c.id}-l{'inf' if math.isinf(p) else p}") for c in CASES for p in c.norms]
+PARAMS = params(CASES)
 
 
 # -- the tests ------------------------------------------------------------------------------------------------
@@ -317,12 +201,7 @@ NEW_KEYS = {"softmax", "softmin", "softmax2d", "log_softmax", "abs", "flip", "ro
 
 
 def test_table_covers_new_keys():
-    seen: set[str] = set()
-    for case in CASES:
-        seen |= {n.op for n in analysis(case, case.norms[0]).tree.walk() if n.op is not None}
-    assert NEW_KEYS <= seen, sorted(NEW_KEYS - seen)
-    registered = {k for k, _ in default_registry().items()}
-    assert NEW_KEYS <= registered, sorted(NEW_KEYS - registered)
+    assert_table_covers(CASES, NEW_KEYS)
 
 
 @pytest.mark.parametrize("id_", ["abs", "clamp-scalars", "clamp-broadcast-x", "maximum-const"])
@@ -380,8 +259,7 @@ def test_export_ids_exist():
     assert len(EXPORT_CASES) == len(EXPORT_IDS)
 
 
-@pytest.mark.parametrize("case,p", [pytest.param(c, p, id=f"{c.id}-l{'inf' if math.isinf(p) else p}")
-                                    for c in EXPORT_CASES for p in ALL])
+@pytest.mark.parametrize("case,p", params(EXPORT_CASES, ALL))
 def test_export_frontend(case: Case, p: float):
     model, x = built(case)
     bound = lipgraph.analyze(model, x, norm=p, frontend="export").bound
