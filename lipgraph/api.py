@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from . import ir
-from .bound import Kind
+from .bound import Bound, Kind
 from .errors import InputError
 from .frontend.prepare import as_inputs, check_finite_weights, check_runs, eval_mode, unwrap
 from .frontend.trace import LipTracer
@@ -44,13 +44,18 @@ def analyze(
     frontend: str = "auto",
     unsupported: str = "error",
     concrete_args: dict[str, Any] | None = None,
+    lower: bool = False,
+    data: Any = None,
+    lower_options: Mapping[str, Any] | None = None,
 ) -> Report:
     """Certified upper bound on the Lipschitz constant of ``model`` (in eval mode) around its whole input space.
 
     ``example_input`` (or ``input_shape``) fixes the input size, which the operator norms depend on; the batch
     dimension is dim 0. ``norm`` is the ℓp norm on inputs and outputs. ``rules`` maps op keys, module classes
     or functions to rules for this call only. ``unsupported="inf"`` reports ops without a rule as unbounded
-    instead of failing.
+    instead of failing. ``lower=True`` also searches for a proven lower bound (``lipgraph.lower_bound``, starting
+    from the example input and the rows of ``data``; ``lower_options`` are passed on, e.g. ``{"seconds": 10}``):
+    ``report.lower`` and ``report.ratio`` (upper / lower) then show how tight the bound is.
     """
     start = time.perf_counter()
     if method not in METHODS:
@@ -62,7 +67,7 @@ def analyze(
         example_input = torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))
     inputs = as_inputs(example_input)
     registry = default_registry().with_overrides(rules)
-    model = unwrap(model)
+    model = original = unwrap(model)
     name = type(model).__name__
     if LipTracer(registry).is_leaf_module(model, ""):  # fx never makes the root a leaf: give it a parent
         model = nn.Sequential(model)
@@ -81,6 +86,26 @@ def analyze(
         tree = build_tree(lg, total, p)
     if total.kind is Kind.UNBOUNDED:
         notes.append("some ops have no rule: the bound is unbounded (see the ops marked in the tree)")
+    found = _lower(unwrap(original), inputs, p, data, lower_options, total, notes) if lower else None
     return Report(bound=total, norm=p, model=name,
                   input_shape=[list(x.shape) for x in inputs], seconds=time.perf_counter() - start,
-                  frontend=lg.frontend, tree=tree, outputs=output_bounds(lg), notes=notes)
+                  frontend=lg.frontend, tree=tree, outputs=output_bounds(lg), notes=notes,
+                  lower=found.bound if found else None, lower_input=found.point if found else None)
+
+
+def _lower(model: nn.Module, inputs: tuple, p: float, data: Any, options: Mapping[str, Any] | None, total: Bound,
+           notes: list[str]) -> Any:
+    """The lower-bound search for ``analyze(lower=True)``; a failure becomes a note, not an error."""
+    from .lower import search
+
+    try:
+        found = search(model, inputs, norm=p, data=data, **dict(options or {}))
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the upper bound stands on its own
+        notes.append(f"lower-bound search failed: {type(exc).__name__}: {exc}")
+        return None
+    if total.kind is Kind.CERTIFIED and found.bound.value > total.value:
+        notes.append(f"UNSOUND: the lower bound {found.bound.value:.6g} (an attained ratio) exceeds the certified "
+                     f"bound {total.value:.6g}; some rule is wrong, please report this model")
+    return found

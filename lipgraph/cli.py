@@ -65,6 +65,13 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--depth", type=int, help="collapse the tree below this depth")
     explain.add_argument("--ascii", action="store_true", help="plain ASCII output")
     explain.add_argument("--width", type=int, help="terminal width")
+    explain.add_argument("--lower", action="store_true",
+                         help="also search for a proven lower bound and show lower <= L <= upper")
+    explain.add_argument("--data", metavar="FILE",
+                         help="inputs to start the lower-bound search from (a tensor saved with torch.save)")
+    explain.add_argument("--lower-seconds", type=float, metavar="S", help="time budget of the lower-bound search")
+    explain.add_argument("--save-lower-input", metavar="FILE",
+                         help="save the input attaining the lower bound (torch.save)")
     explain.set_defaults(run=_explain)
 
     rules = sub.add_parser("rules", help="list every rule, its op keys, kind and source")
@@ -87,13 +94,43 @@ def _explain(args: argparse.Namespace) -> int:
     model, example = load_model(args.model, args.input_shape)
     if args.weights:
         load_weights(model, args.weights)
+    lower = args.lower or bool(args.data or args.lower_seconds or args.save_lower_input)
+    options: dict = {"progress": not args.json and sys.stderr.isatty()}
+    if args.lower_seconds:
+        options["seconds"] = args.lower_seconds
     report = analyze(model, example, norm=args.norm, method=args.method, frontend=args.frontend,
-                     unsupported=args.unsupported)
+                     unsupported=args.unsupported, lower=lower, data=_load_data(args.data) if args.data else None,
+                     lower_options=options)
+    if args.save_lower_input and report.lower_input is not None:
+        import torch
+
+        torch.save(report.lower_input, args.save_lower_input)
     if args.json:
         print(to_json(report))
     else:
         print_report(report, depth=args.depth, ascii_only=args.ascii, width=args.width)
     return 0
+
+
+def _load_data(path: str):
+    """A tensor (N, ...) of inputs, or a tuple/list/dict holding one (``(x, y)``, ``{"x": ...}``)."""
+    import torch
+
+    from .errors import InputError
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"could not load data file {path} with weights_only=True: {type(exc).__name__}: "
+                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
+    if isinstance(obj, dict):
+        obj = next((obj[k] for k in ("x", "inputs", "input", "data", "images") if k in obj), None)
+    elif isinstance(obj, (tuple, list)) and obj and isinstance(obj[0], torch.Tensor):
+        obj = obj[0]
+    if not isinstance(obj, torch.Tensor) or not obj.is_floating_point():
+        raise InputError(f"data file {path} must hold a floating tensor of inputs (N, ...), "
+                         "or a tuple/dict whose first/'x' entry is one")
+    return obj
 
 
 def _rules(args: argparse.Namespace) -> int:

@@ -2,7 +2,9 @@
 
     bound = lipgraph.lower_bound(model, x)                  # Bound(kind=LOWER, method="jacobian-ascent")
     bound, x_star = lipgraph.lower_bound(model, x, return_input=True)
-    result = lipgraph.lower.search(model, x, seconds=10)    # everything: the pair, the direction, the history
+    result = lipgraph.lower_search(model, x, seconds=10)    # LowerResult: the witness pair, direction, history
+
+(``lipgraph.lower`` is the Bound factory; this module is ``lipgraph.lower`` only to ``from ... import``.)
 
 **Why the returned number is ≤ L.** By definition L ≥ ‖f(a) − f(b)‖_p / ‖a − b‖_p for *every* pair a ≠ b. The
 value returned is such a ratio, evaluated in float64 at an explicit pair (``result.input``, ``result.other``),
@@ -34,11 +36,12 @@ search maximises.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -53,7 +56,8 @@ METHOD = "jacobian-ascent"
 ROUNDING = 1e-12
 #: the full Jacobian is materialised at the final candidates when it has at most this many entries
 DENSE_JACOBIAN = 1 << 21
-STEP_SIZES = (1e-2, 1e-3, 1e-4)  # h for the final difference quotients, relative to the input's scale
+STEP_SIZES = (1e-2, 1e-3, 1e-4, 1e-6)
+ASCENT = {'eps0': 0.3, 'eps1': 3e-4, 'lr': 0.05}  # h for the final difference quotients, relative to the input's scale
 
 
 @dataclass
@@ -133,7 +137,7 @@ class _Net:
             self.state = {k: (v.detach().to(self.dtype) if v.is_floating_point() else v)
                           for k, v in [*model.named_parameters(), *model.named_buffers()]}
         self.example = tuple(x.detach().to(self.dtype) for x in inputs)
-        self.mode = "batched"
+        self.mode, self.jvp_mode = "batched", "forward"
         self.shapes = [tuple(x.shape[1:]) for x in self.example]
         rows = self.pack(self.example)
         try:
@@ -194,21 +198,37 @@ class _Net:
 
 
 def _jvp(fn: _Net, z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    try:
-        return jvp(fn, (z,), (v,))
-    except Exception:  # noqa: BLE001 - an op without forward-mode AD: J v as the transpose of a vjp
-        y, pullback = vjp(fn, z)
-        _, push = vjp(lambda u: pullback(u)[0], torch.zeros_like(y))
-        return y, push(v)[0]
+    """(f(z), J(z) v): forward-mode AD; else the transpose of a vjp (double backward); else, for ops with neither
+    (e.g. hardsigmoid, some dilated max-pools), a central difference. Only the search uses it: a poor J v makes the
+    search weaker, never the returned bound wrong (that one is a float64 difference quotient)."""
+    if fn.jvp_mode == "forward":
+        try:
+            return jvp(fn, (z,), (v,))
+        except Exception:  # noqa: BLE001
+            fn.jvp_mode = "double-vjp"
+    if fn.jvp_mode == "double-vjp":
+        try:
+            y, pullback = vjp(fn, z)
+            _, push = vjp(lambda u: pullback(u)[0], torch.zeros_like(y))
+            return y, push(v)[0]
+        except Exception:  # noqa: BLE001
+            fn.jvp_mode = "difference"
+    with torch.no_grad():
+        size = max(float(z.abs().max()), 1.0)
+        h = (3e-3 if z.dtype == torch.float32 else 1e-6) * size / v.abs().amax(1, keepdim=True).clamp_min(1e-30)
+        return fn(z), (fn(z + h * v) - fn(z - h * v)) / (2 * h)
 
 
 # -- norms and their duals, row by row -------------------------------------------------------------------
-def _norm(u: Tensor, p: float) -> Tensor:
+def _norm(u: Tensor, p: float, smooth: bool = False) -> Tensor:
+    """Row-wise ℓp norms; ``smooth`` keeps the ℓ2 gradient finite at 0 (for the ascent objective only)."""
     if math.isinf(p):
         return u.abs().amax(1)
     if p == 1:
         return u.abs().sum(1)
-    return u.pow(2).sum(1).add(1e-300 if u.dtype == torch.float64 else 1e-30).sqrt()
+    if smooth:
+        return u.pow(2).sum(1).add(1e-300 if u.dtype == torch.float64 else 1e-30).sqrt()
+    return torch.linalg.vector_norm(u, 2, dim=1)
 
 
 def _one_hot_max(g: Tensor) -> Tensor:
@@ -224,7 +244,7 @@ def _dual_out(u: Tensor, p: float) -> Tensor:
         return _one_hot_max(u)
     if p == 1:
         return u.sign()
-    return u / _norm(u, 2)[:, None]
+    return u / _norm(u, 2).clamp_min(torch.finfo(u.dtype).tiny)[:, None]
 
 
 def _unit_in(g: Tensor, p: float) -> Tensor:
@@ -233,7 +253,7 @@ def _unit_in(g: Tensor, p: float) -> Tensor:
         return torch.where(g >= 0, 1.0, -1.0).to(g.dtype)
     if p == 1:
         return _one_hot_max(g)
-    return g / _norm(g, 2)[:, None]
+    return g / _norm(g, 2).clamp_min(torch.finfo(g.dtype).tiny)[:, None]
 
 
 def _power_step(fn: _Net, z: Tensor, v: Tensor, p: float) -> tuple[Tensor, Tensor]:
@@ -297,7 +317,7 @@ def _later_starts(fn: _Net, best: Tensor | None, count: int, scale: float, mean:
                   round_: int) -> Tensor:
     n = fn.n
     rand = torch.randn(count, n, generator=gen, dtype=fn.dtype).to(fn.device)
-    cs = torch.tensor([(0.3, 1.0, 3.0, 10.0)[(i + round_) % 4] for i in range(count)], dtype=fn.dtype,
+    cs = torch.tensor([(0.3, 1.0, 3.0, 10.0, 30.0)[(i + round_) % 5] for i in range(count)], dtype=fn.dtype,
                       device=fn.device)[:, None]
     out = mean + cs * scale * rand
     if best is not None:  # half of them explore around the best point so far
@@ -333,6 +353,7 @@ class _Progress:
                  seconds: float | None) -> None:
         self.callback = progress if callable(progress) else None
         self.bar = None
+        self.done = 0
         if progress is True:
             from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -343,33 +364,49 @@ class _Progress:
             self.by_time = bool(seconds)
             self.bar.start()
 
-    def update(self, elapsed: float, best: float, done: int) -> None:
+    def update(self, elapsed: float, best: float) -> None:
+        self.done += 1
         if self.callback:
             self.callback(elapsed, best)
         if self.bar is not None:
-            self.bar.update(self.task, completed=elapsed if self.by_time else done, description=f"≥ {best:.4g}")
+            self.bar.update(self.task, completed=elapsed if self.by_time else self.done, description=f"≥ {best:.4g}")
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
 
 
+@contextlib.contextmanager
+def _threads(model: nn.Module, inputs: tuple[Tensor, ...]) -> Iterator[None]:
+    """One CPU thread for small networks: their ops are too small to split, and on a busy machine OpenMP's
+    spinning threads make the many tiny calls of the search an order of magnitude slower."""
+    small = sum(p.numel() for p in model.parameters()) <= 2_000_000 and sum(x.numel() for x in inputs) <= 20_000
+    saved = torch.get_num_threads()
+    if small and inputs[0].device.type == "cpu" and saved > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != saved:
+            torch.set_num_threads(saved)
+
+
 def search(model: nn.Module, x: Any, *, norm: Any = 2, starts: int = 8, steps: int = 50,
-           seconds: float | None = None, data: Any = None, seed: int = 0, power_steps: int = 8,
+           seconds: float | None = None, data: Any = None, seed: int = 0, power_steps: int = 8, screen: int = 4,
            progress: bool | Callable[[float, float], None] = False) -> LowerResult:
     """The lower-bound search of :func:`lower_bound`, returning the witness pair and the search history."""
     from .api import parse_norm
 
     p = parse_norm(norm)
-    if starts < 1 or steps < 0 or power_steps < 1:
-        raise InputError("starts and power_steps must be >= 1 and steps >= 0")
+    if starts < 1 or steps < 0 or power_steps < 1 or screen < 1:
+        raise InputError("starts, power_steps and screen must be >= 1 and steps >= 0")
     if seconds is not None and seconds <= 0:
         raise InputError("seconds must be positive")
     model = unwrap(model)
     inputs = as_inputs(x)
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
-    with eval_mode(model, []), torch.random.fork_rng(devices=[]):
+    with eval_mode(model, []), torch.random.fork_rng(devices=[]), _threads(model, inputs):
         torch.manual_seed(seed)
         try:
             fn = _Net(model, inputs, None)
@@ -378,6 +415,9 @@ def search(model: nn.Module, x: Any, *, norm: Any = 2, starts: int = 8, steps: i
         except Exception as exc:  # noqa: BLE001
             raise InputError(f"the model does not run on the example input: {type(exc).__name__}: {exc}") from None
         example = fn.pack(fn.example)
+        with torch.no_grad():
+            if not bool(torch.isfinite(fn(example)).all()):
+                raise InputError("the model's output is not finite (NaN or Inf) at the example input: no lower bound")
         rows = _data_rows(fn, data)
         ref = rows if rows is not None else example
         scale = float(ref.std()) if ref.numel() > 1 else 0.0
@@ -388,19 +428,33 @@ def search(model: nn.Module, x: Any, *, norm: Any = 2, starts: int = 8, steps: i
         budget = seconds
         pool = _Pool(size=max(4, starts))
         history: list[tuple[float, float]] = []
-        bar = _Progress(progress, steps + power_steps, seconds)
+        bar = _Progress(progress, steps + 2 * power_steps, seconds)
+        # rounds alternate: ascent (the best `starts` of `starts·screen` candidates, `steps` Adam steps) and
+        # sampling (power iteration only, at as many fresh points as an ascent round costs): the ascent climbs
+        # within and across linear regions, the sampling finds regions the ascent does not reach
+        # (the sample size adapts so that both kinds take about as long; small networks are dominated by the
+        # per-call overhead, so a batch of thousands of points costs little more than a batch of 8)
+        cap = max(starts, min(4096, (1 << 22) // max(1, fn.n)))
+        sample, spent = min(cap, starts * screen * 4), [0.0, 0.0]
         evaluations, round_ = 0, 0
         try:
             while True:
+                kind = round_ % 2 if steps else 1  # 0: ascent, 1: sampling
+                best_z = pool.items[0][1][None] if pool.items else None
+                started = time.perf_counter()
                 if round_ == 0:
-                    z0 = _first_starts(fn, example, rows, starts, scale, mean, lo, hi, gen)
+                    z0 = _first_starts(fn, example, rows, starts * screen, scale, mean, lo, hi, gen)
                 else:
-                    best_z = pool.items[0][1][None] if pool.items else None
-                    z0 = _later_starts(fn, best_z, starts, scale, mean, gen, round_)
-                evaluations += _ascend(fn, z0, p, steps, power_steps, scale, pool, history, t0, budget, bar,
-                                       gen, round_)
+                    z0 = _later_starts(fn, best_z, starts * screen if kind == 0 else sample, scale, mean, gen,
+                                       round_)
+                evaluations += _ascend(fn, z0, starts, p, steps if kind == 0 else 0, power_steps, scale, pool,
+                                       history, t0, budget, bar, gen, round_)
+                if round_ > 0:
+                    spent[kind] = time.perf_counter() - started
+                    if kind == 1 and spent[0] > 0 and spent[1] > 0:
+                        sample = int(min(cap, max(starts, sample * min(4.0, max(0.25, spent[0] / spent[1])))))
                 round_ += 1
-                if budget is None or time.perf_counter() - t0 >= budget:
+                if budget is None and round_ >= 2 or budget is not None and time.perf_counter() - t0 >= budget:
                     break
             verified = _verify(model, inputs, fn, pool, p, scale)
         finally:
@@ -414,47 +468,53 @@ def search(model: nn.Module, x: Any, *, norm: Any = 2, starts: int = 8, steps: i
                        evaluations=evaluations, rounds=round_, seconds=elapsed, history=history)
 
 
-def _ascend(fn: _Net, z0: Tensor, p: float, steps: int, power_steps: int, scale: float, pool: _Pool,
+def _ascend(fn: _Net, z0: Tensor, keep: int, p: float, steps: int, power_steps: int, scale: float, pool: _Pool,
             history: list[tuple[float, float]], t0: float, budget: float | None, bar: _Progress,
             gen: torch.Generator, round_: int) -> int:
-    """Power iteration at the starts, then Adam on the points with the power-iterated directions."""
+    """Power iteration at all the candidate points, then Adam on the ``keep`` best ones with their power-iterated
+    directions."""
     b, n = z0.shape
     v = _unit_in(torch.randn(b, n, generator=gen, dtype=fn.dtype).to(fn.device), p)
     z = z0.detach().clone()
     no_eps = torch.zeros(b, dtype=fn.dtype, device=fn.device)
     evaluations = 0
 
-    def record(values: Tensor, pts: Tensor, dirs: Tensor, eps: Tensor, done: int) -> bool:
+    def record(values: Tensor, pts: Tensor, dirs: Tensor, eps: Tensor) -> bool:
         values = torch.nan_to_num(values, nan=0.0, posinf=0.0)
         pool.offer(values, pts, dirs, eps)
         elapsed = time.perf_counter() - t0
-        best = max(pool.best, history[-1][1] if history else 0.0)
+        # the history follows the Jacobian values (float32 difference quotients at small ε can be inflated by
+        # cancellation; the final float64 check decides what is reported)
+        jac = float(values.max()) if not bool((eps > 0).any()) and len(values) else 0.0
+        best = max(jac, history[-1][1] if history else 0.0)
         history.append((elapsed, best))
-        bar.update(elapsed, best, done)
+        bar.update(elapsed, best)
         return budget is not None and elapsed >= budget
 
     for i in range(power_steps):
         value, v_next = _power_step(fn, z, v, p)
         evaluations += b
         # the first round's power iteration always completes (torch.func's first call alone can take ~1 s)
-        if record(value, z, v, no_eps, i + 1) and round_ > 0:
+        if record(value, z, v, no_eps) and round_ > 0:
             return evaluations
         v = v_next
     if steps == 0:
         return evaluations
+    top = torch.argsort(torch.nan_to_num(value, nan=0.0), descending=True)[:keep]
+    z, v, b = z[top], v[top], len(top)
+    no_eps = no_eps[:b]
     # ε: the half-width of the difference quotient, per-coordinate size of ε·v from 0.3·scale down to 3e-4·scale
     width = scale * math.sqrt(n) if p == 2 else scale  # ℓ2: v is spread out; ℓ∞: signs; ℓ1: e_j
-    eps0, eps1 = 0.3 * width, 3e-4 * width
+    eps0, eps1 = ASCENT['eps0'] * width, ASCENT['eps1'] * width
     zp = z.clone().requires_grad_(True)
-    opt = torch.optim.Adam([zp], lr=0.05 * scale)
+    opt = torch.optim.Adam([zp], lr=ASCENT['lr'] * scale)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps), eta_min=0.002 * scale)
     for t in range(steps):
         eps = eps0 * (eps1 / eps0) ** (t / max(1, steps - 1))
         d = eps * v
-        q = _norm(fn(zp + d) - fn(zp - d), p) / (2 * eps * _norm(v, p))
+        q = _norm(fn(zp + d) - fn(zp - d), p, smooth=True) / (2 * eps * _norm(v, p))
         q = torch.nan_to_num(q, nan=0.0, posinf=0.0)
-        record(q.detach(), zp.detach(), v, torch.full((b,), eps, dtype=fn.dtype, device=fn.device),
-               power_steps + t)
+        record(q.detach(), zp.detach(), v, torch.full((b,), eps, dtype=fn.dtype, device=fn.device))
         opt.zero_grad(set_to_none=True)
         (-q.sum()).backward()
         if zp.grad is not None:
@@ -463,7 +523,7 @@ def _ascend(fn: _Net, z0: Tensor, p: float, steps: int, power_steps: int, scale:
         sched.step()
         value, v_next = _power_step(fn, zp.detach(), v, p)
         evaluations += b
-        if record(value, zp.detach(), v, no_eps, power_steps + t + 1):
+        if record(value, zp.detach(), v, no_eps):
             break
         v = v_next
     return evaluations
@@ -550,7 +610,8 @@ def _verify(model: nn.Module, inputs: tuple[Tensor, ...], fn: _Net, pool: _Pool,
             xi = torch.randn(z.shape, generator=gen, dtype=net.dtype).to(z.device)
             a_rows.append(z + r * scale * xi)
             b_rows.append(z.clone())
-        a, b = torch.stack(a_rows), torch.stack(b_rows)
+        # the pair is rounded to the example's dtype first, so that the returned witness reproduces the value
+        a, b = (torch.stack(rows).to(fn.dtype).to(net.dtype) for rows in (a_rows, b_rows))
         ratios = _ratio(net, a, b, p, rounding)
         k = int(ratios.argmax())
         value = float(ratios[k])
@@ -559,6 +620,6 @@ def _verify(model: nn.Module, inputs: tuple[Tensor, ...], fn: _Net, pool: _Pool,
     if best is None:  # nothing was found (no steps ran): the example itself, any direction
         z = fn.pack(fn.example)[0].to(net.dtype)
         v = _unit_in(torch.ones(1, net.n, dtype=net.dtype, device=z.device), p)[0]
-        a, b = z + 1e-3 * v, z - 1e-3 * v
+        a, b = (t.to(fn.dtype).to(net.dtype) for t in (z + 1e-3 * v, z - 1e-3 * v))
         best = (float(_ratio(net, a[None], b[None], p, rounding)[0]), a, b, z, v, None)
     return best

@@ -76,6 +76,15 @@ class Report:
     tree: ReportNode
     outputs: list[tuple[str, Bound]]
     notes: list[str] = field(default_factory=list)
+    lower: Bound | None = None  # a proven lower bound (``analyze(lower=True)``), None when not computed
+    lower_input: Any = None  # the input (batch 1) at which it is attained
+
+    @property
+    def ratio(self) -> float | None:
+        """upper / lower: how far the certified bound can be from the truth (None without a lower bound)."""
+        if self.lower is None or self.lower.value <= 0 or math.isinf(self.bound.value):
+            return None
+        return self.bound.value / self.lower.value
 
     @property
     def kind(self) -> Kind:
@@ -96,6 +105,8 @@ class Report:
         """The JSON contract of ``lipgraph explain --json``."""
         return {
             **bound_dict(self.bound),
+            "lower": self.lower.value if self.lower is not None else None,
+            "ratio": self.ratio,
             "norm": norm_name(self.norm),
             "model": self.model,
             "input_shape": self.input_shape[0] if len(self.input_shape) == 1 else self.input_shape,

@@ -65,7 +65,13 @@ def build_rich_tree(report: Report, depth: int | None = None) -> Tree:
     b = report.bound
     title = Text()
     title.append(f"{report.model}", style="bold")
-    title.append(f"  L {format_bound(b)}", style="bold " + _STYLE[b.kind])
+    if report.lower is not None:  # tightness: lower ≤ L ≤ upper
+        title.append(f"  {report.lower.value:.4g} ≤", style="bold " + _STYLE[Kind.LOWER])
+        title.append(f" L {format_bound(b)}", style="bold " + _STYLE[b.kind])
+        if report.ratio is not None:
+            title.append(f"  (upper/lower {report.ratio:.3g})", style="bold")
+    else:
+        title.append(f"  L {format_bound(b)}", style="bold " + _STYLE[b.kind])
     title.append(f"  {b.kind.value} · {b.method} · ℓ{norm_name(report.norm)} · input "
                  f"{' '.join('×'.join(map(str, s)) for s in report.input_shape)}", style="dim")
     tree = Tree(title)
@@ -104,6 +110,9 @@ def _print(report: Report, console: Console, depth: int | None) -> None:
     if len(report.outputs) > 1:
         for name, b in report.outputs:
             console.print(f"output {name}: L {format_bound(b)} ({b.kind.value})")
+    if report.lower is not None:
+        console.print(f"lower bound: L ≥ {report.lower.value:.6g} ({report.lower.method}, an attained ratio "
+                      f"|f(x) - f(y)| / |x - y|)", style=_STYLE[Kind.LOWER])
     for note in report.notes:
         console.print(f"note: {note}", style="italic")
     console.print(f"{report.seconds:.2f} s · frontend {report.frontend}", style="dim")

@@ -1,0 +1,379 @@
+"""Lower bounds (``lipgraph.lower_bound``): exact oracles (algorithms.md §10), the witness, the API and the CLI.
+
+Every value a lower bound returns must be ≤ the true constant; on networks whose constant is known exactly it
+must also reach it. The certified bound must be ≥ the same oracle.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import lipgraph
+from lipgraph import InputError, Kind
+from lipgraph.cli import main
+from tests.fixtures.zoo import ZOO
+
+ROOT = Path(__file__).resolve().parent.parent
+SLACK = 1e-9  # a lower bound may exceed the exact constant by float64 rounding only
+
+
+def _certified(model: nn.Module, x, p: float = 2) -> float:
+    report = lipgraph.analyze(model, x, norm=p)
+    assert report.kind is Kind.CERTIFIED
+    return report.bound.value
+
+
+def _op_norm(m: Tensor, p: float) -> float:
+    m = m.double()
+    if p == 2:
+        return torch.linalg.matrix_norm(m, 2).item()
+    return (m.abs().sum(1) if math.isinf(p) else m.abs().sum(0)).max().item()
+
+
+def _product(layers: list[nn.Linear]) -> Tensor:
+    prod = torch.eye(layers[0].in_features, dtype=torch.float64)
+    for lin in layers:
+        prod = lin.weight.detach().double() @ prod
+    return prod
+
+
+# -- oracle 1: linear networks, L = ‖W_K ⋯ W_1‖_p ---------------------------------------------------------
+@pytest.mark.parametrize("p", [2, math.inf, 1], ids=["l2", "linf", "l1"])
+@pytest.mark.parametrize("dims", [[5, 3], [4, 7, 2], [6, 6, 6, 3], [3, 8, 1, 5]], ids=str)
+def test_linear_network_oracle(dims: list[int], p: float) -> None:
+    torch.manual_seed(sum(dims))
+    layers = [nn.Linear(a, b) for a, b in zip(dims, dims[1:])]
+    model = nn.Sequential(*layers).eval()
+    exact_l = _op_norm(_product(layers), p)
+    x = torch.randn(1, dims[0])
+    lo = lipgraph.lower_bound(model, x, norm=p)
+    assert lo.kind is Kind.LOWER and lo.method == "jacobian-ascent"
+    assert exact_l * (1 - 1e-4) <= lo.value <= exact_l * (1 + SLACK), (lo.value, exact_l)
+    assert _certified(model, x, p) >= exact_l * (1 - 1e-7)
+
+
+def test_conv_network_oracle() -> None:
+    """conv → avg-pool → conv (linear): the lower bound reaches the dense operator norm."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.AvgPool2d(2), nn.Conv2d(3, 2, 2)).eval()
+    x = torch.randn(1, 2, 6, 6)
+    jac = torch.autograd.functional.jacobian(lambda v: copy.deepcopy(model).double()(v).flatten(), x.double())
+    exact_l = _op_norm(jac.reshape(jac.shape[0], -1), 2)
+    lo = lipgraph.lower_bound(model, x).value
+    assert exact_l * (1 - 1e-4) <= lo <= exact_l * (1 + SLACK)
+    assert _certified(model, x) >= exact_l * (1 - 1e-7)
+
+
+# -- oracle 2: nonnegative weights and biases with ReLU: L = ‖W_K ⋯ W_1‖ (Perron–Frobenius) ---------------
+@pytest.mark.parametrize("seed", range(4))
+def test_nonnegative_relu_network_oracle(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    dims = [3 + seed, 6, 5, 2 + seed % 3]
+    layers = [nn.Linear(a, b) for a, b in zip(dims, dims[1:])]
+    with torch.no_grad():
+        for lin in layers:
+            lin.weight.copy_(torch.rand(lin.weight.shape, generator=g))
+            lin.bias.copy_(torch.rand(lin.bias.shape, generator=g))
+    mods: list[nn.Module] = []
+    for lin in layers[:-1]:
+        mods += [lin, nn.ReLU()]
+    model = nn.Sequential(*mods, layers[-1]).eval()
+    exact_l = _op_norm(_product(layers), 2)
+    x = torch.randn(1, dims[0], generator=g)  # a mixed-sign start: the search must find the all-active region
+    lo = lipgraph.lower_bound(model, x).value
+    assert exact_l * (1 - 1e-4) <= lo <= exact_l * (1 + SLACK), (lo, exact_l)
+    assert _certified(model, x) >= exact_l * (1 - 1e-7)
+
+
+# -- oracle 3: one hidden ReLU layer, hidden ≤ input, W₁ full row rank: enumerate the 2^n patterns -----------
+def _one_hidden(seed: int) -> tuple[nn.Module, Tensor, float]:
+    g = torch.Generator().manual_seed(seed)
+    n_in = 4 + seed % 5
+    hidden, out = min(n_in, 3 + seed % 6), 1 + seed % 4
+    model = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, out)).eval()
+    with torch.no_grad():
+        for prm in model.parameters():
+            prm.copy_(torch.randn(prm.shape, generator=g))
+    w1, w2 = model[0].weight.detach().double(), model[2].weight.detach().double()
+    assert hidden <= 8 and int(torch.linalg.matrix_rank(w1)) == hidden  # every pattern is reachable
+    exact_l = max(_op_norm(w2 @ (torch.tensor(s, dtype=torch.float64)[:, None] * w1), 2)
+                  for s in itertools.product([0.0, 1.0], repeat=hidden))
+    return model, torch.randn(1, n_in, generator=g), exact_l
+
+
+def test_one_hidden_layer_enumeration_oracle() -> None:
+    reached = 0
+    for seed in range(12):
+        model, x, exact_l = _one_hidden(seed)
+        lo = lipgraph.lower_bound(model, x, starts=16, steps=20, seed=seed).value
+        up = _certified(model, x)
+        assert lo <= exact_l * (1 + SLACK) and exact_l <= up * (1 + 1e-7), (seed, lo, exact_l, up)
+        assert lo >= 0.95 * exact_l, (seed, lo, exact_l)  # close to the truth ...
+        reached += lo >= exact_l * (1 - 1e-6)
+    assert reached >= 10, reached  # ... and exact on most (the best pattern's region can be a thin cone)
+
+
+def test_one_hidden_layer_time_budget_reaches_the_truth() -> None:
+    """A thin-cone case: more time (rounds of sampling and ascent) finds the best pattern."""
+    model, x, exact_l = _one_hidden(5)
+    lo = lipgraph.lower_bound(model, x, seconds=3.0).value
+    assert exact_l * (1 - 1e-6) <= lo <= exact_l * (1 + SLACK)
+
+
+# -- oracle 4: the LipSDP-Network counterexample f(x) = ReLU(x) − ReLU(x + 1): L = 1 --------------------------
+def test_lipsdp_regression() -> None:
+    model = nn.Sequential(nn.Linear(1, 2), nn.ReLU(), nn.Linear(2, 1, bias=False)).eval()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0], [1.0]]))
+        model[0].bias.copy_(torch.tensor([0.0, 1.0]))
+        model[2].weight.copy_(torch.tensor([[1.0, -1.0]]))
+    for start in (3.0, -0.5, -7.0):  # the slope-1 region is (−1, 0): reach it from outside too
+        x = torch.tensor([[start]])
+        assert _certified(model, x) >= 1.0
+        assert lipgraph.lower_bound(model, x).value == pytest.approx(1.0, abs=1e-6)
+
+
+# -- non-differentiable ops: the returned value is a difference quotient, valid at kinks --------------------
+@pytest.mark.parametrize("p, expected", [(2, 2.0), (1, 4.0), (math.inf, 1.0)], ids=["l2", "l1", "linf"])
+def test_overlapping_maxpool_exact(p: float, expected: float) -> None:
+    """3×3 stride-2 max-pooling: a pixel in 4 windows, L = √4 (ℓ2), 4 (ℓ1), 1 (ℓ∞)."""
+    pool = nn.MaxPool2d(3, 2)
+    x = torch.randn(1, 1, 7, 7, generator=torch.Generator().manual_seed(0))
+    lo = lipgraph.lower_bound(pool, x, norm=p).value
+    assert expected * (1 - 1e-6) <= lo <= expected * (1 + SLACK)
+    assert _certified(pool, x, p) >= expected
+
+
+def test_abs_and_clamp_kinks() -> None:
+    x = torch.zeros(1, 4)  # exactly at the kinks
+    for model in (nn.Sequential(nn.Linear(4, 4), nn.Hardtanh()), nn.Sequential(nn.ReLU(), nn.Linear(4, 2))):
+        torch.manual_seed(0)
+        lo = lipgraph.lower_bound(model, x).value
+        assert lo <= _certified(model, x) * (1 + 1e-7)
+
+
+# -- the witness --------------------------------------------------------------------------------------------
+def test_witness_pair_reproduces_the_value() -> None:
+    model, x = ZOO["tiny_cnn"]()
+    res = lipgraph.lower_search(model, x)
+    m64 = copy.deepcopy(model).double()
+    a, b = res.input.double(), res.other.double()
+    ratio = ((m64(a) - m64(b)).norm() / (a - b).norm()).item()
+    assert res.value <= ratio and res.value == pytest.approx(ratio, rel=1e-9)
+    assert res.point.shape == x.shape and res.value >= res.jacobian * (1 - 1e-6)  # h → 0 pairs give ‖J v‖
+    assert res.history and res.history[-1][1] >= res.value * (1 - 1e-9) and res.evaluations > 0
+
+
+def test_return_input_and_structure() -> None:
+    model, x = ZOO["tiny_mlp"]()
+    bound, point = lipgraph.lower_bound(model, x, return_input=True)
+    assert isinstance(bound, lipgraph.Bound) and bound.kind is Kind.LOWER and not bound.is_upper
+    assert point.shape == (1, *x.shape[1:]) and point.dtype == x.dtype
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_zoo_lower_is_below_certified_and_above_the_start(name: str) -> None:
+    from tests.test_autolip_soundness import jacobian_norm
+
+    model, x = ZOO[name]()
+    lo = lipgraph.lower_bound(model, x, starts=4, steps=20).value
+    assert lo <= _certified(model, x) * (1 + 1e-7)
+    assert lo >= 0.999 * jacobian_norm(copy.deepcopy(model).double().eval(), x)  # the example is a start
+
+
+@pytest.mark.parametrize("name", ["tiny_mlp", "tiny_cnn", "multi_output"])
+@pytest.mark.parametrize("p", [1, math.inf], ids=["l1", "linf"])
+def test_zoo_l1_linf(name: str, p: float) -> None:
+    model, x = ZOO[name]()
+    lo = lipgraph.lower_bound(model, x, norm=p, starts=4, steps=10).value
+    assert 0 < lo <= _certified(model, x, p) * (1 + 1e-7)
+
+
+# -- inputs, outputs and modes ----------------------------------------------------------------------------
+class _TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 4)
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        return self.lin(a) + 2 * b
+
+
+def test_multiple_inputs_are_one_concatenated_input() -> None:
+    torch.manual_seed(0)
+    model = _TwoInputs().eval()
+    x = (torch.randn(1, 3), torch.randn(1, 4))
+    exact_l = _op_norm(torch.cat([model.lin.weight.detach().double(), 2 * torch.eye(4, dtype=torch.float64)], 1), 2)
+    bound, point = lipgraph.lower_bound(model, x, return_input=True)
+    assert exact_l * (1 - 1e-4) <= bound.value <= exact_l * (1 + SLACK)
+    assert isinstance(point, tuple) and [t.shape for t in point] == [(1, 3), (1, 4)]
+    report = lipgraph.analyze(model, x, lower=True)
+    assert report.lower.value <= report.bound.value
+
+
+class _FixedBatch(nn.Module):
+    """Runs only on its example's exact shape (reshapes the batch away): a point is the whole example."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.lin(x.reshape(2, 6))
+
+
+class _BatchMixing(nn.Module):
+    """Adds the batch sum: rows interact, so points are evaluated one at a time (batch 1: f(x) = Wx + x)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.lin(x) + x.sum(0, keepdim=True)
+
+
+def test_model_that_only_runs_on_the_example_shape() -> None:
+    from lipgraph.lower import _Net
+
+    torch.manual_seed(0)
+    model = _FixedBatch().eval()
+    x = torch.randn(4, 3)
+    assert _Net(model, (x,), None).mode == "whole"
+    exact_l = _op_norm(model.lin.weight.detach(), 2)  # block-diagonal (W, W)
+    lo = lipgraph.lower_bound(model, x).value
+    assert exact_l * (1 - 1e-4) <= lo <= exact_l * (1 + SLACK)
+
+
+def test_batch_mixing_model_runs_point_by_point() -> None:
+    from lipgraph.lower import _Net
+
+    torch.manual_seed(0)
+    model = _BatchMixing().eval()
+    x = torch.randn(1, 4)
+    assert _Net(model, (x,), None).mode == "loop"
+    exact_l = _op_norm(model.lin.weight.detach().double() + torch.eye(4, dtype=torch.float64), 2)
+    assert lipgraph.lower_bound(model, x).value == pytest.approx(exact_l, rel=1e-4)
+
+
+def test_constant_model_has_lower_bound_zero() -> None:
+    class Const(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return x * 0.0
+
+    assert lipgraph.lower_bound(Const(), torch.randn(1, 3)).value == 0.0
+
+
+def test_train_mode_and_buffers_are_restored() -> None:
+    model, x = ZOO["tiny_cnn"]()
+    model.train()
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    lipgraph.lower_bound(model, x, starts=2, steps=3)
+    assert all(m.training for m in model.modules())
+    assert all(torch.equal(v, buffers[k]) for k, v in model.named_buffers())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_deterministic_given_a_seed_and_threads_restored() -> None:
+    model, x = ZOO["tiny_resnet"]()
+    threads = torch.get_num_threads()
+    a = lipgraph.lower_bound(model, x, starts=4, steps=10, seed=3).value
+    b = lipgraph.lower_bound(model, x, starts=4, steps=10, seed=3).value
+    assert a == b and torch.get_num_threads() == threads
+
+
+def test_data_rows_are_used_as_starts() -> None:
+    """Slope 10 only on [1000, 1000.1]: random starts at the example's scale never get there, a data row does."""
+    class Bump(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return 10 * (torch.relu(x - 1000.0) - torch.relu(x - 1000.1))
+
+    x = torch.zeros(1, 1)
+    assert lipgraph.lower_bound(Bump(), x).value < 1e-6
+    data = torch.tensor([[3.0], [1000.05], [-2.0]])
+    assert lipgraph.lower_bound(Bump(), x, data=data).value == pytest.approx(10.0, rel=1e-5)
+    with pytest.raises(InputError, match="does not match"):
+        lipgraph.lower_bound(Bump(), x, data=torch.zeros(3, 2))
+
+
+def test_time_budget_and_progress_callback() -> None:
+    import time
+
+    model, x = ZOO["tiny_mlp"]()
+    lipgraph.lower_bound(model, x, starts=2, steps=2)  # warm up torch.func
+    calls: list[tuple[float, float]] = []
+    start = time.perf_counter()
+    res = lipgraph.lower_search(model, x, seconds=1.0, progress=lambda t, best: calls.append((t, best)))
+    assert time.perf_counter() - start < 3.0 and res.rounds > 2
+    assert calls and all(b2 >= b1 for (_, b1), (_, b2) in zip(calls, calls[1:]))
+
+
+def test_bad_arguments() -> None:
+    model, x = ZOO["tiny_mlp"]()
+    with pytest.raises(InputError):
+        lipgraph.lower_bound(model, x, starts=0)
+    with pytest.raises(InputError):
+        lipgraph.lower_bound(model, x, norm=3)
+    with pytest.raises(InputError):
+        lipgraph.lower_bound(model, x, seconds=0)
+
+
+# -- the report: lower ≤ L ≤ upper ---------------------------------------------------------------------------
+def test_report_tightness() -> None:
+    model, x = ZOO["tiny_cnn"]()
+    plain = lipgraph.analyze(model, x)
+    assert plain.lower is None and plain.ratio is None
+    assert plain.to_dict()["lower"] is None and plain.to_dict()["ratio"] is None
+    report = lipgraph.analyze(model, x, lower=True, lower_options={"starts": 4, "steps": 10})
+    assert report.lower.kind is Kind.LOWER and 0 < report.lower.value <= report.bound.value
+    assert report.ratio == pytest.approx(report.bound.value / report.lower.value) and report.ratio >= 1
+    data = report.to_dict()
+    assert data["lower"] == report.lower.value and data["ratio"] == report.ratio
+    assert report.lower_input.shape == x.shape
+    assert not any("UNSOUND" in n for n in report.notes)
+
+
+def test_report_flags_an_unsound_rule() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU()).eval()
+    wrong = {"relu": lipgraph.elementwise(slope=(0.0, 0.5))}  # ReLU's true constant is 1
+    report = lipgraph.analyze(model, torch.randn(1, 3), lower=True, rules=wrong)
+    assert any("UNSOUND" in n for n in report.notes), report.notes
+    assert report.ratio < 1
+
+
+# -- the CLI ------------------------------------------------------------------------------------------------
+def test_cli_lower_json(capsys) -> None:
+    code = main(["explain", str(ROOT / "examples" / "mlp.py"), "--lower", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    data = json.loads(out)
+    assert 0 < data["lower"] <= data["bound"] and data["ratio"] == pytest.approx(data["bound"] / data["lower"])
+
+
+def test_cli_lower_text_data_and_saved_input(tmp_path: Path, capsys) -> None:
+    data_file, saved = tmp_path / "data.pt", tmp_path / "x.pt"
+    torch.save(torch.rand(5, 64, generator=torch.Generator().manual_seed(0)), data_file)
+    code = main(["explain", str(ROOT / "examples" / "mlp.py"), "--ascii", "--width", "120", "--data",
+                 str(data_file), "--save-lower-input", str(saved), "--lower-seconds", "1"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    root = out.splitlines()[0]
+    assert "<= L <=" in root and "upper/lower" in root, root
+    assert out.isascii()
+    assert torch.load(saved, weights_only=True).shape == (1, 64)
+
+
+def test_cli_bad_data_file(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.pt"
+    torch.save(torch.zeros(3, 5), bad)
+    code = main(["explain", str(ROOT / "examples" / "mlp.py"), "--lower", "--data", str(bad)])
+    _, err = capsys.readouterr()
+    assert code == 2 and "does not match" in err and "Traceback" not in err
