@@ -1,8 +1,8 @@
 """VGG in the torchvision style (``features`` / ``avgpool`` / ``classifier``), with or without BatchNorm.
 
-Factories: ``build_model`` (CIFAR VGG-11-BN at half width, default), ``vgg11``, ``vgg11_bn``, ``vgg16``, ``vgg16_bn`` (CIFAR
-size, 32x32), ``tiny`` (a 6-conv VGG-BN with 4-8 channels, 16x16) and ``imagenet_vgg16`` (with
-``imagenet_vgg16_input``, 224x224: slow, the 25088x4096 classifier alone is a large SVD).
+Factories: ``build_model`` (CIFAR VGG-11-BN at half width, default), ``vgg11``, ``vgg11_bn``, ``vgg16``,
+``vgg16_bn`` (full width, CIFAR size 32x32; VGG-16 takes minutes), ``tiny`` (a 6-conv VGG-BN with 4-8
+channels, 16x16) and ``imagenet_vgg16`` (with ``imagenet_vgg16_input``, 224x224: slow).
 
 Usage: ``lipgraph explain examples/vgg.py`` or ``lipgraph explain examples/vgg.py:vgg16_bn``.
 """
