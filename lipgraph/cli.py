@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--depth", type=int, help="collapse the tree below this depth")
     explain.add_argument("--ascii", action="store_true", help="plain ASCII output")
     explain.add_argument("--width", type=int, help="terminal width")
+    explain.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own; 1 is fastest on a "
+                                                      "machine whose cores are busy with other work)")
     explain.add_argument("--lower", action="store_true",
                          help="also search for a proven lower bound and show lower <= L <= upper")
     explain.add_argument("--data", metavar="FILE",
@@ -90,6 +92,10 @@ def _load_rule_files(files: list[str]) -> None:
 
 
 def _explain(args: argparse.Namespace) -> int:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     _load_rule_files(args.rules)
     model, example = load_model(args.model, args.input_shape)
     if args.weights:

@@ -4,16 +4,16 @@
     bound, x_star = lipgraph.lower_bound(model, x, return_input=True)
     result = lipgraph.lower_search(model, x, seconds=10)    # LowerResult: the witness pair, direction, history
 
-(``lipgraph.lower`` is the Bound factory; this module is ``lipgraph.lower`` only to ``from ... import``.)
+(``lipgraph.lower`` is the Bound factory; import from this module with ``from lipgraph.lower import ...``.)
 
 **Why the returned number is ≤ L.** By definition L ≥ ‖f(a) − f(b)‖_p / ‖a − b‖_p for *every* pair a ≠ b. The
-value returned is such a ratio, evaluated in float64 at an explicit pair (``result.input``, ``result.other``),
-minus a rounding allowance (1e-12 · (‖f(a)‖_p + ‖f(b)‖_p) off the numerator, ≈ 4500 float64 ulps, and a relative
-1e-12). No differentiability is needed, so kinks (ReLU at 0, max-pool ties) cannot make it unsound. The pairs
-are a = x + h·v, b = x − h·v around the best point x and direction v found by the search (several h, the best
-kept), plus the wider pairs the ascent itself used and a few random nearby pairs. Where f is differentiable at x
-the ratio tends to ‖J_f(x) v‖_p / ‖v‖_p as h → 0: it *is* the attained Jacobian norm (to ~1e-8), which the
-search maximises.
+value returned is such a ratio, evaluated in float64 at an explicit pair (``result.input``, ``result.other``,
+representable in the example's dtype, so the witness reproduces), minus a rounding allowance: 1e-12 ·
+(‖f(a)‖_p + ‖f(b)‖_p) off the numerator (≈ 4500 float64 ulps) and a relative 1e-12. No differentiability is
+needed, so kinks (ReLU at 0, max-pool ties) cannot make it unsound. The pairs are a = x + h·v, b = x − h·v around
+the best points x and directions v found by the search (several h, the best kept), plus the wider pairs the
+ascent itself used and a few random nearby pairs. Where f is differentiable at x the ratio tends to
+‖J_f(x) v‖_p / ‖v‖_p as h → 0: it *is* the attained Jacobian norm (to ~1e-8), which the search maximises.
 
 **The search** (batched over starts, in the model's own dtype):
 
@@ -29,7 +29,11 @@ search maximises.
   the power-iterated v, ε shrinking geometrically: for small ε this is the Jacobian norm ‖J(x) v‖ as a function
   of x (with first-order autodiff only), and for larger ε it still has a useful gradient on piecewise-linear
   (ReLU) networks, whose Jacobian is piecewise constant (zero gradient almost everywhere);
-- with ``seconds``, new rounds of starts until the budget is spent;
+- rounds alternate between that ascent (the best ``starts`` of ``4·starts`` candidates) and *sampling*: power
+  iteration alone at many fresh points (Gaussian at 0.3–30× the data's scale, half of them around the best point
+  so far), sized to cost about as much as an ascent round. The ascent climbs within and across linear regions;
+  sampling finds regions it cannot reach (on ReLU networks the best activation pattern can be a thin cone).
+  Without ``seconds``: one round of each; with ``seconds``: rounds until the budget is spent;
 - at the end, the best candidates are re-examined in float64: the exact local norm from the full Jacobian
   when it is small (ℓ2: its top singular vector; ℓ∞: its largest row; ℓ1: its largest column), else a few
   float64 power steps, then the difference quotients above.
@@ -40,6 +44,7 @@ import contextlib
 import copy
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -56,8 +61,10 @@ METHOD = "jacobian-ascent"
 ROUNDING = 1e-12
 #: the full Jacobian is materialised at the final candidates when it has at most this many entries
 DENSE_JACOBIAN = 1 << 21
+#: h for the final difference quotients (largest step of a coordinate, relative to the input's size)
 STEP_SIZES = (1e-2, 1e-3, 1e-4, 1e-6)
-ASCENT = {'eps0': 0.3, 'eps1': 3e-4, 'lr': 0.05}  # h for the final difference quotients, relative to the input's scale
+#: the ascent: ε from eps0 to eps1 (× the data's scale per coordinate), Adam learning rate lr (× the scale)
+ASCENT = {"eps0": 0.3, "eps1": 3e-4, "lr": 0.05}
 
 
 @dataclass
@@ -203,7 +210,9 @@ def _jvp(fn: _Net, z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     search weaker, never the returned bound wrong (that one is a float64 difference quotient)."""
     if fn.jvp_mode == "forward":
         try:
-            return jvp(fn, (z,), (v,))
+            with warnings.catch_warnings():  # torch's first jvp registers decompositions with torch.jit.script
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return jvp(fn, (z,), (v,))
         except Exception:  # noqa: BLE001
             fn.jvp_mode = "double-vjp"
     if fn.jvp_mode == "double-vjp":
@@ -428,7 +437,7 @@ def search(model: nn.Module, x: Any, *, norm: Any = 2, starts: int = 8, steps: i
         budget = seconds
         pool = _Pool(size=max(4, starts))
         history: list[tuple[float, float]] = []
-        bar = _Progress(progress, steps + 2 * power_steps, seconds)
+        bar = _Progress(progress, 2 * (steps + power_steps), seconds)
         # rounds alternate: ascent (the best `starts` of `starts·screen` candidates, `steps` Adam steps) and
         # sampling (power iteration only, at as many fresh points as an ascent round costs): the ascent climbs
         # within and across linear regions, the sampling finds regions the ascent does not reach

@@ -231,10 +231,9 @@ def draw_spec(d: Draw, norm: str | None = None, max_blocks: int = 4) -> dict[str
         block = _image_block(d, state, l2) if len(state["shape"]) == 3 else _vector_block(d, state, l2)
         if block is not None:
             spec["body"].append(block)
-    if len(state["shape"]) == 3 and (d.boolean() or True):
-        if d.integer(0, 2) > 0:
-            spec["body"].append({"op": "flatten"})
-            state["shape"] = [math.prod(state["shape"])]
+    if len(state["shape"]) == 3 and d.integer(0, 2) > 0:
+        spec["body"].append({"op": "flatten"})
+        state["shape"] = [math.prod(state["shape"])]
     spec["head"] = d.integer(1, 4) if d.integer(0, 3) > 0 else None  # sometimes no head: single rules stay tight
     if spec["head"] is not None and len(state["shape"]) == 3:
         spec["body"].append({"op": "flatten"})
