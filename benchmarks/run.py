@@ -35,6 +35,7 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "examples"))  # the examples import their shared helpers (_common)
 
 import lipgraph  # noqa: E402
 

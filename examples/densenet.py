@@ -15,8 +15,11 @@ from collections import OrderedDict
 from typing import List, Tuple
 
 import torch
+
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from _common import randomise_bn
 
 
 class _DenseLayer(nn.Module):
@@ -108,21 +111,10 @@ class DenseNet(nn.Module):
         return self.classifier(out)
 
 
-def _randomise_bn(model: nn.Module) -> None:
-    """Perturb BN running stats and affine params (seeded) so BN is not the identity."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.2)
-                m.bias.uniform_(-0.1, 0.1)
-
-
 def _densenet(**kwargs) -> DenseNet:
     torch.manual_seed(0)
     model = DenseNet(**kwargs)
-    _randomise_bn(model)
+    randomise_bn(model)
     return model.eval()
 
 

@@ -13,7 +13,10 @@ Usage: ``lipgraph explain examples/inception.py`` or ``lipgraph explain examples
 from typing import Sequence
 
 import torch
+
 from torch import Tensor, nn
+
+from _common import randomise_bn
 
 
 class BasicConv2d(nn.Module):
@@ -90,21 +93,10 @@ class SmallGoogLeNet(nn.Module):
         return self.fc(x)
 
 
-def _randomise_bn(model: nn.Module) -> None:
-    """Perturb BN running stats and affine params (seeded) so BN is not the identity."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.2)
-                m.bias.uniform_(-0.1, 0.1)
-
-
 def _googlenet(**kwargs) -> SmallGoogLeNet:
     torch.manual_seed(0)
     model = SmallGoogLeNet(**kwargs)
-    _randomise_bn(model)
+    randomise_bn(model)
     return model.eval()
 
 

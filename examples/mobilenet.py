@@ -13,7 +13,10 @@ Usage: ``lipgraph explain examples/mobilenet.py`` or ``lipgraph explain examples
 from typing import List, Optional, Sequence
 
 import torch
+
 from torch import Tensor, nn
+
+from _common import randomise_bn
 
 # t (expansion), c (output channels), n (repeats), s (stride of the first repeat)
 INVERTED_RESIDUAL_SETTING: List[List[int]] = [
@@ -108,21 +111,10 @@ class MobileNetV2(nn.Module):
         return self.classifier(x)
 
 
-def _randomise_bn(model: nn.Module) -> None:
-    """Perturb BN running stats and affine params (seeded) so BN is not the identity."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.2)
-                m.bias.uniform_(-0.1, 0.1)
-
-
 def _mobilenet(**kwargs) -> MobileNetV2:
     torch.manual_seed(0)
     model = MobileNetV2(**kwargs)
-    _randomise_bn(model)
+    randomise_bn(model)
     return model.eval()
 
 

@@ -11,6 +11,8 @@ from typing import List, Optional, Type, Union
 import torch
 from torch import Tensor, nn
 
+from _common import randomise_bn
+
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     """3x3 convolution with padding."""
@@ -127,21 +129,10 @@ class ResNet(nn.Module):
         return self.fc(x)
 
 
-def _randomise_bn(model: nn.Module) -> None:
-    """Perturb BN running stats and affine params (seeded) so BN is not the identity."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.2)
-                m.bias.uniform_(-0.1, 0.1)
-
-
 def _resnet(block, layers, num_classes: int, cifar: bool) -> ResNet:
     torch.manual_seed(0)
     model = ResNet(block, layers, num_classes=num_classes, cifar=cifar)
-    _randomise_bn(model)
+    randomise_bn(model)
     return model.eval()
 
 

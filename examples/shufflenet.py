@@ -14,7 +14,10 @@ Usage: ``lipgraph explain examples/shufflenet.py`` or ``lipgraph explain example
 from typing import List, Sequence
 
 import torch
+
 from torch import Tensor, nn
+
+from _common import randomise_bn
 
 
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:
@@ -113,21 +116,10 @@ class ShuffleNetV2(nn.Module):
         return self.fc(x)
 
 
-def _randomise_bn(model: nn.Module) -> None:
-    """Perturb BN running stats and affine params (seeded) so BN is not the identity."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.2)
-                m.bias.uniform_(-0.1, 0.1)
-
-
 def _shufflenet(*args, **kwargs) -> ShuffleNetV2:
     torch.manual_seed(0)
     model = ShuffleNetV2(*args, **kwargs)
-    _randomise_bn(model)
+    randomise_bn(model)
     return model.eval()
 
 

@@ -11,7 +11,10 @@ Factories: ``build_model`` (base width 16, depth 3, 1x3x32x32, default), ``tiny`
 Usage: ``lipgraph explain examples/unet.py`` or ``lipgraph explain examples/unet.py:tiny``.
 """
 import torch
+
 from torch import Tensor, nn
+
+from _common import randomise_bn
 
 
 class DoubleConv(nn.Sequential):
@@ -70,21 +73,10 @@ class UNet(nn.Module):
         return self.outc(x)
 
 
-def _randomise_bn(model: nn.Module) -> None:
-    """Perturb BN running stats and affine params (seeded) so BN is not the identity."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.2)
-                m.bias.uniform_(-0.1, 0.1)
-
-
 def _unet(**kwargs) -> UNet:
     torch.manual_seed(0)
     model = UNet(**kwargs)
-    _randomise_bn(model)
+    randomise_bn(model)
     return model.eval()
 
 

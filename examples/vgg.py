@@ -9,7 +9,10 @@ Usage: ``lipgraph explain examples/vgg.py`` or ``lipgraph explain examples/vgg.p
 from typing import Dict, List, Union
 
 import torch
+
 from torch import Tensor, nn
+
+from _common import randomise_bn
 
 CFGS: Dict[str, List[Union[int, str]]] = {
     "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],                       # VGG-11
@@ -65,22 +68,11 @@ class VGG(nn.Module):
         return self.classifier(x)
 
 
-def _randomise_bn(model: nn.Module) -> None:
-    """Perturb BN running stats and affine params (seeded) so BN is not the identity."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.2)
-                m.bias.uniform_(-0.1, 0.1)
-
-
 def _vgg(cfg: str, batch_norm: bool, num_classes: int = 10, width: float = 1.0, pool: int = 1,
          hidden: int = 512) -> VGG:
     torch.manual_seed(0)
     model = VGG(make_layers(CFGS[cfg], batch_norm, width), num_classes=num_classes, pool=pool, hidden=hidden)
-    _randomise_bn(model)
+    randomise_bn(model)
     return model.eval()
 
 

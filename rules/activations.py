@@ -5,6 +5,8 @@ Slope intervals are the exact ranges of the derivative (algorithms.md §2), roun
 """
 from __future__ import annotations
 
+import math
+
 from lipgraph.bound import exact
 from lipgraph.registry import Registry
 from lipgraph.ruleapi import OpContext, Transfer, elementwise, not_lipschitz
@@ -18,7 +20,6 @@ FIXED_SLOPES: dict[str, tuple[float, float]] = {
     "sigmoid": (0.0, 0.25),
     "tanh": (0.0, 1.0),
     "softsign": (0.0, 1.0),
-    "softplus": (0.0, 1.0),  # σ(βx) for any β
     "logsigmoid": (0.0, 1.0),
     "tanhshrink": (0.0, 1.0),  # tanh²
     "softshrink": (0.0, 1.0),
@@ -62,6 +63,18 @@ def elu(ctx: OpContext) -> Transfer:
     return Transfer(gains=(exact(max(abs(lo), abs(hi)), "slope"),), slope=(lo, hi))
 
 
+def softplus(ctx: OpContext) -> Transfer:
+    """Slopes σ(βx) ∈ (0, 1); but torch returns x itself once βx > threshold, a jump of log1p(e^{−t})/β there.
+    Below float32 resolution at that point (2e-9 at the default t = 20) it is rounding: slope [0, 1]; a larger
+    jump (t = 5: 6.7e-3) makes the function discontinuous, hence not Lipschitz."""
+    beta, t = float(ctx.arg("beta", 1, 1.0)), float(ctx.arg("threshold", 2, 20.0))
+    jump = math.log1p(math.exp(-t)) / beta
+    if jump > 2.0 ** -23 * max(1.0, abs(t / beta)):
+        raise ctx.not_lipschitz(f"torch's Softplus(beta={beta:g}, threshold={t:g}) jumps by {jump:.2g} at x = "
+                                f"{t / beta:g}, where it switches to the identity")
+    return Transfer(gains=(exact(1.0, "slope"),), slope=(0.0, 1.0))
+
+
 def threshold(ctx: OpContext) -> Transfer:
     """max(x, t) when value = t (slopes {0, 1}); any other value makes it jump at x = t."""
     t, value = float(ctx.arg("threshold", 1)), float(ctx.arg("value", 2))
@@ -73,6 +86,6 @@ def threshold(ctx: OpContext) -> Transfer:
 def register(registry: Registry) -> None:
     for key, slope in FIXED_SLOPES.items():
         registry.register(key, elementwise(slope=slope, name=key))
-    for fn in (leaky_relu, rrelu, prelu, elu, threshold):
+    for fn in (leaky_relu, rrelu, prelu, elu, softplus, threshold):
         registry.register(fn.__name__, fn, exact=True)
     registry.register("hardshrink", not_lipschitz("Hardshrink jumps from 0 to ±λ at |x| = λ", name="hardshrink"))

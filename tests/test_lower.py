@@ -379,12 +379,12 @@ def test_cli_bad_data_file(tmp_path: Path, capsys) -> None:
     assert code == 2 and "does not match" in err and "Traceback" not in err
 
 
-# -- a known unsound rule, found while building the fuzzer (reported to the rule owners) ------------------
-@pytest.mark.xfail(strict=True, reason="torch's softplus returns x above `threshold`: a jump of "
-                   "log1p(exp(-threshold))/beta (2e-9 at the default 20, 6.7e-3 at 5), so it is not Lipschitz; "
-                   "the softplus rule certifies 1")
+# -- found while building the fuzzer: torch's softplus jumps where it switches to the identity ---------------
 def test_softplus_threshold_jump() -> None:
     model = nn.Softplus(beta=1.0, threshold=5.0)
     a, b = torch.tensor([[5.0 - 1e-4]], dtype=torch.float64), torch.tensor([[5.0 + 1e-4]], dtype=torch.float64)
-    ratio = ((model(a) - model(b)).abs() / (a - b).abs()).item()  # an attained ratio: 32.6
-    assert _certified(model, torch.tensor([[5.0]])) >= ratio
+    ratio = ((model(a) - model(b)).abs() / (a - b).abs()).item()  # an attained ratio: 32.6, not Lipschitz
+    assert ratio > 30
+    with pytest.raises(lipgraph.NotLipschitzError, match="jumps"):
+        _certified(model, torch.tensor([[5.0]]))
+    assert _certified(nn.Softplus(), torch.tensor([[5.0]])) == 1.0  # default threshold: a jump below rounding

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import runpy
 from pathlib import Path
 
 import pytest
 import torch
 
 import lipgraph
+from lipgraph.userfile import run_user_file
 from lipgraph.bound import Kind
 from lipgraph.cli import main
 
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("restore_default_registry")
 
 
 def load(name: str, factory: str) -> tuple[torch.nn.Module, torch.Tensor]:
-    ns = runpy.run_path(str(EXAMPLES / f"{name}.py"))
+    ns = run_user_file(EXAMPLES / f"{name}.py", "zoo")  # as `lipgraph explain` does: the folder joins sys.path
     assert callable(ns.get("build_model")) and callable(ns.get("example_input")), name
     return ns[factory](), ns[f"{factory}_input"]()
 
