@@ -1,27 +1,33 @@
-"""Benchmark: lipgraph's certified graph AutoLip against the AutoLip reference-implementation style.
+"""Benchmark: lipgraph's certified graph AutoLip against per-layer products and power-iteration estimates.
 
-    python benchmarks/run.py [--quick] [--threads N] [--repeats 3] [--models mlp,cnn,...] [--results FILE]
+    python benchmarks/run.py [--quick] [--threads N] [--repeats 3] [--models mlp,cnn,...] [--write]
 
-Methods
-- ``lipgraph``:  ``lipgraph.analyze(model, x)`` (ℓ2): certified AutoLip over the traced graph.
+Columns, one row per model (ℓ2):
+- ``certified``: ``lipgraph.analyze(model, x, lower=False)``: certified AutoLip over the traced graph, with
+  linear-chain fusion.
+- ``naive product``: the product of every op's certified gain (each call counted), read off that report: what
+  AutoLip gives on a pure chain without fusion. On a branched graph (residual adds, concatenations, several
+  outputs; marked †) it multiplies parallel branches together, as the reference code did, and is **not** a bound.
+- ``power-iteration AutoLip``: AutoLip over the same graph with each linear layer's certified norm replaced by
+  500 steps of power iteration (``lipgraph.linalg.power_iteration``; no fusion): the paper's method done on the
+  real graph. Power iteration converges from below, so this is an estimate; certified / it shows what the
+  certificates (and the fusion, which can make it smaller) change.
 - ``reference``: what the AutoLip reference code does: the product, over the model's modules in registration
   order, of per-layer norms from 500 iterations of the autograd power method on every Linear/Conv layer
-  (v ← ∇_v ½‖A v‖², normalised); BatchNorm, pooling and activations count as 1. Power iteration converges from
-  below, so each factor is an estimate, and a product in module order ignores the graph: on residual networks it
-  is not an upper bound at all (algorithms.md §1, §3).
+  (v ← ∇_v ½‖A v‖², normalised); BatchNorm, pooling and activations count as 1. An estimate, and on residual
+  networks not an upper bound at all (algorithms.md §1, §3).
 
-Ratios are to the ``reference`` row of the same model in the same run (bound / reference bound, seconds /
-reference seconds). Timings are the median of ``--repeats`` runs (1 run for the ResNet-18, which is slow;
-``--quick`` skips it), after one warm-up analysis (loading the rule registry is not timed). Timings are
+Ratios are to the ``reference`` of the same model in the same run. Timings are the median of ``--repeats`` runs
+(1 run for the ResNet-18, which is slow; ``--quick`` skips it), after one warm-up analysis (loading the rule
+registry is not timed). ``--write`` replaces this script's section of ``benchmarks/RESULTS.md``. Timings are
 machine-dependent: never assert on them in tests.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -38,13 +44,17 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "examples"))  # the examples import their shared helpers (_common)
 
 import lipgraph  # noqa: E402
+from lipgraph.linalg import power_iteration  # noqa: E402
+from results_file import machine, write_section  # noqa: E402
 
 POWER_ITERATIONS = 500
 LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-NOTE = ("reference = product over modules (registration order) of 500-iteration power-method norms of each "
-        "Linear/Conv layer, BN/pool/activations = 1: an estimate (power iteration converges from below), and "
-        "unsound on residual graphs (it ignores the skip branches that add to the output). "
-        "ratios: bound / reference bound and seconds / reference seconds, same model, same run.")
+NOTE = ("certified: lipgraph.analyze (graph AutoLip + fusion). naive product: Π of every op's certified gain; "
+        "† = branched graph (residual/concat/several outputs), where this product is NOT a bound. power-iteration "
+        "AutoLip: the same graph with 500-step power-iteration layer norms, no fusion (an estimate). reference: "
+        "product over modules (registration order) of 500-step power-method norms of each Linear/Conv layer, "
+        "BN/pool/activations = 1 (an estimate, unsound on residual graphs). ratios: certified / reference bound "
+        "and certified seconds / reference seconds, same model, same run.")
 
 
 # -- models ---------------------------------------------------------------------------------------------------
@@ -128,66 +138,88 @@ def reference(model: nn.Module, x: torch.Tensor, iterations: int = POWER_ITERATI
     return product
 
 
+# -- lipgraph's columns -----------------------------------------------------------------------------------------
+def naive_product(report: lipgraph.Report) -> tuple[float, bool]:
+    """Π of every op's certified gain (a module called k times counts k times), and whether the graph branches."""
+    product, branched = 1.0, len(report.outputs) > 1
+    for node in report.tree.walk():
+        if node.formula is not None:  # a merge (add, cat): its inputs' branches are multiplied in regardless
+            branched = True
+        elif node.op is not None and not node.children:
+            product *= node.bound.value ** node.calls
+    return product, branched
+
+
+def power_rules(iterations: int) -> dict[str, Callable[[lipgraph.OpContext], lipgraph.Transfer]]:
+    """Every registered rule, with the gain of each single-input affine op (not an isometry) replaced by
+    ``iterations`` steps of power iteration on its linear part f(x) − f(0), in float64: an estimate."""
+    def wrap(rule: lipgraph.Rule) -> Callable[[lipgraph.OpContext], lipgraph.Transfer]:
+        def estimated(ctx: lipgraph.OpContext) -> lipgraph.Transfer:
+            transfer = rule.apply(ctx)
+            gain = transfer.gains[0] if len(transfer.gains) == 1 else None
+            if not transfer.affine or gain is None or gain.exact and gain.value == 1 or ctx.input.parts:
+                return transfer
+            shape = ctx.input.shape
+            zero = ctx.apply(torch.zeros(shape, dtype=torch.float64), dtype=torch.float64)
+            value, _ = power_iteration(lambda v: (ctx.apply(v[0], dtype=torch.float64) - zero)[None], shape,
+                                       iters=iterations)
+            return dataclasses.replace(transfer, gains=(value,), structure=None)
+        return estimated
+    return {key: wrap(rule) for key, rule in lipgraph.default_registry().items()}
+
+
 # -- running -------------------------------------------------------------------------------------------------
 @dataclass
 class Row:
     model: str
-    method: str
-    bound: float
-    kind: str
-    seconds: float
     runs: int
-    bound_ratio: float = math.nan
-    time_ratio: float = math.nan
+    certified: float
+    certified_s: float
+    naive: float
+    branched: bool
+    power: float
+    power_s: float
+    reference: float
+    reference_s: float
 
 
-def timed(fn: Callable[[], tuple[float, str]], runs: int) -> tuple[float, str, float]:
-    times, result = [], None
+def timed(fn: Callable[[], float], runs: int) -> tuple[float, float]:
+    """(the result, the median of ``runs`` wall-clock times)."""
+    times, result = [], math.nan
     for _ in range(runs):
         start = time.perf_counter()
         result = fn()
         times.append(time.perf_counter() - start)
-    return result[0], result[1], statistics.median(times)
+    return result, statistics.median(times)
 
 
-def run_model(spec: Model, repeats: int, iterations: int) -> list[Row]:
+def run_model(spec: Model, repeats: int, iterations: int) -> Row:
     model, x = spec.build()
     runs = spec.repeats or repeats
-
-    def graph():
-        report = lipgraph.analyze(model, x)
-        return report.bound.value, str(report.bound.kind)
-
-    def ref():
-        return reference(model, x, iterations), "estimate"
-
-    rows = []
-    for method, fn in (("reference", ref), ("lipgraph", graph)):
-        bound, kind, seconds = timed(fn, runs)
-        rows.append(Row(spec.name, method, bound, kind, seconds, runs))
-    base = rows[0]
-    for r in rows:
-        r.bound_ratio = r.bound / base.bound if base.bound else math.nan
-        r.time_ratio = r.seconds / base.seconds if base.seconds else math.nan
-    return rows
+    rules = power_rules(iterations)
+    report = lipgraph.analyze(model, x, lower=False)
+    assert report.kind is lipgraph.Kind.CERTIFIED, report.kind
+    certified, certified_s = timed(lambda: lipgraph.analyze(model, x, lower=False).bound.value, runs)
+    power, power_s = timed(lambda: lipgraph.analyze(model, x, lower=False, rules=rules).bound.value, runs)
+    reference_value, reference_s = timed(lambda: reference(model, x, iterations), runs)
+    return Row(spec.name, runs, certified, certified_s, *naive_product(report), power, power_s, reference_value,
+               reference_s)
 
 
 # -- output ------------------------------------------------------------------------------------------------
-HEADER = ("model", "method", "bound", "kind", "seconds", "runs", "bound ratio", "time ratio")
+HEADER = ("model", "runs", "certified", "s", "naive product", "power-iteration AutoLip", "s", "reference", "s",
+          "certified / reference", "s / reference s")
 
 
 def cells(r: Row) -> tuple[str, ...]:
-    return (r.model, r.method, f"{r.bound:.5g}", r.kind, f"{r.seconds:.3g}", str(r.runs), f"{r.bound_ratio:.3g}",
-            f"{r.time_ratio:.3g}")
+    return (r.model, str(r.runs), f"{r.certified:.5g}", f"{r.certified_s:.3g}",
+            f"{r.naive:.5g}" + (" †" if r.branched else ""), f"{r.power:.5g}", f"{r.power_s:.3g}",
+            f"{r.reference:.5g}", f"{r.reference_s:.3g}", f"{r.certified / r.reference:.3g}",
+            f"{r.certified_s / r.reference_s:.3g}")
 
 
 def print_table(rows: list[Row], plain: bool) -> None:
-    try:
-        if plain:
-            raise ImportError
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:
+    if plain:
         widths = [max(len(h), *(len(cells(r)[i]) for r in rows)) for i, h in enumerate(HEADER)]
         line = lambda cols: "  ".join(c.ljust(w) for c, w in zip(cols, widths))  # noqa: E731
         print(line(HEADER))
@@ -196,33 +228,22 @@ def print_table(rows: list[Row], plain: bool) -> None:
             print(line(cells(r)))
         print(f"note: {NOTE}")
         return
-    table = Table(title="Lipschitz upper bounds (ℓ2): lipgraph vs AutoLip reference style", caption=f"note: {NOTE}")
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Lipschitz bounds (ℓ2): certified vs per-layer products and power-iteration estimates",
+                  caption=f"note: {NOTE}")
     for i, h in enumerate(HEADER):
-        table.add_column(h, justify="right" if i >= 2 and h != "kind" else "left", no_wrap=i < 2)
+        table.add_column(h, justify="left" if i == 0 else "right", no_wrap=i == 0)
     for r in rows:
         table.add_row(*cells(r))
-    Console(width=max(130, Console().width)).print(table)
+    Console(width=max(150, Console().width)).print(table)
 
 
 def markdown(rows: list[Row]) -> str:
     out = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     out += ["| " + " | ".join(cells(r)) + " |" for r in rows]
     return "\n".join(out)
-
-
-def machine() -> list[str]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return [f"- CPU: {cpu}; `nproc` = {os.cpu_count()} (usable: {len(os.sched_getaffinity(0))})",
-            f"- torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()}",
-            f"- Python {platform.python_version()}, {platform.platform()}",
-            f"- lipgraph {getattr(lipgraph, '__version__', '?')}, {POWER_ITERATIONS} power iterations per layer"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,8 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs per small model (median reported)")
     parser.add_argument("--iterations", type=int, default=POWER_ITERATIONS, help="power iterations per layer")
     parser.add_argument("--models", default="", help="comma-separated substrings of model names to run")
-    parser.add_argument("--plain", action="store_true", help="plain-text table even if rich is installed")
-    parser.add_argument("--results", type=Path, default=None, help="also write the table as markdown to FILE")
+    parser.add_argument("--plain", action="store_true", help="plain-text table instead of rich")
+    parser.add_argument("--write", action="store_true", help="replace this script's section of RESULTS.md")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -242,18 +263,19 @@ def main(argv: list[str] | None = None) -> int:
         wanted = [w.strip() for w in args.models.split(",") if w.strip()]
         chosen = [m for m in chosen if any(w in m.name for w in wanted)]
     print(f"threads: {torch.get_num_threads()}  torch {torch.__version__}  models: {len(chosen)}", file=sys.stderr)
-    lipgraph.analyze(nn.Sequential(nn.Linear(2, 2)), torch.zeros(1, 2))  # warm-up: registry, first-call imports
+    lipgraph.analyze(nn.Sequential(nn.Linear(2, 2)), torch.zeros(1, 2), lower=False)  # warm-up: registry, imports
     rows: list[Row] = []
     for spec in chosen:
         print(f"  {spec.name} ...", file=sys.stderr, flush=True)
-        rows += run_model(spec, args.repeats, args.iterations)
+        rows.append(run_model(spec, args.repeats, args.iterations))
     print_table(rows, args.plain)
-    if args.results:
-        text = ["# Benchmark results", "", "`python benchmarks/run.py" + (" --quick" if args.quick else "")
-                + (f" --threads {args.threads}" if args.threads else "") + "`", "", "## Machine", "", *machine(),
-                "", "## Table", "", markdown(rows), "", f"Note: {NOTE}", ""]
-        args.results.write_text("\n".join(text))
-        print(f"wrote {args.results}", file=sys.stderr)
+    if args.write:
+        command = " ".join(["python benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)])
+        write_section("upper-bounds", "\n".join([
+            f"## Upper bounds: certified vs per-layer products (`{command}`)", "",
+            f"Machine: {machine()}; {args.iterations} power iterations per layer.", "",
+            markdown(rows), "", f"Note: {NOTE}"]))
+        print("wrote its section of benchmarks/RESULTS.md", file=sys.stderr)
     return 0
 
 

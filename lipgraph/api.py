@@ -14,12 +14,31 @@ from .errors import InputError
 from .frontend.prepare import as_inputs, check_finite_weights, check_runs, eval_mode, unwrap
 from .frontend.trace import LipTracer
 from .passes.annotate import annotate
-from .passes.autolip import autolip
+from .passes.autolip import autolip, network_estimate
 from .passes.fuse import fuse
+from .passes.layer_lower import layer_lower_bounds
+from .passes.seqlip import tighten_chains
 from .registry import default_registry
 from .report import Report, build_tree, output_bounds
 
-METHODS = ("autolip",)
+#: method -> chain estimators run on every sequential chain (algorithms.md §5–§8); "autolip" runs none.
+CHAIN_METHODS = {"autolip": (), "seqlip": ("cp", "seqlip", "seqlip-greedy"), "cp": ("cp",),
+                 "lipsdp": ("lipsdp-neuron",)}
+METHODS = (*CHAIN_METHODS, "best")
+
+
+def chain_estimators(method: str) -> tuple[str, ...]:
+    """The chain estimators of ``method``: a named method, ``"best"`` (every registered estimator) or the name
+    of one registered estimator (e.g. ``"lipsdp-neuron"`` with ``lipgraph[sdp]``)."""
+    from .estimators import CHAIN_ESTIMATORS
+
+    if method in CHAIN_METHODS:
+        return CHAIN_METHODS[method]
+    if method == "best":
+        return tuple(CHAIN_ESTIMATORS)
+    if method in CHAIN_ESTIMATORS:
+        return (method,)
+    raise InputError(f"unknown method {method!r}; available: {', '.join([*METHODS, *CHAIN_ESTIMATORS])}")
 NORMS = {"1": 1.0, "2": 2.0, "inf": math.inf}
 
 
@@ -44,22 +63,25 @@ def analyze(
     frontend: str = "auto",
     unsupported: str = "error",
     concrete_args: dict[str, Any] | None = None,
-    lower: bool = False,
+    lower: bool = True,
     data: Any = None,
     lower_options: Mapping[str, Any] | None = None,
+    layer_lower: bool = False,
 ) -> Report:
     """Certified upper bound on the Lipschitz constant of ``model`` (in eval mode) around its whole input space.
 
     ``example_input`` (or ``input_shape``) fixes the input size, which the operator norms depend on; the batch
     dimension is dim 0. ``norm`` is the ℓp norm on inputs and outputs. ``rules`` maps op keys, module classes
     or functions to rules for this call only. ``unsupported="inf"`` reports ops without a rule as unbounded
-    instead of failing. ``lower=True`` also searches for a proven lower bound (``lipgraph.lower_bound``, starting
-    from the example input and the rows of ``data``; ``lower_options`` are passed on, e.g. ``{"seconds": 10}``):
-    ``report.lower`` and ``report.ratio`` (upper / lower) then show how tight the bound is.
+    instead of failing. The report also carries a proven lower bound (``lipgraph.lower_bound`` with the small,
+    deterministic budget ``lipgraph.lower.REPORT_BUDGET``, starting from the example input and the rows of
+    ``data``; ``lower_options`` are passed on, e.g. ``{"seconds": 10}`` for a longer, timed search):
+    ``report.lower`` and ``report.ratio`` (upper / lower) show how tight the bound is; ``lower=False`` skips it.
+    ``layer_lower=True`` (ℓ2) runs power iteration on every certified linear layer and fused chain: a proven lower
+    bound beside each layer's certified norm (``ReportNode.layer_lower``, ``FusedChain.lower``).
     """
     start = time.perf_counter()
-    if method not in METHODS:
-        raise InputError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+    estimators = chain_estimators(method)
     p = parse_norm(norm)
     if example_input is None:
         if input_shape is None:
@@ -82,7 +104,14 @@ def analyze(
                            "do not apply (ops are bounded one by one)")
         annotate(lg, registry, p, unsupported)
         fuse(lg, p)
+        if layer_lower:
+            notes += layer_lower_bounds(lg, p)
+        if estimators:
+            tighten_chains(lg, p, estimators)
         total = autolip(lg, p)
+        estimate = network_estimate(lg, p) if estimators else None
+        if estimators and total.kind is Kind.CERTIFIED:
+            total = Bound(total.value, total.kind, f"autolip+{method}", exact=total.exact)
         tree = build_tree(lg, total, p)
     if total.kind is Kind.UNBOUNDED:
         notes.append("some ops have no rule: the bound is unbounded (see the ops marked in the tree)")
@@ -90,16 +119,20 @@ def analyze(
     return Report(bound=total, norm=p, model=name,
                   input_shape=[list(x.shape) for x in inputs], seconds=time.perf_counter() - start,
                   frontend=lg.frontend, tree=tree, outputs=output_bounds(lg), notes=notes,
-                  lower=found.bound if found else None, lower_input=found.point if found else None)
+                  lower=found.bound if found else None, lower_input=found.point if found else None, estimate=estimate)
 
 
 def _lower(model: nn.Module, inputs: tuple, p: float, data: Any, options: Mapping[str, Any] | None, total: Bound,
            notes: list[str]) -> Any:
-    """The lower-bound search for ``analyze(lower=True)``; a failure becomes a note, not an error."""
-    from .lower import search
+    """The lower-bound search of ``analyze``: ``REPORT_BUDGET`` unless ``options`` ask for a timed search (then
+    the search's own defaults); a failure becomes a note, not an error."""
+    from .lower import REPORT_BUDGET, search
 
+    options = dict(options or {})
+    if "seconds" not in options:
+        options = {**REPORT_BUDGET, **options}
     try:
-        found = search(model, inputs, norm=p, data=data, **dict(options or {}))
+        found = search(model, inputs, norm=p, data=data, **options)
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - the upper bound stands on its own

@@ -9,7 +9,7 @@ from typing import Sequence
 
 from . import __version__
 from .api import METHODS, analyze
-from .errors import LipgraphError
+from .errors import InputError, LipgraphError
 from .frontend.opkeys import MODULE_KEYS, NAME_KEYS
 from .frontend.prepare import load_weights
 from .frontend.trace import FRONTENDS
@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--input-shape", help="input shape with batch dimension, e.g. 1,3,32,32")
     explain.add_argument("--weights", help="state dict to load (torch.load with weights_only=True)")
     explain.add_argument("--norm", default="2", choices=["1", "2", "inf"], help="ℓp norm (default 2)")
-    explain.add_argument("--method", default="autolip", choices=METHODS)
+    explain.add_argument("--method", default="autolip", metavar="METHOD",
+                         help=f"{', '.join(METHODS)} or one chain estimator (lipgraph rules --estimators)")
     explain.add_argument("--frontend", default="auto", choices=FRONTENDS)
     explain.add_argument("--rules", action="append", default=[], metavar="FILE", help="extra rules file (repeatable)")
     explain.add_argument("--unsupported", default="error", choices=UNSUPPORTED_MODES,
@@ -67,18 +68,41 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--width", type=int, help="terminal width")
     explain.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own; 1 is fastest on a "
                                                       "machine whose cores are busy with other work)")
-    explain.add_argument("--lower", action="store_true",
-                         help="also search for a proven lower bound and show lower <= L <= upper")
+    explain.add_argument("--lower", action=argparse.BooleanOptionalAction, default=True,
+                         help="search for a proven lower bound and show lower <= L <= upper (default: on, with a "
+                              "small fixed budget; --no-lower skips it)")
     explain.add_argument("--data", metavar="FILE",
                          help="inputs to start the lower-bound search from (a tensor saved with torch.save)")
     explain.add_argument("--lower-seconds", type=float, metavar="S", help="time budget of the lower-bound search")
     explain.add_argument("--save-lower-input", metavar="FILE",
                          help="save the input attaining the lower bound (torch.save)")
+    explain.add_argument("--layer-lower", action="store_true",
+                         help="power iteration on every linear layer (l2): a proven lower bound beside each "
+                              "certified layer norm")
     explain.set_defaults(run=_explain)
 
     rules = sub.add_parser("rules", help="list every rule, its op keys, kind and source")
     rules.add_argument("--rules", action="append", default=[], metavar="FILE")
     rules.set_defaults(run=_rules)
+
+    certify = sub.add_parser("certify", help="certified robustness radii of a classifier on labelled inputs",
+                             description="Executes MODEL (a Python file) to build the model; per input, the radius "
+                                         "within which its predicted class cannot change, and certified accuracy.")
+    certify.add_argument("model", help="model.py or model.py:factory (the file is executed)")
+    certify.add_argument("--data", required=True, metavar="FILE",
+                         help="(inputs, labels) or {'x': inputs, 'y': labels} saved with torch.save")
+    certify.add_argument("--weights", help="state dict to load (torch.load with weights_only=True)")
+    certify.add_argument("--norm", default="2", choices=["1", "2", "inf"], help="ℓp norm of the radius (default 2)")
+    certify.add_argument("--radii", metavar="R,R,...", help="radii of the certified-accuracy table, e.g. 0.1,0.25,0.5")
+    certify.add_argument("--global-bound", action="store_true", help="margin / (c·L) only, no per-class-pair bounds")
+    certify.add_argument("--rules", action="append", default=[], metavar="FILE", help="extra rules file (repeatable)")
+    certify.add_argument("--unsupported", default="error", choices=UNSUPPORTED_MODES)
+    certify.add_argument("--json", action="store_true", help="print the result as JSON (per-input radii included)")
+    certify.add_argument("--plot", metavar="FILE.png", help="save a plot of certified accuracy vs radius (matplotlib)")
+    certify.add_argument("--ascii", action="store_true", help="plain ASCII output")
+    certify.add_argument("--width", type=int, help="terminal width")
+    certify.add_argument("--threads", type=int, help="torch CPU threads")
+    certify.set_defaults(run=_certify)
 
     doctor = sub.add_parser("doctor", help="versions and loaded rule packs")
     doctor.set_defaults(run=_doctor)
@@ -100,13 +124,15 @@ def _explain(args: argparse.Namespace) -> int:
     model, example = load_model(args.model, args.input_shape)
     if args.weights:
         load_weights(model, args.weights)
-    lower = args.lower or bool(args.data or args.lower_seconds or args.save_lower_input)
+    if not args.lower and (args.data or args.lower_seconds or args.save_lower_input):
+        raise InputError("--no-lower contradicts --data, --lower-seconds and --save-lower-input")
     options: dict = {"progress": not args.json and sys.stderr.isatty()}
     if args.lower_seconds:
         options["seconds"] = args.lower_seconds
     report = analyze(model, example, norm=args.norm, method=args.method, frontend=args.frontend,
-                     unsupported=args.unsupported, lower=lower, data=_load_data(args.data) if args.data else None,
-                     lower_options=options)
+                     unsupported=args.unsupported, lower=args.lower,
+                     data=_load_data(args.data) if args.data else None, lower_options=options,
+                     layer_lower=args.layer_lower)
     if args.save_lower_input and report.lower_input is not None:
         import torch
 
@@ -121,8 +147,6 @@ def _explain(args: argparse.Namespace) -> int:
 def _load_data(path: str):
     """A tensor (N, ...) of inputs, or a tuple/list/dict holding one (``(x, y)``, ``{"x": ...}``)."""
     import torch
-
-    from .errors import InputError
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -158,6 +182,35 @@ def _rules(args: argparse.Namespace) -> int:
         table.add_row(key, "exact" if rule.exact else "upper bound", rule.description,
                       ", ".join(names[:6]) + (" …" if len(names) > 6 else ""), rule.source)
     make_console().print(table)
+    return 0
+
+
+def _certify(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from .certify import certify, load_labelled, print_certificate
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _load_rule_files(args.rules)
+    x, y = load_labelled(args.data)
+    model, _example = load_model(args.model)
+    if args.weights:
+        load_weights(model, args.weights)
+    try:
+        radii = [float(r) for r in args.radii.split(",") if r.strip()] if args.radii else None
+    except ValueError:
+        raise InputError(f"--radii {args.radii!r} is not a comma-separated list of numbers") from None
+    cert = certify(model, x, y, norm=args.norm, radii=radii, pairwise=not args.global_bound,
+                   unsupported=args.unsupported)
+    if args.plot:
+        cert.plot(args.plot)
+    if args.json:
+        print(json.dumps(cert.to_dict(), indent=2, allow_nan=False, ensure_ascii=False))
+    else:
+        print_certificate(cert, ascii_only=args.ascii, width=args.width)
     return 0
 
 

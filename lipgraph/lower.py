@@ -63,6 +63,10 @@ ROUNDING = 1e-12
 DENSE_JACOBIAN = 1 << 21
 #: h for the final difference quotients (largest step of a coordinate, relative to the input's size)
 STEP_SIZES = (1e-2, 1e-3, 1e-4, 1e-6)
+#: the fixed budget of the search every report runs (``analyze``, ``lipgraph explain``): deterministic (no clock),
+#: so reports and golden files are reproducible. 0.02–0.5 s per tiny model (1 thread), median 66 % of the best lower
+#: bound a 20 s search finds (benchmarks/RESULTS.md); +8 s on the CIFAR ResNet-18 (whose analysis takes ~26 s)
+REPORT_BUDGET = {"starts": 4, "steps": 5, "power_steps": 2, "screen": 4, "verify": 1}
 #: the ascent: ε from eps0 to eps1 (× the data's scale per coordinate), Adam learning rate lr (× the scale)
 ASCENT = {"eps0": 0.3, "eps1": 3e-4, "lr": 0.05}
 
@@ -402,13 +406,17 @@ def _threads(model: nn.Module, inputs: tuple[Tensor, ...]) -> Iterator[None]:
 
 def search(model: nn.Module, x: Any, *, norm: Any = 2, starts: int = 8, steps: int = 50,
            seconds: float | None = None, data: Any = None, seed: int = 0, power_steps: int = 8, screen: int = 4,
-           progress: bool | Callable[[float, float], None] = False) -> LowerResult:
-    """The lower-bound search of :func:`lower_bound`, returning the witness pair and the search history."""
+           verify: int = 3, progress: bool | Callable[[float, float], None] = False) -> LowerResult:
+    """The lower-bound search of :func:`lower_bound`, returning the witness pair and the search history.
+
+    ``power_steps``: power-iteration steps at each candidate point; ``screen``: candidates per ascended start in
+    the first round; ``verify``: best candidates re-examined in float64 at the end.
+    """
     from .api import parse_norm
 
     p = parse_norm(norm)
-    if starts < 1 or steps < 0 or power_steps < 1 or screen < 1:
-        raise InputError("starts, power_steps and screen must be >= 1 and steps >= 0")
+    if starts < 1 or steps < 0 or power_steps < 1 or screen < 1 or verify < 1:
+        raise InputError("starts, power_steps, screen and verify must be >= 1 and steps >= 0")
     if seconds is not None and seconds <= 0:
         raise InputError("seconds must be positive")
     model = unwrap(model)
@@ -465,7 +473,7 @@ def search(model: nn.Module, x: Any, *, norm: Any = 2, starts: int = 8, steps: i
                 round_ += 1
                 if budget is None and round_ >= 2 or budget is not None and time.perf_counter() - t0 >= budget:
                     break
-            verified = _verify(model, inputs, fn, pool, p, scale)
+            verified = _verify(model, inputs, fn, pool.items[:verify], p, scale)
         finally:
             bar.close()
     value, a, b, z, v, jac = verified
@@ -585,12 +593,12 @@ def _dense_direction(net: _Net, z: Tensor, p: float) -> tuple[Tensor, float] | N
     return vh[0], float(s[0])
 
 
-def _verify(model: nn.Module, inputs: tuple[Tensor, ...], fn: _Net, pool: _Pool, p: float,
+def _verify(model: nn.Module, inputs: tuple[Tensor, ...], fn: _Net, candidates: list, p: float,
             scale: float) -> tuple[float, Tensor, Tensor, Tensor, Tensor, float | None]:
     net, rounding = _float64_net(model, inputs, fn)
     best: tuple[float, Tensor, Tensor, Tensor, Tensor, float | None] | None = None
     gen = torch.Generator().manual_seed(12345)
-    for _, z32, v32, eps in pool.items[:3]:
+    for _, z32, v32, eps in candidates:
         z, v = z32.to(net.dtype), v32.to(net.dtype)
         jac_value = None
         dense = _dense_direction(net, z, p)

@@ -25,9 +25,31 @@ class FusedChain:
     members: list[str]
     bound: Bound
     product: float
+    lower: Bound | None = None  # power iteration on the composed operator (``analyze(layer_lower=True)``)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"members": self.members, **bound_dict(self.bound), "product": self.product}
+        return {"members": self.members, **bound_dict(self.bound), "product": self.product,
+                "lower": lower_value(self.lower)}
+
+
+@dataclass
+class ChainInfo:
+    """A sequential chain W_K ∘ φ ∘ ⋯ ∘ φ ∘ W_1 bounded as a whole (``method="seqlip"`` etc., algorithms.md §5–§8):
+    ``bound`` is the smallest certified value, found by ``winner``; ``results`` has every estimator's value
+    (certified or estimate) and ``product`` is AutoLip along the chain."""
+
+    members: list[str]
+    bound: Bound
+    winner: str
+    product: float
+    results: dict[str, Bound]
+    seconds: dict[str, float]
+    notes: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"members": self.members, **bound_dict(self.bound), "winner": self.winner, "product": self.product,
+                "results": {name: bound_dict(b) for name, b in self.results.items()},
+                "seconds": {name: round(t, 4) for name, t in self.seconds.items()}, "notes": list(self.notes)}
 
 
 @dataclass
@@ -41,6 +63,8 @@ class ReportNode:
     notes: list[str] = field(default_factory=list)
     children: list["ReportNode"] = field(default_factory=list)
     fused: FusedChain | None = None
+    layer_lower: Bound | None = None  # power iteration on this layer's operator (``analyze(layer_lower=True)``)
+    chain: ChainInfo | None = None  # set on the node that stands for a sequential chain
 
     @property
     def name(self) -> str:
@@ -61,6 +85,8 @@ class ReportNode:
             "formula": self.formula,
             "notes": list(self.notes),
             "fused": self.fused.to_dict() if self.fused else None,
+            "layer_lower": lower_value(self.layer_lower),
+            "chain": self.chain.to_dict() if self.chain else None,
             "children": [c.to_dict() for c in self.children],
         }
 
@@ -76,8 +102,14 @@ class Report:
     tree: ReportNode
     outputs: list[tuple[str, Bound]]
     notes: list[str] = field(default_factory=list)
-    lower: Bound | None = None  # a proven lower bound (``analyze(lower=True)``), None when not computed
+    lower: Bound | None = None  # a proven lower bound (None with ``analyze(lower=False)`` or if the search failed)
     lower_input: Any = None  # the input (batch 1) at which it is attained
+    estimate: Bound | None = None  # the network with each chain's estimate (greedy SeqLip), when computed
+
+    @property
+    def chains(self) -> list[ChainInfo]:
+        """Every sequential chain bounded as a whole, in execution order."""
+        return [node.chain for node in self.tree.walk() if node.chain is not None]
 
     @property
     def ratio(self) -> float | None:
@@ -105,8 +137,9 @@ class Report:
         """The JSON contract of ``lipgraph explain --json``."""
         return {
             **bound_dict(self.bound),
-            "lower": self.lower.value if self.lower is not None else None,
+            "lower": lower_value(self.lower),
             "ratio": self.ratio,
+            "estimate": lower_value(self.estimate),
             "norm": norm_name(self.norm),
             "model": self.model,
             "input_shape": self.input_shape[0] if len(self.input_shape) == 1 else self.input_shape,
@@ -126,6 +159,10 @@ class Report:
 def bound_dict(b: Bound) -> dict[str, Any]:
     return {"bound": None if math.isinf(b.value) else b.value, "kind": b.kind.value, "method": b.method,
             "exact": b.exact}
+
+
+def lower_value(b: Bound | None) -> float | None:
+    return None if b is None else b.value
 
 
 def norm_name(norm: float) -> str:
@@ -156,6 +193,8 @@ def build_tree(lg: LipGraph, total: Bound, norm: float) -> ReportNode:
             if node is not None:  # another call of the same module: the bound covers every call
                 node.calls += 1
                 node.bound = _worst(node.bound, bound)
+                if single is not None:
+                    node.layer_lower = _best_lower(node.layer_lower, single.meta.get("lip.layer_lower"))
                 continue
             node = ReportNode(path=path, type=lg.module_types.get(path, "?"),
                               op=single.meta["lip.key"] if single else None, bound=bound)
@@ -165,9 +204,15 @@ def build_tree(lg: LipGraph, total: Bound, norm: float) -> ReportNode:
             if single is not None:
                 node.notes.extend(_op_notes(single))
                 node.fused = _fused_chain(single)
+                node.layer_lower = single.meta.get("lip.layer_lower")
                 continue
         _add_op_children(lg, by_path[scope[-1][0]] if scope else root, scope, nodes, norm)
         rank.update((n.meta["lip.path"], order[n]) for n in nodes if n.meta["lip.scope"] == scope)
+    for n in order:
+        if "lip.seqlip" in n.meta:
+            chain = _chain_node(n.meta["lip.seqlip"])
+            by_path.get(n.meta["lip.seqlip"].chain.scope, root).children.append(chain)
+            rank[chain.path] = order[n]
     for node in root.walk():
         node.children.sort(key=lambda c: rank[c.path])
         if node.calls > 1:
@@ -184,7 +229,8 @@ def _add_op_children(lg: LipGraph, parent: ReportNode, scope: Scope, nodes: list
             continue
         transfer = n.meta["lip.transfer"]
         child = ReportNode(path=n.meta["lip.path"], type=_op_type(lg, n), op=n.meta["lip.key"],
-                           bound=_local_gain(transfer), notes=_op_notes(n), fused=_fused_chain(n))
+                           bound=_local_gain(transfer), notes=_op_notes(n), fused=_fused_chain(n),
+                           layer_lower=n.meta.get("lip.layer_lower"))
         if len(transfer.gains) > 1:  # a merge: show its value inside the parent, and where it comes from
             local = local or propagate(nodes, _entries(nodes, inside))
             child.bound = local[n]
@@ -267,11 +313,28 @@ def _fused_chain(node: fx.Node) -> FusedChain | None:
     if "lip.chain" not in node.meta:
         return None
     first, fused, product = node.meta["lip.chain"]
+    lower = node.meta.get("lip.chain_lower")
     members = [node.meta["lip.path"]]
     while members[-1] != first.meta["lip.path"]:
         node = node.meta["lip.inputs"][0]
         members.append(node.meta["lip.path"])
-    return FusedChain(members=members[::-1], bound=fused, product=product)
+    return FusedChain(members=members[::-1], bound=fused, product=product, lower=lower)
+
+
+def _chain_node(result) -> ReportNode:
+    """The tree node of a chain (a :class:`lipgraph.passes.seqlip.ChainResult`), placed in the module that
+    contains all its members, named ``<scope>.chain(<first member>)``."""
+    members = result.chain.members()
+    info = ChainInfo(members=members, bound=result.best, winner=result.winner, product=result.product.value,
+                     results=dict(result.results), seconds=dict(result.seconds), notes=list(result.notes))
+    scope = result.chain.scope
+    path = f"{scope}.chain({members[0]})" if scope else f"chain({members[0]})"
+    return ReportNode(path=path, type="chain", op=None, bound=result.best, chain=info)
+
+
+def _best_lower(a: Bound | None, b: Bound | None) -> Bound | None:
+    """Lower bounds of several calls of one module: the largest (each is ≤ its call's gain ≤ the worst)."""
+    return max((x for x in (a, b) if x is not None), key=lambda x: x.value, default=None)
 
 
 def _worst(a: Bound, b: Bound) -> Bound:

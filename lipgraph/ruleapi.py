@@ -157,10 +157,12 @@ class OpContext:
             raise RuleError(f"{self.describe()}: output is not a single tensor")
         return self.output.shape
 
-    def apply(self, *tensors: torch.Tensor) -> Any:
+    def apply(self, *tensors: torch.Tensor, dtype: torch.dtype | None = None) -> Any:
         """Run the op on concrete tensors in place of its input-dependent arguments (constants kept).
 
         Rules use it to measure linear ops exactly (materialise, count copies) without re-implementing them.
+        ``dtype`` (e.g. ``torch.float64``) runs the op with its floating constants, parameters and buffers cast
+        to that type, so a float32 layer can be materialised without float32 rounding.
         """
         it = iter(tensors)
 
@@ -174,8 +176,13 @@ class OpContext:
             return obj
 
         args, kwargs = fill(self.args), fill(self.kwargs)
+        if dtype is not None:
+            args, kwargs = _cast(args, dtype), _cast(kwargs, dtype)
         if self.module is not None:
-            return self.module(*args, **kwargs)
+            if dtype is None:
+                return self.module(*args, **kwargs)
+            state = {**dict(self.module.named_parameters()), **dict(self.module.named_buffers())}
+            return torch.func.functional_call(self.module, _cast(state, dtype), args, kwargs)
         if isinstance(self.target, str):
             return getattr(args[0], self.target)(*args[1:], **kwargs)
         return self.target(*args, **kwargs)
@@ -186,6 +193,17 @@ class OpContext:
 
     def not_lipschitz(self, why: str) -> NotLipschitzError:
         return NotLipschitzError(f"{self.describe()} is not globally Lipschitz: {why}")
+
+
+def _cast(obj: Any, dtype: torch.dtype) -> Any:
+    """``obj`` with every floating-point tensor inside (tuples, lists, dicts) converted to ``dtype``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(dtype) if obj.is_floating_point() else obj
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_cast(o, dtype) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _cast(v, dtype) for k, v in obj.items()}
+    return obj
 
 
 def _vars_in(obj: Any):

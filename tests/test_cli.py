@@ -72,6 +72,8 @@ TEXT_CASES = {
     "small_cnn_ascii.txt": ["examples/cnn.py:small_cnn", "--ascii", "--width", "100"],
     "custom_rule_ascii.txt": ["examples/custom_rule.py", "--ascii", "--width", "100"],
     "mlp_linf_ascii.txt": ["examples/mlp.py", "--ascii", "--width", "100", "--norm", "inf"],
+    "small_cnn_layer_lower_ascii.txt": ["examples/cnn.py:small_cnn", "--ascii", "--width", "100", "--layer-lower",
+                                        "--no-lower"],
 }
 
 

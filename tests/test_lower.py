@@ -328,7 +328,7 @@ def test_bad_arguments() -> None:
 # -- the report: lower ≤ L ≤ upper ---------------------------------------------------------------------------
 def test_report_tightness() -> None:
     model, x = ZOO["tiny_cnn"]()
-    plain = lipgraph.analyze(model, x)
+    plain = lipgraph.analyze(model, x, lower=False)
     assert plain.lower is None and plain.ratio is None
     assert plain.to_dict()["lower"] is None and plain.to_dict()["ratio"] is None
     report = lipgraph.analyze(model, x, lower=True, lower_options={"starts": 4, "steps": 10})
@@ -338,6 +338,19 @@ def test_report_tightness() -> None:
     assert data["lower"] == report.lower.value and data["ratio"] == report.ratio
     assert report.lower_input.shape == x.shape
     assert not any("UNSOUND" in n for n in report.notes)
+
+
+def test_every_report_has_a_deterministic_lower_bound() -> None:
+    """On by default, with the fixed budget REPORT_BUDGET (no clock): the same value on every run."""
+    from lipgraph.lower import REPORT_BUDGET
+
+    model, x = ZOO["tiny_resnet"]()
+    first, second = lipgraph.analyze(model, x), lipgraph.analyze(model, x)
+    assert first.lower.kind is Kind.LOWER and 0 < first.lower.value <= first.bound.value
+    assert first.lower.value == second.lower.value == lipgraph.lower_search(model, x, **REPORT_BUDGET).value
+    assert first.to_dict()["ratio"] == pytest.approx(first.bound.value / first.lower.value)
+    timed = lipgraph.analyze(model, x, lower_options={"seconds": 0.5})  # a timed search: the search's defaults
+    assert 0 < timed.lower.value <= timed.bound.value
 
 
 def test_report_flags_an_unsound_rule() -> None:
@@ -369,6 +382,17 @@ def test_cli_lower_text_data_and_saved_input(tmp_path: Path, capsys) -> None:
     assert "<= L <=" in root and "upper/lower" in root, root
     assert out.isascii()
     assert torch.load(saved, weights_only=True).shape == (1, 64)
+
+
+def test_cli_no_lower(tmp_path: Path, capsys) -> None:
+    mlp = str(ROOT / "examples" / "mlp.py")
+    code = main(["explain", mlp, "--no-lower", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert json.loads(out)["lower"] is None and json.loads(out)["ratio"] is None
+    code = main(["explain", mlp, "--no-lower", "--lower-seconds", "1"])
+    _, err = capsys.readouterr()
+    assert code == 2 and "--no-lower" in err
 
 
 def test_cli_bad_data_file(tmp_path: Path, capsys) -> None:

@@ -6,11 +6,12 @@ Writes ``lip.L`` (a :class:`Bound`) on every input-dependent node, ``lip.outputs
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from torch import fx
 
-from ..bound import Bound, exact, join_kinds
+from ..bound import Bound, Kind, exact, join_kinds
 from ..ir import LipGraph
 
 
@@ -29,8 +30,13 @@ def combine(terms: list[tuple[Bound, Bound]], q: float, method: str = "autolip")
     return Bound(total, kind, method, exact=False)
 
 
-def propagate(nodes: Iterable[fx.Node], entry: Mapping[fx.Node, Bound]) -> dict[fx.Node, Bound]:
-    """AutoLip over ``nodes`` (topologically sorted); ``entry`` gives the bounds of nodes outside the set."""
+def propagate(nodes: Iterable[fx.Node], entry: Mapping[fx.Node, Bound], *, estimates: bool = False,
+              ) -> dict[fx.Node, Bound]:
+    """AutoLip over ``nodes`` (topologically sorted); ``entry`` gives the bounds of nodes outside the set.
+
+    Shortcuts whose bound is only an estimate (greedy SeqLip) are used when ``estimates`` is true: the result is
+    then an estimate of the network's constant, not a bound.
+    """
     bounds: dict[fx.Node, Bound] = dict(entry)
     for node in nodes:
         if node in bounds:
@@ -38,19 +44,47 @@ def propagate(nodes: Iterable[fx.Node], entry: Mapping[fx.Node, Bound]) -> dict[
         transfer = node.meta["lip.transfer"]
         terms = list(zip(transfer.gains, (bounds[a] for a in node.meta["lip.inputs"])))
         bounds[node] = combine(terms, transfer.combine)
-        if "lip.chain" in node.meta:
-            bounds[node] = _through_chain(node, bounds, entry)
+        for shortcut in node.meta.get("lip.shortcuts", ()):
+            if estimates or shortcut.bound.kind is not Kind.ESTIMATE:
+                bounds[node] = _through(shortcut, bounds[node], bounds, entry)
     return bounds
 
 
-def _through_chain(node: fx.Node, bounds: Mapping[fx.Node, Bound], entry: Mapping[fx.Node, Bound]) -> Bound:
-    """The smaller of the product path and ``fused · L(chain input)`` (fuse pass), both certified bounds."""
-    first, fused, _product = node.meta["lip.chain"]
+@dataclass(frozen=True)
+class Shortcut:
+    """A certified bound of the sub-network from the input of ``first`` to the node that carries the shortcut
+    (written by the fusion and chain passes): L(node) ≤ bound · L(input of first)."""
+
+    first: fx.Node
+    bound: Bound
+    label: str  # what produced it, e.g. "fusion" or "seqlip": the node's bound reads "autolip+<label>"
+
+
+def add_shortcut(node: fx.Node, first: fx.Node, bound: Bound, label: str) -> None:
+    """Record on ``node`` that it is reached from ``first``'s input through a path bounded by ``bound``."""
+    node.meta.setdefault("lip.shortcuts", []).append(Shortcut(first, bound, label))
+
+
+def _through(shortcut: Shortcut, current: Bound, bounds: Mapping[fx.Node, Bound],
+             entry: Mapping[fx.Node, Bound]) -> Bound:
+    """The smaller of the AutoLip bound so far and ``shortcut · L(source)``; both are certified bounds."""
+    first = shortcut.first
     source = first.meta["lip.inputs"][0]
-    if first in entry or first not in bounds or source not in bounds:  # the chain starts outside this sub-network
-        return bounds[node]
-    via = combine([(fused, bounds[source])], 1, method="autolip+fusion")
-    return via if via.value < bounds[node].value else bounds[node]
+    if first in entry or first not in bounds or source not in bounds:  # the path starts outside this sub-network
+        return current
+    via = combine([(shortcut.bound, bounds[source])], 1, method=f"autolip+{shortcut.label}")
+    return via if via.value < current.value else current
+
+
+def network_estimate(lg: LipGraph, norm: float) -> Bound | None:
+    """AutoLip with every estimate shortcut taken (e.g. greedy SeqLip in each chain, as the SeqLip paper reports
+    its network values); None when no pass recorded an estimate."""
+    if not any(s.bound.kind is Kind.ESTIMATE for n in lg.ops() for s in n.meta.get("lip.shortcuts", ())):
+        return None
+    one = exact(1.0, "input")
+    bounds = propagate(lg.ops(), {p: one for p in lg.placeholders}, estimates=True)
+    total = combine([(exact(1.0, "output"), bounds[n]) for n in lg.output.meta["lip.inputs"]], norm)
+    return Bound(total.value, Kind.ESTIMATE, "autolip+seqlip-greedy")
 
 
 def autolip(lg: LipGraph, norm: float) -> Bound:

@@ -2,12 +2,15 @@
 operator A_k⋯A_1. Its norm is bounded directly — ‖A_k⋯A_1‖ ≤ Π‖A_i‖ and is often much smaller (BatchNorm
 folded into the convolution before it is the common case).
 
-Writes ``lip.chain`` on the last op of each chain: ``(first op, fused Bound, product of the gains)``.
-AutoLip then uses ``min(product path, fused · L(chain input))``; both are certified upper bounds.
+Writes ``lip.chain`` on the last op of each chain: ``(first op, fused Bound, product of the gains)``, and a
+shortcut (:func:`lipgraph.passes.autolip.add_shortcut`): AutoLip then uses ``min(product path, fused · L(chain
+input))``; both are certified upper bounds.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import fx
@@ -16,42 +19,51 @@ from ..bound import Bound, Kind, certified
 from ..linalg import conv_norm, dense_is_cheap, dense_norm, matrix_norm
 from ..ir import LipGraph
 from .annotate import context
+from .autolip import add_shortcut
 
 
 def fuse(lg: LipGraph, norm: float) -> None:
     for chain in affine_chains(lg):
         fused = fused_bound(lg, chain, norm)
         product = math.prod(n.meta["lip.transfer"].gains[0].value for n in chain)
-        if fused is not None and fused.value < product:
+        if fused is not None and fused.value < product * (1 - 1e-6):  # tighter beyond rounding
             chain[-1].meta["lip.chain"] = (chain[0], fused, product)
+            add_shortcut(chain[-1], chain[0], fused, "fusion")
+
+
+def is_affine_link(n: fx.Node) -> bool:
+    """A single-input affine op with a certified gain: a possible member of an affine run."""
+    t = n.meta.get("lip.transfer")
+    return (n.op not in ("placeholder", "output") and t is not None and t.affine
+            and len(n.meta["lip.inputs"]) == 1 and t.gains[0].kind is Kind.CERTIFIED)
+
+
+def sole_consumer(lg: LipGraph, n: fx.Node) -> fx.Node | None:
+    """The one op that consumes ``n``, if ``n`` has exactly one consumer and it has no other varying input."""
+    users = list(lg.graph.successors(n))
+    return users[0] if len(users) == 1 and len(users[0].meta.get("lip.inputs", ())) == 1 else None
+
+
+def affine_runs(lg: LipGraph) -> list[list[fx.Node]]:
+    """Maximal paths of single-input affine ops, each feeding only the next (length ≥ 1)."""
+    runs, taken = [], set()
+    for n in lg.ops():
+        if n in taken or not is_affine_link(n):
+            continue
+        prev = n.meta["lip.inputs"][0]
+        if is_affine_link(prev) and sole_consumer(lg, prev) is n:
+            continue  # not the start of its run
+        run = [n]
+        while (nxt := sole_consumer(lg, run[-1])) is not None and is_affine_link(nxt):
+            run.append(nxt)
+        taken.update(run)
+        runs.append(run)
+    return runs
 
 
 def affine_chains(lg: LipGraph) -> list[list[fx.Node]]:
-    """Maximal paths of single-input affine ops, each feeding only the next, with ≥ 2 non-isometries."""
-
-    def link(n: fx.Node) -> bool:
-        t = n.meta.get("lip.transfer")
-        return (n.op not in ("placeholder", "output") and t is not None and t.affine
-                and len(n.meta["lip.inputs"]) == 1 and t.gains[0].kind is Kind.CERTIFIED)
-
-    def only_user(n: fx.Node) -> fx.Node | None:
-        users = [u for u in n.users if u.meta.get("lip.dep") or u.op == "output"]
-        return users[0] if len(users) == 1 and len(users[0].meta.get("lip.inputs", ())) == 1 else None
-
-    chains, taken = [], set()
-    for n in lg.ops():
-        if n in taken or not link(n):
-            continue
-        prev = n.meta["lip.inputs"][0]
-        if link(prev) and only_user(prev) is n:
-            continue  # not the start of its chain
-        chain = [n]
-        while (nxt := only_user(chain[-1])) is not None and link(nxt):
-            chain.append(nxt)
-        taken.update(chain)
-        if sum(not _trivial(c) for c in chain) >= 2:
-            chains.append(chain)
-    return chains
+    """Affine runs with ≥ 2 non-isometries: the ones fusion can tighten."""
+    return [run for run in affine_runs(lg) if sum(not _trivial(c) for c in run) >= 2]
 
 
 def fused_bound(lg: LipGraph, chain: list[fx.Node], norm: float) -> Bound | None:
@@ -124,31 +136,58 @@ def _scale_conv(weight: torch.Tensor, options: dict, scale: torch.Tensor, *, out
     return w * s[group_of_row].view(w.shape[0], per_group, *extra)
 
 
-def _dense(lg: LipGraph, chain: list[fx.Node], norm: float) -> Bound | None:
-    """Materialise the composed linear map (per sample, via vmap) when small; exact."""
-    first = chain[0].meta["lip.inputs"][0].meta["lip.info"]
-    out = chain[-1].meta["lip.info"]
+@dataclass(frozen=True)
+class LinearPart:
+    """The linear part x ↦ A x = f(x) − f(0) of a run of affine ops, per sample, batched on dim 0.
+
+    ``fn`` takes float64 ``(B, *in_shape)``; ``margin`` is the relative rounding error of its entries to allow
+    for: 0 when the ops ran in float64, 1e-5 when they had to run in the network's own (lower) precision.
+    """
+
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    margin: float
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return math.prod(self.in_shape), math.prod(self.out_shape)
+
+
+def linear_part(lg: LipGraph, nodes: list[fx.Node], norm: float = 2) -> LinearPart | None:
+    """The composed linear map of affine ``nodes`` (each the only input of the next), or None when the ops
+    cannot be replayed per sample (batched inputs, tuples, ops ``vmap`` cannot batch)."""
+    first = nodes[0].meta["lip.inputs"][0].meta["lip.info"]
+    out = nodes[-1].meta["lip.info"]
     if first.parts is not None or out.parts is not None or not first.shape or first.shape[0] != 1:
         return None
-    sample = first.shape[1:]
-    if not dense_is_cheap(math.prod(sample), math.prod(out.shape[1:])):
-        return None
-    contexts = [context(lg, n, norm) for n in chain]
+    contexts = [context(lg, n, norm) for n in nodes]
 
-    def composed(x: torch.Tensor) -> torch.Tensor:
+    def composed(x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
         zero = torch.zeros_like(x)
         for ctx in contexts:  # the linear part of each affine op: A x = f(x) − f(0)
-            x, zero = ctx.apply(x), ctx.apply(zero)
+            x, zero = ctx.apply(x, dtype=dtype), ctx.apply(zero, dtype=dtype)
         return x - zero
 
-    def batched(xs: torch.Tensor) -> torch.Tensor:
-        return torch.func.vmap(lambda x: composed(x.unsqueeze(0)).squeeze(0))(xs)
+    def batched(dtype: torch.dtype | None) -> Callable[[torch.Tensor], torch.Tensor]:
+        run = torch.func.vmap(lambda x: composed(x.unsqueeze(0), dtype).squeeze(0))
+        return lambda xs: run(xs.to(dtype or first.dtype)).double()
 
-    dtype = first.dtype
-    try:
-        b = dense_norm(lambda xs: batched(xs.to(dtype)).double(), sample, norm)
-    except Exception:  # noqa: BLE001 - an op vmap cannot batch: keep the product bound, which is sound
+    probe = torch.zeros(1, *first.shape[1:], dtype=torch.float64)
+    for dtype, margin in ((torch.float64, 0.0), (None, 1e-5)):
+        try:
+            batched(dtype)(probe)
+        except Exception:  # noqa: BLE001 - an op that cannot run in float64 or under vmap: try the next way
+            continue
+        return LinearPart(batched(dtype), tuple(first.shape[1:]), tuple(out.shape[1:]),
+                          0.0 if first.dtype == torch.float64 else margin)
+    return None
+
+
+def _dense(lg: LipGraph, chain: list[fx.Node], norm: float) -> Bound | None:
+    """Materialise the composed linear map when small; exact."""
+    part = linear_part(lg, chain, norm)
+    if part is None or not dense_is_cheap(*part.size):
         return None
-    # the matrix was computed in the network's own precision: widen the margin to its rounding error
-    margin = 0.0 if dtype == torch.float64 else 1e-5
-    return certified(b.value, b.method, exact=b.exact, margin=margin)
+    b = dense_norm(part.fn, part.in_shape, norm)
+    return certified(b.value, b.method, exact=b.exact, margin=part.margin)

@@ -622,4 +622,7 @@ def check(spec: dict[str, Any], **search: Any) -> tuple[float, dict[str, float],
         uppers[method] = report.bound.value
         if lo > report.bound.value * (1 + TOLERANCE):
             violations.append(f"{method}: certified {report.bound.value!r} < attained {lo!r} ({describe(spec)})")
+    for method, value in uppers.items():  # chain estimators only ever replace AutoLip where they are tighter
+        if "autolip" in uppers and value > uppers["autolip"] * (1 + 1e-9):
+            violations.append(f"{method}: {value!r} above AutoLip's {uppers['autolip']!r} ({describe(spec)})")
     return lo, uppers, violations

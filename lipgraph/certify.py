@@ -1,0 +1,341 @@
+"""Certified robustness radii from Lipschitz bounds: ``lipgraph.certify(model, x, y)``.
+
+**Global bound** (Tsuzuku, Sato & Sugiyama, NeurIPS 2018, Prop. 1 for ℓ2). If ‖f(x+δ) − f(x)‖_p ≤ L‖δ‖_p, the
+difference of two logits d_ij = f_i − f_j = (e_i − e_j)ᵀ f changes by at most ‖e_i − e_j‖_{p*} · L‖δ‖_p (Hölder,
+p* the dual exponent): √2·L in ℓ2, 2·L in ℓ∞ (‖e_i − e_j‖₁ = 2), L in ℓ1 (‖e_i − e_j‖_∞ = 1). The class y
+predicted at x stays predicted while every d_yj > 0, hence for every ‖δ‖_p < radius:
+
+    radius = margin / (c_p · L),   margin = f_y(x) − max_{j≠y} f_j(x),   c_p = ‖e_i − e_j‖_{p*} = 2^{1 − 1/p}
+
+**Per-class-pair bounds** (tighter; used when the network allows). If the network ends with affine ops after its
+last nonlinearity, f(x) = A h(x) + b with h the input of that affine tail, and d_ij changes by at most
+L_ij ‖δ‖_p with L_ij = ‖(a_i − a_j)ᵀ‖_{p*} · L(h): a_i is row i of A (the tail's Jacobian, exact in float64) and
+L(h) the certified AutoLip bound of the graph up to h. Each pair uses min(L_ij, c_p · L), and
+radius = min_{j≠y} d_yj / L_yj. Misclassified inputs get radius 0 and are never certified.
+
+Radii are certificates when the bound is ``certified``; otherwise (an estimate, or unbounded ops) they are not,
+and the result says so. Floating-point rounding of the network's own evaluation is not accounted for.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, fx, nn
+
+from .api import parse_norm
+from .bound import FLOAT_MARGIN, Bound, Kind, join_kinds
+from .errors import InputError, LipgraphError
+from .frontend.prepare import check_runs, eval_mode, unwrap
+from .ir import LipGraph
+from .passes.autolip import autolip
+from .penalty import Replay, build_graph, is_linear_op
+from .report import Report, bound_dict, norm_name
+
+_DUAL = {1.0: math.inf, 2.0: 2.0, math.inf: 1.0}
+INPUT_KEYS = ("x", "inputs", "input", "data", "images")
+LABEL_KEYS = ("y", "labels", "label", "targets", "target")
+
+
+def pair_constant(p: float) -> float:
+    """c_p = ‖e_i − e_j‖_{p*} = 2^{1 − 1/p}: 1 (ℓ1), √2 (ℓ2), 2 (ℓ∞)."""
+    return 2.0 ** (1.0 - 1.0 / p)
+
+
+@dataclass
+class Certificate:
+    """Per-input certified radii (``radii[k]``: no ‖δ‖_p < radii[k] changes the class predicted at x_k) and the
+    certified accuracy at the radii of ``grid`` (correct and radius ≥ r)."""
+
+    model: str
+    norm: float
+    bound: Bound  # the global Lipschitz bound L used
+    kind: Kind  # certified only when every bound used is: then the radii are certificates
+    radii: Tensor  # (N,) float64, 0 where misclassified
+    predictions: Tensor
+    labels: Tensor
+    margins: Tensor  # f_y − max_{j≠y} f_j at the predicted class y
+    grid: tuple[float, ...]
+    pair_bounds: Tensor | None = None  # (C, C) L_ij used (diagonal 0), None when only the global bound was used
+    tail: tuple[str, Bound] | None = None  # the affine tail's input h and its bound L(h), when pairs were used
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def certified(self) -> bool:
+        return self.kind is Kind.CERTIFIED
+
+    @property
+    def correct(self) -> Tensor:
+        return self.predictions == self.labels
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct.double().mean().item()
+
+    def certified_accuracy(self, radius: float) -> float:
+        return (self.correct & (self.radii >= radius)).double().mean().item()
+
+    def summary(self) -> list[tuple[float, float, int]]:
+        """(radius, certified accuracy, number certified) for each radius of ``grid``."""
+        return [(r, self.certified_accuracy(r), int((self.correct & (self.radii >= r)).sum())) for r in self.grid]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "norm": norm_name(self.norm), **bound_dict(self.bound), "kind": self.kind.value,
+            "certified": self.certified, "n": len(self.radii), "accuracy": self.accuracy,
+            "pairwise": self.pair_bounds is not None,
+            "tail": None if self.tail is None else {"input": self.tail[0], **bound_dict(self.tail[1])},
+            "pair_bounds": None if self.pair_bounds is None else [_finite(row) for row in self.pair_bounds.tolist()],
+            "summary": [{"radius": r, "certified_accuracy": a, "count": c} for r, a, c in self.summary()],
+            "radius": _finite(self.radii.tolist()), "prediction": self.predictions.tolist(),
+            "label": self.labels.tolist(),
+            "notes": list(self.notes),
+        }
+
+    def plot(self, path: str | Path) -> None:
+        """Certified accuracy vs radius as a PNG (needs matplotlib)."""
+        plot_certified_accuracy(self, path)
+
+
+def _finite(values: list[float]) -> list[float | None]:
+    """JSON has no infinity: an infinite bound or radius is ``null``."""
+    return [v if math.isfinite(v) else None for v in values]
+
+
+def certify(model: nn.Module, x: Tensor, y: Tensor, *, norm: Any = 2, report: Report | None = None,
+            radii: Sequence[float] | None = None, pairwise: bool = True, unsupported: str = "error",
+            batch_size: int = 1024) -> Certificate:
+    """Certified radii of ``model`` (a classifier returning logits (N, C), evaluated in eval mode) at inputs ``x``
+    (N, ...) with integer labels ``y`` (N,); see the module docstring for the maths.
+
+    The global bound is ``lipgraph.analyze``'s AutoLip bound (same pipeline, computed here once); pass ``report``
+    (an ``analyze`` result for the same norm, e.g. another method) to use its bound instead. ``pairwise=False``
+    uses the global bound alone. ``radii``: where to report certified accuracy (default: 5 steps up to the largest
+    radius).
+    """
+    p = parse_norm(norm)
+    x, y = check_labelled(x, y)
+    model = unwrap(model)
+    notes: list[str] = []
+    with eval_mode(model, notes), torch.no_grad():
+        check_runs(model, (x[:1],))
+        outputs = [model(chunk) for chunk in x.split(batch_size)]
+    logits = torch.cat(outputs).double().cpu() if all(isinstance(o, Tensor) for o in outputs) else None
+    if logits is None or logits.ndim != 2 or logits.shape[1] < 2 or len(logits) != len(x):
+        got = f"shape {tuple(logits.shape)}" if logits is not None else f"a {type(outputs[0]).__name__}"
+        raise InputError(f"certify needs a classifier returning one tensor of logits (N, classes >= 2); "
+                         f"{type(model).__name__} returned {got} for {len(x)} inputs")
+    if int(y.max()) >= logits.shape[1]:
+        raise InputError(f"labels go up to {int(y.max())} but the model has {logits.shape[1]} classes")
+    lg = build_graph(model, (x[:1],), p, unsupported=unsupported)
+    total = autolip(lg, p)
+    bound = total if report is None else _report_bound(report, p)
+    pairs = torch.full((logits.shape[1],) * 2, pair_constant(p) * bound.value, dtype=torch.float64)
+    kinds, tail = [bound.kind], None
+    if pairwise:
+        found = _tail_pair_bounds(lg, p, logits.shape[1], notes)
+        if found is not None:
+            tail_bounds, tail = found
+            pairs, kinds = torch.minimum(pairs, tail_bounds), kinds + [tail[1].kind]
+    pairs.fill_diagonal_(0.0)
+    kind = join_kinds(kinds)
+    if kind is not Kind.CERTIFIED:
+        notes.append(f"the bound is {'unbounded' if kind is Kind.UNBOUNDED else 'an estimate'}, not certified: "
+                     "these radii are NOT certificates")
+    predictions = logits.argmax(1)
+    radius, margins = _radii(logits, predictions, pairs)
+    radius[predictions != y.cpu()] = 0.0
+    return Certificate(model=type(model).__name__, norm=p, bound=bound, kind=kind, radii=radius,
+                       predictions=predictions, labels=y.cpu(), margins=margins,
+                       grid=tuple(float(r) for r in radii) if radii is not None else default_grid(radius),
+                       pair_bounds=pairs if tail else None, tail=tail, notes=notes)
+
+
+def check_labelled(x: Any, y: Any) -> tuple[Tensor, Tensor]:
+    """Inputs: a floating tensor (N, ...); labels: an integer tensor (N,) of class indices."""
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2 or len(x) == 0:
+        raise InputError(f"inputs must be a non-empty floating tensor (N, ...) with a batch dimension, got {_what(x)}")
+    if not isinstance(y, Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool or y.ndim != 1:
+        raise InputError(f"labels must be an integer tensor (N,) of class indices, got {_what(y)}")
+    if len(y) != len(x):
+        raise InputError(f"{len(x)} inputs but {len(y)} labels")
+    if int(y.min()) < 0:
+        raise InputError(f"labels must be class indices >= 0, got {int(y.min())}")
+    if not bool(torch.isfinite(x).all()):
+        raise InputError("inputs contain NaN or Inf")
+    return x, y.long()
+
+
+def _what(obj: Any) -> str:
+    return f"a {obj.dtype} tensor of shape {tuple(obj.shape)}" if isinstance(obj, Tensor) else type(obj).__name__
+
+
+def load_labelled(path: str | Path) -> tuple[Tensor, Tensor]:
+    """``(inputs, labels)`` from a ``torch.save`` file holding a tuple/list ``(x, y)`` or a dict with an input key
+    (``x``, ``inputs``, …) and a label key (``y``, ``labels``, …); loaded with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"data file {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise InputError(f"could not load data file {path} with weights_only=True (it must hold tensors only): "
+                         f"{reason}") from None
+    if isinstance(obj, dict):
+        xs, ys = [k for k in INPUT_KEYS if k in obj], [k for k in LABEL_KEYS if k in obj]
+        if not xs or not ys:
+            raise InputError(f"data file {path} holds a dict with keys {sorted(map(str, obj))}; it needs inputs "
+                             f"under one of {INPUT_KEYS} and labels under one of {LABEL_KEYS}")
+        obj = (obj[xs[0]], obj[ys[0]])
+    if not isinstance(obj, (tuple, list)) or len(obj) != 2:
+        raise InputError(f"data file {path} must hold (inputs, labels) or {{'x': inputs, 'y': labels}}, got "
+                         f"{type(obj).__name__}" + (f" of length {len(obj)}" if isinstance(obj, (tuple, list)) else ""))
+    try:
+        return check_labelled(*obj)
+    except InputError as exc:
+        raise InputError(f"data file {path}: {exc}") from None
+
+
+def default_grid(radii: Tensor, steps: int = 5) -> tuple[float, ...]:
+    """0 and ``steps`` evenly spaced radii up to the largest one, rounded to 2 significant digits."""
+    top = float(radii.max()) if len(radii) else 0.0
+    if not math.isfinite(top) or top <= 0:
+        return (0.0,)
+    return (0.0,) + tuple(float(f"{top * k / steps:.2g}") for k in range(1, steps + 1))
+
+
+def _report_bound(report: Report, p: float) -> Bound:
+    if report.norm != p:
+        raise InputError(f"the report bounds the ℓ{norm_name(report.norm)} Lipschitz constant; certify was asked "
+                         f"for ℓ{norm_name(p)}")
+    return report.bound
+
+
+def _radii(logits: Tensor, predicted: Tensor, pairs: Tensor) -> tuple[Tensor, Tensor]:
+    """radius_k = min_{j≠y} (f_y − f_j) / L_yj at the predicted class y (a zero L_yj never limits), and the margin."""
+    gaps = logits.gather(1, predicted[:, None]) - logits  # d_yj ≥ 0, 0 at j = y
+    limits = pairs[predicted]
+    ratio = torch.where(limits > 0, gaps / limits.clamp_min(1e-300), torch.full_like(gaps, math.inf))
+    ratio.scatter_(1, predicted[:, None], math.inf)
+    gaps.scatter_(1, predicted[:, None], math.inf)
+    return ratio.min(1).values.clamp_min(0.0), gaps.min(1).values
+
+
+def _tail_pair_bounds(lg: LipGraph, p: float, classes: int, notes: list[str]) -> tuple[Tensor, tuple] | None:
+    """L_ij = ‖(a_i − a_j)ᵀ‖_{p*} · L(h) over the network's affine tail f = A h + b, or None (with a note)."""
+    outputs = lg.output.meta["lip.inputs"]
+    if len(outputs) != 1:
+        notes.append("per-class-pair bounds need a single output tensor: global bound used")
+        return None
+    tail, h = [], outputs[0]
+    while h.op != "placeholder" and is_linear_op(h):
+        tail.insert(0, h)
+        h = h.meta["lip.inputs"][0]
+    if not tail:
+        notes.append("the network does not end with a linear layer: global bound used")
+        return None
+    try:
+        rows = _tail_jacobian(lg, tail).reshape(classes, -1)
+    except Exception as exc:  # noqa: BLE001 - the global bound stands on its own
+        notes.append(f"per-class-pair bounds unavailable ({type(exc).__name__}: {exc}): global bound used")
+        return None
+    gain: Bound = h.meta["lip.L"]
+    distances = torch.cdist(rows, rows, p=_DUAL[p], compute_mode="donot_use_mm_for_euclid_dist")
+    path = h.meta.get("lip.path", "input")
+    kind = lg.module_types.get(path) or h.meta.get("lip.key")
+    return distances * gain.value * (1 + FLOAT_MARGIN), (f"{path} ({kind})" if kind else path, gain)
+
+
+def _tail_jacobian(lg: LipGraph, tail: list[fx.Node]) -> Tensor:
+    """The matrix A of the affine ops ``tail`` (a Jacobian, constant), in float64 on a copy of the module."""
+    gm = copy.deepcopy(lg.gm).double()
+    replay = Replay(gm, [tail])
+    constants = replay.constants()
+    info = tail[0].meta["lip.inputs"][0].meta["lip.info"]
+    device = next((t.device for t in [*gm.parameters(), *gm.buffers()]), torch.device("cpu"))
+    zero = torch.zeros(info.shape, dtype=torch.float64, device=device)
+    return torch.autograd.functional.jacobian(lambda h: replay.run(tail, h, constants), zero).cpu()
+
+
+# -- rendering ----------------------------------------------------------------------------------------------
+def certificate_table(cert: Certificate) -> Any:
+    """A rich renderable: the bound used, clean accuracy, and certified accuracy at each radius of the grid."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    from .render.rich_tree import _STYLE, format_bound  # noqa: PLC2701 - the colours of the tree
+
+    n, ell = len(cert.radii), f"ℓ{norm_name(cert.norm)}"
+    head = Text()
+    head.append(cert.model, style="bold")
+    head.append(f"  L {format_bound(cert.bound)}", style="bold " + _STYLE[cert.bound.kind])
+    head.append(f"  {cert.bound.kind.value} · {cert.bound.method} · {ell} · {n} inputs · clean accuracy "
+                f"{cert.accuracy:.1%} ({int(cert.correct.sum())}/{n})", style="dim")
+    lines = [head]
+    c = {1.0: "L", 2.0: "√2·L", math.inf: "2·L"}[cert.norm]
+    if cert.tail is not None:
+        lines.append(Text(f"radius = min_j margin_yj / L_yj, per-class-pair bounds L_yj ≤ ‖a_y − a_j‖_* · L(h) "
+                          f"(capped by {c}) over the final affine ops f = A h + b; h = output of {cert.tail[0]}, "
+                          f"L(h) {format_bound(cert.tail[1])}"))
+    else:
+        lines.append(Text(f"radius = margin / ({c})"))
+    correct = cert.radii[cert.correct]
+    if len(correct):
+        lines.append(Text(f"certified radius of correct inputs: median {correct.median().item():.4g}, "
+                          f"max {correct.max().item():.4g}", style="dim"))
+    table = Table(title=f"certified accuracy ({ell} radius)")
+    for column in ("radius", "certified accuracy", "certified"):
+        table.add_column(column, justify="right")
+    for r, acc, count in cert.summary():
+        table.add_row(f"{r:.4g}", f"{acc:.1%}", f"{count}/{n}")
+    lines.append(table)
+    for note in cert.notes:
+        lines.append(Text(f"note: {note}", style="bold red" if "NOT" in note else "italic"))
+    return Group(*lines)
+
+
+def print_certificate(cert: Certificate, *, ascii_only: bool = False, width: int | None = None) -> None:
+    """Print :func:`certificate_table` to stdout (``ascii_only``: ASCII characters only, as ``explain --ascii``)."""
+    from .render.rich_tree import _ASCII, make_console  # noqa: PLC2701 - the same ASCII spelling as the tree
+
+    console = make_console(ascii_only=ascii_only, width=width)
+    if not ascii_only:
+        console.print(certificate_table(cert))
+        return
+    with console.capture() as captured:
+        console.print(certificate_table(cert))
+    console.file.write(captured.get().translate(_ASCII).translate(str.maketrans({"‖": "|", "−": "-"})))
+
+
+def plot_certified_accuracy(cert: Certificate, path: str | Path) -> None:
+    """Step curve of certified accuracy vs radius (every radius where it drops) with the grid's points marked."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise LipgraphError("plotting needs matplotlib: pip install matplotlib (or lipgraph[examples])") from None
+    radii = torch.sort(cert.radii[cert.correct]).values
+    n = len(cert.radii)
+    xs = [0.0] + radii.tolist()
+    ys = [len(radii) / n] + [(len(radii) - k - 1) / n for k in range(len(radii))]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.step(xs, ys, where="post", label=cert.model)
+    summary = cert.summary()
+    ax.plot([r for r, _, _ in summary], [a for _, a, _ in summary], "o")
+    ax.set_xlabel(f"ℓ{norm_name(cert.norm)} radius")
+    ax.set_ylabel("certified accuracy")
+    kind = "" if cert.certified else " (NOT certified)"
+    ax.set_title(f"{cert.model}: L {'≤' if cert.certified else '≈'} {cert.bound.value:.4g}{kind}")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,86 @@
+"""Per-layer lower bounds: power iteration next to each certified layer norm (ℓ2 only; algorithms.md §3).
+
+For an affine op f(x) = A x + b (linear, conv, conv-transpose, BatchNorm, average pooling, …) the linear part
+A x = f(x) − f(0) is replayed per sample in float64 (:func:`lipgraph.passes.fuse.linear_part`) and power
+iteration (:func:`lipgraph.linalg.power_iteration`, Scaman & Virmaux 2018, Alg. 1) runs on AᵀA. For the unit
+vector v of its last step, √‖AᵀA v‖ ≤ ‖AᵀA‖^{1/2} = ‖A‖₂: the value is *attained*, so it is a proven **lower**
+bound on the layer's norm (kind ``lower``, method ``power-iteration``), less a relative rounding allowance
+(``ROUNDING``, or the linear part's own margin when the op could not run in float64). The certified gain is
+≥ it; the pair shows how tight each certified number is (exact methods such as ``dense-svd`` coincide up to
+convergence, ``fft-circular`` sits slightly above). A lower value above a certified gain proves that rule wrong.
+
+Measured: every single-input affine op with a certified gain that is not the exact constant 1 (isometries and
+projections have nothing to measure), and every fused chain (``lip.chain``, :mod:`lipgraph.passes.fuse`). A chain's
+iteration is not warm-started from its first op's vector: on ResNet-18 that took longer and ended no higher
+(BatchNorm reweights the channels). ℓ1/ℓ∞ are skipped: their certified norms are exact there.
+
+Writes ``node.meta["lip.layer_lower"]`` (a :class:`~lipgraph.bound.Bound` of kind ``lower``) on each measured
+op and ``node.meta["lip.chain_lower"]`` on the last op of each fused chain.
+"""
+from __future__ import annotations
+
+from torch import fx
+
+from ..bound import Bound, lower
+from ..ir import LipGraph
+from ..linalg import power_iteration
+from .fuse import is_affine_link, linear_part
+
+METHOD = "power-iteration"
+#: relative allowance for float64 rounding of A v and Aᵀ(A v) (≈ 10⁷ ulps)
+ROUNDING = 1e-9
+#: power-iteration steps per layer and the relative change at which it stops (it converges from below)
+ITERATIONS, TOLERANCE = 100, 1e-6
+
+
+def layer_lower_bounds(lg: LipGraph, norm: float, *, iters: int = ITERATIONS, tol: float = TOLERANCE) -> list[str]:
+    """Record power-iteration lower bounds on the layers' ℓ2 norms; returns notes for the report (a certified gain
+    below its lower bound, i.e. an unsound rule). Records nothing for ℓ1/ℓ∞."""
+    if norm != 2:
+        return ["layer lower bounds are computed for ℓ2 only: the ℓ1/ℓ∞ layer norms are exact (abs row/column sums)"]
+    notes: list[str] = []
+    for node in lg.ops():
+        if is_affine_link(node) and not _isometry(gain := node.meta["lip.transfer"].gains[0]):
+            found = _power_lower(lg, [node], iters, tol)
+            if found is not None:
+                node.meta["lip.layer_lower"] = found
+                notes += _check(node.meta["lip.path"], found, gain)
+        if "lip.chain" in node.meta:
+            first, fused, _product = node.meta["lip.chain"]
+            found = _power_lower(lg, _chain(first, node), iters, tol)
+            if found is not None:
+                node.meta["lip.chain_lower"] = found
+                notes += _check(f"the fused chain ending at {node.meta['lip.path']}", found, fused)
+    return notes
+
+
+def _isometry(gain: Bound) -> bool:
+    return gain.exact and gain.value == 1.0
+
+
+def _chain(first: fx.Node, last: fx.Node) -> list[fx.Node]:
+    """The ops of a fused chain, first to last (each is the only input of the next)."""
+    nodes = [last]
+    while nodes[-1] is not first:
+        nodes.append(nodes[-1].meta["lip.inputs"][0])
+    return nodes[::-1]
+
+
+def _power_lower(lg: LipGraph, nodes: list[fx.Node], iters: int, tol: float) -> Bound | None:
+    """Power iteration on the linear part of ``nodes``: a proven lower bound on its ℓ2 norm, or None when the ops
+    cannot be replayed on their own (a batch of several samples, tuple inputs, ops vmap cannot batch)."""
+    part = linear_part(lg, nodes)
+    if part is None:
+        return None
+    try:
+        estimate, _ = power_iteration(part.fn, part.in_shape, iters=iters, tol=tol)
+    except Exception:  # noqa: BLE001 - an op without a vector-Jacobian product: no value, the certified gain stands
+        return None
+    return lower(estimate.value * (1 - max(part.margin, ROUNDING)), METHOD)
+
+
+def _check(where: str, found: Bound, certified: Bound) -> list[str]:
+    if found.value <= certified.value:
+        return []
+    return [f"UNSOUND: power iteration attains {found.value:.6g} on {where}, above its certified bound "
+            f"{certified.value:.6g} ({certified.method}); the rule is wrong, please report this model"]

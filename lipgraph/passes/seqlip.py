@@ -1,0 +1,163 @@
+"""Tighten every sequential chain of the graph (algorithms.md §5–§7) and hand the result to AutoLip.
+
+For each chain W_K ∘ φ ∘ ⋯ ∘ φ ∘ W_1 (:mod:`lipgraph.passes.chains`) the pass computes:
+
+- ``autolip``: the product of the runs' certified gains (fused where tighter) and the activations' slopes;
+- when every run is small enough to materialise (``DENSE_LIMIT``), its exact float64 matrix, and every chain
+  estimator asked for (:data:`lipgraph.estimators.CHAIN_ESTIMATORS`: ``cp``, ``seqlip``, ``seqlip-greedy``,
+  and the SDP family when installed) on that :class:`DenseChain`;
+- otherwise ``cp`` with the certified norm of each partial product W_k⋯W_j where fusion can bound it (folded
+  structure or a dense operator) and the product of the runs' gains where not (still certified, never worse
+  than AutoLip), and the greedy SeqLip *estimate* on top-k singular vectors (randomised SVD of each run).
+
+The smallest certified value wins and becomes a shortcut for AutoLip (``L(last) ≤ best · L(chain input)``), so
+residual blocks use it inside ``1 + L(branch)``. Writes ``lip.seqlip`` (a :class:`ChainResult`) on the chain's
+last node. Estimates are reported beside, never used for the bound.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from torch import fx
+
+from ..bound import Bound, Kind, certified, exact
+from ..estimators import CHAIN_ESTIMATORS, DenseChain
+from ..estimators.cp import cp, cp_value
+from ..estimators.seqlip import Factors, greedy_bound
+from ..ir import LipGraph
+from ..linalg import dense_is_cheap, materialize
+from ..linalg.lowrank import top_singular
+from .autolip import add_shortcut, combine
+from .chains import SeqChain, sequential_chains
+from .fuse import LinearPart, fused_bound, linear_part
+
+#: Singular triplets per run for the truncated greedy estimate of chains too large to materialise.
+TOP_K = 32
+
+
+@dataclass
+class ChainResult:
+    """Everything computed for one chain; ``best`` is the smallest certified value (``winner`` names it)."""
+
+    chain: SeqChain
+    product: Bound
+    results: dict[str, Bound] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def best(self) -> Bound:
+        return min(self.certified().values(), key=lambda b: b.value)
+
+    @property
+    def winner(self) -> str:
+        return min(self.certified().items(), key=lambda item: item[1].value)[0]
+
+    def certified(self) -> dict[str, Bound]:
+        return {"autolip": self.product, **{k: b for k, b in self.results.items() if b.kind is Kind.CERTIFIED}}
+
+
+def tighten_chains(lg: LipGraph, norm: float, estimators: Sequence[str], top_k: int = TOP_K) -> list[ChainResult]:
+    """Run ``estimators`` on every chain of ``lg`` and record shortcuts where they beat AutoLip."""
+    unknown = [e for e in estimators if e not in CHAIN_ESTIMATORS]
+    if unknown:
+        raise ValueError(f"unknown chain estimators {unknown}; available: {sorted(CHAIN_ESTIMATORS)}")
+    results = []
+    for chain in sequential_chains(lg):
+        result = bound_chain(lg, chain, norm, estimators, top_k)
+        chain.last.meta["lip.seqlip"] = result
+        if result.best.value < result.product.value * (1 - 1e-9):
+            add_shortcut(chain.last, chain.first, result.best, result.winner)
+        for name, bound in result.results.items():
+            if bound.kind is Kind.ESTIMATE:  # used only by network_estimate, never for the bound
+                add_shortcut(chain.last, chain.first, bound, name)
+        results.append(result)
+    return results
+
+
+def bound_chain(lg: LipGraph, chain: SeqChain, norm: float, estimators: Sequence[str],
+                top_k: int = TOP_K) -> ChainResult:
+    """All requested bounds of one chain (see the module docstring)."""
+    gains = [run_gain(run) for run in chain.runs]
+    product = _product(gains + [exact(max(abs(lo), abs(hi)), "slope") for lo, hi in chain.slopes])
+    result = ChainResult(chain, Bound(product.value, product.kind, "autolip"))
+    parts = [linear_part(lg, list(run), norm) for run in chain.runs]
+    if all(p is not None and dense_is_cheap(*p.size) for p in parts):
+        _dense_estimators(result, parts, norm, estimators)
+    else:
+        result.notes.append("layers too large to materialise: chain estimators other than cp and the "
+                            "truncated greedy SeqLip are skipped")
+        _timed(result, "cp", lambda: _cp_structured(lg, chain, gains, norm))
+        if "seqlip-greedy" in estimators and norm == 2 and all(p is not None for p in parts):
+            _timed(result, "seqlip-greedy", lambda: greedy_bound([_top(p, top_k) for p in parts],
+                                                                 list(chain.slopes)))
+    return result
+
+
+def run_gain(run: Sequence[fx.Node]) -> Bound:
+    """Certified gain of an affine run: its fused bound when fusion recorded one, else the product."""
+    fused = run[-1].meta.get("lip.chain")
+    product = _product([n.meta["lip.transfer"].gains[0] for n in run])
+    if fused is not None and fused[0] is run[0] and fused[1].value < product.value:
+        return fused[1]
+    return product
+
+
+def _product(gains: Sequence[Bound]) -> Bound:
+    """Π gains, as AutoLip composes them along a path (kinds joined)."""
+    total = exact(1.0)
+    for g in gains:
+        total = combine([(g, total)], 1)
+    return total
+
+
+def _dense_estimators(result: ChainResult, parts: list[LinearPart], norm: float,
+                      estimators: Sequence[str]) -> None:
+    start = time.perf_counter()
+    chain = DenseChain.of([materialize(p.fn, p.in_shape) for p in parts], result.chain.slopes)
+    margin = sum(p.margin for p in parts)
+    result.seconds["materialise"] = time.perf_counter() - start
+    for name in estimators:
+        est = CHAIN_ESTIMATORS[name]
+        if norm != 2:
+            if name == "cp":
+                _timed(result, name, lambda: cp(chain, norm), margin)
+            else:
+                result.notes.append(f"{name}: ℓ2 only")
+            continue
+        why = est.applies(chain)
+        if why is not None:
+            result.notes.append(f"{name}: {why}")
+            continue
+        _timed(result, name, lambda: est.fn(chain), margin)
+
+
+def _timed(result: ChainResult, name: str, compute, margin: float = 0.0) -> None:
+    """Run one estimator, record its bound (rounding ``margin`` added to certified values) and seconds."""
+    start = time.perf_counter()
+    bound = compute()
+    if bound.kind is Kind.CERTIFIED and margin:
+        bound = certified(bound.value, bound.method, margin=margin)
+    result.results[name] = bound
+    result.seconds[name] = time.perf_counter() - start
+
+
+def _cp_structured(lg: LipGraph, chain: SeqChain, gains: list[Bound], norm: float) -> Bound:
+    """CP/LipLT with partial-product norms from fusion where it can bound them, else products of run gains."""
+
+    def norm_of(j: int, k: int) -> float:
+        product = math.prod(g.value for g in gains[j:k + 1])
+        if j == k:
+            return product
+        fused = fused_bound(lg, [n for run in chain.runs[j:k + 1] for n in run], norm)
+        return min(product, fused.value) if fused is not None and fused.kind is Kind.CERTIFIED else product
+
+    return certified(cp_value(norm_of, chain.slopes), "cp-liplt (structured partial products)")
+
+
+def _top(part: LinearPart, k: int) -> Factors:
+    U, S, V = top_singular(part.fn, part.in_shape, k)
+    return Factors(U, S, V, truncated=True)

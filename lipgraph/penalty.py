@@ -1,0 +1,253 @@
+"""A differentiable Lipschitz estimate to train with: ``lipgraph.lipschitz_penalty(model, example_input)``.
+
+    loss = F.cross_entropy(model(x), y) + weight * lipgraph.lipschitz_penalty(model, x[:1])
+
+The value is AutoLip (Scaman & Virmaux, NeurIPS 2018, §4) over lipgraph's own graph of the model — the same trace,
+rules, fusion chains and DAG as ``lipgraph.analyze`` — with one change: the norm of every weight-carrying linear
+operator A x = f(x) − f(0) (a Linear, Conv or BatchNorm layer, or a chain of affine ops with nothing nonlinear
+between them, which analyze bounds as one operator) is the power-iteration value ‖A v‖₂ for a unit vector v that
+persists from call to call (warm-started, as ``torch.nn.utils.spectral_norm`` keeps its ``u``): ``iters`` no-grad
+power steps, then one differentiable evaluation, so the gradient flows to the weights. Every other op keeps its
+certified constant gain, and gains combine as in ``lipgraph.passes.autolip.combine`` (a q-norm over the inputs:
+residual additions sum, concatenations take the ℓ2 root of squares).
+
+**An estimate from below, never a certificate.** For any unit v, ‖A v‖ ≤ ‖A‖ ≤ the certified norm that analyze
+uses, and AutoLip is monotone in every gain, so at every call
+
+    lipschitz_penalty(model, x) ≤ AutoLip with exact operator norms ≤ lipgraph.analyze(model, x).bound
+
+with equality on the left once the vectors have converged (power iteration converges from below, and slowly when
+the top singular values are close — which a spectral penalty tends to make them). The right-hand side is analyze's
+default method, AutoLip; chain methods (``method="seqlip"``) can certify less than the penalty. The number to
+report for a trained model comes from ``lipgraph.analyze`` (or ``lipgraph.certify``), never from the penalty.
+
+ℓ2 only; torch.fx frontend only (``torch.export`` copies the parameters: no gradient would reach them). The traced
+state (graph, operators, vectors) is kept on the model per input shape, so repeated calls do not re-trace; pass
+``retrace=True`` after changing the model's structure. A ``copy.deepcopy`` of the model starts afresh.
+"""
+from __future__ import annotations
+
+from functools import reduce
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, fx, nn
+
+from . import ir
+from .api import parse_norm
+from .errors import InputError
+from .frontend.prepare import as_inputs, check_finite_weights, check_runs, eval_mode, unwrap
+from .frontend.trace import LipTracer
+from .ir import LipGraph, map_args
+from .linalg import power_iteration
+from .passes.annotate import annotate
+from .passes.fuse import affine_chains, fuse
+from .registry import default_registry
+
+#: Estimators the penalty implements; chain estimators (SeqLip, CP-LipLT) plug in here once differentiable.
+METHODS = ("autolip",)
+#: Power steps on a plan's first call, when its vectors are random rather than warm.
+WARMUP_ITERS = 50
+
+
+def lipschitz_penalty(model: nn.Module, example_input: Any, method: str = "autolip", *, norm: Any = 2,
+                      iters: int = 1, tol: float = 0.0, retrace: bool = False) -> Tensor:
+    """A differentiable estimate (from below) of the ℓ2 AutoLip bound of ``model``; see the module docstring.
+
+    ``example_input`` fixes the input size, as for ``analyze`` (a batch of one is cheapest). ``iters`` power steps
+    per call and operator (``WARMUP_ITERS`` on the first call), fewer if the estimate moves by less than ``tol``
+    (relative) from one step to the next. The model is evaluated as in eval mode
+    (BatchNorm on running statistics, which this call does not update); its own mode is left as it was.
+    """
+    if method not in METHODS:
+        raise InputError(f"unknown penalty method {method!r}; available: {', '.join(METHODS)}")
+    if parse_norm(norm) != 2:
+        raise InputError(f"lipschitz_penalty estimates ℓ2 operator norms by power iteration; norm={norm!r} is "
+                         "not supported (lipgraph.analyze and lipgraph.certify bound the ℓ1 and ℓ∞ norms)")
+    if not isinstance(iters, int) or iters < 0:
+        raise InputError(f"iters must be an integer >= 0, got {iters!r}")
+    model, inputs = unwrap(model), as_inputs(example_input)
+    key = (method, tuple((tuple(x.shape), x.dtype, x.device) for x in inputs))
+    plans = model.__dict__.setdefault(_PLANS, _PlanCache())
+    if retrace or key not in plans:
+        plans[key] = _Plan(model, inputs)
+    return plans[key](iters, tol)
+
+
+def build_graph(model: nn.Module, inputs: tuple, norm: float, *, unsupported: str = "error",
+                frontend: str = "auto") -> LipGraph:
+    """The annotated graph of ``model`` as ``analyze`` builds it (trace, rules, fusion chains), before AutoLip."""
+    registry = default_registry()
+    model = unwrap(model)
+    if LipTracer(registry).is_leaf_module(model, ""):  # fx never makes the root a leaf: give it a parent
+        model = nn.Sequential(model)
+    check_finite_weights(model)
+    with eval_mode(model, []):
+        check_runs(model, inputs)
+        lg = ir.build(model, inputs, registry, frontend)
+        annotate(lg, registry, norm, unsupported)
+        fuse(lg, norm)
+    return lg
+
+
+class Replay:
+    """Replays runs of graph ops on new tensors. Each run is a list of ops whose only input-dependent argument is
+    the previous op's result (the first op's is the run's input). Constant arguments that derive from the module
+    alone (parameters, buffers, weights computed from them in ``forward``) are recomputed from the module's current
+    state by :meth:`constants`, so they are never stale snapshots; the rest (sizes read off the input) are the
+    values recorded at trace time. ``gm`` may be a copy of the traced module (e.g. in float64)."""
+
+    def __init__(self, gm: fx.GraphModule, runs: Sequence[Sequence[fx.Node]]) -> None:
+        self.interpreter = fx.Interpreter(gm)
+        self.live = _live_constants([n for run in runs for n in run])
+
+    def constants(self) -> dict[fx.Node, Any]:
+        env: dict[fx.Node, Any] = {}
+        for node in self.live:
+            env[node] = self._op(node, env)
+        return env
+
+    def run(self, nodes: Sequence[fx.Node], x: Tensor, constants: dict[fx.Node, Any]) -> Tensor:
+        env = {**constants, nodes[0].meta["lip.inputs"][0]: x}
+        for node in nodes:
+            env[node] = self._op(node, env)
+        return env[nodes[-1]]
+
+    def _op(self, node: fx.Node, env: dict[fx.Node, Any]) -> Any:
+        args, kwargs = map_args(node, lambda a: env[a] if a in env else a.meta["lip.value"])
+        return getattr(self.interpreter, node.op)(node.target, args, kwargs)
+
+
+def _live_constants(nodes: Sequence[fx.Node]) -> list[fx.Node]:
+    """The input-independent nodes that ``nodes`` read and that derive from the module alone, in graph order."""
+    live: dict[fx.Node, None] = {}
+    dead: set[fx.Node] = set()
+
+    def visit(n: fx.Node) -> bool:
+        if n in live or n in dead:
+            return n in live
+        ok = n.op != "placeholder" and not n.meta.get("lip.dep") and (
+            n.op == "get_attr" or all([visit(a) for a in n.all_input_nodes]))
+        if ok:
+            live[n] = None  # after its own inputs: a topological order
+        else:
+            dead.add(n)
+        return ok
+
+    for node in nodes:
+        for arg in node.all_input_nodes:
+            visit(arg)
+    return list(live)
+
+
+class _Operator:
+    """A linear operator A x = f(x) − f(0) over a run of affine ops, and its persistent power-iteration vector."""
+
+    def __init__(self, nodes: list[fx.Node]) -> None:
+        self.nodes = nodes
+        self.source = nodes[0].meta["lip.inputs"][0]
+        self.info = self.source.meta["lip.info"]
+        self.vector: Tensor | None = None  # unit, float64, the shape of the operator's input
+
+
+class _Plan:
+    """The traced state of one model at one input shape: its graph, operators and their vectors."""
+
+    def __init__(self, model: nn.Module, inputs: tuple) -> None:
+        self.model = model
+        self.graph = build_graph(model, inputs, 2.0, frontend="fx")  # export copies parameters: no gradients
+        self.operators = [_Operator(run) for run in _operator_runs(self.graph)]
+        self.replay = Replay(self.graph.gm, [op.nodes for op in self.operators])
+        self.ending = {op.nodes[-1]: op for op in self.operators}
+        self.inside = {n for op in self.operators for n in op.nodes[:-1]}
+        self.one = torch.ones((), dtype=inputs[0].dtype, device=inputs[0].device)
+        self.warm = False  # vectors are random until the first call has run WARMUP_ITERS steps
+        generator = torch.Generator().manual_seed(0)
+        for op in self.operators:
+            op.vector = torch.randn(op.info.shape, dtype=torch.float64, generator=generator).to(self.one.device)
+
+    def __call__(self, iters: int, tol: float) -> Tensor:
+        steps = iters if self.warm else max(iters, WARMUP_ITERS)
+        with eval_mode(self.model, []):
+            constants = self.replay.constants()
+            norms = {op: self._norm(op, constants, steps, tol) for op in self.operators}
+        self.warm = True
+        return self._autolip(norms)
+
+    def _norm(self, op: _Operator, constants: dict[fx.Node, Any], steps: int, tol: float) -> Tensor:
+        """‖A v‖₂ after ``steps`` no-grad power steps from the stored v (Scaman & Virmaux 2018, Alg. 1)."""
+        shape, dtype = op.info.shape, op.info.dtype
+
+        def apply(x: Tensor) -> Tensor:
+            return self.replay.run(op.nodes, x.reshape(shape).to(dtype), constants)
+
+        offset = apply(torch.zeros_like(op.vector))  # f(0): A x = f(x) − f(0)
+        if steps:
+            fixed = offset.detach()
+            with torch.no_grad():
+                _, op.vector = power_iteration(lambda x: apply(x) - fixed, shape, iters=steps, tol=tol,
+                                               v0=op.vector)
+        return torch.linalg.vector_norm(apply(op.vector) - offset)
+
+    def _autolip(self, norms: dict[_Operator, Tensor]) -> Tensor:
+        """AutoLip over the DAG in torch (``passes.autolip.propagate``), operators' gains replaced by ``norms``."""
+        lg = self.graph
+        bounds: dict[fx.Node, Tensor] = {p: self.one for p in lg.placeholders}
+        for node in lg.ops():
+            if node in self.inside:  # an op inside an operator only feeds the next one
+                continue
+            if node in self.ending:
+                op = self.ending[node]
+                bounds[node] = norms[op] * bounds[op.source]
+                continue
+            transfer = node.meta["lip.transfer"]
+            terms = [g.value * bounds[a] for g, a in zip(transfer.gains, node.meta["lip.inputs"]) if g.value != 0]
+            bounds[node] = self._qnorm(terms, transfer.combine)
+            for shortcut in node.meta.get("lip.shortcuts", ()):  # e.g. a fused chain without weights
+                source = shortcut.first.meta["lip.inputs"][0]
+                if source in bounds:  # as passes.autolip: min(AutoLip so far, shortcut · L(source))
+                    bounds[node] = torch.minimum(bounds[node], shortcut.bound.value * bounds[source])
+        return self._qnorm([bounds[n] for n in lg.output.meta["lip.inputs"]], 2.0)
+
+    def _qnorm(self, terms: list[Tensor], q: float) -> Tensor:
+        """‖(t_i)_i‖_q, as ``passes.autolip.combine`` (q = 1: sum, 2: root of squares, ∞: max)."""
+        return torch.linalg.vector_norm(torch.stack(terms), ord=q) if terms else self.one * 0
+
+
+def _operator_runs(lg: LipGraph) -> list[list[fx.Node]]:
+    """analyze's fusion chains that hold a weight-carrying op, and every other weight-carrying affine op."""
+    chains = [chain for chain in affine_chains(lg) if any(_has_weights(lg, n) for n in chain)]
+    taken = {n for chain in chains for n in chain}
+    singles = [[n] for n in lg.ops() if n not in taken and _has_weights(lg, n) and is_linear_op(n)]
+    return chains + singles
+
+
+def is_linear_op(node: fx.Node) -> bool:
+    """An affine op (its rule says so) of one input-dependent tensor argument: x ↦ A x + b."""
+    transfer = node.meta.get("lip.transfer")
+    return (transfer is not None and transfer.affine and len(node.meta["lip.inputs"]) == 1
+            and node.meta["lip.inputs"][0].meta["lip.info"].parts is None)
+
+
+def _has_weights(lg: LipGraph, node: fx.Node) -> bool:
+    """A module with parameters, or an op reading a constant computed from parameters."""
+    if node.op == "call_module":
+        return any(True for _ in lg.gm.get_submodule(node.target).parameters())
+    return any(n.op == "get_attr" and isinstance(reduce(getattr, n.target.split("."), lg.gm), nn.Parameter)
+               for n in _live_constants([node]))
+
+
+_PLANS = "_lipgraph_penalty_plans"
+
+
+class _PlanCache(dict):
+    """Per-model plans, kept in the model's ``__dict__``; a copy or a pickle of the model starts without them
+    (its modules are other objects: it re-traces)."""
+
+    def __deepcopy__(self, memo: dict) -> "_PlanCache":
+        return _PlanCache()
+
+    def __reduce__(self) -> tuple:
+        return (_PlanCache, ())
+
+
