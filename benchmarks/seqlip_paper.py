@@ -60,8 +60,9 @@ def row(name: str, model: nn.Module, x: torch.Tensor, lower_seconds: float) -> d
         out[f"{method}_s"] = time.perf_counter() - start
         if method == "seqlip":
             out["greedy"] = report.estimate.value if report.estimate else report.bound.value
-            out["exact_pairs"] = all("seqlip" == c.results["seqlip"].method for c in report.chains
-                                     if "seqlip" in c.results)
+            runs = [c.results["seqlip"].method for c in report.chains if "seqlip" in c.results]
+            out["seqlip_kind"] = ("exact" if runs and all(m == "seqlip" for m in runs) else
+                                  "partial enumeration" if runs else "= CP: layers too large to materialise")
     start = time.perf_counter()
     out["lower"] = lipgraph.lower_bound(model, x, seconds=lower_seconds).value
     out["lower_s"] = time.perf_counter() - start
@@ -73,8 +74,7 @@ def table(rows: list[dict]) -> str:
             "| AutoLip/greedy | s AutoLip | s SeqLip pass | s lower |\n|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
-        kind = "exact" if r["exact_pairs"] else "partial"
-        lines.append(f"| {r['model']} | {r['autolip']:.4g} | {r['cp']:.4g} | {r['seqlip']:.4g} ({kind}) "
+        lines.append(f"| {r['model']} | {r['autolip']:.4g} | {r['cp']:.4g} | {r['seqlip']:.4g} ({r['seqlip_kind']}) "
                      f"| {r['greedy']:.4g} | {r['lower']:.4g} | {r['autolip'] / r['seqlip']:.2f} "
                      f"| {r['autolip'] / r['greedy']:.2f} | {r['autolip_s']:.2f} | {r['seqlip_s']:.2f} "
                      f"| {r['lower_s']:.1f} |")
@@ -107,8 +107,20 @@ def main(argv: list[str] | None = None) -> None:
         model = imagenet_alexnet().eval()
         rows.append(row("AlexNet 224×224 (random weights)", model, imagenet_alexnet_input(), lower_seconds=30))
         print(table(rows[-1:]).splitlines()[-1], flush=True)
+    notes += [
+        "SeqLip (certified) is the network bound of `--method seqlip`: per chain the smallest of AutoLip, CP/LipLT "
+        "and SeqLip (exact vertex enumeration per layer pair when the pair is small enough, else partial "
+        "enumeration with the rest relaxed). Greedy is the network *estimate* with greedy SeqLip in every chain "
+        "(the paper's reported quantity for CNNs and AlexNet); on layers too large to materialise it uses the "
+        "top-32 singular vectors of each layer, which drops most of the spectrum of a random convolution and "
+        "falls far below the truth (algorithms.md §5): treat AutoLip/greedy there as the truncation's artefact, "
+        "not a tightness.",
+        "Paper (MNIST, its own training): AutoLip/SeqLip 1.54–7.81 on MLPs, 2.0–5.4 on CNNs (greedy), 6.64 on "
+        "AlexNet (greedy). Here (digits 8×8, narrow layers so that exact enumeration is feasible) the certified "
+        "ratio grows with depth as in the paper, but is smaller.",
+    ]
     text = (f"SeqLip paper experiments (`python benchmarks/seqlip_paper.py{' --quick' if args.quick else ''}`), "
-            f"ℓ2. Machine: {machine()}.\n\n{table(rows)}\n" + "".join(f"\n{n}" for n in notes))
+            f"ℓ2. Machine: {machine()}.\n\n{table(rows)}\n" + "".join(f"\n- {n}" for n in notes))
     print(text)
     if args.write:
         write_section("seqlip-paper", text)

@@ -17,13 +17,13 @@ from .passes.annotate import annotate
 from .passes.autolip import autolip, network_estimate
 from .passes.fuse import fuse
 from .passes.layer_lower import layer_lower_bounds
-from .passes.seqlip import tighten_chains
+from .passes.seqlip import GRAPH_ESTIMATORS, tighten_chains
 from .registry import default_registry
 from .report import Report, build_tree, output_bounds
 
 #: method -> chain estimators run on every sequential chain (algorithms.md §5–§8); "autolip" runs none.
 CHAIN_METHODS = {"autolip": (), "seqlip": ("cp", "seqlip", "seqlip-greedy"), "cp": ("cp",),
-                 "lipsdp": ("lipsdp-neuron",)}
+                 "lipsdp": ("lipsdp-neuron",), "dcp": ("cp", "dcp")}
 METHODS = (*CHAIN_METHODS, "best")
 
 
@@ -35,7 +35,7 @@ def chain_estimators(method: str) -> tuple[str, ...]:
     if method in CHAIN_METHODS:
         return CHAIN_METHODS[method]
     if method == "best":
-        return tuple(CHAIN_ESTIMATORS)
+        return (*CHAIN_ESTIMATORS, *GRAPH_ESTIMATORS)
     if method in CHAIN_ESTIMATORS:
         return (method,)
     raise InputError(f"unknown method {method!r}; available: {', '.join([*METHODS, *CHAIN_ESTIMATORS])}")

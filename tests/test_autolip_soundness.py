@@ -58,7 +58,7 @@ def lower_bound(model: nn.Module, x: Tensor, n: int = 8, p: float = 2, seed: int
 
 
 def assert_sound(model: nn.Module, x: Tensor, p: float = 2, n: int = 8) -> lipgraph.Report:
-    report = lipgraph.analyze(model, x, norm=p)
+    report = lipgraph.analyze(model, x, norm=p, lower=False)
     lo = lower_bound(model, x, n=n, p=p)
     assert report.kind is Kind.CERTIFIED, report.bound
     assert math.isfinite(report.bound.value), report.bound
@@ -94,7 +94,7 @@ def test_lower_bound_helper_is_a_real_lower_bound_and_not_trivial() -> None:
 # -- residual nets: the graph walk matters ------------------------------------------------------------
 def test_residual_add_is_one_plus_branch_not_a_product() -> None:
     model, x = ZOO["tiny_resnet"]()
-    report = lipgraph.analyze(model, x)
+    report = lipgraph.analyze(model, x, lower=False)
     add = report.find("layer1.add")  # identity shortcut: out += x
     assert add.op == "add" and add.formula, add
     # conv+bn pairs are fused (bounded as one operator), so the branch is at most the product of the four
@@ -115,7 +115,7 @@ def test_residual_add_is_one_plus_branch_not_a_product() -> None:
 
 def test_downsample_add_sums_both_branches() -> None:
     model, x = ZOO["tiny_resnet"]()
-    report = lipgraph.analyze(model, x)
+    report = lipgraph.analyze(model, x, lower=False)
     add = next(n for n in report.find("layer2").children if n.op == "add")
     main = math.prod(report.find(f"layer2.{n}").bound.value for n in ("conv1", "bn1", "conv2", "bn2"))
     short = report.find("layer2.downsample").bound.value
@@ -129,7 +129,7 @@ def test_downsample_add_sums_both_branches() -> None:
 
 def test_densenet_cat_is_root_of_squares() -> None:
     model, x = ZOO["tiny_densenet"]()
-    report = lipgraph.analyze(model, x)
+    report = lipgraph.analyze(model, x, lower=False)
     layer = report.find("block.0")
     cat = next(n for n in layer.children if n.op == "cat")
     branch = math.prod(report.find(f"block.0.{n}").bound.value for n in ("norm", "relu", "conv"))
@@ -140,7 +140,7 @@ def test_densenet_cat_is_root_of_squares() -> None:
 def test_single_linear_layer_is_exact() -> None:
     torch.manual_seed(1)
     lin = nn.Linear(6, 4)
-    report = lipgraph.analyze(lin, torch.randn(1, 6))
+    report = lipgraph.analyze(lin, torch.randn(1, 6), lower=False)
     ref = torch.linalg.matrix_norm(lin.weight.detach().double(), 2).item()
     assert report.bound.value == pytest.approx(ref, rel=1e-5)
     assert report.bound.value >= ref * (1 - 1e-9)
@@ -152,14 +152,14 @@ def test_single_linear_layer_is_exact_l1_linf(p: float) -> None:
     lin = nn.Linear(6, 4)
     W = lin.weight.detach().double()
     ref = (W.abs().sum(0) if p == 1 else W.abs().sum(1)).max().item()
-    assert lipgraph.analyze(lin, torch.randn(1, 6), norm=p).bound.value == pytest.approx(ref, rel=1e-5)
+    assert lipgraph.analyze(lin, torch.randn(1, 6), norm=p, lower=False).bound.value == pytest.approx(ref, rel=1e-5)
 
 
 def test_single_conv_layer_is_exact() -> None:
     torch.manual_seed(4)
     conv = nn.Conv2d(2, 3, 3, padding=1)
     x = torch.randn(1, 2, 5, 5)
-    report = lipgraph.analyze(conv, x)
+    report = lipgraph.analyze(conv, x, lower=False)
     assert report.bound.value == pytest.approx(lower_bound(conv, x, n=1), rel=1e-5)
 
 
@@ -172,7 +172,7 @@ def test_nonnegative_single_layer_relu_is_exact() -> None:
         lin.bias.abs_()
     model = nn.Sequential(lin, nn.ReLU()).eval()
     x = torch.rand(1, 6) + 0.1  # nonnegative input: every unit active
-    report = lipgraph.analyze(model, x)
+    report = lipgraph.analyze(model, x, lower=False)
     ref = torch.linalg.matrix_norm(lin.weight.detach().double(), 2).item()
     assert report.bound.value == pytest.approx(ref, rel=1e-5)
     assert jacobian_norm(copy.deepcopy(model).double(), x) == pytest.approx(ref, rel=1e-9)
@@ -190,7 +190,7 @@ def test_deep_linear_chain_is_above_product_norm(dims: list[int], seed: int) -> 
         prod = lin.weight.detach().double() @ prod
     exact_l = torch.linalg.matrix_norm(prod, 2).item()
     per_layer = math.prod(torch.linalg.matrix_norm(lin.weight.detach().double(), 2).item() for lin in layers)
-    bound = lipgraph.analyze(model, torch.randn(1, dims[0])).bound.value
+    bound = lipgraph.analyze(model, torch.randn(1, dims[0]), lower=False).bound.value
     assert bound >= exact_l * (1 - SLACK)
     assert bound <= per_layer * (1 + 1e-5)
 
@@ -361,7 +361,7 @@ def test_overlapping_maxpool_needs_more_than_one() -> None:
     pool = nn.MaxPool2d(3, 2)
     x = torch.zeros(1, 1, 5, 5)
     x[0, 0, 2, 2] = 1.0  # the centre pixel is the max of all 4 windows
-    report = lipgraph.analyze(pool, x)
+    report = lipgraph.analyze(pool, x, lower=False)
     assert jacobian_norm(pool.double(), x) == pytest.approx(2.0)
     assert report.bound.value >= 2.0 * (1 - SLACK)
 
@@ -422,7 +422,7 @@ EXACT_CASES = ["residual_add", "same_tensor_twice", "sub_branch", "cat_branches"
 def test_autolip_is_exact_on_closed_form_graphs(name: str) -> None:
     model, x, exact_l = _exact_case(name)
     model.eval()
-    report = lipgraph.analyze(model, x)
+    report = lipgraph.analyze(model, x, lower=False)
     assert report.kind is Kind.CERTIFIED
     assert lower_bound(model, x, n=2) == pytest.approx(exact_l, rel=1e-9)  # the oracle attains it
     assert report.bound.value == pytest.approx(exact_l, rel=1e-5), report.to_dict()["tree"]
@@ -434,14 +434,14 @@ def test_cat_and_multi_output_combine_in_the_output_norm(p: float) -> None:
     for name in ("cat_branches", "multi_output"):
         model, x, _ = _exact_case(name)
         expected = 3.0 if p == 1 else 2.0
-        assert lipgraph.analyze(model.eval(), x, norm=p).bound.value == pytest.approx(expected, rel=1e-5), name
+        assert lipgraph.analyze(model.eval(), x, norm=p, lower=False).bound.value == pytest.approx(expected, rel=1e-5), name
         assert lower_bound(model, x, n=2, p=p) == pytest.approx(expected, rel=1e-9)
 
 
 def test_chunk_then_add_is_sound_and_follows_autolip() -> None:
     """Projections ≤ 1 each, summed by the add: AutoLip gives 2 ≥ the true √2."""
     model, x, exact_l = _exact_case("chunk_and_add")
-    report = lipgraph.analyze(model.eval(), x)
+    report = lipgraph.analyze(model.eval(), x, lower=False)
     assert lower_bound(model, x, n=2) == pytest.approx(exact_l, rel=1e-9)
     assert report.bound.value == pytest.approx(2.0, rel=1e-5)
 
@@ -488,8 +488,8 @@ def test_graph_constructs_are_sound(name: str) -> None:
                                   "multi_output"])
 def test_export_frontend_agrees_with_fx(name: str) -> None:
     model, x = ZOO[name]()
-    fx_report = lipgraph.analyze(model, x, frontend="fx")
-    ex_report = lipgraph.analyze(model, x, frontend="export")
+    fx_report = lipgraph.analyze(model, x, frontend="fx", lower=False)
+    ex_report = lipgraph.analyze(model, x, frontend="export", lower=False)
     assert (fx_report.frontend, ex_report.frontend) == ("fx", "export")
     assert ex_report.kind is Kind.CERTIFIED
     assert ex_report.bound.value == pytest.approx(fx_report.bound.value, rel=1e-9)
@@ -497,7 +497,7 @@ def test_export_frontend_agrees_with_fx(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_report_paths_are_unique(name: str) -> None:
-    report = lipgraph.analyze(*ZOO[name]())
+    report = lipgraph.analyze(*ZOO[name](), lower=False)
     paths = [n.path for n in report.tree.walk()]
     assert len(paths) == len(set(paths)), sorted(p for p in paths if paths.count(p) > 1)
 
@@ -511,5 +511,5 @@ def test_input_independent_output_has_bound_zero() -> None:
         def forward(self, x: Tensor) -> Tensor:
             return self.c * 2
 
-    report = lipgraph.analyze(Constant().eval(), torch.randn(1, 3))
+    report = lipgraph.analyze(Constant().eval(), torch.randn(1, 3), lower=False)
     assert report.bound.value == 0.0 and report.kind is Kind.CERTIFIED and report.tree.children == []

@@ -51,8 +51,8 @@ SEQLIP_CASES = [c for c in CASES if c[0] in ("alexnet", "vgg", "densenet", "mobi
 @pytest.mark.parametrize("name,factory", SEQLIP_CASES, ids=[f"{n}:{f}" for n, f in SEQLIP_CASES])
 def test_seqlip_method_is_sound_and_never_looser_than_autolip(name: str, factory: str) -> None:
     model, x = load(name, factory)
-    autolip = lipgraph.analyze(model, x).bound
-    seqlip = lipgraph.analyze(model, x, method="seqlip").bound
+    autolip = lipgraph.analyze(model, x, lower=False).bound
+    seqlip = lipgraph.analyze(model, x, method="seqlip", lower=False).bound
     assert seqlip.kind is Kind.CERTIFIED
     assert seqlip.value <= autolip.value * (1 + 1e-9)
     assert jacobian_lower_bound(model, x, samples=3) <= seqlip.value * (1 + 1e-6)
@@ -94,3 +94,28 @@ def test_chain_product_is_autolip_along_the_chain() -> None:
     model, x = ZOO["tiny_mlp"]()
     chain = lipgraph.analyze(model, x, method="seqlip", lower=False).chains[0]
     assert chain.product == pytest.approx(lipgraph.analyze(model, x, lower=False).bound.value, rel=1e-12)
+
+
+def test_method_dcp_bounds_conv_chains_through_the_graph(monkeypatch) -> None:
+    """conv+BN → ReLU → conv → ReLU → flatten → linear becomes a DCP conv chain (BN folded into the conv); its
+    certified value is ≥ the chain's attained Jacobian norm and the network bound stays ≤ AutoLip."""
+    from torch import nn
+
+    from lipgraph.passes import seqlip as seqlip_pass
+
+    monkeypatch.setattr(seqlip_pass, "DCP_SECONDS", 1.0)
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(2).eval()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.running_var.uniform_(0.5, 1.5)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), bn, nn.ReLU(), nn.Conv2d(2, 2, 3, padding=1), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(2 * 25, 3)).eval()
+    x = torch.randn(1, 1, 5, 5)
+    report = lipgraph.analyze(model, x, method="dcp", lower=False)
+    (chain,) = report.chains
+    assert set(chain.results) == {"dcp", "cp"}
+    dcp = chain.results["dcp"]
+    assert dcp.kind is Kind.CERTIFIED and "dcp" in dcp.method.lower()
+    assert report.bound.value <= lipgraph.analyze(model, x, lower=False).bound.value * (1 + 1e-9)
+    assert jacobian_lower_bound(model, x, samples=5) <= dcp.value * (1 + 1e-6)  # (makes the model float64)

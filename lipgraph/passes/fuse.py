@@ -82,16 +82,26 @@ def _trivial(n: fx.Node) -> bool:
     return g.exact and g.value == 1.0
 
 
-def _folded(chain: list[fx.Node], norm: float) -> Bound | None:
-    """Fold channel scales into convolutions/matrices and multiply matrices; None if the chain has other ops."""
+def folded_structure(chain: list[fx.Node]) -> tuple | None:
+    """The structure (``("conv", weight, options)``, ``("matrix", W)`` or ``("channel_scale", s)``) of the
+    composed operator of affine ops, folding channel scales into convolutions/matrices and multiplying matrices;
+    None if the chain has ops without a structure or a pair that does not fold."""
     parts = [n.meta["lip.transfer"].structure for n in chain if n.meta["lip.key"] not in _IDENTITIES]
-    if any(p is None for p in parts):
+    if not parts or any(p is None for p in parts):
         return None
     acc = parts[0]
     for nxt in parts[1:]:
         acc = _fold_pair(acc, nxt)
         if acc is None:
             return None
+    return acc
+
+
+def _folded(chain: list[fx.Node], norm: float) -> Bound | None:
+    """Exact norm of the folded structure (:func:`folded_structure`); None when the chain does not fold."""
+    acc = folded_structure(chain)
+    if acc is None:
+        return None
     kind, *data = acc
     if kind == "conv":
         weight, options = data

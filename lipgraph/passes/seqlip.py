@@ -32,7 +32,7 @@ from ..linalg import dense_is_cheap, materialize
 from ..linalg.lowrank import top_singular
 from .autolip import add_shortcut, combine
 from .chains import SeqChain, sequential_chains
-from .fuse import LinearPart, fused_bound, linear_part
+from .fuse import LinearPart, folded_structure, fused_bound, linear_part
 
 #: Singular triplets per run for the truncated greedy estimate of chains too large to materialise.
 TOP_K = 32
@@ -60,9 +60,15 @@ class ChainResult:
         return {"autolip": self.product, **{k: b for k, b in self.results.items() if b.kind is Kind.CERTIFIED}}
 
 
+#: Estimators of whole chains that are not dense-chain estimators: DCP builds its own pieces (algorithms.md §8).
+GRAPH_ESTIMATORS = ("dcp",)
+#: Time budget (seconds) of DCP's partition search per chain.
+DCP_SECONDS = 20.0
+
+
 def tighten_chains(lg: LipGraph, norm: float, estimators: Sequence[str], top_k: int = TOP_K) -> list[ChainResult]:
     """Run ``estimators`` on every chain of ``lg`` and record shortcuts where they beat AutoLip."""
-    unknown = [e for e in estimators if e not in CHAIN_ESTIMATORS]
+    unknown = [e for e in estimators if e not in CHAIN_ESTIMATORS and e not in GRAPH_ESTIMATORS]
     if unknown:
         raise ValueError(f"unknown chain estimators {unknown}; available: {sorted(CHAIN_ESTIMATORS)}")
     results = []
@@ -85,8 +91,10 @@ def bound_chain(lg: LipGraph, chain: SeqChain, norm: float, estimators: Sequence
     product = _product(gains + [exact(max(abs(lo), abs(hi)), "slope") for lo, hi in chain.slopes])
     result = ChainResult(chain, Bound(product.value, product.kind, "autolip"))
     parts = [linear_part(lg, list(run), norm) for run in chain.runs]
+    if "dcp" in estimators:
+        _dcp(result, chain, norm)
     if all(p is not None and dense_is_cheap(*p.size) for p in parts):
-        _dense_estimators(result, parts, norm, estimators)
+        _dense_estimators(result, parts, norm, [e for e in estimators if e not in GRAPH_ESTIMATORS])
     else:
         result.notes.append("layers too large to materialise: chain estimators other than cp and the "
                             "truncated greedy SeqLip are skipped")
@@ -104,6 +112,45 @@ def run_gain(run: Sequence[fx.Node]) -> Bound:
     if fused is not None and fused[0] is run[0] and fused[1].value < product.value:
         return fused[1]
     return product
+
+
+def _dcp(result: ChainResult, chain: SeqChain, norm: float) -> None:
+    """DCP on a chain of 2-D zero-padded convolutions (BN folded in) and linear layers, when it is one."""
+    from ..estimators.dcp import ConvChain, dcp
+
+    why = "ℓ2 only" if norm != 2 else None
+    layers = [] if why else [_dcp_layer(run) for run in chain.runs]
+    if why is None and any(layer is None for layer in layers):
+        why = "only chains of 2-D zero-padded convolutions (BatchNorm folded in) and linear layers"
+    if why is not None:
+        result.notes.append(f"dcp: {why}")
+        return
+    info = chain.runs[0][0].meta["lip.inputs"][0].meta["lip.info"]
+    shape = tuple(info.shape[1:]) if len(info.shape) == 4 else (math.prod(info.shape[1:]), 1, 1)
+    _timed(result, "dcp", lambda: dcp(ConvChain(tuple(layers), chain.slopes, shape), seconds=DCP_SECONDS))
+
+
+def _dcp_layer(run: Sequence[fx.Node]):
+    """The DCP layer spec of an affine run: a folded 2-D convolution, or a matrix (after an optional flatten)."""
+    from ..estimators.dcp import Conv2dSpec, LinearSpec
+
+    nodes = [n for n in run if n.meta["lip.key"] not in ("flatten", "reshape")] if run[-1].meta["lip.key"] == "linear" \
+        else list(run)
+    structure = folded_structure(nodes)
+    if structure is None:
+        return None
+    if structure[0] == "matrix":
+        return LinearSpec(structure[1])
+    if structure[0] != "conv":
+        return None
+    weight, options = structure[1], structure[2]
+    pad = options.get("padding", 0)
+    if (weight.ndim != 4 or options.get("transposed") or options.get("padding_mode", "zeros") != "zeros"
+            or isinstance(pad, str)):
+        return None
+    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+    return Conv2dSpec(weight, pair(options.get("stride", 1)), pair(pad), pair(options.get("dilation", 1)),
+                      int(options.get("groups", 1)))
 
 
 def _product(gains: Sequence[Bound]) -> Bound:

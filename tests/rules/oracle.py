@@ -218,7 +218,7 @@ def true_norm(case: Case, p: float) -> float:
 def analysis(case: Case, p: float) -> lipgraph.Report:
     """lipgraph's report on the case in the ℓp norm."""
     model, x = built(case)
-    return lipgraph.analyze(model, x, norm=p)
+    return lipgraph.analyze(model, x, norm=p, lower=False)
 
 
 def op_nodes(report: lipgraph.Report) -> list[lipgraph.ReportNode]:
