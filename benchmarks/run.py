@@ -1,10 +1,18 @@
-"""Benchmark: lipgraph's certified graph AutoLip against per-layer products and power-iteration estimates.
+"""Benchmark: lipgraph's certified graph AutoLip against per-layer products and power-iteration estimates, with the
+time, memory and cache behaviour of the certified analysis.
 
     python benchmarks/run.py [--quick] [--threads N] [--repeats 3] [--models mlp,cnn,...] [--write]
+    python benchmarks/run.py --imagenet [--threads N] [--models resnet50] [--write]
 
-Columns, one row per model (ℓ2):
+Each model runs in a subprocess of its own (``--worker``), so that its peak memory is its own: the process's peak
+resident set (``ru_maxrss``) right after the certified analyses, which includes torch itself and the model.
+
+Columns (ℓ2):
 - ``certified``: ``lipgraph.analyze(model, x, lower=False)``: certified AutoLip over the traced graph, with
-  linear-chain fusion.
+  linear-chain fusion; ``s`` the median of ``--repeats`` runs (the first with an empty disk cache, the others
+  without one), after one warm-up analysis of a small model (imports and the rule registry are not timed).
+- ``cache 2nd run``: the same analysis again with the disk cache the first run filled (``lipgraph.cache``); its
+  ratio to the first run.
 - ``naive product``: the product of every op's certified gain (each call counted), read off that report: what
   AutoLip gives on a pure chain without fusion. On a branched graph (residual adds, concatenations, several
   outputs; marked †) it multiplies parallel branches together, as the reference code did, and is **not** a bound.
@@ -15,21 +23,25 @@ Columns, one row per model (ℓ2):
 - ``reference``: what the AutoLip reference code does: the product, over the model's modules in registration
   order, of per-layer norms from 500 iterations of the autograd power method on every Linear/Conv layer
   (v ← ∇_v ½‖A v‖², normalised); BatchNorm, pooling and activations count as 1. An estimate, and on residual
-  networks not an upper bound at all (algorithms.md §1, §3).
+  networks not an upper bound at all (algorithms.md §1, §3). ``speed-up``: reference seconds / certified seconds.
 
-Ratios are to the ``reference`` of the same model in the same run. Timings are the median of ``--repeats`` runs
-(1 run for the ResNet-18, which is slow; ``--quick`` skips it), after one warm-up analysis (loading the rule
-registry is not timed). ``--write`` replaces this script's section of ``benchmarks/RESULTS.md``. Timings are
-machine-dependent: never assert on them in tests.
+``--imagenet`` runs the 224×224 set instead (ResNet-50, ResNet-152, VGG-19, DenseNet-121; one run each, no
+power-iteration AutoLip): there the reference runs ``--imagenet-iterations`` power steps per layer and its time is
+extrapolated linearly to 500 (its bound is not shown). ``--write`` replaces this script's section of
+``benchmarks/RESULTS.md``. Timings are machine-dependent: never assert on them in tests.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import importlib.util
+import json
 import math
+import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,12 +61,14 @@ from results_file import machine, write_section  # noqa: E402
 
 POWER_ITERATIONS = 500
 LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-NOTE = ("certified: lipgraph.analyze (graph AutoLip + fusion). naive product: Π of every op's certified gain; "
+NOTE = ("certified: lipgraph.analyze (graph AutoLip + fusion); s: median wall seconds; peak MB: the worker "
+        "process's peak RSS after the certified runs (torch and the model included); cache 2nd run: the same "
+        "analysis with the disk cache the first run filled. naive product: Π of every op's certified gain; "
         "† = branched graph (residual/concat/several outputs), where this product is NOT a bound. power-iteration "
         "AutoLip: the same graph with 500-step power-iteration layer norms, no fusion (an estimate). reference: "
         "product over modules (registration order) of 500-step power-method norms of each Linear/Conv layer, "
-        "BN/pool/activations = 1 (an estimate, unsound on residual graphs). ratios: certified / reference bound "
-        "and certified seconds / reference seconds, same model, same run.")
+        "BN/pool/activations = 1 (an estimate, unsound on residual graphs). certified / reference: the bounds' "
+        "ratio; speed-up: reference seconds / certified seconds, same model, same worker.")
 
 
 # -- models ---------------------------------------------------------------------------------------------------
@@ -66,13 +80,36 @@ class Model:
     slow: bool = False
 
 
+def _load(file: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{Path(file).stem}", ROOT / "examples" / file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _example(file: str, factory: str = "build_model", inputs: str = "example_input"):
     def build():
-        spec = importlib.util.spec_from_file_location(f"_bench_{Path(file).stem}", ROOT / "examples" / file)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = _load(file)
         return getattr(module, factory)().eval(), getattr(module, inputs)()
     return build
+
+
+def _imagenet_image() -> torch.Tensor:
+    return torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+
+
+def _resnet(blocks: list[int]):
+    def build():
+        resnet = _load("resnet.py")
+        return resnet._resnet(resnet.Bottleneck, blocks, 1000, cifar=False), _imagenet_image()
+    return build
+
+
+def _vgg19():
+    vgg = _load("vgg.py")
+    torch.manual_seed(0)
+    config = [64, 64, "M", 128, 128, "M", *[256] * 4, "M", *[512] * 4, "M", *[512] * 4, "M"]  # configuration E
+    return vgg.VGG(vgg.make_layers(config), num_classes=1000, pool=7, hidden=4096).eval(), _imagenet_image()
 
 
 def models() -> list[Model]:
@@ -85,6 +122,16 @@ def models() -> list[Model]:
     ]
     found += [Model(f"zoo/{name}", fixture) for name, fixture in ZOO.items()]
     return found
+
+
+def imagenet_models() -> list[Model]:
+    return [
+        Model("resnet50 (224x224)", _resnet([3, 4, 6, 3]), repeats=1),
+        Model("resnet152 (224x224)", _resnet([3, 8, 36, 3]), repeats=1),
+        Model("vgg19 (224x224)", _vgg19, repeats=1),
+        Model("densenet121 (224x224)", _example("densenet.py", "imagenet_densenet121", "imagenet_densenet121_input"),
+              repeats=1),
+    ]
 
 
 # -- the reference method -----------------------------------------------------------------------------------
@@ -175,11 +222,13 @@ class Row:
     runs: int
     certified: float
     certified_s: float
+    peak_mb: float
+    warm_s: float
     naive: float
     branched: bool
-    power: float
-    power_s: float
-    reference: float
+    power: float | None
+    power_s: float | None
+    reference: float | None  # None when the reference ran fewer iterations (its time extrapolated)
     reference_s: float
 
 
@@ -193,32 +242,71 @@ def timed(fn: Callable[[], float], runs: int) -> tuple[float, float]:
     return result, statistics.median(times)
 
 
-def run_model(spec: Model, repeats: int, iterations: int) -> Row:
+def run_model(spec: Model, repeats: int, iterations: int, reference_iterations: int, power: bool) -> Row:
+    """One model's row; run in a worker process of its own (see :func:`measure`)."""
     model, x = spec.build()
     runs = spec.repeats or repeats
-    rules = power_rules(iterations)
-    report = lipgraph.analyze(model, x, lower=False)
+    with tempfile.TemporaryDirectory(prefix="lipgraph-bench-cache-") as folder:
+        caches = iter([folder])  # the first run fills an empty disk cache, the others use none
+
+        def certify() -> lipgraph.Report:
+            return lipgraph.analyze(model, x, lower=False, quiet=True, cache=next(caches, False))
+
+        report, certified_s = timed(certify, runs)
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        _, warm_s = timed(lambda: lipgraph.analyze(model, x, lower=False, quiet=True, cache=folder), 1)
     assert report.kind is lipgraph.Kind.CERTIFIED, report.kind
-    certified, certified_s = timed(lambda: lipgraph.analyze(model, x, lower=False).bound.value, runs)
-    power, power_s = timed(lambda: lipgraph.analyze(model, x, lower=False, rules=rules).bound.value, runs)
-    reference_value, reference_s = timed(lambda: reference(model, x, iterations), runs)
-    return Row(spec.name, runs, certified, certified_s, *naive_product(report), power, power_s, reference_value,
-               reference_s)
+    power_value = power_s = None
+    if power:
+        rules = power_rules(iterations)
+        power_value, power_s = timed(
+            lambda: lipgraph.analyze(model, x, lower=False, rules=rules, cache=False, quiet=True).bound.value, runs)
+    reference_value, reference_s = timed(lambda: reference(model, x, reference_iterations), runs)
+    if reference_iterations != iterations:
+        reference_value, reference_s = None, reference_s * iterations / reference_iterations
+    return Row(spec.name, runs, report.bound.value, certified_s, peak_mb, warm_s, *naive_product(report),
+               power_value, power_s, reference_value, reference_s)
+
+
+def measure(spec: Model, args: argparse.Namespace) -> Row:
+    """:func:`run_model` in a fresh Python process (its own peak memory), via ``--worker``."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", spec.name,
+               "--repeats", str(args.repeats), "--iterations", str(args.iterations),
+               "--imagenet-iterations", str(args.imagenet_iterations)]
+    command += ["--threads", str(args.threads)] if args.threads else []
+    command += ["--imagenet"] if args.imagenet else []
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    return Row(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def worker(name: str, args: argparse.Namespace) -> int:
+    spec = next(m for m in (imagenet_models() if args.imagenet else models()) if m.name == name)
+    lipgraph.analyze(nn.Sequential(nn.Linear(2, 2)), torch.zeros(1, 2), lower=False, cache=False)  # warm-up
+    row = run_model(spec, args.repeats, args.iterations,
+                    args.imagenet_iterations if args.imagenet else args.iterations, power=not args.imagenet)
+    print(json.dumps(dataclasses.asdict(row)))
+    return 0
 
 
 # -- output ------------------------------------------------------------------------------------------------
-HEADER = ("model", "runs", "certified", "s", "naive product", "power-iteration AutoLip", "s", "reference", "s",
-          "certified / reference", "s / reference s")
+HEADER = ("model", "runs", "certified", "s", "peak MB", "cache 2nd run s", "2nd / 1st", "naive product",
+          "power-iteration AutoLip", "s", "reference", "s", "certified / reference", "speed-up")
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "—" if value is None else format(value, fmt)
 
 
 def cells(r: Row) -> tuple[str, ...]:
-    return (r.model, str(r.runs), f"{r.certified:.5g}", f"{r.certified_s:.3g}",
-            f"{r.naive:.5g}" + (" †" if r.branched else ""), f"{r.power:.5g}", f"{r.power_s:.3g}",
-            f"{r.reference:.5g}", f"{r.reference_s:.3g}", f"{r.certified / r.reference:.3g}",
-            f"{r.certified_s / r.reference_s:.3g}")
+    return (r.model, str(r.runs), f"{r.certified:.5g}", f"{r.certified_s:.3g}", f"{r.peak_mb:.0f}",
+            f"{r.warm_s:.3g}", f"{r.warm_s / r.certified_s:.2f}",
+            f"{r.naive:.5g}" + (" †" if r.branched else ""), _num(r.power, ".5g"), _num(r.power_s, ".3g"),
+            _num(r.reference, ".5g"), f"{r.reference_s:.3g}" + ("*" if r.reference is None else ""),
+            _num(None if r.reference is None else r.certified / r.reference, ".3g"),
+            f"{r.reference_s / r.certified_s:.3g}×")
 
 
-def print_table(rows: list[Row], plain: bool) -> None:
+def print_table(rows: list[Row], plain: bool, note: str) -> None:
     if plain:
         widths = [max(len(h), *(len(cells(r)[i]) for r in rows)) for i, h in enumerate(HEADER)]
         line = lambda cols: "  ".join(c.ljust(w) for c, w in zip(cols, widths))  # noqa: E731
@@ -226,18 +314,18 @@ def print_table(rows: list[Row], plain: bool) -> None:
         print(line(["-" * w for w in widths]))
         for r in rows:
             print(line(cells(r)))
-        print(f"note: {NOTE}")
+        print(f"note: {note}")
         return
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title="Lipschitz bounds (ℓ2): certified vs per-layer products and power-iteration estimates",
-                  caption=f"note: {NOTE}")
+                  caption=f"note: {note}")
     for i, h in enumerate(HEADER):
         table.add_column(h, justify="left" if i == 0 else "right", no_wrap=i == 0)
     for r in rows:
         table.add_row(*cells(r))
-    Console(width=max(150, Console().width)).print(table)
+    Console(width=max(170, Console().width)).print(table)
 
 
 def markdown(rows: list[Row]) -> str:
@@ -249,32 +337,42 @@ def markdown(rows: list[Row]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="skip the ResNet-18 (slow)")
+    parser.add_argument("--imagenet", action="store_true", help="the 224x224 set (ResNet-50/152, VGG-19, DenseNet-121)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per small model (median reported)")
     parser.add_argument("--iterations", type=int, default=POWER_ITERATIONS, help="power iterations per layer")
+    parser.add_argument("--imagenet-iterations", type=int, default=10,
+                        help="reference power iterations per layer on the 224x224 set (time extrapolated)")
     parser.add_argument("--models", default="", help="comma-separated substrings of model names to run")
     parser.add_argument("--plain", action="store_true", help="plain-text table instead of rich")
     parser.add_argument("--write", action="store_true", help="replace this script's section of RESULTS.md")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    chosen = [m for m in models() if not (args.quick and m.slow)]
+    if args.worker:
+        return worker(args.worker, args)
+    chosen = imagenet_models() if args.imagenet else [m for m in models() if not (args.quick and m.slow)]
     if args.models:
         wanted = [w.strip() for w in args.models.split(",") if w.strip()]
         chosen = [m for m in chosen if any(w in m.name for w in wanted)]
     print(f"threads: {torch.get_num_threads()}  torch {torch.__version__}  models: {len(chosen)}", file=sys.stderr)
-    lipgraph.analyze(nn.Sequential(nn.Linear(2, 2)), torch.zeros(1, 2), lower=False)  # warm-up: registry, imports
     rows: list[Row] = []
     for spec in chosen:
         print(f"  {spec.name} ...", file=sys.stderr, flush=True)
-        rows.append(run_model(spec, args.repeats, args.iterations))
-    print_table(rows, args.plain)
+        rows.append(measure(spec, args))
+    note = NOTE + (f" *: {args.imagenet_iterations} power iterations per layer, time × {args.iterations}/"
+                   f"{args.imagenet_iterations}." if args.imagenet else "")
+    print_table(rows, args.plain, note)
     if args.write:
         command = " ".join(["python benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)])
-        write_section("upper-bounds", "\n".join([
-            f"## Upper bounds: certified vs per-layer products (`{command}`)", "",
+        title = "ImageNet-size models (224×224)" if args.imagenet else "Upper bounds: certified vs per-layer products"
+        threads = torch.get_num_threads()
+        section = ("imagenet" if threads == 1 else f"imagenet-{threads}-threads") if args.imagenet else "upper-bounds"
+        write_section(section, "\n".join([
+            f"## {title} (`{command}`)", "",
             f"Machine: {machine()}; {args.iterations} power iterations per layer.", "",
-            markdown(rows), "", f"Note: {NOTE}"]))
+            markdown(rows), "", f"Note: {note}"]))
         print("wrote its section of benchmarks/RESULTS.md", file=sys.stderr)
     return 0
 

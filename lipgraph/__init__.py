@@ -6,6 +6,10 @@
     lipgraph.lipschitz_penalty(model, x)                # differentiable estimate of the bound, to train with
     lipgraph.certify(model, x, y).radii                 # certified robustness radii of a classifier
 
+    report.formula("layer1.0"), report.top(10)            # sympy formulas; the constants that matter most
+    report.with_constant("layer3.1.conv2", 1.0).bound     # what-if, from the formulas
+    lipgraph.analyze_slice(model, x, "layer2", "layer3")  # part of a model, at its input size inside the model
+
     lipgraph.register(MyAct, lipgraph.elementwise(slope=(0, 1)))   # a custom op in one line
 """
 from .api import analyze
@@ -16,13 +20,17 @@ from .errors import (InputError, LipgraphError, NormNotSupported, NotLipschitzEr
                      UnsupportedOpsError)
 from .penalty import lipschitz_penalty
 from .registry import Registry, default_registry, register, rule
+from .comparison import Comparison
+from .formula import Attribution, Formulas
 from .report import Report, ReportNode
+from .submodel import analyze_slice, capture_input
 from .ruleapi import OpContext, Rule, Transfer, Var, elementwise, isometry, not_lipschitz, scale
 
 __version__ = "0.1.0"
 
 __all__ = [
     "certify", "Certificate", "lipschitz_penalty",
+    "analyze_slice", "capture_input", "Attribution", "Comparison", "Formulas",
     "analyze", "lower_bound", "lower_search", "LowerResult", "Bound", "Kind", "certified", "estimate", "exact", "lower", "unbounded", "InputError",
     "LipgraphError", "NormNotSupported", "NotLipschitzError", "RuleError", "TraceError", "UnsupportedOpsError",
     "Registry", "default_registry", "register", "rule", "Report", "ReportNode", "OpContext", "Rule",

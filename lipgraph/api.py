@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any, Mapping
 
@@ -10,9 +11,11 @@ from torch import nn
 
 from . import ir
 from .bound import Bound, Kind
+from .cache import norm_cache
 from .errors import InputError
 from .frontend.prepare import as_inputs, check_finite_weights, check_runs, eval_mode, unwrap
 from .frontend.trace import LipTracer
+from .linalg.device import on_device
 from .passes.annotate import annotate
 from .passes.autolip import autolip, network_estimate
 from .passes.fuse import fuse
@@ -67,6 +70,9 @@ def analyze(
     data: Any = None,
     lower_options: Mapping[str, Any] | None = None,
     layer_lower: bool = False,
+    device: str | None = None,
+    cache: bool | str | os.PathLike = True,
+    quiet: bool = False,
 ) -> Report:
     """Certified upper bound on the Lipschitz constant of ``model`` (in eval mode) around its whole input space.
 
@@ -79,6 +85,10 @@ def analyze(
     ``report.lower`` and ``report.ratio`` (upper / lower) show how tight the bound is; ``lower=False`` skips it.
     ``layer_lower=True`` (ℓ2) runs power iteration on every certified linear layer and fused chain: a proven lower
     bound beside each layer's certified norm (``ReportNode.layer_lower``, ``FusedChain.lower``).
+    ``device="cuda"`` computes the operator norms on that GPU. ``cache`` keeps per-layer norms on disk (``True``:
+    ``$LIPGRAPH_CACHE_DIR`` or ``~/.cache/lipgraph``; a folder; ``False``: only within this call), so a second run
+    of the same model is fast (:mod:`lipgraph.cache`). A long analysis shows a progress bar on a terminal's stderr
+    unless ``quiet``; ``ReportNode.seconds`` says where the time went.
     """
     start = time.perf_counter()
     estimators = chain_estimators(method)
@@ -95,14 +105,14 @@ def analyze(
         model = nn.Sequential(model)
     check_finite_weights(model)
     notes: list[str] = []
-    with eval_mode(model, notes):
+    with eval_mode(model, notes), norm_cache(cache), on_device(device):
         check_runs(model, inputs)
         lg = ir.build(model, inputs, registry, frontend, concrete_args)
         if lg.frontend == "export":
             notes.append(("torch.fx could not trace the model; " if frontend == "auto" else "")
                          + "the export frontend traces into every module, so rules registered for module classes "
                            "do not apply (ops are bounded one by one)")
-        annotate(lg, registry, p, unsupported)
+        annotate(lg, registry, p, unsupported, fusion=True, progress=not quiet)
         fuse(lg, p)
         if layer_lower:
             notes += layer_lower_bounds(lg, p)
@@ -112,14 +122,15 @@ def analyze(
         estimate = network_estimate(lg, p) if estimators else None
         if estimators and total.kind is Kind.CERTIFIED:
             total = Bound(total.value, total.kind, f"autolip+{method}", exact=total.exact)
-        tree = build_tree(lg, total, p)
+        tree, formulas = build_tree(lg, total, p)
     if total.kind is Kind.UNBOUNDED:
         notes.append("some ops have no rule: the bound is unbounded (see the ops marked in the tree)")
     found = _lower(unwrap(original), inputs, p, data, lower_options, total, notes) if lower else None
     return Report(bound=total, norm=p, model=name,
                   input_shape=[list(x.shape) for x in inputs], seconds=time.perf_counter() - start,
                   frontend=lg.frontend, tree=tree, outputs=output_bounds(lg), notes=notes,
-                  lower=found.bound if found else None, lower_input=found.point if found else None, estimate=estimate)
+                  lower=found.bound if found else None, lower_input=found.point if found else None, estimate=estimate,
+                  formulas=formulas)
 
 
 def _lower(model: nn.Module, inputs: tuple, p: float, data: Any, options: Mapping[str, Any] | None, total: Bound,

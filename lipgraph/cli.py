@@ -15,6 +15,7 @@ from .frontend.prepare import load_weights
 from .frontend.trace import FRONTENDS
 from .loader import load_model
 from .passes.annotate import UNSUPPORTED_MODES
+from .progress import print_timings
 from .registry import default_registry
 from .render.json import to_json
 from .render.rich_tree import make_console, print_report
@@ -76,13 +77,26 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--lower-seconds", type=float, metavar="S", help="time budget of the lower-bound search")
     explain.add_argument("--save-lower-input", metavar="FILE",
                          help="save the input attaining the lower bound (torch.save)")
+    explain.add_argument("--formula", action="store_true",
+                         help="show each node's bound as a formula over its children's constants")
+    explain.add_argument("--latex", action="store_true", help="print the formulas as a LaTeX align* block")
+    explain.add_argument("--top", type=int, metavar="N",
+                         help="mark and list the N layer constants the bound depends on most (elasticity)")
     explain.add_argument("--layer-lower", action="store_true",
                          help="power iteration on every linear layer (l2): a proven lower bound beside each "
                               "certified layer norm")
+    explain.add_argument("--device", help="where to compute the operator norms: cpu (default) or cuda[:N]")
+    explain.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
+                         help="keep per-layer norms on disk ($LIPGRAPH_CACHE_DIR or ~/.cache/lipgraph) so a second "
+                              "run of the same model is fast (default: on; --no-cache skips it)")
+    explain.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
+    explain.add_argument("--timings", action="store_true", help="list the layers that took longest to bound")
     explain.set_defaults(run=_explain)
 
     rules = sub.add_parser("rules", help="list every rule, its op keys, kind and source")
     rules.add_argument("--rules", action="append", default=[], metavar="FILE")
+    rules.add_argument("--estimators", action="store_true",
+                       help="list the chain estimators (for explain --method) instead of the op rules")
     rules.set_defaults(run=_rules)
 
     certify = sub.add_parser("certify", help="certified robustness radii of a classifier on labelled inputs",
@@ -126,13 +140,14 @@ def _explain(args: argparse.Namespace) -> int:
         load_weights(model, args.weights)
     if not args.lower and (args.data or args.lower_seconds or args.save_lower_input):
         raise InputError("--no-lower contradicts --data, --lower-seconds and --save-lower-input")
-    options: dict = {"progress": not args.json and sys.stderr.isatty()}
+    options: dict = {"progress": not args.json and not args.quiet and sys.stderr.isatty()}
     if args.lower_seconds:
         options["seconds"] = args.lower_seconds
     report = analyze(model, example, norm=args.norm, method=args.method, frontend=args.frontend,
                      unsupported=args.unsupported, lower=args.lower,
                      data=_load_data(args.data) if args.data else None, lower_options=options,
-                     layer_lower=args.layer_lower)
+                     layer_lower=args.layer_lower, device=args.device, cache=args.cache,
+                     quiet=args.quiet or args.json)
     if args.save_lower_input and report.lower_input is not None:
         import torch
 
@@ -140,7 +155,10 @@ def _explain(args: argparse.Namespace) -> int:
     if args.json:
         print(to_json(report))
     else:
-        print_report(report, depth=args.depth, ascii_only=args.ascii, width=args.width)
+        print_report(report, depth=args.depth, ascii_only=args.ascii, width=args.width, formulas=args.formula,
+                     latex=args.latex, top=args.top)
+        if args.timings:
+            print_timings(report, make_console(ascii_only=args.ascii, width=args.width))
     return 0
 
 
@@ -166,6 +184,8 @@ def _load_data(path: str):
 def _rules(args: argparse.Namespace) -> int:
     from rich.table import Table
 
+    if args.estimators:
+        return _estimators()
     _load_rule_files(args.rules)
     registry = default_registry()
     spellings: dict[str, list[str]] = {}
@@ -181,6 +201,28 @@ def _rules(args: argparse.Namespace) -> int:
         names = registry.aliases_of(key) + spellings.get(key, [])
         table.add_row(key, "exact" if rule.exact else "upper bound", rule.description,
                       ", ".join(names[:6]) + (" …" if len(names) > 6 else ""), rule.source)
+    make_console().print(table)
+    return 0
+
+
+def _estimators() -> int:
+    """The methods of ``explain --method`` and the chain estimators they run (algorithms.md §5–§8)."""
+    from rich.table import Table
+
+    from .api import CHAIN_METHODS
+    from .estimators import CHAIN_ESTIMATORS
+    from .passes.seqlip import GRAPH_ESTIMATORS
+
+    table = Table(title="chain estimators (explain --method NAME runs one; methods below run several)")
+    for column in ("name", "kind", "description"):
+        table.add_column(column, overflow="fold")
+    for name, est in CHAIN_ESTIMATORS.items():
+        table.add_row(name, "certified" if est.certified else "estimate", est.description)
+    for name in GRAPH_ESTIMATORS:
+        table.add_row(name, "certified", "DCP: conv chains cut into small dense pieces (algorithms.md §8)")
+    for method, names in CHAIN_METHODS.items():
+        table.add_row(f"--method {method}", "", ", ".join(names) or "no chain estimator (AutoLip with fusion)")
+    table.add_row("--method best", "", "every estimator above")
     make_console().print(table)
     return 0
 

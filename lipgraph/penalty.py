@@ -11,15 +11,27 @@ power steps, then one differentiable evaluation, so the gradient flows to the we
 certified constant gain, and gains combine as in ``lipgraph.passes.autolip.combine`` (a q-norm over the inputs:
 residual additions sum, concatenations take the ℓ2 root of squares).
 
+``method="cp"`` also tightens every sequential chain W_K ∘ φ_{K−1} ∘ ⋯ ∘ φ_1 ∘ W_1 of the graph
+(:func:`lipgraph.passes.chains.sequential_chains`: affine runs alternating with elementwise activations of slopes
+in [α, β]), as ``analyze(method="cp")`` does: the chain's constant becomes min(AutoLip's product along it,
+CP/LipLT) (Combettes & Pesquet 2020, Prop. 3.6; Fazlyab et al. 2023; algorithms.md §6, the DP of
+:func:`lipgraph.estimators.cp.cp_value`), whose K(K+1)/2 partial-product norms ‖W_k⋯W_j‖ are power-iteration
+values of the composed linear maps (runs j..k, activations skipped), each with its own persistent vector (a
+single run that is already a layer's operator shares that operator). CP is monotone in these norms and ≤ the
+product with exact norms, so once converged the cp penalty is ≤ the autolip one (before that, up to the power
+iteration's convergence: the two methods keep their own vectors).
+
 **An estimate from below, never a certificate.** For any unit v, ‖A v‖ ≤ ‖A‖ ≤ the certified norm that analyze
 uses, and AutoLip is monotone in every gain, so at every call
 
     lipschitz_penalty(model, x) ≤ AutoLip with exact operator norms ≤ lipgraph.analyze(model, x).bound
 
 with equality on the left once the vectors have converged (power iteration converges from below, and slowly when
-the top singular values are close — which a spectral penalty tends to make them). The right-hand side is analyze's
-default method, AutoLip; chain methods (``method="seqlip"``) can certify less than the penalty. The number to
-report for a trained model comes from ``lipgraph.analyze`` (or ``lipgraph.certify``), never from the penalty.
+the top singular values are close — which a spectral penalty tends to make them). For ``method="cp"`` the same
+holds with CP/LipLT in every chain on both sides: ≤ ``lipgraph.analyze(model, x, method="cp").bound``; analyze's
+``method="seqlip"`` (CP and SeqLip) can certify less than either penalty. The number to report for a trained model
+comes from ``lipgraph.analyze`` (``method="seqlip"`` or ``"cp"`` for the tightest chains) or ``lipgraph.certify``,
+never from the penalty.
 
 ℓ2 only; torch.fx frontend only (``torch.export`` copies the parameters: no gradient would reach them). The traced
 state (graph, operators, vectors) is kept on the model per input shape, so repeated calls do not re-trace; pass
@@ -28,7 +40,7 @@ state (graph, operators, vectors) is kept on the model per input shape, so repea
 from __future__ import annotations
 
 from functools import reduce
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import Tensor, fx, nn
@@ -36,16 +48,18 @@ from torch import Tensor, fx, nn
 from . import ir
 from .api import parse_norm
 from .errors import InputError
+from .estimators.cp import cp_value
 from .frontend.prepare import as_inputs, check_finite_weights, check_runs, eval_mode, unwrap
 from .frontend.trace import LipTracer
 from .ir import LipGraph, map_args
 from .linalg import power_iteration
 from .passes.annotate import annotate
+from .passes.chains import SeqChain, sequential_chains
 from .passes.fuse import affine_chains, fuse
 from .registry import default_registry
 
-#: Estimators the penalty implements; chain estimators (SeqLip, CP-LipLT) plug in here once differentiable.
-METHODS = ("autolip",)
+#: Estimators the penalty implements: AutoLip, and AutoLip with CP/LipLT on every sequential chain.
+METHODS = ("autolip", "cp")
 #: Power steps on a plan's first call, when its vectors are random rather than warm.
 WARMUP_ITERS = 50
 
@@ -54,13 +68,16 @@ def lipschitz_penalty(model: nn.Module, example_input: Any, method: str = "autol
                       iters: int = 1, tol: float = 0.0, retrace: bool = False) -> Tensor:
     """A differentiable estimate (from below) of the ℓ2 AutoLip bound of ``model``; see the module docstring.
 
-    ``example_input`` fixes the input size, as for ``analyze`` (a batch of one is cheapest). ``iters`` power steps
-    per call and operator (``WARMUP_ITERS`` on the first call), fewer if the estimate moves by less than ``tol``
-    (relative) from one step to the next. The model is evaluated as in eval mode
+    ``method``: ``"autolip"``, or ``"cp"`` for CP/LipLT on every sequential chain (≤ the autolip value once
+    converged, K(K+1)/2 power-iteration operators per chain of K runs instead of K). ``example_input`` fixes the
+    input size, as for ``analyze`` (a batch of one is cheapest). ``iters`` power steps per call and operator
+    (``WARMUP_ITERS`` on the first call), fewer if the estimate moves by less than ``tol`` (relative) from one step
+    to the next. The model is evaluated as in eval mode
     (BatchNorm on running statistics, which this call does not update); its own mode is left as it was.
     """
     if method not in METHODS:
-        raise InputError(f"unknown penalty method {method!r}; available: {', '.join(METHODS)}")
+        raise InputError(f"unknown penalty method {method!r}; available: {', '.join(METHODS)} (certify with "
+                         "lipgraph.analyze(model, x, method=...), which has every chain estimator)")
     if parse_norm(norm) != 2:
         raise InputError(f"lipschitz_penalty estimates ℓ2 operator norms by power iteration; norm={norm!r} is "
                          "not supported (lipgraph.analyze and lipgraph.certify bound the ℓ1 and ℓ∞ norms)")
@@ -70,7 +87,7 @@ def lipschitz_penalty(model: nn.Module, example_input: Any, method: str = "autol
     key = (method, tuple((tuple(x.shape), x.dtype, x.device) for x in inputs))
     plans = model.__dict__.setdefault(_PLANS, _PlanCache())
     if retrace or key not in plans:
-        plans[key] = _Plan(model, inputs)
+        plans[key] = _Plan(model, inputs, method)
     return plans[key](iters, tol)
 
 
@@ -141,45 +158,79 @@ def _live_constants(nodes: Sequence[fx.Node]) -> list[fx.Node]:
 
 
 class _Operator:
-    """A linear operator A x = f(x) − f(0) over a run of affine ops, and its persistent power-iteration vector."""
+    """A linear operator A x = g(x) − g(0), g the composition of runs of affine ops (one run: a layer or a fused
+    chain; runs j..k of a sequential chain with its activations skipped: the partial product W_k⋯W_j), and its
+    persistent power-iteration vector."""
 
-    def __init__(self, nodes: list[fx.Node]) -> None:
-        self.nodes = nodes
-        self.source = nodes[0].meta["lip.inputs"][0]
+    def __init__(self, runs: Iterable[Sequence[fx.Node]]) -> None:
+        self.runs = tuple(tuple(run) for run in runs)
+        self.nodes = [n for run in self.runs for n in run]
+        self.source = self.nodes[0].meta["lip.inputs"][0]
         self.info = self.source.meta["lip.info"]
         self.vector: Tensor | None = None  # unit, float64, the shape of the operator's input
+
+
+class _CpChain:
+    """A sequential chain W_K ∘ φ_{K−1} ∘ ⋯ ∘ φ_1 ∘ W_1 and the operators of its K(K+1)/2 partial products."""
+
+    def __init__(self, chain: SeqChain, store: dict[tuple, _Operator]) -> None:
+        self.chain = chain
+        K = len(chain.runs)
+        self.products = {(j, k): _stored(store, chain.runs[j:k + 1]) for k in range(K) for j in range(k + 1)}
+
+    def value(self, norms: dict[_Operator, Tensor]) -> Tensor:
+        """CP/LipLT (``estimators.cp.cp_value``, algorithms.md §6) on the partial products' estimated norms."""
+        return cp_value(lambda j, k: norms[self.products[j, k]], self.chain.slopes)
+
+
+def _replayable(chain: SeqChain) -> bool:
+    """Every run of ``chain`` reads one tensor (not a tuple, e.g. the result of a split): its vector's shape."""
+    return all(run[0].meta["lip.inputs"][0].meta["lip.info"].parts is None for run in chain.runs)
+
+
+def _stored(store: dict[tuple, _Operator], runs: Sequence[Sequence[fx.Node]]) -> _Operator:
+    """The operator of ``runs`` in ``store``, added if new (a run that is already a layer's operator is shared)."""
+    key = tuple(tuple(run) for run in runs)
+    return store.setdefault(key, _Operator(key))
 
 
 class _Plan:
     """The traced state of one model at one input shape: its graph, operators and their vectors."""
 
-    def __init__(self, model: nn.Module, inputs: tuple) -> None:
+    def __init__(self, model: nn.Module, inputs: tuple, method: str) -> None:
         self.model = model
         self.graph = build_graph(model, inputs, 2.0, frontend="fx")  # export copies parameters: no gradients
-        self.operators = [_Operator(run) for run in _operator_runs(self.graph)]
-        self.replay = Replay(self.graph.gm, [op.nodes for op in self.operators])
+        store: dict[tuple, _Operator] = {}
+        self.operators = [_stored(store, [run]) for run in _operator_runs(self.graph)]
+        chains = sequential_chains(self.graph) if method == "cp" else []
+        self.chains = [_CpChain(chain, store) for chain in chains if _replayable(chain)]
+        self.store = list(store.values())  # every operator whose norm a call estimates
+        self.replay = Replay(self.graph.gm, [op.nodes for op in self.store])
         self.ending = {op.nodes[-1]: op for op in self.operators}
         self.inside = {n for op in self.operators for n in op.nodes[:-1]}
         self.one = torch.ones((), dtype=inputs[0].dtype, device=inputs[0].device)
         self.warm = False  # vectors are random until the first call has run WARMUP_ITERS steps
         generator = torch.Generator().manual_seed(0)
-        for op in self.operators:
+        for op in self.store:
             op.vector = torch.randn(op.info.shape, dtype=torch.float64, generator=generator).to(self.one.device)
 
     def __call__(self, iters: int, tol: float) -> Tensor:
         steps = iters if self.warm else max(iters, WARMUP_ITERS)
         with eval_mode(self.model, []):
             constants = self.replay.constants()
-            norms = {op: self._norm(op, constants, steps, tol) for op in self.operators}
+            norms = {op: self._norm(op, constants, steps, tol) for op in self.store}
         self.warm = True
-        return self._autolip(norms)
+        return self._autolip(norms, {c.chain.last: (c.chain.first, c.value(norms)) for c in self.chains})
 
     def _norm(self, op: _Operator, constants: dict[fx.Node, Any], steps: int, tol: float) -> Tensor:
         """‖A v‖₂ after ``steps`` no-grad power steps from the stored v (Scaman & Virmaux 2018, Alg. 1)."""
         shape, dtype = op.info.shape, op.info.dtype
 
         def apply(x: Tensor) -> Tensor:
-            return self.replay.run(op.nodes, x.reshape(shape).to(dtype), constants)
+            x = x.reshape(shape).to(dtype)
+            for run in op.runs:  # activations between runs are skipped: the partial product's linear part
+                x = self.replay.run(run, x, constants)
+            return x
 
         offset = apply(torch.zeros_like(op.vector))  # f(0): A x = f(x) − f(0)
         if steps:
@@ -189,24 +240,28 @@ class _Plan:
                                                v0=op.vector)
         return torch.linalg.vector_norm(apply(op.vector) - offset)
 
-    def _autolip(self, norms: dict[_Operator, Tensor]) -> Tensor:
-        """AutoLip over the DAG in torch (``passes.autolip.propagate``), operators' gains replaced by ``norms``."""
+    def _autolip(self, norms: dict[_Operator, Tensor], chains: dict[fx.Node, tuple[fx.Node, Tensor]]) -> Tensor:
+        """AutoLip over the DAG in torch (``passes.autolip.propagate``), operators' gains replaced by ``norms``;
+        ``chains`` maps a chain's last op to (its first op, its CP value): a shortcut, as a chain pass records."""
         lg = self.graph
         bounds: dict[fx.Node, Tensor] = {p: self.one for p in lg.placeholders}
         for node in lg.ops():
             if node in self.inside:  # an op inside an operator only feeds the next one
                 continue
-            if node in self.ending:
+            if node in self.ending:  # its fusion shortcut is the operator itself
                 op = self.ending[node]
                 bounds[node] = norms[op] * bounds[op.source]
-                continue
-            transfer = node.meta["lip.transfer"]
-            terms = [g.value * bounds[a] for g, a in zip(transfer.gains, node.meta["lip.inputs"]) if g.value != 0]
-            bounds[node] = self._qnorm(terms, transfer.combine)
-            for shortcut in node.meta.get("lip.shortcuts", ()):  # e.g. a fused chain without weights
-                source = shortcut.first.meta["lip.inputs"][0]
+                shortcuts = []
+            else:
+                transfer = node.meta["lip.transfer"]
+                terms = [g.value * bounds[a] for g, a in zip(transfer.gains, node.meta["lip.inputs"])
+                         if g.value != 0]
+                bounds[node] = self._qnorm(terms, transfer.combine)
+                shortcuts = [(s.first, s.bound.value) for s in node.meta.get("lip.shortcuts", ())]  # fusion
+            for first, value in shortcuts + ([chains[node]] if node in chains else []):
+                source = first.meta["lip.inputs"][0]
                 if source in bounds:  # as passes.autolip: min(AutoLip so far, shortcut · L(source))
-                    bounds[node] = torch.minimum(bounds[node], shortcut.bound.value * bounds[source])
+                    bounds[node] = torch.minimum(bounds[node], value * bounds[source])
         return self._qnorm([bounds[n] for n in lg.output.meta["lip.inputs"]], 2.0)
 
     def _qnorm(self, terms: list[Tensor], q: float) -> Tensor:

@@ -141,7 +141,8 @@ class Registry:
     def load_entry_points(self) -> None:
         """Load third-party packs: each entry point is a callable ``register(registry)`` or a module."""
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            label = f"entry point {ep.name} ({ep.value})"
+            dist = getattr(ep, "dist", None)  # the installed package that declares it (None for hand-made entry points)
+            label = f"entry point {ep.name} ({ep.value})" + (f" of package {dist.name} {dist.version}" if dist else "")
             with self._loading(label), _as_rule_error(f"rule pack {label} failed to load"):
                 loaded = ep.load()
                 if callable(loaded):

@@ -3,19 +3,28 @@
 One node per module of the model's own hierarchy; its bound is the Lipschitz constant of the sub-network
 the module computes (AutoLip over its ops, inputs at 1). Functional ops appear as children of the module
 that calls them; an op merging several branches (``add``, ``cat``) shows its value inside the parent module
-with the formula, e.g. ``1 + L(bn2)`` for a residual addition.
+with its formula, e.g. ``1 + L(conv2+bn2)·L(relu)·L(conv1+bn1)`` for a residual addition. Every node also
+carries its bound as a sympy formula over its children's constants (``expr``, :mod:`lipgraph.symbolic`), which
+``Report.formulas`` evaluates, differentiates (attribution) and re-evaluates with other constants (what-if).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Iterator
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
+import sympy
 from torch import fx
 
 from .bound import Bound, Kind, exact, join_kinds
+from .errors import InputError
+from .formula import Attribution, Formulas
 from .ir import LipGraph, Scope
-from .passes.autolip import combine, propagate
+from .passes.autolip import propagate
+from .symbolic import build_formulas, call_bound, chain_path, fused_members, joined_name, module_entries
+
+if TYPE_CHECKING:
+    from .comparison import Comparison
 
 
 @dataclass
@@ -65,6 +74,8 @@ class ReportNode:
     fused: FusedChain | None = None
     layer_lower: Bound | None = None  # power iteration on this layer's operator (``analyze(layer_lower=True)``)
     chain: ChainInfo | None = None  # set on the node that stands for a sequential chain
+    expr: Any = None  # sympy: this node's bound over its children's constants (Report.formula, lipgraph.formula)
+    seconds: float = 0.0  # wall time of the rules and norms of every op inside this node (every call)
 
     @property
     def name(self) -> str:
@@ -75,7 +86,8 @@ class ReportNode:
         for child in self.children:
             yield from child.walk()
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, text: Callable[["ReportNode"], str] | None = None) -> dict[str, Any]:
+        """JSON-ready; ``text`` prints a node's formula (``expr`` is null without it)."""
         return {
             "path": self.path,
             "type": self.type,
@@ -87,7 +99,9 @@ class ReportNode:
             "fused": self.fused.to_dict() if self.fused else None,
             "layer_lower": lower_value(self.layer_lower),
             "chain": self.chain.to_dict() if self.chain else None,
-            "children": [c.to_dict() for c in self.children],
+            "expr": text(self) if text and self.expr is not None else None,
+            "seconds": round(self.seconds, 4),
+            "children": [c.to_dict(text) for c in self.children],
         }
 
 
@@ -105,6 +119,7 @@ class Report:
     lower: Bound | None = None  # a proven lower bound (None with ``analyze(lower=False)`` or if the search failed)
     lower_input: Any = None  # the input (batch 1) at which it is attained
     estimate: Bound | None = None  # the network with each chain's estimate (greedy SeqLip), when computed
+    formulas: Formulas | None = None  # every node's bound as a formula over constants (what-if, attribution)
 
     @property
     def chains(self) -> list[ChainInfo]:
@@ -133,6 +148,95 @@ class Report:
                 return node
         raise KeyError(f"no node with path {path!r} in the report")
 
+    # -- formulas, attribution, what-if (lipgraph.formula) ------------------------------------------------
+    def formula(self, path: str = "") -> sympy.Expr:
+        """The sympy formula of a node's bound over its children's constants (``""``: the model), e.g.
+        ``1 + L(layer1.0.conv2+bn2)*L(layer1.0.relu)*L(layer1.0.conv1+bn1)``; a fused run or chain gives its
+        symbol. Evaluate with ``report.formulas.evaluate(expr)``."""
+        try:
+            return self.find(path).expr if path else self.tree.expr
+        except KeyError:
+            symbols = self.formulas.symbols_named(path)
+            if len(symbols) != 1:
+                raise
+            return symbols[0]
+
+    def formula_text(self, path: str = "", *, latex: bool = False) -> str:
+        """The formula of a node as printed in the tree (names relative to the node), or in LaTeX."""
+        expr, where = self.formula(path), path or self.tree.path
+        return self.formulas.latex(expr, where) if latex else self.formulas.text(expr, where)
+
+    def attribution(self) -> list[Attribution]:
+        """Every constant the bound depends on, by decreasing elasticity ``∂log L/∂log L_i``: 1 for each layer of a
+        pure chain, the branch's share ``L_branch / L_block`` for the layers of a residual branch."""
+        return self.formulas.attribution(self.tree.expr)
+
+    def top(self, n: int = 10) -> list[Attribution]:
+        """The ``n`` constants of layers with weights (that a constraint could lower) that matter most."""
+        return [a for a in self.attribution() if a.weighted][:n]
+
+    def with_constant(self, path: str, value: float) -> "Report":
+        """The report as if the constant of ``path`` (a layer, a fused run ``layer1.0.conv1+bn1``, a chain, or a
+        module its parent's formula uses as one symbol) were ``value`` — e.g. 1.0 for a spectrally normalised
+        layer — re-evaluated from the formulas without recomputing any norm. A fused run or chain containing a
+        changed layer falls back to the product of its members. Not a certificate of the model as it is: the
+        lower bound is dropped and a note says what changed."""
+        return self.with_constants({path: value})
+
+    def with_constants(self, values: Mapping[str, float]) -> "Report":
+        """:meth:`with_constant` for several paths at once."""
+        overrides = {}
+        for path, value in values.items():
+            symbols = self.formulas.symbols_named(path)
+            if not symbols:
+                raise KeyError(f"no constant named {path!r} in the formulas (layers, fused runs such as "
+                               "'layer1.0.conv1+bn1', chains, and modules used as one symbol)")
+            overrides.update({s: float(value) for s in symbols})
+        formulas = self.formulas.with_overrides(overrides)
+        used = set(formulas.depends_on(self.tree.expr))
+        unused = sorted({formulas.names[s] for s in overrides if s not in used})
+        if unused:
+            raise InputError(f"{', '.join(unused)}: not one symbol of the model's formula (a fused run or chain "
+                             "crosses its boundary, so its parent's formula uses its layers); set their constants")
+        tree = _reevaluated(self.tree, formulas, "")
+        changed = ", ".join(f"L({path}) = {value:g}" for path, value in values.items())
+        return replace(self, bound=tree.bound, tree=tree, formulas=formulas, lower=None, lower_input=None,
+                       estimate=None, outputs=[(name, _reevaluated_bound(b, formulas.evaluate(e))) for
+                                               (name, b), (_, e) in zip(self.outputs, formulas.outputs)],
+                       notes=[*self.notes, f"what-if: {changed}; bounds re-evaluated from the formulas, no norm "
+                                           "recomputed (not a certificate of the model as it is)"])
+
+    # -- parts of the model ----------------------------------------------------------------------------------
+    def subtree(self, path: str) -> "Report":
+        """The report of one node (a stage, a block): its bound, tree and formulas (attribution and what-if
+        relative to its own bound, inputs at 1)."""
+        node = self.find(path)
+        formulas = replace(self.formulas, outputs=[(path, node.expr)], _cache={}) if self.formulas else None
+        return replace(self, bound=node.bound, model=f"{path} ({node.type})", input_shape=[], tree=node,
+                       outputs=[(path, node.bound)], notes=[], lower=None, lower_input=None, estimate=None,
+                       formulas=formulas)
+
+    def bounds(self, depth: int | None = None, types: Iterable[str] | None = None) -> dict[str, Bound]:
+        """Bounds by path of the nodes at ``depth`` (1: the model's children, e.g. a ResNet's stages) and/or of
+        the module ``types`` (e.g. ``("BasicBlock", "Bottleneck")``: per block)."""
+        wanted = set(types) if types is not None else None
+        found: dict[str, Bound] = {}
+
+        def visit(node: ReportNode, level: int) -> None:
+            if level and (depth is None or level == depth) and (wanted is None or node.type in wanted):
+                found[node.path] = node.bound
+            for child in node.children:
+                visit(child, level + 1)
+
+        visit(self.tree, 0)
+        return found
+
+    def compare(self, other: "Report") -> "Comparison":
+        """Node by node, this report's bounds against ``other``'s (e.g. two checkpoints of the same model)."""
+        from .comparison import compare
+
+        return compare(self, other)
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON contract of ``lipgraph explain --json``."""
         return {
@@ -147,7 +251,7 @@ class Report:
             "frontend": self.frontend,
             "outputs": [{"name": name, **bound_dict(b)} for name, b in self.outputs],
             "notes": list(self.notes),
-            "tree": self.tree.to_dict(),
+            "tree": self.tree.to_dict((lambda n: self.formulas.text(n.expr, n.path)) if self.formulas else None),
         }
 
     def print(self, **options: Any) -> None:
@@ -170,7 +274,8 @@ def norm_name(norm: float) -> str:
 
 
 # -- building the tree ----------------------------------------------------------------------------------
-def build_tree(lg: LipGraph, total: Bound, norm: float) -> ReportNode:
+def build_tree(lg: LipGraph, total: Bound, norm: float) -> tuple[ReportNode, Formulas]:
+    """The report's tree and its formulas (every node's ``expr``; merges also get their display formula)."""
     order = {n: i for i, n in enumerate(lg.ops())}
     instances: dict[Scope, list[fx.Node]] = {(): list(order)}
     for node in order:
@@ -179,6 +284,7 @@ def build_tree(lg: LipGraph, total: Bound, norm: float) -> ReportNode:
             instances.setdefault(scope[:depth], []).append(node)
 
     root = ReportNode(path="", type=type(lg.model).__name__, op=None, bound=total)
+    root.seconds = _op_seconds(order)
     by_path: dict[str, ReportNode] = {"": root}
     rank: dict[str, int] = {}  # children are listed in execution order of their first op
     # the root scope has no op when the output does not depend on the input (L = 0)
@@ -186,12 +292,13 @@ def build_tree(lg: LipGraph, total: Bound, norm: float) -> ReportNode:
         nodes = instances[scope]
         parent = by_path[scope[-2][0] if len(scope) > 1 else ""] if scope else None
         if scope:
-            bound = _subnetwork_bound(lg, nodes, norm)
+            bound = call_bound(nodes, norm)
             path = scope[-1][0]
             single = nodes[0] if len(nodes) == 1 and nodes[0].meta["lip.scope"] == scope else None
             node = by_path.get(path)
             if node is not None:  # another call of the same module: the bound covers every call
                 node.calls += 1
+                node.seconds += _op_seconds(nodes)
                 node.bound = _worst(node.bound, bound)
                 if single is not None:
                     node.layer_lower = _best_lower(node.layer_lower, single.meta.get("lip.layer_lower"))
@@ -199,6 +306,7 @@ def build_tree(lg: LipGraph, total: Bound, norm: float) -> ReportNode:
             node = ReportNode(path=path, type=lg.module_types.get(path, "?"),
                               op=single.meta["lip.key"] if single else None, bound=bound)
             by_path[path] = node
+            node.seconds = _op_seconds(nodes)
             rank[path] = order[nodes[0]]
             parent.children.append(node)
             if single is not None:
@@ -213,11 +321,16 @@ def build_tree(lg: LipGraph, total: Bound, norm: float) -> ReportNode:
             chain = _chain_node(n.meta["lip.seqlip"])
             by_path.get(n.meta["lip.seqlip"].chain.scope, root).children.append(chain)
             rank[chain.path] = order[n]
+    symbolic = build_formulas(lg, instances, norm)
     for node in root.walk():
         node.children.sort(key=lambda c: rank[c.path])
         if node.calls > 1:
             node.notes.append(f"called ×{node.calls}")
-    return root
+        node.expr = symbolic.expr(node.path, is_op=node.op is not None)
+        if node.path in symbolic.merges:  # shown in the tree: "1 + L(conv2+bn2)·L(relu)·L(conv1+bn1) = 1 + 8.99"
+            expr, module = symbolic.merges[node.path]
+            node.formula = symbolic.formulas.worked(expr, module)
+    return root, symbolic.formulas
 
 
 def _add_op_children(lg: LipGraph, parent: ReportNode, scope: Scope, nodes: list[fx.Node], norm: float) -> None:
@@ -231,27 +344,16 @@ def _add_op_children(lg: LipGraph, parent: ReportNode, scope: Scope, nodes: list
         child = ReportNode(path=n.meta["lip.path"], type=_op_type(lg, n), op=n.meta["lip.key"],
                            bound=_local_gain(transfer), notes=_op_notes(n), fused=_fused_chain(n),
                            layer_lower=n.meta.get("lip.layer_lower"))
+        child.seconds = _op_seconds([n])
         if len(transfer.gains) > 1:  # a merge: show its value inside the parent, and where it comes from
-            local = local or propagate(nodes, _entries(nodes, inside))
+            local = local or propagate(nodes, module_entries(nodes, inside))
             child.bound = local[n]
-            child.formula = _merge_formula(n, local, inside, transfer)
         parent.children.append(child)
 
 
-def _subnetwork_bound(lg: LipGraph, nodes: list[fx.Node], norm: float) -> Bound:
-    """AutoLip over one module call: its inputs at 1, its outputs joined as a concatenation."""
-    inside = set(nodes)
-    if len(nodes) == 1 and len(nodes[0].meta["lip.inputs"]) == 1:  # one op: its own constant and method
-        return nodes[0].meta["lip.transfer"].gains[0]
-    bounds = propagate(nodes, _entries(nodes, inside))
-    outs = [n for n in nodes if any(u not in inside for u in n.users)]
-    one = exact(1.0, "output")
-    return combine([(one, bounds[n]) for n in outs], norm)
-
-
-def _entries(nodes: list[fx.Node], inside: set[fx.Node]) -> dict[fx.Node, Bound]:
-    one = exact(1.0, "module input")
-    return {a: one for n in nodes for a in n.meta["lip.inputs"] if a not in inside}
+def _op_seconds(nodes: Iterable[fx.Node]) -> float:
+    """Time spent on these ops' rules and norms (``lip.seconds``, written by the annotate pass)."""
+    return math.fsum(n.meta.get("lip.seconds", 0.0) for n in nodes)
 
 
 def _local_gain(transfer) -> Bound:
@@ -263,33 +365,6 @@ def _local_gain(transfer) -> Bound:
         return exact(0.0, "constant")
     worst = max(gains, key=lambda g: g.value)
     return Bound(worst.value, join_kinds(g.kind for g in gains), worst.method, exact=all(g.exact for g in gains))
-
-
-def _merge_formula(node: fx.Node, local: dict[fx.Node, Bound], inside: set[fx.Node], transfer) -> str:
-    terms_sym, terms_num = [], []
-    for gain, arg in zip(transfer.gains, node.meta["lip.inputs"]):
-        name = "1" if arg not in inside else f"L({_term_name(arg, node.meta['lip.scope'])})"
-        value = local[arg].value if arg in inside else 1.0
-        coef = "" if gain.value == 1 else f"{gain.value:.4g}·"
-        terms_sym.append(f"{coef}{name}" if name != "1" or coef == "" else f"{gain.value:.4g}")
-        terms_num.append(f"{gain.value * value:.4g}")
-    q = transfer.combine
-    if q == 1:
-        sym, num = " + ".join(terms_sym), " + ".join(terms_num)
-    elif math.isinf(q):
-        sym, num = f"max({', '.join(terms_sym)})", f"max({', '.join(terms_num)})"
-    else:
-        sym = f"({' + '.join(t + f'^{q:g}' for t in terms_sym)})^(1/{q:g})"
-        num = f"({' + '.join(t + f'^{q:g}' for t in terms_num)})^(1/{q:g})"
-    return f"{sym} = {num}"
-
-
-def _term_name(arg: fx.Node, scope: Scope) -> str:
-    """A merge input named after the child module of the merge's scope that produces it (``downsample``, not
-    ``1`` for ``downsample.1``), else after its own path, relative to the scope."""
-    inner = arg.meta["lip.scope"]
-    path = inner[len(scope)][0] if len(inner) > len(scope) and inner[:len(scope)] == scope else arg.meta["lip.path"]
-    return path.removeprefix(scope[-1][0] + ".") if scope else path
 
 
 def _op_type(lg: LipGraph, node: fx.Node) -> str:
@@ -312,13 +387,9 @@ def _op_notes(node: fx.Node) -> list[str]:
 def _fused_chain(node: fx.Node) -> FusedChain | None:
     if "lip.chain" not in node.meta:
         return None
-    first, fused, product = node.meta["lip.chain"]
-    lower = node.meta.get("lip.chain_lower")
-    members = [node.meta["lip.path"]]
-    while members[-1] != first.meta["lip.path"]:
-        node = node.meta["lip.inputs"][0]
-        members.append(node.meta["lip.path"])
-    return FusedChain(members=members[::-1], bound=fused, product=product, lower=lower)
+    _first, fused, product = node.meta["lip.chain"]
+    return FusedChain(members=[m.meta["lip.path"] for m in fused_members(node)], bound=fused, product=product,
+                      lower=node.meta.get("lip.chain_lower"))
 
 
 def _chain_node(result) -> ReportNode:
@@ -327,9 +398,8 @@ def _chain_node(result) -> ReportNode:
     members = result.chain.members()
     info = ChainInfo(members=members, bound=result.best, winner=result.winner, product=result.product.value,
                      results=dict(result.results), seconds=dict(result.seconds), notes=list(result.notes))
-    scope = result.chain.scope
-    path = f"{scope}.chain({members[0]})" if scope else f"chain({members[0]})"
-    return ReportNode(path=path, type="chain", op=None, bound=result.best, chain=info)
+    return ReportNode(path=chain_path(result), type="chain", op=None, bound=result.best, chain=info,
+                      notes=list(info.notes))
 
 
 def _best_lower(a: Bound | None, b: Bound | None) -> Bound | None:
@@ -340,6 +410,28 @@ def _best_lower(a: Bound | None, b: Bound | None) -> Bound | None:
 def _worst(a: Bound, b: Bound) -> Bound:
     top = a if a.value >= b.value else b
     return Bound(top.value, join_kinds([a.kind, b.kind]), top.method, exact=a.exact and b.exact)
+
+
+def _reevaluated(node: ReportNode, formulas: Formulas, module: str) -> ReportNode:
+    """A copy of ``node``'s subtree with every bound evaluated from ``formulas`` (a what-if)."""
+    copy = replace(node, bound=_reevaluated_bound(node.bound, formulas.evaluate(node.expr)), notes=list(node.notes),
+                   children=[_reevaluated(c, formulas, node.path) for c in node.children])
+    if node.formula is not None:  # a merge: its display formula inside its module
+        copy.formula = formulas.worked(node.expr, module)
+    if node.fused is not None:
+        fused = formulas.symbols_named(joined_name(node.fused.members))[0]
+        bound = _reevaluated_bound(node.fused.bound, formulas.value(fused), "fused what-if")
+        copy.fused = replace(node.fused, bound=bound, product=formulas.evaluate(formulas.constants[fused].fallback))
+    if node.chain is not None:
+        copy.chain = replace(node.chain, bound=copy.bound)
+    return copy
+
+
+def _reevaluated_bound(old: Bound, value: float, method: str = "what-if") -> Bound:
+    """``old`` if a what-if left it alone, else ``value`` (an estimate stays one)."""
+    if math.isclose(value, old.value, rel_tol=1e-12) or value == old.value:  # inf == inf
+        return old
+    return Bound(value, Kind.ESTIMATE if old.kind is Kind.ESTIMATE else Kind.CERTIFIED, method)
 
 
 def output_bounds(lg: LipGraph) -> list[tuple[str, Bound]]:

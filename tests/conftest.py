@@ -6,8 +6,11 @@
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,9 @@ if str(ROOT) not in sys.path:  # `from tests.fixtures.zoo import ...` works from
 
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # for CLI subprocesses
+# analyze() keeps per-layer norms on disk: in a folder of this test session, never the user's ~/.cache
+os.environ["LIPGRAPH_CACHE_DIR"] = tempfile.mkdtemp(prefix="lipgraph-test-cache-")
+atexit.register(shutil.rmtree, os.environ["LIPGRAPH_CACHE_DIR"], ignore_errors=True)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

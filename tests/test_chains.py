@@ -119,3 +119,36 @@ def test_method_dcp_bounds_conv_chains_through_the_graph(monkeypatch) -> None:
     assert dcp.kind is Kind.CERTIFIED and "dcp" in dcp.method.lower()
     assert report.bound.value <= lipgraph.analyze(model, x, lower=False).bound.value * (1 + 1e-9)
     assert jacobian_lower_bound(model, x, samples=5) <= dcp.value * (1 + 1e-6)  # (makes the model float64)
+
+
+def test_identity_like_runs_do_not_make_chains() -> None:
+    """linear → relu → identity has nothing to tighten (no chain); dropout joins the next linear's run."""
+    from torch import nn
+
+    x = torch.randn(1, 4)
+    assert _chains_of(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Identity()), x) == []
+    assert _chains_of(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Dropout(), nn.Linear(3, 2)), x) == [
+        "(top): 0 → 1 → 2+3"]
+
+
+def test_cli_lists_chain_estimators(capsys) -> None:
+    from lipgraph.cli import main
+    from lipgraph.estimators import CHAIN_ESTIMATORS
+
+    assert main(["rules", "--estimators"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in [*CHAIN_ESTIMATORS, "dcp", "--method seqlip"])
+    assert "estimate" in out.split("seqlip-greedy", 1)[1].splitlines()[0]
+
+
+def test_a_failing_estimator_becomes_a_note_not_a_crash(monkeypatch) -> None:
+    from lipgraph.estimators import CHAIN_ESTIMATORS, ChainEstimator
+
+    def broken(chain):
+        raise RuntimeError("solver exploded")
+
+    monkeypatch.setitem(CHAIN_ESTIMATORS, "broken", ChainEstimator("broken", broken, certified=True))
+    model, x = ZOO["tiny_mlp"]()
+    report = lipgraph.analyze(model, x, method="broken", lower=False)
+    assert report.bound.value == pytest.approx(lipgraph.analyze(model, x, lower=False).bound.value)
+    assert any("broken failed: RuntimeError: solver exploded" in n for n in report.chains[0].notes)

@@ -3,7 +3,8 @@ once converged where analyze's layer norms are exact, never above it), warm star
 
 Oracles: central finite differences of the penalty itself (float64, converged vectors: σ = ‖A v‖ is second-order
 accurate in v, so warm-started re-evaluation is the function being differentiated), and ``lipgraph.analyze`` on
-tiny models whose operator norms it computes exactly (dense SVD), which makes AutoLip with exact norms known.
+tiny models whose operator norms it computes exactly (dense SVD), which makes AutoLip with exact norms known —
+and, for ``method="cp"``, AutoLip with CP/LipLT on exact partial-product norms (``analyze(method="cp")``).
 """
 from __future__ import annotations
 
@@ -50,15 +51,43 @@ class ComputedWeight(nn.Module):
         return self.out(F.relu(F.linear(x, w - w.mean())))
 
 
+def randomise_bn(model: nn.Module) -> nn.Module:
+    """BatchNorm layers with running statistics and scales away from the identity."""
+    with torch.no_grad():
+        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 1.5)
+            bn.weight.uniform_(0.5, 1.5)
+    return model
+
+
 def conv_bn() -> nn.Module:
     """conv → BN (one fused operator) → ReLU → overlapping max-pool (gain 2) → flatten → linear."""
-    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(3, 2),
-                          nn.Flatten(), nn.Linear(3 * 2 * 2, 4))
-    with torch.no_grad():
-        model[1].running_mean.uniform_(-0.2, 0.2)
-        model[1].running_var.uniform_(0.5, 1.5)
-        model[1].weight.uniform_(0.5, 1.5)
-    return model
+    return randomise_bn(nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
+                                      nn.MaxPool2d(3, 2), nn.Flatten(), nn.Linear(3 * 2 * 2, 4)))
+
+
+class Residual(nn.Module):
+    """x + bn2(conv2(relu(bn1(conv1 x)))), then ReLU → flatten → linear: a chain of two fused conv→BN runs inside
+    a residual addition."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3)
+        self.conv2, self.bn2 = nn.Conv2d(3, 2, 3, padding=1), nn.BatchNorm2d(2)
+        self.fc = nn.Linear(2 * 3 * 3, 3)
+        randomise_bn(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x + self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        return self.fc(F.relu(h).flatten(1))
+
+
+def chain_cnn() -> nn.Module:
+    """conv → LeakyReLU → flatten → linear → tanh → linear: one chain of three runs, the middle one [flatten,
+    linear] (a weightless op in a run), activations with slopes [0.1, 1] and [0, 1]."""
+    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.LeakyReLU(0.1), nn.Flatten(), nn.Linear(2 * 3 * 3, 6), nn.Tanh(),
+                         nn.Linear(6, 3))
 
 
 CASES = {
@@ -66,7 +95,10 @@ CASES = {
     "branchy": (Branchy, (1, 6)),
     "conv_bn": (conv_bn, (1, 1, 5, 5)),
     "computed_weight": (ComputedWeight, (1, 6)),
+    "residual": (Residual, (1, 2, 3, 3)),
+    "chain_cnn": (chain_cnn, (1, 1, 5, 5)),
 }
+CHAINED = ["mlp", "residual", "chain_cnn"]  # models with sequential chains, which method="cp" tightens
 
 
 def make(name: str) -> tuple[nn.Module, torch.Tensor]:
@@ -76,10 +108,10 @@ def make(name: str) -> tuple[nn.Module, torch.Tensor]:
     return model, torch.rand(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_gradient_matches_finite_differences(name: str) -> None:
+@pytest.mark.parametrize("name, method", [(name, "autolip") for name in CASES] + [("mlp", "cp"), ("residual", "cp")])
+def test_gradient_matches_finite_differences(name: str, method: str) -> None:
     model, x = make(name)
-    value = lipgraph.lipschitz_penalty(model, x, **CONVERGED)
+    value = lipgraph.lipschitz_penalty(model, x, method, **CONVERGED)
     params = [p for p in model.parameters() if p.requires_grad]
     grads = torch.autograd.grad(value, params)
     assert any(g.abs().sum() > 0 for g in grads)
@@ -91,7 +123,7 @@ def test_gradient_matches_finite_differences(name: str) -> None:
             values = []
             for step in (h, -h):
                 flat[index] = saved + step
-                values.append(lipgraph.lipschitz_penalty(model, x, **CONVERGED).item())
+                values.append(lipgraph.lipschitz_penalty(model, x, method, **CONVERGED).item())
             flat[index] = saved
             numeric = (values[0] - values[1]) / (2 * h)
             assert g.view(-1)[index].item() == pytest.approx(numeric, rel=1e-4, abs=1e-6), (name, index)
@@ -106,6 +138,34 @@ def test_converged_value_is_autolip_with_exact_norms_and_never_above_analyze(nam
     assert first <= converged * (1 + 1e-9)
     assert converged == pytest.approx(certified, rel=1e-5)
     assert converged <= certified * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("name", CHAINED)
+def test_converged_cp_value_is_analyze_cp_and_below_autolip(name: str) -> None:
+    """penalty(cp) → AutoLip with CP/LipLT on exact partial-product norms = analyze(method="cp") on models whose
+    partial products analyze materialises; strictly below the autolip penalty, since every model has a chain."""
+    model, x = make(name)
+    certified = lipgraph.analyze(model, x, method="cp", lower=False).bound.value
+    first = lipgraph.lipschitz_penalty(model, x, "cp", iters=0).item()
+    converged = lipgraph.lipschitz_penalty(model, x, "cp", **CONVERGED).item()
+    autolip = lipgraph.lipschitz_penalty(model, x, **CONVERGED).item()
+    assert first <= converged * (1 + 1e-9)
+    assert converged == pytest.approx(certified, rel=1e-5)
+    assert converged <= certified * (1 + 1e-9)
+    assert converged < autolip * (1 - 1e-3)
+
+
+def test_cp_estimates_every_partial_product_and_shares_layer_operators() -> None:
+    model, x = make("chain_cnn")
+    lipgraph.lipschitz_penalty(model, x, "cp")
+    (plan,) = model.__dict__[penalty_module._PLANS].values()
+    (chain,) = plan.chains
+    names = {op: "|".join("+".join(n.name for n in run) for run in op.runs) for op in plan.store}
+    assert {jk: names[op] for jk, op in chain.products.items()} == {
+        (0, 0): "_0", (1, 1): "_2+_3", (2, 2): "_5", (0, 1): "_0|_2+_3", (1, 2): "_2+_3|_5", (0, 2): "_0|_2+_3|_5",
+    }  # W_k⋯W_j: runs j..k of the chain, activations _1 and _4 skipped
+    assert [names[op] for op in plan.operators] == ["_0", "_3", "_5"]  # layers: _0 and _5 shared with the chain
+    assert len(plan.store) == 3 + 4
 
 
 def test_penalty_excludes_weightless_ops_from_power_iteration() -> None:
@@ -200,7 +260,7 @@ def test_a_module_that_is_itself_a_layer() -> None:
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"method": "seqlip"}, "unknown penalty method 'seqlip'; available: autolip"),
+    ({"method": "seqlip"}, "unknown penalty method 'seqlip'; available: autolip, cp (certify with "),
     ({"norm": "inf"}, "ℓ2 operator norms by power iteration"),
     ({"iters": -1}, "iters must be an integer >= 0"),
 ])

@@ -13,15 +13,16 @@ those must be certified for the result to be.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from lipgraph.bound import Bound, certified
 from lipgraph.estimators import ChainEstimator, DenseChain, register_estimator
 from lipgraph.linalg import matrix_norm
 
 
-def cp_value(norm_of: Callable[[int, int], float], slopes: Sequence[tuple[float, float]]) -> float:
-    """The DP above; ``norm_of(j, k)`` is a certified bound on ‖W_k ⋯ W_j‖ (0-based, inclusive)."""
+def cp_value(norm_of: Callable[[int, int], Any], slopes: Sequence[tuple[float, float]]) -> Any:
+    """The DP above; ``norm_of(j, k)`` bounds ‖W_k ⋯ W_j‖ (0-based, inclusive). Plain arithmetic: floats give a
+    float (certified when the norms are), torch scalars a differentiable value (``lipschitz_penalty``)."""
     mids = [(lo + hi) / 2 for lo, hi in slopes]
     rads = [(hi - lo) / 2 for lo, hi in slopes]
     L: list[float] = []

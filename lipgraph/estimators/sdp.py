@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import warnings
 from typing import Any, Sequence
 
 import torch
@@ -109,7 +110,7 @@ def _cvxpy_ops(cp: Any) -> MatrixOps:
     import numpy as np
 
     def scale_rows(t: Any, W: Any) -> Any:
-        return cp.diag(t) @ W if t.size > 1 else t * W
+        return cp.diag(t) @ W if t.size > 1 else cp.multiply(t, W)  # a scalar (or 1-vector) multiplier
 
     return MatrixOps(scale_rows=scale_rows, eye=np.eye, zeros=lambda r, c: np.zeros((r, c)), assemble=cp.bmat)
 
@@ -136,7 +137,9 @@ def solve_lmi(weights: Sequence[torch.Tensor], slopes: Sequence[tuple[float, flo
     errors = []
     for name, options in _attempts(M.shape[0], solver):
         try:
-            problem.solve(solver=name, **options)
+            with warnings.catch_warnings():  # "may be inaccurate": harmless, the result is re-certified
+                warnings.simplefilter("ignore")
+                problem.solve(solver=name, **options)
         except (cp.SolverError, ArithmeticError, ValueError) as err:
             errors.append(f"{name}: {err}")
             continue

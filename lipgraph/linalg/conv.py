@@ -9,11 +9,14 @@ Strategies:
 - ``dense`` (any p): materialise the exact operator with torch's own ``F.pad``/``F.conv*``; exact.
 - ``fft`` (p = 2): norm of a circular convolution that contains the operator as a submatrix, times the norm of
   the padding or row-repetition map (Sedghi, Gupta & Long, ICLR 2019, for the circular norm); see
-  :func:`_fft_norm`. Certified.
+  :func:`_fft_norm`. Certified. ``gram``: the same with Gram iteration per frequency (an upper bound of the
+  circular norm, matrix products only).
+- ``pointwise`` (p = 2): 1×…×1 kernels with zero padding: max over groups of σ_max of the channel matrix; exact,
+  and its cost does not depend on the spatial size (:func:`_pointwise_norm`).
 - ``abs-sum`` (p = 1, inf): exact row/column sums of the entrywise |operator|; see :func:`_abs_sum_norm`.
 - ``auto``: p = 2: fft when it is exact (circular padding without repeated rows), else dense when
-  :func:`dense_is_cheap`, else fft. p = 1, inf: abs-sum for zero padding (exact), else dense when cheap, else
-  abs-sum.
+  :func:`dense_is_cheap`, else pointwise when it applies, else fft (on a GPU with wide channel matrices: gram).
+  p = 1, inf: abs-sum for zero padding (exact), else dense when cheap, else abs-sum.
 """
 from __future__ import annotations
 
@@ -25,17 +28,21 @@ import torch
 import torch.nn.functional as F
 
 from lipgraph.bound import FLOAT_MARGIN, Bound, certified
-from lipgraph.linalg.dense import LinearMap, dense_is_cheap, dense_norm
+from lipgraph.cache import memoised, tensor_digest
+from lipgraph.linalg.dense import LinearMap, batched_spectral_norm, dense_is_cheap, dense_norm
 from lipgraph.linalg.nonneg import col_sum_max, row_sum_max
+from lipgraph.linalg.device import norm_device
+from lipgraph.linalg.spectral import Symbol, gram_iteration_norm, max_singular_value
 
 IntOrTuple = int | tuple[int, ...]
-Strategy = Literal["auto", "dense", "fft", "abs-sum"]
+Strategy = Literal["auto", "dense", "fft", "gram", "pointwise", "abs-sum"]
+STRATEGIES = ("auto", "dense", "fft", "gram", "pointwise", "abs-sum")
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _PAD_MODES = ("zeros", "reflect", "replicate", "circular")
 _DUAL = {1: math.inf, 2: 2, math.inf: 1}
-#: Frequencies are processed in chunks of about this many complex symbol entries (64 MiB of complex128).
-_SYMBOL_ENTRIES = 1 << 22
+#: On a GPU, per-frequency matrices at least this wide use Gram iteration instead of batched eigensolvers.
+GRAM_MIN_CHANNELS = 256
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,11 @@ class _Geometry:
     def out(self) -> tuple[int, ...]:
         sizes = zip(self.n, self.pads, self.span, self.stride)
         return tuple((n + l + r - K) // s + 1 for n, (l, r), K, s in sizes)
+
+    @property
+    def pointwise(self) -> bool:
+        """A 1×…×1 kernel with zero padding: each output pixel reads at most one input pixel."""
+        return self.mode == "zeros" and all(k == 1 for k in self.kernel)
 
     def linear_map(self, weight: torch.Tensor) -> LinearMap:
         """The operator with this geometry and ``weight`` (c_out, c_in/groups, *k), batched on (B, c_in, *n)."""
@@ -86,30 +98,44 @@ def conv_norm(
 ) -> Bound:
     """Certified ℓp → ℓp norm (p ∈ {1, 2, inf}) of a convolution or ConvTranspose on inputs of spatial size
     ``in_spatial``. Arguments follow ``torch.nn.Conv{1,2,3}d`` / ``ConvTranspose{1,2,3}d``; the bias is
-    irrelevant. See the module docstring for the strategies.
+    irrelevant. See the module docstring for the strategies. Runs on the analysis' device
+    (:func:`lipgraph.linalg.device.norm_device`); identical calls within an analysis, and across runs with the
+    disk cache, are computed once (:mod:`lipgraph.cache`).
     """
     if p not in _DUAL:
         raise ValueError(f"p must be 1, 2 or inf, got {p!r}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     geo = _geometry(
         weight, in_spatial, stride, padding, dilation, groups, padding_mode, transposed, output_padding
     )
-    w = weight.detach().to("cpu", torch.float64)
-    q = _DUAL[p] if transposed else p  # the norm to take of the direct convolution
-    in_shape = (w.shape[1] * groups, *geo.n)
+    key = ("conv_norm", tensor_digest(weight), geo, transposed, p, strategy, norm_device().type)
+    return memoised(key, lambda: _conv_norm(weight.detach().to("cpu", torch.float64), geo, _DUAL[p] if transposed
+                                            else p, strategy))
+
+
+def _conv_norm(w: torch.Tensor, geo: _Geometry, q: float, strategy: str) -> Bound:
+    """:func:`conv_norm` of the direct convolution ``geo`` with float64 weight ``w`` in the ℓq norm."""
+    in_shape = (w.shape[1] * geo.groups, *geo.n)
     if strategy == "auto":
         cheap = dense_is_cheap(math.prod(in_shape), w.shape[0] * math.prod(geo.out))
         if q == 2 and (geo.mode == "circular" or not cheap):
+            if not cheap and geo.pointwise:
+                return _pointwise_norm(w, geo)
             b = _fft_norm(w, geo)
             if b.exact or not cheap:
                 return b
         strategy = "dense" if cheap and (q == 2 or geo.mode != "zeros") else "abs-sum"
     if strategy == "dense":
         return dense_norm(geo.linear_map(w), in_shape, q)
-    if strategy == "fft" and q == 2:
-        return _fft_norm(w, geo)
+    if strategy in ("fft", "gram") and q == 2:
+        return _fft_norm(w, geo, gram=strategy == "gram")
+    if strategy == "pointwise" and q == 2 and geo.pointwise:
+        return _pointwise_norm(w, geo)
     if strategy == "abs-sum" and q != 2:
         return _abs_sum_norm(w, geo, in_shape, q)
-    raise ValueError(f"strategy {strategy!r} does not compute the p={p} norm (fft: p=2; abs-sum: p=1/inf)")
+    raise ValueError(f"strategy {strategy!r} does not compute the p={q} norm of this convolution (fft: p=2; "
+                     "pointwise: p=2, 1×1 kernels with zero padding; abs-sum: p=1/inf)")
 
 
 def _tuple(value: IntOrTuple, d: int, name: str) -> tuple[int, ...]:
@@ -176,7 +202,7 @@ def _abs_sum_norm(w: torch.Tensor, geo: _Geometry, in_shape: tuple[int, ...], q:
     return certified(b.value, "abs-sum", exact=geo.mode == "zeros")
 
 
-def _fft_norm(w: torch.Tensor, geo: _Geometry) -> Bound:
+def _fft_norm(w: torch.Tensor, geo: _Geometry, gram: bool | None = None) -> Bound:
     """Certified ℓ2 bound from a circular convolution (per dimension, all arguments are tensor products).
 
     - zeros: the zero-padded strided operator is a submatrix of the stride-s circular convolution on any grid
@@ -190,7 +216,10 @@ def _fft_norm(w: torch.Tensor, geo: _Geometry) -> Bound:
     - circular: A = R ∘ C_n ∘ shift with C_n the stride-s' circular convolution on the input grid itself
       (s' = s when s | n, else 1 with the stride folded into R) and R a row selection whose rows may repeat:
       ‖R‖₂ = √(max repetitions). Exact when R is a permutation.
-    The float result carries the margin ``FLOAT_MARGIN``.
+    The circular norm is the exact float64 max over frequencies (method ``fft-circular``), or (``gram=True``;
+    by default on a GPU for at least ``GRAM_MIN_CHANNELS`` channels, where batched eigensolvers are slow and
+    matrix products fast) the Gram iteration bound within ``GRAM_TOLERANCE`` of it (``fft-gram``). The float
+    result carries the margin ``FLOAT_MARGIN``.
     """
     grid, strides, copies, exact = [], [], 1, geo.mode == "circular"
     for n, (l, r), K, s, out in zip(geo.n, geo.pads, geo.span, geo.stride, geo.out):
@@ -210,9 +239,31 @@ def _fft_norm(w: torch.Tensor, geo: _Geometry) -> Bound:
             strides.append(s)
             copies *= _max_copies(n, l, r, geo.mode)
     g = geo.groups
-    per_group = w.reshape(g, w.shape[0] // g, *w.shape[1:])
-    value = _circular_norm(per_group, geo.dilation, tuple(grid), tuple(strides)) * math.sqrt(copies)
+    symbol = _circular_symbol(w.reshape(g, w.shape[0] // g, *w.shape[1:]), geo.dilation, tuple(grid), tuple(strides))
+    device = norm_device()
+    if gram or (gram is None and device.type == "cuda" and min(symbol.shape[1:]) >= GRAM_MIN_CHANNELS):
+        value = gram_iteration_norm(symbol, device) * math.sqrt(copies)
+        return certified(value, "fft-gram", margin=FLOAT_MARGIN)
+    value = max_singular_value(symbol, device) * math.sqrt(copies)
     return certified(value, "fft-circular", exact=exact, margin=FLOAT_MARGIN)
+
+
+def _pointwise_norm(w: torch.Tensor, geo: _Geometry) -> Bound:
+    """Exact ℓ2 norm of a 1×…×1 convolution with zero padding (any stride, groups): output pixel i reads the one
+    padded position s·i, distinct outputs read distinct pixels, so ‖Ax‖² = Σ_{pixels j read} ‖W_g x_j‖² ≤
+    max_g σ_max(W_g)² ‖x‖², with equality for x on one read pixel along a top singular vector. The norm is
+    max_g σ_max(W_g) when some output reads a real input pixel, else 0 (:func:`lipgraph.linalg.matrix_norm`).
+    """
+    if not all(_reads_input(n, l, r, s, out) for n, (l, r), s, out in zip(geo.n, geo.pads, geo.stride, geo.out)):
+        return certified(0.0, "pointwise-svd", exact=True)
+    mats = w.reshape(geo.groups, w.shape[0] // geo.groups, -1)
+    return certified(batched_spectral_norm(mats), "pointwise-svd", exact=True, margin=FLOAT_MARGIN)
+
+
+def _reads_input(n: int, left: int, right: int, s: int, out: int) -> bool:
+    """Does an output index i < out read a real input pixel, i.e. left ≤ s·i < left + n + min(right, 0)?"""
+    first = -(-left // s)  # the smallest i with s·i ≥ left
+    return first < out and s * first < left + n + min(right, 0)
 
 
 def _round_up(x: int, m: int) -> int:
@@ -226,36 +277,34 @@ def _max_copies(n: int, left: int, right: int, mode: str) -> int:
 
 
 def _circular_norm(
-    w: torch.Tensor, dilation: tuple[int, ...], grid: tuple[int, ...], stride: tuple[int, ...]
+    w: torch.Tensor,
+    dilation: tuple[int, ...],
+    grid: tuple[int, ...],
+    stride: tuple[int, ...],
+    device: torch.device | str | None = None,
 ) -> float:
-    """Exact ℓ2 norm of the grouped strided circular cross-correlation y_i = Σ_t w_t x_{(s·i + d·t) mod N}.
+    """Exact ℓ2 norm of the grouped strided circular cross-correlation y_i = Σ_t w_t x_{(s·i + d·t) mod N}
+    (:func:`_circular_symbol`), by :func:`lipgraph.linalg.spectral.max_singular_value`."""
+    return max_singular_value(_circular_symbol(w, dilation, grid, stride), device)
+
+
+def _circular_symbol(
+    w: torch.Tensor, dilation: tuple[int, ...], grid: tuple[int, ...], stride: tuple[int, ...]
+) -> Symbol:
+    """The symbol of the circular cross-correlation y_i = Σ_t w_t x_{(s·i + d·t) mod N}; its ℓ2 norm is the max over
+    groups and frequencies of σ_max of the symbol.
 
     ``w`` is (groups, c_out/g, c_in/g, *k); s divides N per dimension. Polyphase: writing d·t = s·u + r with
     0 ≤ r < s and x⁽ʳ⁾_m = x_{s·m + r} turns it into a stride-1 circular cross-correlation on M = N/s with one
     input-channel block per phase r; the DFT block-diagonalises that, so the norm is the max over groups and
-    frequencies ω of σ_max(Ŵ(ω)), Ŵ(ω) = Σ_u W_u e^{−2πi ω·u/M} (c_out/g × (c_in/g)·#phases), here by eigvalsh
-    of the smaller Hermitian Gram matrix, batched over frequencies. Real weights give Ŵ(−ω) = conj Ŵ(ω), so
-    the last axis needs only frequencies 0..M/2 (rfft symmetry). Ŵ is a DFT over the few kernel taps only.
+    frequencies ω of σ_max(Ŵ(ω)), Ŵ(ω) = Σ_u W_u e^{−2πi ω·u/M} (c_out/g × (c_in/g)·#phases).
     """
     g, co, ci, *k = w.shape
     d = len(k)
-    M = torch.tensor([N // s for N, s in zip(grid, stride)])
     s = torch.tensor(stride)
     taps = torch.meshgrid(*[torch.arange(kk) * dd for kk, dd in zip(k, dilation)], indexing="ij")
     pos = torch.stack(taps, -1).reshape(-1, d)  # (T, d) tap offsets, C order like w's flattened kernel
-    u, r = pos // s, pos % s
-    phase = (r * torch.tensor([math.prod(stride[i + 1 :]) for i in range(d)])).sum(-1)
-    phase_taps = [(phase == v).nonzero().squeeze(1) for v in phase.unique()]
-    flat_w = w.reshape(g * co * ci, -1).T.to(torch.complex128)  # (T, g·co·ci)
-    half = (*M[:-1].tolist(), int(M[-1]) // 2 + 1)
-    n_freq, width = math.prod(half), ci * len(phase_taps)
-    chunk = max(1, _SYMBOL_ENTRIES // (g * co * width))
-    best = 0.0
-    for start in range(0, n_freq, chunk):
-        freq = torch.stack(torch.unravel_index(torch.arange(start, min(start + chunk, n_freq)), half), -1)
-        turns = (((freq[:, None, :] * u[None, :, :]) % M).double() / M).sum(-1)  # Σ (ω·u mod M)/M, exact ints
-        e = torch.polar(torch.ones_like(turns), -2 * math.pi * turns)
-        sym = torch.cat([(e[:, idx] @ flat_w[idx]).reshape(-1, g, co, ci) for idx in phase_taps], dim=-1)
-        gram = sym @ sym.mH if co <= width else sym.mH @ sym
-        best = max(best, torch.linalg.eigvalsh(gram)[..., -1].max().item())
-    return math.sqrt(max(best, 0.0))
+    phase = (pos % s * torch.tensor([math.prod(stride[i + 1:]) for i in range(d)])).sum(-1)
+    _, phase_index = phase.unique(return_inverse=True)
+    return Symbol(taps=w.reshape(g, co, ci, -1).permute(3, 0, 1, 2).to(torch.float64), offsets=pos // s,
+                  phase=phase_index, modulus=tuple(N // st for N, st in zip(grid, stride)))

@@ -11,11 +11,16 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from torch.func import vjp, vmap
 
 from lipgraph.bound import FLOAT_MARGIN, Bound, certified
+from lipgraph.cache import memoised, tensor_digest
+from lipgraph.linalg.device import norm_device
 
 LinearMap = Callable[[torch.Tensor], torch.Tensor]
 
+#: Matrices with fewer entries are cheaper to recompute than to look up.
+_MEMO_ENTRIES = 1 << 16
 #: Identity-basis chunks are sized so one chunk (inputs + outputs) holds about this many float64 entries.
 _CHUNK_ENTRIES = 1 << 22
 
@@ -42,12 +47,19 @@ def dense_is_cheap(in_numel: int, out_numel: int) -> bool:
 def materialize(fn: LinearMap, in_shape: tuple[int, ...]) -> torch.Tensor:
     """The float64 matrix (out_numel × in_numel) of the linear map ``fn`` (batched: ``(B, *in_shape)`` in).
 
-    Column j is ``fn(e_j)``; the identity basis is fed in chunks so that memory stays near one chunk plus the
+    From its smaller side: column j is ``fn(e_j)``, or, when there are fewer outputs than inputs, row i is Aᵀe_i
+    (one ``vjp`` per output, batched), checked against ``fn`` on a random vector (a map that autograd cannot see
+    through falls back to columns). Basis vectors are fed in chunks so that memory stays near one chunk plus the
     result. ``fn`` must accept float64 CPU inputs.
     """
     n = math.prod(in_shape)
     with torch.no_grad():
         first = fn(_basis(0, 1, in_shape)).reshape(-1)
+    if first.numel() < n:
+        W = _rows(fn, in_shape, first.numel())
+        if W is not None:
+            return W
+    with torch.no_grad():
         W = torch.empty(first.numel(), n, dtype=torch.float64)
         W[:, 0] = first
         chunk = max(1, _CHUNK_ENTRIES // (n + first.numel()))
@@ -55,6 +67,27 @@ def materialize(fn: LinearMap, in_shape: tuple[int, ...]) -> torch.Tensor:
             stop = min(start + chunk, n)
             W[:, start:stop] = fn(_basis(start, stop, in_shape)).reshape(stop - start, -1).T
     return W
+
+
+def _rows(fn: LinearMap, in_shape: tuple[int, ...], m: int) -> torch.Tensor | None:
+    """The matrix of ``fn`` row by row (rows of Aᵀ by vjp), or None when the vjp does not reproduce ``fn``."""
+    n = math.prod(in_shape)
+    try:
+        out, pullback = vjp(fn, torch.zeros(1, *in_shape, dtype=torch.float64))
+        rows = vmap(pullback)
+        W = torch.empty(m, n, dtype=torch.float64)
+        chunk = max(1, _CHUNK_ENTRIES // (n + m))
+        for start in range(0, m, chunk):
+            stop = min(start + chunk, m)
+            (block,) = rows(_basis(start, stop, tuple(out.shape[1:])).unsqueeze(1))
+            W[start:stop] = block.detach().reshape(stop - start, n)
+        v = torch.randn(1, *in_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            expected = fn(v).reshape(-1)
+    except Exception:  # noqa: BLE001 - an op without a vjp or vmap rule: materialise by columns instead
+        return None
+    ok = torch.allclose(W @ v.reshape(-1), expected, rtol=1e-9, atol=1e-12 * float(expected.abs().max()))
+    return W if ok else None
 
 
 def _basis(start: int, stop: int, in_shape: tuple[int, ...]) -> torch.Tensor:
@@ -70,13 +103,19 @@ _METHOD = {1: "abs-col-sum", 2: "svd", math.inf: "abs-row-sum"}
 def matrix_norm(W: torch.Tensor, p: float) -> Bound:
     """Exact ℓp → ℓp norm of a 2-D matrix, p ∈ {1, 2, inf}; certified with margin ``FLOAT_MARGIN``.
 
-    p = 2: σ_max = √λ_max of the smaller Gram matrix (W Wᵀ or Wᵀ W) by ``eigvalsh`` in float64; rounding of
-    the Gram product and of the symmetric eigensolver is O(dim · ε_float64 · σ_max²), far below the margin.
+    p = 2: σ_max by :func:`batched_spectral_norm`. Large matrices go through the analysis' memo and disk cache
+    (:mod:`lipgraph.cache`) and run on its device.
     """
     if W.ndim != 2:
         raise ValueError(f"matrix_norm needs a 2-D matrix, got shape {tuple(W.shape)}")
     if p not in _METHOD:
         raise ValueError(f"p must be 1, 2 or inf, got {p!r}")
+    if W.numel() < _MEMO_ENTRIES:
+        return _matrix_norm(W, p)
+    return memoised(("matrix_norm", tensor_digest(W), p), lambda: _matrix_norm(W, p))
+
+
+def _matrix_norm(W: torch.Tensor, p: float) -> Bound:
     W = W.detach().to(torch.float64)
     if W.numel() == 0:
         value = 0.0
@@ -85,12 +124,24 @@ def matrix_norm(W: torch.Tensor, p: float) -> Bound:
     elif p == math.inf:
         value = W.abs().sum(1).max().item()
     else:
-        gram = W @ W.T if W.shape[0] <= W.shape[1] else W.T @ W
-        value = math.sqrt(max(torch.linalg.eigvalsh(gram)[-1].item(), 0.0))
+        value = batched_spectral_norm(W[None])
     return certified(value, _METHOD[p], exact=True, margin=FLOAT_MARGIN)
+
+
+def batched_spectral_norm(mats: torch.Tensor) -> float:
+    """max_i σ_max(mats[i]) of a (B, m, n) batch: √λ_max of the smaller Gram matrix (W Wᵀ or Wᵀ W) by ``eigvalsh``
+    in float64 on the analysis' device; rounding of the Gram product and of the symmetric eigensolver is
+    O(dim · ε_float64 · σ_max²), far below ``FLOAT_MARGIN``."""
+    W = mats.detach().to(device=norm_device(), dtype=torch.float64)
+    if W.numel() == 0:
+        return 0.0
+    gram = W @ W.mT if W.shape[-2] <= W.shape[-1] else W.mT @ W
+    return math.sqrt(max(torch.linalg.eigvalsh(gram)[..., -1].max().item(), 0.0))
 
 
 def dense_norm(fn: LinearMap, in_shape: tuple[int, ...], p: float) -> Bound:
     """Exact ℓp norm of the linear map ``fn`` by materialising it (method ``dense-<matrix method>``)."""
-    b = matrix_norm(materialize(fn, in_shape), p)
+    if p not in _METHOD:
+        raise ValueError(f"p must be 1, 2 or inf, got {p!r}")
+    b = _matrix_norm(materialize(fn, in_shape), p)  # a matrix built for this call: nothing to look up
     return Bound(b.value, b.kind, f"dense-{b.method}", exact=b.exact)

@@ -1,4 +1,4 @@
-"""Annotate every input-dependent op with its rule's transfer (``lip.rule``, ``lip.transfer``).
+"""Annotate every input-dependent op with its rule's transfer (``lip.rule``, ``lip.transfer``, ``lip.seconds``).
 
 All problems are collected before failing: one error lists every op without a rule (with a rule stub),
 another every op that is not globally Lipschitz. With ``unsupported="inf"`` ops without a rule get an
@@ -7,54 +7,111 @@ unbounded gain instead, and the report marks them.
 from __future__ import annotations
 
 import math
+import time
+from contextlib import closing
 
 from torch import fx
 
 from ..bound import unbounded
 from ..errors import LipgraphError, NormNotSupported, NotLipschitzError, RuleError, UnsupportedOpsError
 from ..ir import LipGraph, map_args, op_spelling
+from ..linalg.parallel import parallel_map
+from ..progress import LayerProgress
 from ..registry import Registry
-from ..ruleapi import OpContext, Transfer, Var
+from ..ruleapi import OpContext, Rule, Transfer, Var
 
 UNSUPPORTED_MODES = ("error", "inf")
 
 
-def annotate(lg: LipGraph, registry: Registry, norm: float = 2, unsupported: str = "error") -> None:
+def annotate(lg: LipGraph, registry: Registry, norm: float = 2, unsupported: str = "error", *,
+             fusion: bool = False, progress: bool = False) -> None:
+    """Run every op's rule; write ``lip.transfer``, ``lip.rule`` and ``lip.seconds`` (the rule's wall time).
+
+    Built-in rules run in a thread pool when torch has several threads (:mod:`lipgraph.linalg.parallel`),
+    other rules in the calling thread; results are handled in graph order either way. ``fusion=True`` then
+    computes, in the same way, the norms of the folded affine chains that :func:`lipgraph.passes.fuse.fuse` will
+    ask for (memoised by :mod:`lipgraph.cache`, so fusion finds them), adding their time to the ``lip.seconds``
+    of each chain's last op. ``progress=True`` shows a progress bar over both on a terminal, for long runs.
+    """
     if unsupported not in UNSUPPORTED_MODES:
         raise RuleError(f"unsupported= must be one of {UNSUPPORTED_MODES}, got {unsupported!r}")
     missing: list[fx.Node] = []
     not_lipschitz: list[str] = []
+    plan = []
     for node in lg.ops():
         key = node.meta["lip.key"]
         rule = registry.get(key) if key else None
-        if rule is None:
-            missing.append(node)
-            continue
-        ctx = context(lg, node, norm)
+        plan.append((node, rule, context(lg, node, norm) if rule is not None else None))
+    runnable = [job for job in plan if job[1] is not None]
+    pooled = parallel_map(_apply, [job for job in runnable if _thread_safe(job[1])])
+    with LayerProgress(len(runnable), "bounding layers", progress) as bar, closing(pooled):
+        for node, rule, ctx in plan:
+            if rule is None:
+                missing.append(node)
+                continue
+            outcome, node.meta["lip.seconds"] = next(pooled) if _thread_safe(rule) else _apply((node, rule, ctx))
+            bar.advance(node.meta["lip.path"])
+            if isinstance(outcome, NotLipschitzError):
+                not_lipschitz.append(f"  - {outcome}{_at(node)}")
+            elif isinstance(outcome, NormNotSupported):
+                missing.append(node)
+            elif isinstance(outcome, LipgraphError):
+                raise outcome
+            elif isinstance(outcome, Exception):  # a broken rule must say which rule and where
+                raise RuleError(f"rule {rule.name!r} (from {rule.source}) failed on {ctx.describe()}: "
+                                f"{type(outcome).__name__}: {outcome}{_at(node)}") from outcome
+            else:
+                node.meta["lip.transfer"] = outcome
+                node.meta["lip.rule"] = rule
+        if not_lipschitz:
+            raise NotLipschitzError(
+                "the network is not globally Lipschitz, so no finite bound exists:\n" + "\n".join(not_lipschitz)
+                + "\nA product or quotient of two input-dependent tensors (gating, dot-product attention, "
+                  "normalising by a branch) can grow without limit; bound the input domain or replace the op "
+                  "by a Lipschitz variant (e.g. L2 attention, Kim et al. 2021).")
+        if missing and unsupported == "error":
+            raise UnsupportedOpsError(_unsupported_message(lg, missing, norm), missing)
+        for node in missing:
+            node.meta["lip.transfer"] = Transfer(gains=(unbounded("no rule"),) * len(node.meta["lip.inputs"]))
+            node.meta["lip.seconds"] = 0.0
+        if fusion:
+            _prefetch_fused_norms(lg, norm, bar)
+
+
+def _thread_safe(rule: Rule) -> bool:
+    """Built-in rules are pure functions of their context; other people's rules run in the calling thread."""
+    return rule.source.startswith("builtin")
+
+
+def _apply(job: tuple[fx.Node, Rule, OpContext]) -> tuple[Transfer | Exception, float]:
+    """A rule's transfer (or the exception it raised) and its wall time."""
+    _, rule, ctx = job
+    start = time.perf_counter()
+    try:
+        outcome: Transfer | Exception = rule.apply(ctx)
+    except Exception as exc:  # noqa: BLE001 - reported by annotate, in graph order
+        outcome = exc
+    return outcome, time.perf_counter() - start
+
+
+def _prefetch_fused_norms(lg: LipGraph, norm: float, bar: LayerProgress) -> None:
+    """Compute the norms of the folded affine chains now, in the pool (see :func:`annotate`)."""
+    from .fuse import affine_chains, folded_structure, fused_bound  # fuse imports this module
+
+    def prefetch(chain: list[fx.Node]) -> float:
+        start = time.perf_counter()
         try:
-            node.meta["lip.transfer"] = rule.apply(ctx)
-        except NotLipschitzError as exc:
-            not_lipschitz.append(f"  - {exc}{_at(node)}")
-            continue
-        except NormNotSupported:
-            missing.append(node)
-            continue
-        except LipgraphError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a broken rule must say which rule and where
-            raise RuleError(f"rule {rule.name!r} (from {rule.source}) failed on {ctx.describe()}: "
-                            f"{type(exc).__name__}: {exc}{_at(node)}") from exc
-        node.meta["lip.rule"] = rule
-    if not_lipschitz:
-        raise NotLipschitzError(
-            "the network is not globally Lipschitz, so no finite bound exists:\n" + "\n".join(not_lipschitz)
-            + "\nA product or quotient of two input-dependent tensors (gating, dot-product attention, "
-              "normalising by a branch) can grow without limit; bound the input domain or replace the op "
-              "by a Lipschitz variant (e.g. L2 attention, Kim et al. 2021).")
-    if missing and unsupported == "error":
-        raise UnsupportedOpsError(_unsupported_message(lg, missing, norm), missing)
-    for node in missing:
-        node.meta["lip.transfer"] = Transfer(gains=(unbounded("no rule"),) * len(node.meta["lip.inputs"]))
+            if folded_structure(chain) is not None:
+                fused_bound(lg, chain, norm)
+        except Exception:  # noqa: BLE001 - fusion itself will meet the same error and handle it
+            pass
+        return time.perf_counter() - start
+
+    chains = affine_chains(lg)
+    bar.extend(len(chains))
+    for chain, seconds in zip(chains, parallel_map(prefetch, chains)):
+        chain[-1].meta["lip.seconds"] = chain[-1].meta.get("lip.seconds", 0.0) + seconds
+        bar.advance(chain[-1].meta["lip.path"])
 
 
 def context(lg: LipGraph, node: fx.Node, norm: float) -> OpContext:

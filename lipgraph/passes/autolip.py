@@ -46,7 +46,7 @@ def propagate(nodes: Iterable[fx.Node], entry: Mapping[fx.Node, Bound], *, estim
         bounds[node] = combine(terms, transfer.combine)
         for shortcut in node.meta.get("lip.shortcuts", ()):
             if estimates or shortcut.bound.kind is not Kind.ESTIMATE:
-                bounds[node] = _through(shortcut, bounds[node], bounds, entry)
+                bounds[node] = through_shortcut(shortcut, bounds[node], bounds, entry)
     return bounds
 
 
@@ -65,7 +65,7 @@ def add_shortcut(node: fx.Node, first: fx.Node, bound: Bound, label: str) -> Non
     node.meta.setdefault("lip.shortcuts", []).append(Shortcut(first, bound, label))
 
 
-def _through(shortcut: Shortcut, current: Bound, bounds: Mapping[fx.Node, Bound],
+def through_shortcut(shortcut: Shortcut, current: Bound, bounds: Mapping[fx.Node, Bound],
              entry: Mapping[fx.Node, Bound]) -> Bound:
     """The smaller of the AutoLip bound so far and ``shortcut · L(source)``; both are certified bounds."""
     first = shortcut.first

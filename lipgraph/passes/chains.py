@@ -4,7 +4,8 @@ A chain is a maximal path of the graph whose ops each feed only the next one, ma
 :func:`lipgraph.passes.fuse.affine_runs`: conv→BN, linear, flatten→linear… bounded as one operator) alternating
 with elementwise activations of known slope interval. Found with networkx: the subgraph of eligible ops with
 sole-consumer edges is a disjoint union of paths; each weakly connected component is cut into runs and
-activations. Consecutive activations merge (slopes of a composition multiply). Leading and trailing activations
+activations. Consecutive activations merge (slopes of a composition multiply); a run of gain exactly 1
+(identity, dropout, reshape alone) ends a chain, as there is nothing to tighten through it. Leading and trailing activations
 stay outside: they multiply the chain's constant as in AutoLip. Chains need K ≥ 2 runs to be tightened.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import networkx as nx
 from torch import fx
 
 from ..ir import LipGraph
-from .fuse import affine_runs, is_affine_link, sole_consumer
+from .fuse import affine_runs, is_affine_link, is_trivial, sole_consumer
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,8 @@ def _cut(order: list[fx.Node], run_of: dict[fx.Node, list[fx.Node]]) -> list[Seq
             i += 1
             continue
         run = run_of.get(n)
+        if run is not None and all(is_trivial(m) for m in run):  # an identity-like run: nothing to tighten
+            run = None
         if run is None or (runs and not pending):  # cannot continue the current chain here
             chains += _close(runs, acts)
             runs, acts = [], []

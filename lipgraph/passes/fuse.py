@@ -63,7 +63,7 @@ def affine_runs(lg: LipGraph) -> list[list[fx.Node]]:
 
 def affine_chains(lg: LipGraph) -> list[list[fx.Node]]:
     """Affine runs with ≥ 2 non-isometries: the ones fusion can tighten."""
-    return [run for run in affine_runs(lg) if sum(not _trivial(c) for c in run) >= 2]
+    return [run for run in affine_runs(lg) if sum(not is_trivial(c) for c in run) >= 2]
 
 
 def fused_bound(lg: LipGraph, chain: list[fx.Node], norm: float) -> Bound | None:
@@ -77,7 +77,8 @@ def fused_bound(lg: LipGraph, chain: list[fx.Node], norm: float) -> Bound | None
 _IDENTITIES = ("identity", "dropout", "contiguous")  # the identity map in eval mode (if affine at all)
 
 
-def _trivial(n: fx.Node) -> bool:
+def is_trivial(n: fx.Node) -> bool:
+    """An affine op whose gain is exactly 1 (identity, dropout, reshape…): nothing to tighten."""
     g = n.meta["lip.transfer"].gains[0]
     return g.exact and g.value == 1.0
 

@@ -185,7 +185,11 @@ def _dense_estimators(result: ChainResult, parts: list[LinearPart], norm: float,
 def _timed(result: ChainResult, name: str, compute, margin: float = 0.0) -> None:
     """Run one estimator, record its bound (rounding ``margin`` added to certified values) and seconds."""
     start = time.perf_counter()
-    bound = compute()
+    try:
+        bound = compute()
+    except Exception as exc:  # noqa: BLE001 - a failed estimator (solver error, missing extra) leaves the others
+        result.notes.append(f"{name} failed: {type(exc).__name__}: {exc}")
+        return
     if bound.kind is Kind.CERTIFIED and margin:
         bound = certified(bound.value, bound.method, margin=margin)
     result.results[name] = bound

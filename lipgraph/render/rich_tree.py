@@ -1,21 +1,23 @@
 """The annotated bound tree, printed with rich.
 
 Each line: name, type, op, the bound with its relation (``=`` exact, ``≤`` certified, ``≈`` estimate,
-``≥`` lower), its kind and method; merges show their formula (``1 + L(bn2) = 1 + 3.21``); with
-``analyze(layer_lower=True)`` a layer's power-iteration lower bound follows its gain
-(``L ≤ 2.934  certified · fft-circular (power iteration ≥ 2.93)``).
+``≥`` lower), its kind and method; merges show their formula (``1 + L(conv2+bn2)·L(relu)·L(conv1+bn1) = 1 + 8.99``,
+with ``--formula`` every node does); with ``analyze(layer_lower=True)`` a layer's power-iteration lower bound
+follows its gain (``L ≤ 2.934  certified · fft-circular (power iteration ≥ 2.93)``).
 """
 from __future__ import annotations
 
 import sys
-from typing import IO
+from typing import IO, Callable
 
 from rich.console import Console
 from rich.text import Text
 from rich.tree import Tree
 
 from ..bound import Bound, Kind
+from ..formula import Formulas
 from ..report import ChainInfo, Report, ReportNode, norm_name
+from .formulas import latex_block, top_marks, top_table
 
 _STYLE = {Kind.CERTIFIED: "green", Kind.ESTIMATE: "yellow", Kind.LOWER: "cyan", Kind.UNBOUNDED: "bold red"}
 
@@ -47,7 +49,9 @@ def power_lower(b: Bound) -> str:
     return f"{b.method.replace('-', ' ')} {format_bound(b)}"
 
 
-def label(node: ReportNode, *, root: bool = False) -> Text:
+def label(node: ReportNode, *, root: bool = False, formulas: Formulas | None = None, mark: str | None = None,
+          ) -> Text:
+    """One line of the tree; ``formulas`` (``--formula``) adds the node's formula, ``mark`` (``--top``) its rank."""
     text = Text()
     text.append(node.path if node.path else node.type, style="bold")
     if node.path:
@@ -60,6 +64,10 @@ def label(node: ReportNode, *, root: bool = False) -> Text:
         text.append(f" ({power_lower(node.layer_lower)})", style=_STYLE[Kind.LOWER])
     if node.formula:
         text.append(f"  [{node.formula}]", style="magenta")
+    elif formulas is not None and node.expr is not None and not node.expr.is_Symbol:
+        text.append(f"  [L = {formulas.text(node.expr, node.path)}]", style="magenta")
+    if mark:
+        text.append(f"  [{mark}]", style="bold red")
     if node.fused:
         names = "+".join(m.rsplit(".", 1)[-1] for m in node.fused.members)
         lower = f", {power_lower(node.fused.lower)}" if node.fused.lower is not None else ""
@@ -73,12 +81,16 @@ def label(node: ReportNode, *, root: bool = False) -> Text:
 
 
 def chain_summary(chain: ChainInfo) -> str:
-    """``conv1+bn1 → relu → conv2+bn2: autolip 3.19 · cp ≤ 1.88 · seqlip ≤ 1.95 · seqlip-greedy ≈ 1.29``."""
-    values = [f"autolip {chain.product:.4g}"] + [f"{name} {format_bound(b)}" for name, b in chain.results.items()]
+    """``conv1+bn1 → relu → conv2+bn2: autolip 3.19 · cp ≤ 1.88 (0.01 s) · seqlip-greedy ≈ 1.29 (0.1 s)``: every
+    estimator's value (its relation says certified ≤ or estimate ≈) and how long it took."""
+    values = [f"autolip {chain.product:.4g}"] + [
+        f"{name} {format_bound(b)} ({chain.seconds.get(name, 0.0):.2g} s)" for name, b in chain.results.items()]
     return f"{' → '.join(chain.members)}: {' · '.join(values)}"
 
 
-def build_rich_tree(report: Report, depth: int | None = None) -> Tree:
+def build_rich_tree(report: Report, depth: int | None = None, *, formulas: bool = False, top: int | None = None,
+                    ) -> Tree:
+    """The tree; ``formulas`` shows each node's formula, ``top`` marks the constants that matter most."""
     b = report.bound
     title = Text()
     title.append(f"{report.model}", style="bold")
@@ -92,14 +104,19 @@ def build_rich_tree(report: Report, depth: int | None = None) -> Tree:
     if report.estimate is not None:
         title.append(f"  (estimate {format_bound(report.estimate)} by {report.estimate.method})",
                      style=_STYLE[Kind.ESTIMATE])
-    title.append(f"  {b.kind.value} · {b.method} · ℓ{norm_name(report.norm)} · input "
-                 f"{' '.join('×'.join(map(str, s)) for s in report.input_shape)}", style="dim")
+    shapes = " ".join("×".join(map(str, s)) for s in report.input_shape)  # none for a subtree's report
+    where = f" · input {shapes}" if shapes else ""
+    title.append(f"  {b.kind.value} · {b.method} · ℓ{norm_name(report.norm)}{where}", style="dim")
+    shown = report.formulas if formulas else None
+    if shown is not None:
+        title.append(f"  [L = {shown.text(report.tree.expr, report.tree.path)}]", style="magenta")
+    marks = top_marks(report, top) if top else {}
     tree = Tree(title)
 
     def add(parent: Tree, node: ReportNode, level: int) -> None:
         if depth is not None and level > depth:
             return
-        branch = parent.add(label(node))
+        branch = parent.add(label(node, formulas=shown, mark=marks.get(node.path)))
         for child in node.children:
             add(branch, child, level + 1)
 
@@ -108,25 +125,43 @@ def build_rich_tree(report: Report, depth: int | None = None) -> Tree:
     return tree
 
 
-_ASCII = str.maketrans({"≤": "<=", "≈": "~", "≥": ">=", "∞": "inf", "ℓ": "l", "×": "x", "·": "*", "√": "sqrt"})
+_ASCII = str.maketrans({"≤": "<=", "≈": "~", "≥": ">=", "∞": "inf", "ℓ": "l", "×": "x", "·": "*", "√": "sqrt",
+                        "→": "->", "∂": "d"})
 
 
-def print_report(report: Report, *, console: Console | None = None, depth: int | None = None,
-                 ascii_only: bool = False, width: int | None = None) -> None:
-    console = console or make_console(ascii_only=ascii_only, width=width)
+def to_ascii(text: str) -> str:
+    return text.translate(_ASCII)
+
+
+def print_ascii(console: Console, ascii_only: bool, draw: Callable[[Console], None]) -> None:
+    """``draw(console)``; with ``ascii_only`` through an ASCII console, its output mapped to ASCII (``≤`` -> ``<=``)."""
     if ascii_only and not console.options.ascii_only:  # a caller's UTF-8 console would draw unicode guides
         console = _AsciiConsole(file=console.file, width=console.width, color_system=console.color_system,
                                 no_color=console.no_color, highlight=False, emoji=False)
     if ascii_only:
         with console.capture() as captured:
-            _print(report, console, depth)
-        console.file.write(captured.get().translate(_ASCII))
+            draw(console)
+        console.file.write(to_ascii(captured.get()))
     else:
-        _print(report, console, depth)
+        draw(console)
 
 
-def _print(report: Report, console: Console, depth: int | None) -> None:
-    console.print(build_rich_tree(report, depth))
+def print_report(report: Report, *, console: Console | None = None, depth: int | None = None,
+                 ascii_only: bool = False, width: int | None = None, formulas: bool = False, latex: bool = False,
+                 top: int | None = None) -> None:
+    """The tree (``formulas``: with each node's formula; ``top``: with the ``top`` constants that matter most
+    marked and listed), or with ``latex`` only the formulas as a LaTeX ``align*`` block."""
+    console = console or make_console(ascii_only=ascii_only, width=width)
+    if latex:
+        console.print(latex_block(report, depth), markup=False, highlight=False, soft_wrap=True)
+        return
+    print_ascii(console, ascii_only, lambda c: _print(report, c, depth, formulas, top))
+
+
+def _print(report: Report, console: Console, depth: int | None, formulas: bool, top: int | None) -> None:
+    console.print(build_rich_tree(report, depth, formulas=formulas, top=top))
+    if top:
+        console.print(top_table(report, top))
     if len(report.outputs) > 1:
         for name, b in report.outputs:
             console.print(f"output {name}: L {format_bound(b)} ({b.kind.value})")

@@ -12,6 +12,7 @@ from torch import nn
 
 from lipgraph.linalg import conv_norm
 from lipgraph.linalg import conv as conv_module
+from lipgraph.linalg import spectral
 
 INF = math.inf
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel lengths")
@@ -232,3 +233,96 @@ def test_rejects_bad_arguments(kwargs):
 def test_rejects_wrong_in_spatial():
     with pytest.raises(ValueError):
         conv_norm(torch.ones(2, 2, 3, 3), (6,))
+
+
+# --- fast paths: float32 screening, Gram iteration, pointwise kernels ------------------------------------------
+@settings(max_examples=250, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(conv_cases())
+def test_screened_and_gram_are_certified(oracle, monkeypatch, drawn):
+    """The 250 random configurations again, with the float32 screening forced on every size and with Gram
+    iteration: both stay ≥ the exact norm; the screened value equals the float64 one."""
+    monkeypatch.setattr(spectral, "SCREEN_MIN_DIM", 1)
+    monkeypatch.setattr(spectral, "MAX_WINDOW", math.inf)
+    c, seed = drawn
+    try:
+        m = c.module(seed)
+        m(torch.zeros(1, *c.in_shape, dtype=torch.float64))
+    except (RuntimeError, ValueError):
+        assume(False)
+    ref = oracle.norm(m, c.in_shape, 2)
+    screened, gram = c.norm(m, 2, "fft"), c.norm(m, 2, "gram")
+    assert screened.value >= ref * (1 - 1e-9) - 1e-12, (c, screened, ref)
+    assert gram.value >= ref * (1 - 1e-9) - 1e-12 and gram.method == "fft-gram" and not gram.exact, (c, gram, ref)
+    monkeypatch.setattr(spectral, "SCREEN_MIN_DIM", 10**9)  # the same operator in float64 only
+    assert screened.value == pytest.approx(c.norm(m, 2, "fft").value, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("cin, cout, n, kw", [
+    (24, 24, (4, 4), dict(padding=1)),
+    (32, 24, (5, 4), dict(padding=1, stride=2)),
+    (24, 40, (6, 6), dict(padding=2, dilation=2)),
+    (48, 48, (4, 3), dict(padding=1, groups=2)),
+    (30, 26, (12,), dict(padding=2)),
+])
+def test_screening_at_real_channel_counts(oracle, cin, cout, n, kw):
+    """Channel counts where the screening runs by default (≥ SCREEN_MIN_DIM), against the dense Jacobian."""
+    c = Case(cin, cout, 3, n, kw)
+    m = c.module()
+    oracle.assert_upper(c.norm(m, 2, "fft"), oracle.norm(m, c.in_shape, 2), 1.3)
+
+
+@st.composite
+def pointwise_cases(draw):
+    d = draw(st.integers(1, 3))
+    groups = draw(st.sampled_from([1, 2, 3]))
+    cin, cout = groups * draw(st.integers(1, 3)), groups * draw(st.integers(1, 3))
+    n = tuple(draw(st.integers(1, 5 if d < 3 else 3)) for _ in range(d))
+    transposed = draw(st.booleans())
+    stride = draw(st.integers(1, 3))
+    kw = dict(stride=stride, groups=groups, padding=draw(st.integers(0, 2)))
+    if transposed:
+        kw["output_padding"] = draw(st.integers(0, stride - 1))
+    return Case(cin, cout, 1, n, kw, transposed), draw(st.integers(0, 2**16))
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(pointwise_cases())
+def test_pointwise_is_exact(oracle, drawn):
+    c, seed = drawn
+    try:
+        m = c.module(seed)
+        m(torch.zeros(1, *c.in_shape, dtype=torch.float64))
+    except (RuntimeError, ValueError):
+        assume(False)
+    b = c.norm(m, 2, "pointwise")
+    assert b.method == "pointwise-svd"
+    oracle.assert_exact(b, oracle.norm(m, c.in_shape, 2))
+
+
+def test_auto_uses_pointwise_when_dense_is_not_cheap(oracle, monkeypatch):
+    c = Case(4, 6, 1, (5, 6), dict(stride=2, padding=1))
+    m = c.module()
+    monkeypatch.setattr(conv_module, "dense_is_cheap", lambda *sizes: False)
+    b = c.norm(m, 2, "auto")
+    assert b.method == "pointwise-svd"
+    oracle.assert_exact(b, oracle.norm(m, c.in_shape, 2))
+
+
+def test_pointwise_rejects_other_kernels():
+    with pytest.raises(ValueError):
+        conv_norm(torch.ones(2, 2, 3, 3), (6, 6), strategy="pointwise")
+    with pytest.raises(ValueError):
+        conv_norm(torch.ones(2, 2, 1, 1), (6, 6), padding=1, padding_mode="reflect", strategy="pointwise")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("strategy", ["fft", "gram", "pointwise", "auto"])
+def test_cuda_matches_cpu(strategy):
+    from lipgraph.linalg.device import on_device
+
+    w = torch.randn(64, 64, 1 if strategy == "pointwise" else 3, 1 if strategy == "pointwise" else 3)
+    cpu = conv_norm(w, (14, 14), padding=0 if strategy == "pointwise" else 1, strategy=strategy)
+    with on_device("cuda"):
+        gpu = conv_norm(w, (14, 14), padding=0 if strategy == "pointwise" else 1, strategy=strategy)
+    assert gpu.value == pytest.approx(cpu.value, rel=1e-6)

@@ -52,3 +52,23 @@ def test_dense_is_cheap():
     assert not dense_is_cheap(64 * 32 * 32, 64 * 32 * 32)
     assert not dense_is_cheap(DENSE_LIMIT.max_min_dim + 1, DENSE_LIMIT.max_min_dim + 1)
     assert dense_is_cheap(DENSE_LIMIT.max_min_dim, 1)
+
+
+def test_materialize_by_columns_when_outputs_outnumber_inputs(oracle):
+    def upsample(x: torch.Tensor) -> torch.Tensor:
+        return _conv_map(F.interpolate(x, scale_factor=3))  # (2, 3, 2) in, (3, 5, 3) out
+
+    W = materialize(upsample, (2, 3, 2))
+    np.testing.assert_allclose(W.numpy(), oracle.jacobian(upsample, (2, 3, 2)), rtol=0, atol=1e-12)
+
+
+def test_materialize_by_rows_checks_the_vjp():
+    """A map autograd cannot see through (its vjp is 0) is materialised by columns, not as the zero matrix."""
+    A = torch.randn(3, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+
+    def opaque(x: torch.Tensor) -> torch.Tensor:
+        return x.detach().reshape(x.shape[0], -1) @ A.T
+
+    assert dense_module._rows(opaque, (2, 4), 3) is None
+    np.testing.assert_allclose(materialize(opaque, (2, 4)).numpy(), A.numpy(), rtol=0, atol=1e-14)
+    assert dense_norm(opaque, (2, 4), 2).value == pytest.approx(float(np.linalg.norm(A.numpy(), 2)), rel=2e-6)

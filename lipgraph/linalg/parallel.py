@@ -1,0 +1,41 @@
+"""A thread pool over independent norm computations, within the thread budget the user gave torch.
+
+The heavy parts (``eigvalsh``, matrix products, convolutions) release the GIL, so ``n = torch.get_num_threads()``
+worker threads run them in parallel. While the pool runs, torch's own intra-op threads are set to 1 (and restored
+afterwards): n workers × 1 thread instead of n × n threads, which would oversubscribe the cores. With one torch
+thread everything runs in the calling thread, in order. Workers see the caller's context variables (the analysis'
+device and cache).
+"""
+from __future__ import annotations
+
+import contextvars
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator, TypeVar
+
+import torch
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None) -> Iterator[R]:
+    """``fn(item)`` for every item, yielded in order; ``workers`` defaults to ``torch.get_num_threads()``.
+    Exceptions are raised when their item's result is reached (``fn`` should catch what it wants to report)."""
+    items = list(items)
+    n = min(workers or torch.get_num_threads(), len(items))
+    if n <= 1:
+        yield from map(fn, items)
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(n, thread_name_prefix="lipgraph-norms") as pool:
+            futures = [pool.submit(contextvars.copy_context().run, fn, item) for item in items]
+            try:
+                for future in futures:
+                    yield future.result()
+            finally:
+                for future in futures:
+                    future.cancel()
+    finally:
+        torch.set_num_threads(threads)

@@ -1,0 +1,266 @@
+"""max over frequencies of σ_max of a circular convolution's symbol: float32 screening and float64 recheck
+(:func:`max_singular_value`, exact), or Gram iteration (:func:`gram_iteration_norm`, an upper bound).
+
+The symbol of a (polyphase, grouped) circular convolution on the grid Z_M^d is the matrix-valued trigonometric
+polynomial S(ω) = Σ_t A_t e^{−2πi⟨ω, u_t⟩/M} (per group: c_out × width); the operator's ℓ2 norm is
+max_ω σ_max(S(ω)) (Sedghi, Gupta & Long, ICLR 2019). Real taps give S(−ω) = conj S(ω), so one frequency of each
+pair {ω, −ω} is enough (:func:`frequencies`).
+
+Screening, in float32 (complex64) on the chosen device, per frequency and group, with u = 2⁻²⁴ and
+γ_m = m·u / (1 − m·u) (Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., 2002):
+
+1. Symbol: each entry of S is a sum of at most T products a·z with |z| = 1. Rounding a and z to float32, the
+   complex products (Lemma 3.5: √2·γ₂) and the T-term sums give |S̃ − S| ≤ c_S·u·B entrywise, with
+   B = Σ_t |A_t| and c_S = 2T + 8, so ‖S̃ − S‖₂ ≤ e_S = c_S·u·√(‖B‖₁‖B‖∞) (‖X‖₂² ≤ ‖X‖₁‖X‖∞ and
+   ‖|X|‖₂ ≥ ‖X‖₂), the same for every frequency.
+2. Gram matrix: G̃ = fl(S̃S̃ᴴ) (or S̃ᴴS̃) with inner dimension k, as a float32 sum of the products of m = ⌈k/b⌉
+   column blocks of width b ≤ ``GRAM_BLOCK``: each block product is off by at most √2·γ_{b+2}·|S̃_j||S̃_j|ᴴ
+   entrywise (§3.6, complex inner products, in any order), and summing m of them adds √2·γ_m of the sum of their
+   moduli, so |G̃ − S̃S̃ᴴ| ≤ √2·γ_{b+2+m}·|S̃||S̃|ᴴ (and ≤ √2·γ_{k+2}·|S̃||S̃|ᴴ, any summation order), hence
+   ‖G̃ − S̃S̃ᴴ‖₂ ≤ e_G = √2·γ_{min(b+m, k)+2}·‖|S̃|‖₁‖|S̃|‖∞.
+3. Eigensolver: ``eigvalsh`` is backward stable: its largest value λ̃ is an eigenvalue of G̃ + E with
+   ‖E‖₂ ≤ p(n)·u·‖G̃‖₂ (LAPACK Users' Guide, 3rd ed., §4.7; LAPACK's own error bounds take p(n) = 1, we take
+   p(n) = 4n), ‖G̃‖₂ ≤ |λ̃| + e_G + ‖E‖₂, which gives e_E.
+
+By Weyl's inequality σ_max(S(ω)) ∈ [l(ω), h(ω)] = [√(λ̃ − e_E − e_G)₊ − e_S, √(λ̃ + e_E + e_G) + e_S].
+Recheck: frequencies are recomputed in float64 (complex128 symbol, Gram matrix, ``eigvalsh``) in decreasing order
+of h, while h(ω) ≥ τ, the largest value known to be attained: max l at first, then the largest float64 value;
+no other frequency can hold the maximum. The result is the max of the rechecked values (and of h over the
+others, which is smaller): a float64 value, certified by the caller with ``FLOAT_MARGIN`` as elsewhere.
+e_G grows like ‖|S|‖₂²/‖S‖₂², large for the wide polyphase symbols of strided convolutions: when the first
+chunk's enclosures are wider than ``MAX_WINDOW`` (relative, median) they could not exclude frequencies of a flat
+spectrum, and every frequency is computed in float64 instead, as are small matrices (n < ``SCREEN_MIN_DIM``).
+(A float64 Cholesky test of τ²·I − G̃ in place of the float32 eigensolver was measured no faster here.)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+
+#: Gram matrices are summed over blocks of this many columns of the inner dimension.
+GRAM_BLOCK = 128
+#: Unit roundoffs of float32 and float64.
+U32, U64 = 2.0 ** -24, 2.0 ** -53
+#: Gram iteration runs until its worst-case relative excess is below this.
+GRAM_TOLERANCE = 1e-3
+#: Screening is dropped when the first chunk's enclosures are wider than this (relative, median).
+MAX_WINDOW = 1e-2
+#: Frequencies are processed in chunks of about this many complex matrix entries per array.
+CHUNK_ENTRIES = 1 << 22
+#: Per-frequency matrices smaller than this are computed in float64 directly (screening would not pay).
+SCREEN_MIN_DIM = 24
+#: Absolute slack for float32 underflow of the (normalised, |a| ≤ 1) symbol entries.
+_UNDERFLOW = 1e-30
+
+
+def _gamma(m: int, u: float = U32) -> float:
+    return m * u / (1 - m * u)
+
+
+@dataclass(frozen=True)
+class Symbol:
+    """S(ω) = Σ_t A_t e^{−2πi⟨ω, u_t⟩/M}: tap t is the (g, c_out, c_in) matrix ``taps[t]`` placed in input block
+    ``phase[t]`` (polyphase component) of the (g, c_out, c_in · phases) symbol."""
+
+    taps: torch.Tensor  # (T, g, c_out, c_in) float64
+    offsets: torch.Tensor  # (T, d) int64
+    phase: torch.Tensor  # (T,) int64 in 0..phases-1
+    modulus: tuple[int, ...]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(groups, rows, columns) of the per-frequency matrices."""
+        _, g, co, ci = self.taps.shape
+        return g, co, ci * self.n_phases
+
+    @property
+    def n_phases(self) -> int:
+        return int(self.phase.max()) + 1 if self.phase.numel() else 1
+
+    def _blocks(self) -> list[torch.Tensor]:
+        return [(self.phase == p).nonzero().squeeze(1) for p in range(self.n_phases)]
+
+    def at(self, freqs: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The symbols at ``freqs`` (F, d), shape (F, g, c_out, width), complex ``dtype`` on ``device``."""
+        T, g, co, ci = self.taps.shape
+        M = torch.tensor(self.modulus, device=device)
+        f, u = freqs.to(device), self.offsets.to(device)
+        turns = (((f[:, None, :] * u[None]) % M).double() / M).sum(-1)  # Σ (ω·u mod M)/M: exact integer parts
+        z = torch.polar(torch.ones_like(turns), -2 * math.pi * turns).to(dtype)
+        flat = self.taps.reshape(T, -1).to(device=device, dtype=dtype)
+        return torch.cat([(z[:, idx] @ flat[idx]).reshape(-1, g, co, ci) for idx in self._blocks()], dim=-1)
+
+    def abs_sum(self) -> torch.Tensor:
+        """B = Σ_t |A_t| (g, c_out, width), float64: an entrywise bound of |S(ω)| for every ω."""
+        a = self.taps.abs()
+        return torch.cat([a[idx].sum(0) for idx in self._blocks()], dim=-1)
+
+
+def frequencies(modulus: tuple[int, ...]) -> torch.Tensor:
+    """One frequency ω ∈ Z_M^d of each pair {ω, −ω} (F, d): the rfft half-grid (last axis 0..M/2) without the
+    duplicates on its boundary planes (last = 0 or M/2), where ω and −ω are both in the half-grid."""
+    half = (*modulus[:-1], modulus[-1] // 2 + 1)
+    f = torch.stack(torch.unravel_index(torch.arange(math.prod(half)), half), -1)
+    if len(modulus) == 1:
+        return f
+    last = f[:, -1]
+    boundary = (last == 0) | (2 * last == modulus[-1])
+    rest, m_rest = f[:, :-1], torch.tensor(modulus[:-1])
+    keep = ~boundary | (_ravel(rest, m_rest) <= _ravel((-rest) % m_rest, m_rest))
+    return f[keep]
+
+
+def _ravel(index: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    strides = torch.tensor([math.prod(sizes[i + 1:].tolist()) for i in range(len(sizes))])
+    return (index * strides).sum(-1)
+
+
+def _chunks(n_freq: int, per_freq: int):
+    step = max(1, CHUNK_ENTRIES // max(per_freq, 1))
+    for start in range(0, n_freq, step):
+        yield slice(start, min(start + step, n_freq))
+
+
+def _gram(s: torch.Tensor) -> torch.Tensor:
+    """The smaller Gram matrix of each symbol, S Sᴴ or Sᴴ S, summed over blocks of ``GRAM_BLOCK`` of the inner
+    dimension k (module docstring, step 2: the rounding bound then grows with GRAM_BLOCK + k/GRAM_BLOCK, not k)."""
+    if s.shape[-2] > s.shape[-1]:
+        s = s.mH
+    gram = None
+    for start in range(0, s.shape[-1], GRAM_BLOCK):
+        part = s[..., start:start + GRAM_BLOCK]
+        gram = part @ part.mH if gram is None else gram.add_(part @ part.mH)
+    return gram
+
+
+def _top_eigenvalues(symbol: Symbol, freqs: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """λ_max of the Gram matrix per frequency (max over groups), in float64: (F,)."""
+    g, co, w = symbol.shape
+    out = []
+    for part in _chunks(len(freqs), g * (co * w + min(co, w) ** 2)):
+        s = symbol.at(freqs[part], torch.complex128, device)
+        out.append(torch.linalg.eigvalsh(_gram(s))[..., -1].amax(-1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+def _symbol_error(symbol: Symbol, u: float = U32) -> float:
+    """e_S (module docstring, step 1) of a normalised symbol (|a| ≤ 1), plus underflow slack."""
+    return (2 * symbol.taps.shape[0] + 8) * u * math.sqrt(_schur(symbol.abs_sum()).max().item()) + _UNDERFLOW
+
+
+def _gram_error(k: int, u: float = U32) -> float:
+    """The factor of ‖|S̃|‖₁‖|S̃|‖∞ in e_G for inner dimension k (module docstring, step 2)."""
+    return math.sqrt(2) * _gamma(min(k, GRAM_BLOCK + math.ceil(k / GRAM_BLOCK)) + 2, u)
+
+
+def _float32_grams(symbol: Symbol, freqs: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """G̃ (F, g, n, n) complex64 and e_G (F, g) float64 at ``freqs`` (module docstring, step 2)."""
+    s = symbol.at(freqs, torch.complex64, device)
+    k = max(s.shape[-2:])
+    e_g = _gram_error(k) * _schur(s.abs()).double() * (1 + _gamma(k + 2))  # the float32 sums' own rounding
+    return _gram(s), e_g
+
+
+def _schur(a: torch.Tensor) -> torch.Tensor:
+    """‖A‖₁‖A‖∞ ≥ ‖A‖₂² per matrix of a batch (…, m, n) of nonnegative matrices."""
+    return a.sum(-2).amax(-1) * a.sum(-1).amax(-1)
+
+
+def _normalised(symbol: Symbol) -> tuple[Symbol, float]:
+    """The symbol divided by its largest |tap| (so |a| ≤ 1: no float32 overflow), and that scale (0: all zero)."""
+    scale = symbol.taps.abs().max().item() if symbol.taps.numel() else 0.0
+    return (replace(symbol, taps=symbol.taps / scale) if scale else symbol), scale
+
+
+def _screen(symbol: Symbol, freqs: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rigorous float32 enclosures [l(ω), h(ω)] of max_group σ_max(S(ω)) (module docstring), float64 (F,)."""
+    gram, e_g = _float32_grams(symbol, freqs, device)
+    lam = torch.linalg.eigvalsh(gram)[..., -1].double()
+    p_n = 4 * min(symbol.shape[1:]) * U32
+    e_e = p_n * (lam.abs() + e_g) / (1 - p_n)
+    e_s = _symbol_error(symbol)
+    low = (torch.sqrt((lam - e_e - e_g).clamp(min=0)) - e_s).amax(-1)
+    high = (torch.sqrt(lam.clamp(min=0) + e_e + e_g) + e_s).amax(-1)
+    return low.cpu(), high.cpu()
+
+
+def max_singular_value(symbol: Symbol, device: torch.device | str | None = None) -> float:
+    """max over ω of σ_max(S(ω)) (every group), by float32 screening and a float64 recheck (module docstring)."""
+    device = torch.device(device or "cpu")
+    symbol, scale = _normalised(symbol)
+    if scale == 0.0:
+        return 0.0
+    freqs = frequencies(symbol.modulus)
+    g, co, w = symbol.shape
+    if min(co, w) < SCREEN_MIN_DIM:
+        return scale * _exact_max(symbol, freqs, device)
+    lows, highs = [], []
+    for part in _chunks(len(freqs), g * (co * w + min(co, w) ** 2)):
+        low, high = _screen(symbol, freqs[part], device)
+        if not lows and ((high - low) / high.clamp(min=1e-300)).median() > MAX_WINDOW:  # would not pay
+            return scale * _exact_max(symbol, freqs, device)
+        lows.append(low)
+        highs.append(high)
+    return scale * _recheck(symbol, freqs, torch.cat(lows), torch.cat(highs), device)
+
+
+def _recheck(symbol: Symbol, freqs: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
+             device: torch.device) -> float:
+    """max_ω σ_max(S(ω)) from enclosures [low, high]: float64 values in decreasing order of ``high`` while
+    ``high`` ≥ the largest value known to be attained (module docstring)."""
+    g, co, w = symbol.shape
+    order = torch.argsort(high, descending=True)
+    best, step = low.max().item(), max(1, min(64, CHUNK_ENTRIES // (g * (co * w + min(co, w) ** 2))))
+    exact = 0.0
+    for start in range(0, len(order), step):
+        batch = order[start:start + step]
+        batch = batch[high[batch] >= best]
+        if len(batch) == 0:
+            return max(exact, high[order[start]].item())  # every frequency left is below an attained value
+        exact = max(exact, _exact_max(symbol, freqs[batch], device))
+        best = max(best, exact)
+    return exact
+
+
+def _exact_max(symbol: Symbol, freqs: torch.Tensor, device: torch.device) -> float:
+    """max σ_max over ``freqs`` in float64 (0 for none)."""
+    return math.sqrt(max(_top_eigenvalues(symbol, freqs, device).max().item(), 0.0)) if len(freqs) else 0.0
+
+
+def gram_iteration_norm(symbol: Symbol, device: torch.device | str | None = None) -> float:
+    """Certified upper bound on max_ω σ_max(S(ω)) by Gram iteration per frequency (Delattre, Barthélemy, Araujo &
+    Allauzen, ICML 2023), in float64: matrix products only, the fast path on a GPU.
+
+    X₀ = S, X_{j+1} = fl(X_jX_jᴴ) / c_{j+1} (the smaller Gram matrix; c a power of two near its Frobenius norm,
+    an exact scaling). Since σ₁(X_j)² = σ₁(X_jX_jᴴ) ≤ c_{j+1}·σ₁(X_{j+1}) + ε_{j+1} with ε_{j+1} the product's
+    rounding bound (module docstring step 2, with ‖|X|‖₂ ≤ ‖X‖_F: ε = √2·γ_{min(b+m, k)+2}·‖X_j‖_F²) and
+    σ₁(X_t) ≤ ‖X_t‖_F, the recursion U_t = ‖X_t‖_F, U_j = √(c_{j+1}·U_{j+1} + ε_{j+1}) gives σ₁(S̃) ≤ U₀, and
+    σ₁(S) ≤ U₀ + e_S (step 1, with u = 2⁻⁵³). The excess over σ₁ is at most rank^{2^{-(t+1)}} − 1 ≈ ln(n)/2^{t+1}:
+    t is the smallest with ln(n)/2^{t+1} ≤ ``GRAM_TOLERANCE``.
+    """
+    device = torch.device(device or "cpu")
+    symbol, scale = _normalised(symbol)
+    if scale == 0.0:
+        return 0.0
+    g, co, w = symbol.shape
+    n = min(co, w)
+    steps = max(1, math.ceil(math.log2(max(math.log(n), GRAM_TOLERANCE) / GRAM_TOLERANCE)) - 1)
+    e_s = _symbol_error(symbol, U64)
+    freqs, best = frequencies(symbol.modulus), 0.0
+    for part in _chunks(len(freqs), g * (co * w + n * n)):
+        x = symbol.at(freqs[part], torch.complex128, device)
+        scales, errors = [], []
+        for _ in range(steps):
+            frob2 = torch.linalg.matrix_norm(x, "fro").square() * (1 + 1e-6)
+            errors.append(_gram_error(max(x.shape[-2:]), U64) * frob2)
+            y = _gram(x)
+            c = torch.exp2(torch.round(torch.log2(torch.linalg.matrix_norm(y, "fro").clamp(min=1e-300))))
+            x = y / c[..., None, None]
+            scales.append(c)
+        bound = torch.linalg.matrix_norm(x, "fro") * (1 + 1e-6)
+        for c, eps in zip(reversed(scales), reversed(errors)):
+            bound = torch.sqrt(c * bound + eps)
+        best = max(best, (bound + e_s).max().item())
+    return scale * best

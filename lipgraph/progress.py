@@ -1,0 +1,94 @@
+"""Where the time goes: a progress bar over layers for long analyses, and the slowest layers afterwards.
+
+The bar (rich, on stderr, only when stderr is a terminal) appears after ``DELAY`` seconds (short runs never show
+it), disappears when done (transient), and is off with ``analyze(quiet=True)``, ``--quiet`` and ``--json``.
+``explain --timings`` prints :func:`print_timings`.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from .report import Report
+
+#: Seconds before the bar appears: a run shorter than this never shows one.
+DELAY = 2.0
+
+
+class LayerProgress:
+    """``with LayerProgress(total, "bounding layers", enabled) as bar: ... bar.advance("layer1.0.conv1")``."""
+
+    def __init__(self, total: int, description: str, enabled: bool = True, *, delay: float = DELAY) -> None:
+        self.total, self.description, self.done, self.label = total, description, 0, ""
+        self.enabled = enabled and sys.stderr.isatty()
+        self._bar = None
+        self._task = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(delay, self._start) if self.enabled else None
+
+    def __enter__(self) -> "LayerProgress":
+        if self._timer is not None:
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def _start(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with self._lock:
+            if self._bar is not None or self.done >= self.total:
+                return
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("[dim]{task.fields[label]}"),
+                                 console=Console(stderr=True), transient=True)
+            self._task = self._bar.add_task(self.description, total=self.total, completed=self.done,
+                                            label=self.label)
+            self._bar.start()
+
+    def extend(self, more: int) -> None:
+        """``more`` layers to go than announced."""
+        with self._lock:
+            self.total += more
+            if self._bar is not None:
+                self._bar.update(self._task, total=self.total)
+
+    def advance(self, label: str = "") -> None:
+        """One more layer done; ``label`` names the next or the last one."""
+        with self._lock:
+            self.done += 1
+            self.label = label
+            if self._bar is not None:
+                self._bar.update(self._task, completed=self.done, label=label)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        with self._lock:
+            if self._bar is not None:
+                self._bar.stop()
+                self._bar = None
+
+
+def print_timings(report: Report, console: Console, top: int = 15) -> None:
+    """Where the time went: the ``top`` ops whose rules and norms took longest (``ReportNode.seconds``), each with
+    its share of the analysis' wall time. With several torch threads, layers run in parallel and the shares may
+    add up to more than 100 %."""
+    from rich.table import Table
+
+    ops = sorted((n for n in report.tree.walk() if n.op is not None and not n.children), key=lambda n: -n.seconds)
+    total = max(report.seconds, 1e-9)
+    table = Table(title=f"slowest layers (of {len(ops)} ops; analysis {report.seconds:.2f} s, their sum "
+                        f"{report.tree.seconds:.2f} s)")
+    for column in ("layer", "type", "method", "seconds", "share"):
+        table.add_column(column, justify="right" if column in ("seconds", "share") else "left")
+    for n in ops[:top]:
+        method = n.bound.method + (f" (fused chain: {n.fused.bound.method.removeprefix('fused ')})" if n.fused else "")
+        table.add_row(n.path, n.type, method, f"{n.seconds:.3f}", f"{100 * n.seconds / total:.1f} %")
+    console.print(table)

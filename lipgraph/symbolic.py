@@ -1,0 +1,345 @@
+"""Symbolic AutoLip: the formula of every node of the report's tree, over the constants of its children.
+
+A module call is bounded by AutoLip over its ops with its inputs at 1 (:func:`lipgraph.report.build_tree`);
+the same walk here builds a sympy expression. A child module call is one symbol ``L(child)`` when it is a *unit*
+of the walk — one input tensor, one output tensor, and no fused run or chain crossing its boundary — else its
+ops are walked in place, one level down. A fused run or chain is one symbol exactly where
+:func:`lipgraph.passes.autolip.propagate` uses it instead of the product. A tensor used by several units whose
+value is not a single symbol gets a symbol of its own, ``L(→x)`` (the bound reached at x), so that formulas of
+DenseNets and U-Nets stay linear in size.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Mapping
+
+import sympy
+from torch import fx
+
+from .bound import Bound, Kind, exact
+from .formula import Constant, Formulas, combine_expr, number, symbol
+from .ir import LipGraph, Scope, arg_nodes
+from .passes.autolip import Shortcut, combine, propagate, through_shortcut
+
+
+@dataclass
+class TreeFormulas:
+    """What :func:`build_formulas` gives the report: the formula system (with each model output's formula), the
+    formula of each module node and chain node (``""`` is the model) and of each op node, by path (an op may have
+    its module's path), and each merge's value inside its module (with that module's path)."""
+
+    formulas: Formulas
+    modules: dict[str, sympy.Expr]
+    ops: dict[str, sympy.Expr]
+    merges: dict[str, tuple[sympy.Expr, str]]
+
+    def expr(self, path: str, is_op: bool) -> sympy.Expr | None:
+        return (self.ops if is_op else self.modules).get(path)
+
+
+def build_formulas(lg: LipGraph, instances: Mapping[Scope, list[fx.Node]], norm: float) -> TreeFormulas:
+    """Formulas of every module call in ``instances`` (scope -> its ops in execution order; ``()`` is the model)."""
+    return _Builder(lg, instances, norm).run()
+
+
+# -- helpers shared with the report -------------------------------------------------------------------------
+def module_outputs(nodes: list[fx.Node], inside: set[fx.Node]) -> list[fx.Node]:
+    """The ops of a module call whose results are used outside it."""
+    return [n for n in nodes if any(u not in inside for u in n.users)]
+
+
+def module_entries(nodes: list[fx.Node], inside: set[fx.Node]) -> dict[fx.Node, Bound]:
+    """The tensors a module call reads from outside it, each at bound 1 (the call's own constant)."""
+    one = exact(1.0, "module input")
+    return {a: one for n in nodes for a in n.meta["lip.inputs"] if a not in inside}
+
+
+def call_bound(nodes: list[fx.Node], norm: float) -> Bound:
+    """AutoLip over one module call: its inputs at 1, its outputs joined as a concatenation."""
+    inside = set(nodes)
+    if len(nodes) == 1 and len(nodes[0].meta["lip.inputs"]) == 1:  # one op: its own constant and method
+        return nodes[0].meta["lip.transfer"].gains[0]
+    bounds = propagate(nodes, module_entries(nodes, inside))
+    one = exact(1.0, "output")
+    return combine([(one, bounds[n]) for n in module_outputs(nodes, inside)], norm)
+
+
+def fused_members(node: fx.Node) -> list[fx.Node]:
+    """The ops of the fused affine run ending at ``node`` (which carries ``lip.chain``), first to last."""
+    first = node.meta["lip.chain"][0]
+    members = [node]
+    while members[-1] is not first:
+        members.append(members[-1].meta["lip.inputs"][0])
+    return members[::-1]
+
+
+def joined_name(paths: list[str]) -> str:
+    """``layer1.0.conv1+bn1`` for a run of ``layer1.0.conv1`` and ``layer1.0.bn1`` (common module prefix once)."""
+    parts = [p.split(".") for p in paths]
+    common = 0
+    while all(len(p) > common + 1 and p[common] == parts[0][common] for p in parts):
+        common += 1
+    prefix = ".".join(parts[0][:common])
+    return (prefix + "." if prefix else "") + "+".join(".".join(p[common:]) for p in parts)
+
+
+def chain_path(result) -> str:
+    """The tree path of a chain (a :class:`lipgraph.passes.seqlip.ChainResult`): ``<scope>.chain(<first>)``."""
+    first, scope = result.chain.members()[0], result.chain.scope
+    return f"{scope}.chain({first})" if scope else f"chain({first})"
+
+
+def _weighted(lg: LipGraph, n: fx.Node) -> bool:
+    """Whether the op has parameters or buffers (module weights, or constant tensors of the graph)."""
+    if n.op == "call_module":
+        module = lg.gm.get_submodule(n.target)
+        return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
+    return any(a.op in ("get_attr", "placeholder") and not a.meta.get("lip.dep") for a in arg_nodes(n))
+
+
+def _atomic(e: sympy.Expr) -> bool:
+    return e.is_Symbol or e.is_Number or (e.is_Mul and len(e.args) == 2 and e.args[0].is_Number
+                                          and e.args[1].is_Symbol)
+
+
+def taken_shortcuts(nodes: list[fx.Node], bounds: Mapping[fx.Node, Bound],
+                    entry: Mapping[fx.Node, Bound]) -> dict[fx.Node, Shortcut]:
+    """For each op where :func:`propagate` (with these results) replaced the AutoLip bound by a shortcut, the last
+    shortcut that won; replayed from the final bounds with the same comparison."""
+    taken = {}
+    for n in nodes:
+        shortcuts = [s for s in n.meta.get("lip.shortcuts", ()) if s.bound.kind is not Kind.ESTIMATE]
+        if not shortcuts or n in entry:
+            continue
+        transfer = n.meta["lip.transfer"]
+        current = combine(list(zip(transfer.gains, (bounds[a] for a in n.meta["lip.inputs"]))), transfer.combine)
+        for s in shortcuts:
+            after = through_shortcut(s, current, bounds, entry)
+            if after is not current:
+                taken[n] = s
+            current = after
+    return taken
+
+
+class _Product:
+    """``factor · rest``, multiplied out when first needed. sympy sorts a product's factors each time one is built,
+    so multiplying along a chain of n ops one factor at a time would cost O(n²); this costs O(n)."""
+
+    __slots__ = ("factor", "rest", "_expr")
+
+    def __init__(self, factor: sympy.Symbol, rest: "sympy.Expr | _Product") -> None:
+        self.factor, self.rest, self._expr = factor, rest, None
+
+    def expr(self) -> sympy.Expr:
+        if self._expr is None:
+            factors, node = [], self
+            while isinstance(node, _Product) and node._expr is None:
+                factors.append(node.factor)
+                node = node.rest
+            self._expr = sympy.Mul(_expr(node), *factors)
+        return self._expr
+
+
+def _expr(value: "sympy.Expr | _Product") -> sympy.Expr:
+    return value.expr() if isinstance(value, _Product) else value
+
+
+# -- the builder ----------------------------------------------------------------------------------------------
+class _Builder:
+    def __init__(self, lg: LipGraph, instances: Mapping[Scope, list[fx.Node]], norm: float) -> None:
+        self.lg, self.instances, self.norm = lg, instances, norm
+        self.order = {n: i for i, n in enumerate(lg.ops())}
+        self.f = Formulas(constants={}, definitions={}, names={}, rank={})
+        self.leaf: dict[fx.Node, sympy.Symbol] = {}
+        self.fused: dict[fx.Node, sympy.Symbol] = {}
+        self.chain: dict[fx.Node, sympy.Symbol] = {}
+        self.call: dict[Scope, sympy.Symbol] = {}  # module calls that are units of their parent's formula
+        # tree path -> its formula (one per call), for module and chain nodes and for op nodes
+        self.terms: dict[str, list[sympy.Expr]] = defaultdict(list)
+        self.op_terms: dict[str, list[sympy.Expr]] = defaultdict(list)
+        self.merges: dict[str, tuple[sympy.Expr, str]] = {}
+
+    def run(self) -> TreeFormulas:
+        self._leaves()
+        self._shortcuts()
+        self._name_calls()
+        for scope in sorted(self.instances, key=lambda s: (-len(s), self._first(s))):
+            nodes = self.instances[scope]
+            if not scope:
+                continue
+            if scope not in self.call:  # one op: its own constant (or its gains, if it has several inputs)
+                n, path = nodes[0], scope[-1][0]
+                own = self.leaf.get(n) or self._walk(scope, nodes, [n])[0]
+                self.terms[path].append(own)
+                self.op_terms[path].append(own)
+            else:  # calls with equal bounds share one symbol, defined by the first
+                definition, _ = self._walk(scope, nodes, module_outputs(nodes, set(nodes)))
+                self.f.definitions.setdefault(self.call[scope], definition)
+        outs = self.lg.output.meta["lip.inputs"]
+        root, values = self._walk((), self.instances.get((), []), outs)
+        modules = {path: self._node_formula(terms) for path, terms in self.terms.items()}
+        modules[""] = root
+        ops = {path: self._node_formula(terms) for path, terms in self.op_terms.items()}
+        ops.update({path: e for path, (e, _) in self.merges.items()})
+        self.f.outputs = [(n.meta["lip.path"], _expr(values[n])) for n, _ in self.lg.output.meta["lip.outputs"]]
+        return TreeFormulas(self.f, modules, ops, self.merges)
+
+    def _first(self, scope: Scope) -> int:
+        nodes = self.instances[scope]
+        return self.order[nodes[0]] if nodes else -1
+
+    def _node_formula(self, terms: list[sympy.Expr]) -> sympy.Expr:
+        """A tree node's formula: its definition, or the largest of its calls' symbols when they differ."""
+        unique = list(dict.fromkeys(terms))
+        if len(unique) == 1:
+            return self.f.definitions.get(unique[0], unique[0])
+        return sympy.Max(*unique)
+
+    def _constant(self, key: str, value: float, paths: tuple[str, ...], weighted: bool, rank: int,
+                  fallback: sympy.Expr | None = None) -> sympy.Symbol:
+        s = symbol(f"L({key})")
+        if s not in self.f.constants:
+            self.f.constants[s] = Constant(value, paths, weighted, fallback)
+            self.f.names[s], self.f.rank[s] = key, rank
+        return s
+
+    # -- constants ---------------------------------------------------------------------------------------------
+    def _leaves(self) -> None:
+        """One constant per single-input op; a module called several times with different constants (another
+        input size) gets one per call, ``path#k``."""
+        by_path: dict[str, list[fx.Node]] = defaultdict(list)
+        for n in self.order:
+            if len(n.meta["lip.transfer"].gains) == 1:
+                by_path[n.meta["lip.path"]].append(n)
+        for path, nodes in by_path.items():
+            gains = [n.meta["lip.transfer"].gains[0].value for n in nodes]
+            per_call = any(not math.isclose(g, gains[0], rel_tol=1e-12) for g in gains)
+            for k, (n, gain) in enumerate(zip(nodes, gains)):
+                key = f"{path}#{k + 1}" if per_call else path
+                self.leaf[n] = self._constant(key, gain, (path,), _weighted(self.lg, n), self.order[n])
+                self.op_terms[path].append(self.leaf[n])
+
+    def _shortcuts(self) -> None:
+        """Fused runs (``lip.chain``) and chains bounded as a whole (``lip.seqlip``): one constant each, whose
+        fallback is the product of its members."""
+        for n in self.order:
+            if "lip.chain" in n.meta:
+                members = fused_members(n)
+                paths = tuple(m.meta["lip.path"] for m in members)
+                self.fused[n] = self._constant(
+                    joined_name(list(paths)), n.meta["lip.chain"][1].value, paths,
+                    any(_weighted(self.lg, m) for m in members), self.order[n],
+                    sympy.Mul(*[self.leaf[m] for m in members]))
+            if "lip.seqlip" in n.meta:
+                result = n.meta["lip.seqlip"]
+                chain = result.chain
+                parts = [self.fused[run[-1]] if run[-1] in self.fused and fused_members(run[-1])[0] is run[0]
+                         else sympy.Mul(*[self.leaf[m] for m in run]) for run in chain.runs]
+                parts += [self.leaf[a] for acts in chain.activations for a in acts]
+                path = chain_path(result)
+                self.chain[n] = self._constant(
+                    path, result.best.value, tuple(m.meta["lip.path"] for m in chain.nodes),
+                    any(_weighted(self.lg, m) for m in chain.nodes), self.order[n], sympy.Mul(*parts))
+                self.terms[path].append(self.chain[n])
+
+    def _name_calls(self) -> None:
+        """A symbol per module call made of several ops: ``L(path)``, or ``L(path#k)`` per call when the calls'
+        bounds differ."""
+        groups: dict[str, list[Scope]] = defaultdict(list)
+        ops = {n.meta["lip.path"] for n in self.order}  # fx may file an op under the next module's call
+        for scope, nodes in self.instances.items():
+            if scope and not (len(nodes) == 1 and nodes[0].meta["lip.scope"] == scope):
+                groups[scope[-1][0]].append(scope)
+        for path, scopes in groups.items():
+            scopes.sort(key=self._first)
+            values = [call_bound(self.instances[s], self.norm).value for s in scopes]
+            per_call = any(not math.isclose(v, values[0], rel_tol=1e-12) for v in values)
+            name = f"{path}(module)" if path in ops else path
+            for k, scope in enumerate(scopes):
+                key = f"{name}#{k + 1}" if per_call else name
+                s = self.call[scope] = symbol(f"L({key})")
+                self.f.names[s] = key
+                self.f.rank[s] = max(self.order[n] for n in self.instances[scope])
+                self.terms[path].append(s)
+
+    # -- one module call ---------------------------------------------------------------------------------------
+    def _walk(self, scope: Scope, nodes: list[fx.Node], outs: list[fx.Node],
+              ) -> tuple[sympy.Expr, dict[fx.Node, sympy.Expr | _Product]]:
+        """The formula of one module call (inputs at 1, outputs joined as a concatenation) and the expression
+        reached at each of its tensors (see :func:`_expr`)."""
+        inside = set(nodes)
+        entry = module_entries(nodes, inside)
+        taken = taken_shortcuts(nodes, propagate(nodes, entry), entry)
+        units: dict[Scope, tuple[fx.Node, fx.Node] | None] = {}
+        unit_of = {n: self._unit(n, scope, taken, units) for n in nodes}
+        consumers: dict[fx.Node, set] = defaultdict(set)
+        for n in nodes:
+            for a in n.meta["lip.inputs"]:
+                consumers[a].add(unit_of[n] or n)
+        for o in outs:
+            consumers[o].add("output")
+        values: dict[fx.Node, sympy.Expr | _Product] = {a: sympy.Integer(1) for a in entry}
+        for n in nodes:
+            child = unit_of[n]
+            if child is not None:
+                src, out = units[child]
+                if n is not out:
+                    continue
+                e = _Product(self.call[child], values[src])
+            elif n in taken:
+                shortcut = taken[n]
+                via = self.fused[n] if shortcut.label == "fusion" else self.chain[n]
+                e = _Product(via, values[shortcut.first.meta["lip.inputs"][0]])
+            else:
+                e = self._op(n, values)
+                if len(n.meta["lip.inputs"]) > 1 and n.meta["lip.scope"] == scope and n.op != "call_module":
+                    self.merges.setdefault(n.meta["lip.path"], (e, scope[-1][0] if scope else ""))
+            if len(consumers[n]) > 1 and not _atomic(_expr(e)):
+                e = self._shared(scope, child[-1][0] if child else n.meta["lip.path"], self.order[n], _expr(e))
+            values[n] = e
+        return combine_expr([(sympy.Integer(1), _expr(values[o])) for o in outs], self.norm), values
+
+    def _unit(self, n: fx.Node, scope: Scope, taken: dict[fx.Node, Shortcut],
+              units: dict[Scope, tuple[fx.Node, fx.Node] | None]) -> Scope | None:
+        """The outermost child call inside ``scope`` that contains ``n`` and is a unit of the walk, if any."""
+        level, inner = scope, n.meta["lip.scope"]
+        while len(inner) > len(level):
+            child = inner[:len(level) + 1]
+            if child not in units:
+                units[child] = self._as_unit(child, taken)
+            if units[child] is not None:
+                return child
+            level = child
+        return None
+
+    def _as_unit(self, child: Scope, taken: dict[fx.Node, Shortcut]) -> tuple[fx.Node, fx.Node] | None:
+        """(input, output) of a child call that can stand as ``L(child) · L(input)``: a call of several ops with
+        one input tensor and one output tensor, which no shortcut of the walk enters or leaves."""
+        if child not in self.call:
+            return None
+        nodes = self.instances[child]
+        inside = set(nodes)
+        sources = {a for m in nodes for a in m.meta["lip.inputs"] if a not in inside}
+        outs = module_outputs(nodes, inside)
+        if len(sources) != 1 or len(outs) != 1:
+            return None
+        if any((m in inside) != (s.first in inside) for m, s in taken.items()):
+            return None
+        return next(iter(sources)), outs[0]
+
+    def _op(self, n: fx.Node, values: Mapping[fx.Node, sympy.Expr | _Product]) -> sympy.Expr | _Product:
+        transfer, inputs = n.meta["lip.transfer"], n.meta["lip.inputs"]
+        if len(transfer.gains) == 1:
+            return _Product(self.leaf[n], values[inputs[0]])
+        return combine_expr([(number(g.value), _expr(values[a])) for g, a in zip(transfer.gains, inputs)],
+                            transfer.combine)
+
+    def _shared(self, scope: Scope, path: str, rank: int, e: sympy.Expr) -> sympy.Symbol:
+        """A symbol for the bound reached at a tensor used by several units of one module call's formula."""
+        where = f"{scope[-1][0]}@{scope[-1][1]}" if scope else ""
+        s = symbol(f"L(→{path} in {where})")
+        self.f.definitions[s], self.f.names[s], self.f.rank[s] = e, f"→{path}", rank
+        return s
+

@@ -1,0 +1,230 @@
+"""lipgraph.cache: per-analysis memo and the on-disk cache (always in a tmp folder, never ~/.cache)."""
+from __future__ import annotations
+
+import contextvars
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import lipgraph
+from lipgraph import cache as cache_module
+from lipgraph.bound import Kind, certified
+from lipgraph.cache import NormCache, cache_dir, memoised, norm_cache, tensor_digest
+from lipgraph.cli import main
+from lipgraph.linalg import conv as conv_module
+from lipgraph.linalg import conv_norm
+
+
+@pytest.fixture(autouse=True)
+def tmp_cache(tmp_path, monkeypatch) -> Path:
+    """Every test here caches into its own folder; ~/.cache is never touched."""
+    monkeypatch.setenv("LIPGRAPH_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def slow(value: float, calls: list, seconds: float = cache_module.MIN_SECONDS):
+    def compute():
+        calls.append(1)
+        time.sleep(seconds)
+        return certified(value, "test")
+    return compute
+
+
+def entries(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.json"))
+
+
+def test_cache_dir_precedence(monkeypatch, tmp_path):
+    monkeypatch.setenv("LIPGRAPH_CACHE_DIR", str(tmp_path / "a"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "a"
+    monkeypatch.delenv("LIPGRAPH_CACHE_DIR")
+    assert cache_dir() == tmp_path / "xdg" / "lipgraph"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "lipgraph"
+
+
+def test_tensor_digest_is_by_content():
+    a = torch.arange(6.0).reshape(2, 3)
+    assert tensor_digest(a) == tensor_digest(a.clone()) == tensor_digest(a.T.contiguous().T)
+    assert tensor_digest(a) != tensor_digest(a.reshape(3, 2))  # shape is part of it
+    assert tensor_digest(a) != tensor_digest(a.double())  # so is the dtype
+    b = a.clone()
+    b[1, 2] += 1e-6
+    assert tensor_digest(a) != tensor_digest(b)
+
+
+def test_memo_computes_once_even_from_threads():
+    calls: list = []
+    with norm_cache(False):
+        results = []
+        def ask():
+            results.append(memoised(("k", 1), slow(2.0, calls, 0.1)))
+
+        threads = [threading.Thread(target=contextvars.copy_context().run, args=(ask,)) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(calls) == 1 and [b.value for b in results] == [2.0] * 8
+    assert memoised(("k", 1), slow(3.0, calls)).value == 3.0  # outside an analysis: no memo
+
+
+def test_failures_are_not_remembered():
+    calls: list = []
+
+    def failing():
+        calls.append(1)
+        raise RuntimeError("boom")
+
+    with norm_cache(False):
+        for _ in range(2):
+            with pytest.raises(RuntimeError):
+                memoised(("f",), failing)
+    assert len(calls) == 2
+
+
+def test_disk_round_trip(tmp_cache):
+    calls: list = []
+    with norm_cache() as cache:
+        assert memoised(("w", 1), slow(1.5, calls)).value == 1.5
+    assert cache.written == 1 and len(entries(tmp_cache)) == 1
+    with norm_cache() as cache:
+        b = memoised(("w", 1), slow(9.0, calls))
+    assert (b.value, b.kind, b.method, cache.hits, len(calls)) == (1.5, Kind.CERTIFIED, "test", 1, 1)
+    assert not list(tmp_cache.rglob(".tmp-*"))  # written by rename: no temporary file left
+
+
+def test_fast_results_stay_in_memory(tmp_cache):
+    with norm_cache():
+        memoised(("fast",), lambda: certified(1.0, "test"))
+    assert entries(tmp_cache) == []
+
+
+def test_code_or_input_changes_miss(tmp_cache, monkeypatch):
+    calls: list = []
+    with norm_cache():
+        memoised(("w", 1), slow(1.0, calls))
+    with norm_cache():
+        memoised(("w", 2), slow(2.0, calls))  # another input
+    monkeypatch.setattr(cache_module, "_FINGERPRINT", ["other code"])
+    with norm_cache():
+        assert memoised(("w", 1), slow(3.0, calls)).value == 3.0  # another implementation: no stale value
+    assert len(calls) == 3
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"key": "someone else's", "value": 1.0,
+                                                               "kind": "certified", "method": "x", "exact": False}),
+                                     json.dumps({"key": None, "value": -1})])
+def test_corrupt_entries_are_misses_and_removed(tmp_cache, content):
+    calls: list = []
+    with norm_cache():
+        memoised(("w",), slow(1.0, calls))
+    (path,) = entries(tmp_cache)
+    key = path.stem
+    path.write_text(content.replace("someone else's", key[::-1]))
+    with norm_cache():
+        assert memoised(("w",), slow(2.0, calls)).value == 2.0
+    assert len(calls) == 2 and json.loads(path.read_text())["value"] == 2.0
+
+
+def test_concurrent_writers_leave_a_valid_entry(tmp_cache):
+    caches = [NormCache(tmp_cache) for _ in range(6)]
+    threads = [threading.Thread(target=c.get, args=(("same",), slow(4.0, []))) for c in caches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    (path,) = entries(tmp_cache)
+    assert json.loads(path.read_text())["value"] == 4.0
+    assert not list(tmp_cache.rglob(".tmp-*"))
+
+
+def test_prune_keeps_the_most_recently_used(tmp_cache):
+    cache = NormCache(tmp_cache, max_entries=10)
+    for i in range(20):
+        cache.get(("entry", i), slow(float(i), []))
+    paths = entries(tmp_cache)
+    for path in paths:  # entry i last used at time i
+        i = int(json.loads(path.read_text())["value"])
+        os.utime(path, (1_000_000 + i, 1_000_000 + i))
+    NormCache(tmp_cache).get(("entry", 0), slow(0.0, []))  # a hit refreshes entry 0
+    assert cache.prune() == 11
+    kept = sorted(int(json.loads(p.read_text())["value"]) for p in entries(tmp_cache))
+    assert kept == [0, 12, 13, 14, 15, 16, 17, 18, 19]
+
+
+def test_unwritable_folder_costs_speed_not_results(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    calls: list = []
+    with norm_cache(blocker) as cache:
+        assert memoised(("w",), slow(1.0, calls)).value == 1.0
+    assert cache.written == 0 and len(calls) == 1
+
+
+# -- through analyze --------------------------------------------------------------------------------------------
+def conv_net() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(24, 24, 3, padding=1)
+    model = nn.Sequential(conv, nn.BatchNorm2d(24), nn.ReLU(), conv, nn.Flatten(), nn.Linear(24 * 36, 5)).eval()
+    return model, torch.randn(1, 24, 6, 6)
+
+
+def test_identical_layers_and_second_runs_compute_nothing_again(tmp_cache, monkeypatch):
+    computed: list = []
+    real = conv_module._conv_norm
+    monkeypatch.setattr(conv_module, "_conv_norm", lambda *a: computed.append(a[1]) or real(*a))
+    monkeypatch.setattr(cache_module, "MIN_SECONDS", 0.0)  # store every result
+    model, x = conv_net()
+    first = lipgraph.analyze(model, x, lower=False)
+    # the conv called twice is computed once; its conv+BN fold once (prefetched, then found by fusion)
+    assert len(computed) == 2
+    second = lipgraph.analyze(model, x, lower=False)
+    assert len(computed) == 2 and strip_seconds(second.to_dict()) == strip_seconds(first.to_dict())
+    with torch.no_grad():
+        model[0].weight[0, 0, 0, 0] += 0.5  # a changed weight is a new key
+    lipgraph.analyze(model, x, lower=False)
+    assert len(computed) == 4
+
+
+def strip_seconds(obj):
+    if isinstance(obj, dict):
+        return {k: strip_seconds(v) for k, v in obj.items() if k != "seconds"}
+    if isinstance(obj, list):
+        return [strip_seconds(v) for v in obj]
+    return obj
+
+
+def test_cache_false_and_no_cache_write_nothing(tmp_cache, tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_module, "MIN_SECONDS", 0.0)
+    model, x = conv_net()
+    lipgraph.analyze(model, x, lower=False, cache=False)
+    assert not tmp_cache.exists()
+    lipgraph.analyze(model, x, lower=False, cache=tmp_path / "elsewhere")
+    assert entries(tmp_path / "elsewhere") and not tmp_cache.exists()
+    model_file = tmp_path / "model.py"
+    model_file.write_text("import torch\nfrom torch import nn\n"
+                          "def build_model():\n    torch.manual_seed(0)\n"
+                          "    return nn.Sequential(nn.Conv2d(24, 24, 3, padding=1), nn.ReLU())\n"
+                          "def example_input():\n    return torch.zeros(1, 24, 6, 6)\n")
+    assert main(["explain", str(model_file), "--no-lower", "--no-cache", "--json"]) == 0
+    assert not tmp_cache.exists()
+    assert main(["explain", str(model_file), "--no-lower", "--json"]) == 0
+    assert entries(tmp_cache)
+
+
+def test_conv_norm_results_are_the_same_through_the_cache(tmp_cache, monkeypatch):
+    monkeypatch.setattr(cache_module, "MIN_SECONDS", 0.0)
+    w = torch.randn(8, 8, 3, 3)
+    direct = conv_norm(w, (9, 9), padding=1, strategy="fft")
+    for _ in range(2):
+        with norm_cache():
+            assert conv_norm(w, (9, 9), padding=1, strategy="fft") == direct
