@@ -116,13 +116,13 @@ def matrix_norm(W: torch.Tensor, p: float) -> Bound:
 
 
 def _matrix_norm(W: torch.Tensor, p: float) -> Bound:
-    W = W.detach().to(torch.float64)
+    W = W.detach()
     if W.numel() == 0:
         value = 0.0
     elif p == 1:
-        value = W.abs().sum(0).max().item()
+        value = W.to(torch.float64).abs().sum(0).max().item()
     elif p == math.inf:
-        value = W.abs().sum(1).max().item()
+        value = W.to(torch.float64).abs().sum(1).max().item()
     else:
         value = batched_spectral_norm(W[None])
     return certified(value, _METHOD[p], exact=True, margin=FLOAT_MARGIN)
@@ -131,11 +131,19 @@ def _matrix_norm(W: torch.Tensor, p: float) -> Bound:
 def batched_spectral_norm(mats: torch.Tensor) -> float:
     """max_i σ_max(mats[i]) of a (B, m, n) batch: √λ_max of the smaller Gram matrix (W Wᵀ or Wᵀ W) by ``eigvalsh``
     in float64 on the analysis' device; rounding of the Gram product and of the symmetric eigensolver is
-    O(dim · ε_float64 · σ_max²), far below ``FLOAT_MARGIN``."""
-    W = mats.detach().to(device=norm_device(), dtype=torch.float64)
+    O(dim · ε_float64 · σ_max²), far below ``FLOAT_MARGIN``. The Gram matrix is summed over column blocks converted
+    to float64 one at a time, so a large float32 matrix (a 25088 × 4096 classifier) is never copied whole."""
+    W = mats.detach()
     if W.numel() == 0:
         return 0.0
-    gram = W @ W.mT if W.shape[-2] <= W.shape[-1] else W.mT @ W
+    if W.shape[-2] > W.shape[-1]:
+        W = W.mT
+    device = norm_device()
+    gram = torch.zeros(W.shape[0], W.shape[-2], W.shape[-2], dtype=torch.float64, device=device)
+    step = max(1, _CHUNK_ENTRIES // (W.shape[0] * W.shape[-2]))
+    for start in range(0, W.shape[-1], step):
+        part = W[..., start:start + step].to(device=device, dtype=torch.float64)
+        gram += part @ part.mT
     return math.sqrt(max(torch.linalg.eigvalsh(gram)[..., -1].max().item(), 0.0))
 
 
