@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import lipgraph
+from tests.fixtures.reports import strip_seconds
 from lipgraph import cache as cache_module
 from lipgraph.bound import Kind, certified
 from lipgraph.cache import NormCache, cache_dir, memoised, norm_cache, tensor_digest
@@ -193,14 +194,6 @@ def test_identical_layers_and_second_runs_compute_nothing_again(tmp_cache, monke
         model[0].weight[0, 0, 0, 0] += 0.5  # a changed weight is a new key
     lipgraph.analyze(model, x, lower=False)
     assert len(computed) == 4
-
-
-def strip_seconds(obj):
-    if isinstance(obj, dict):
-        return {k: strip_seconds(v) for k, v in obj.items() if k != "seconds"}
-    if isinstance(obj, list):
-        return [strip_seconds(v) for v in obj]
-    return obj
 
 
 def test_cache_false_and_no_cache_write_nothing(tmp_cache, tmp_path, monkeypatch):

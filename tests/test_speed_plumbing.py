@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import lipgraph
+from tests.fixtures.reports import strip_seconds
 from lipgraph.cli import main
 from lipgraph.errors import InputError
 from lipgraph.linalg import conv_norm
@@ -28,14 +29,6 @@ def two_threads():
     torch.set_num_threads(2)
     yield
     torch.set_num_threads(before)
-
-
-def strip_seconds(obj):
-    if isinstance(obj, dict):
-        return {k: strip_seconds(v) for k, v in obj.items() if k != "seconds"}
-    if isinstance(obj, list):
-        return [strip_seconds(v) for v in obj]
-    return obj
 
 
 # -- device ----------------------------------------------------------------------------------------------------

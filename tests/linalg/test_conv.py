@@ -195,16 +195,22 @@ def conv_cases(draw):
     return Case(cin, cout, k, n, kw, transposed), draw(st.integers(0, 2**16))
 
 
+def _module_or_reject(c, seed: int):
+    """The case's module, or a hypothesis rejection for a configuration torch itself rejects."""
+    try:
+        m = c.module(seed)
+        m(torch.zeros(1, *c.in_shape, dtype=torch.float64))
+    except (RuntimeError, ValueError):
+        assume(False)
+    return m
+
+
 @settings(max_examples=250, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(conv_cases())
 def test_certified_at_least_exact(oracle, drawn):
     c, seed = drawn
-    try:
-        m = c.module(seed)
-        m(torch.zeros(1, *c.in_shape, dtype=torch.float64))
-    except (RuntimeError, ValueError):
-        assume(False)  # a configuration torch itself rejects
+    m = _module_or_reject(c, seed)
     for p, strategy in [(2, "fft"), (1, "abs-sum"), (INF, "abs-sum")]:
         b = c.norm(m, p, strategy)
         ref = oracle.norm(m, c.in_shape, p)
@@ -245,11 +251,7 @@ def test_screened_and_gram_are_certified(oracle, monkeypatch, drawn):
     monkeypatch.setattr(spectral, "SCREEN_MIN_DIM", 1)
     monkeypatch.setattr(spectral, "MAX_WINDOW", math.inf)
     c, seed = drawn
-    try:
-        m = c.module(seed)
-        m(torch.zeros(1, *c.in_shape, dtype=torch.float64))
-    except (RuntimeError, ValueError):
-        assume(False)
+    m = _module_or_reject(c, seed)
     ref = oracle.norm(m, c.in_shape, 2)
     screened, gram = c.norm(m, 2, "fft"), c.norm(m, 2, "gram")
     assert screened.value >= ref * (1 - 1e-9) - 1e-12, (c, screened, ref)
@@ -290,11 +292,7 @@ def pointwise_cases(draw):
 @given(pointwise_cases())
 def test_pointwise_is_exact(oracle, drawn):
     c, seed = drawn
-    try:
-        m = c.module(seed)
-        m(torch.zeros(1, *c.in_shape, dtype=torch.float64))
-    except (RuntimeError, ValueError):
-        assume(False)
+    m = _module_or_reject(c, seed)
     b = c.norm(m, 2, "pointwise")
     assert b.method == "pointwise-svd"
     oracle.assert_exact(b, oracle.norm(m, c.in_shape, 2))
