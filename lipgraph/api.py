@@ -21,7 +21,7 @@ from .passes.autolip import autolip, network_estimate
 from .passes.fuse import fuse
 from .passes.layer_lower import layer_lower_bounds
 from .passes.seqlip import GRAPH_ESTIMATORS, tighten_chains
-from .registry import default_registry
+from .registry import Registry, default_registry
 from .report import Report, build_tree, output_bounds
 
 #: method -> chain estimators run on every sequential chain (algorithms.md §5–§8); "autolip" runs none.
@@ -99,21 +99,13 @@ def analyze(
         example_input = torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))
     inputs = as_inputs(example_input)
     registry = default_registry().with_overrides(rules)
-    model = original = unwrap(model)
-    name = type(model).__name__
-    if LipTracer(registry).is_leaf_module(model, ""):  # fx never makes the root a leaf: give it a parent
-        model = nn.Sequential(model)
-    check_finite_weights(model)
+    original = unwrap(model)
+    name = type(original).__name__
+    model = traceable_root(model, registry)
     notes: list[str] = []
     with eval_mode(model, notes), norm_cache(cache), on_device(device):
-        check_runs(model, inputs)
-        lg = ir.build(model, inputs, registry, frontend, concrete_args)
-        if lg.frontend == "export":
-            notes.append(("torch.fx could not trace the model; " if frontend == "auto" else "")
-                         + "the export frontend traces into every module, so rules registered for module classes "
-                           "do not apply (ops are bounded one by one)")
-        annotate(lg, registry, p, unsupported, fusion=True, progress=not quiet)
-        fuse(lg, p)
+        lg = annotated_graph(model, inputs, registry, p, frontend=frontend, unsupported=unsupported,
+                             concrete_args=concrete_args, notes=notes, progress=not quiet)
         if layer_lower:
             notes += layer_lower_bounds(lg, p)
         if estimators:
@@ -131,6 +123,31 @@ def analyze(
                   frontend=lg.frontend, tree=tree, outputs=output_bounds(lg), notes=notes,
                   lower=found.bound if found else None, lower_input=found.point if found else None, estimate=estimate,
                   formulas=formulas)
+
+
+def traceable_root(model: nn.Module, registry: Registry) -> nn.Module:
+    """``model`` unwrapped from (Distributed)DataParallel, inside an ``nn.Sequential`` when the root itself has a
+    rule (fx never makes the root a leaf), with its weights checked finite."""
+    model = unwrap(model)
+    if LipTracer(registry).is_leaf_module(model, ""):
+        model = nn.Sequential(model)
+    check_finite_weights(model)
+    return model
+
+
+def annotated_graph(model: nn.Module, inputs: tuple, registry: Registry, norm: float, *, frontend: str = "auto",
+                    unsupported: str = "error", concrete_args: dict[str, Any] | None = None,
+                    notes: list[str] | None = None, progress: bool = False) -> ir.LipGraph:
+    """Trace, rules and fusion — the graph every later pass works on. Call it under ``eval_mode``."""
+    check_runs(model, inputs)
+    lg = ir.build(model, inputs, registry, frontend, concrete_args)
+    if lg.frontend == "export" and notes is not None:
+        notes.append(("torch.fx could not trace the model; " if frontend == "auto" else "")
+                     + "the export frontend traces into every module, so rules registered for module classes "
+                       "do not apply (ops are bounded one by one)")
+    annotate(lg, registry, norm, unsupported, fusion=True, progress=progress)
+    fuse(lg, norm)
+    return lg
 
 
 def _lower(model: nn.Module, inputs: tuple, p: float, data: Any, options: Mapping[str, Any] | None, total: Bound,

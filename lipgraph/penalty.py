@@ -45,17 +45,14 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor, fx, nn
 
-from . import ir
-from .api import parse_norm
+from .api import annotated_graph, parse_norm, traceable_root
 from .errors import InputError
 from .estimators.cp import cp_value
-from .frontend.prepare import as_inputs, check_finite_weights, check_runs, eval_mode, unwrap
-from .frontend.trace import LipTracer
+from .frontend.prepare import as_inputs, eval_mode, unwrap
 from .ir import LipGraph, map_args
 from .linalg import power_iteration
-from .passes.annotate import annotate
 from .passes.chains import SeqChain, sequential_chains
-from .passes.fuse import affine_chains, fuse
+from .passes.fuse import affine_chains
 from .registry import default_registry
 
 #: Estimators the penalty implements: AutoLip, and AutoLip with CP/LipLT on every sequential chain.
@@ -95,16 +92,9 @@ def build_graph(model: nn.Module, inputs: tuple, norm: float, *, unsupported: st
                 frontend: str = "auto") -> LipGraph:
     """The annotated graph of ``model`` as ``analyze`` builds it (trace, rules, fusion chains), before AutoLip."""
     registry = default_registry()
-    model = unwrap(model)
-    if LipTracer(registry).is_leaf_module(model, ""):  # fx never makes the root a leaf: give it a parent
-        model = nn.Sequential(model)
-    check_finite_weights(model)
+    model = traceable_root(model, registry)
     with eval_mode(model, []):
-        check_runs(model, inputs)
-        lg = ir.build(model, inputs, registry, frontend)
-        annotate(lg, registry, norm, unsupported)
-        fuse(lg, norm)
-    return lg
+        return annotated_graph(model, inputs, registry, norm, frontend=frontend, unsupported=unsupported)
 
 
 class Replay:

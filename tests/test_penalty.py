@@ -236,8 +236,8 @@ def test_weights_computed_in_forward_are_live_not_snapshots() -> None:
 
 def test_traced_once_per_model_and_input_shape(monkeypatch) -> None:
     calls = []
-    build = penalty_module.ir.build
-    monkeypatch.setattr(penalty_module.ir, "build", lambda *a, **k: calls.append(1) or build(*a, **k))
+    build = lipgraph.ir.build
+    monkeypatch.setattr(lipgraph.ir, "build", lambda *a, **k: calls.append(1) or build(*a, **k))
     model, x = make("mlp")
     for _ in range(3):
         lipgraph.lipschitz_penalty(model, x)
