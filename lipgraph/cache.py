@@ -54,8 +54,8 @@ def cache_dir() -> Path:
 
 def tensor_digest(t: torch.Tensor) -> str:
     """A content digest of a tensor: dtype, shape and the bytes of its values."""
-    flat = t.detach().to("cpu").contiguous().reshape(-1)
-    h = hashlib.sha256(flat.view(torch.uint8).numpy() if flat.numel() else b"")
+    flat = t.detach().to("cpu").reshape(-1).clone()  # a fresh storage holding exactly these values
+    h = hashlib.sha256(bytes(flat.untyped_storage()) if flat.numel() else b"")  # (numpy is not a dependency)
     return f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}:{h.hexdigest()}"
 
 
