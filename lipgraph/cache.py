@@ -16,6 +16,7 @@ took at least ``MIN_SECONDS`` are also stored as small JSON files under :func:`c
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -54,8 +55,10 @@ def cache_dir() -> Path:
 
 def tensor_digest(t: torch.Tensor) -> str:
     """A content digest of a tensor: dtype, shape and the bytes of its values."""
-    flat = t.detach().to("cpu").reshape(-1).clone()  # a fresh storage holding exactly these values
-    h = hashlib.sha256(bytes(flat.untyped_storage()) if flat.numel() else b"")  # (numpy is not a dependency)
+    flat = t.detach().to("cpu").contiguous().reshape(-1)
+    # the raw bytes in place (numpy is not a dependency; ``flat`` stays alive while they are hashed)
+    raw = (ctypes.c_char * (flat.numel() * flat.element_size())).from_address(flat.data_ptr()) if flat.numel() else b""
+    h = hashlib.sha256(raw)
     return f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}:{h.hexdigest()}"
 
 

@@ -11,6 +11,7 @@ estimators picked by ``--method``; an estimator registers itself in :data:`CHAIN
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable
 
 import torch
@@ -45,6 +46,15 @@ class DenseChain:
         """Build from any sequence of matrices (converted to float64) and slope pairs."""
         return cls(tuple(torch.as_tensor(w).detach().to(torch.float64) for w in weights),
                    tuple((float(lo), float(hi)) for lo, hi in slopes))
+
+    @cached_property
+    def svds(self) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], ...]:
+        """Thin SVDs (U, S, V) of every matrix, float64, computed once per chain (shared by the estimators)."""
+        out = []
+        for W in self.weights:
+            U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+            out.append((U, S, Vh.T))
+        return tuple(out)
 
     @property
     def widths(self) -> list[int]:

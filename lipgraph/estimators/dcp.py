@@ -313,6 +313,8 @@ def dcp(chain: ConvChain, *, estimator: str | None = None, max_piece: int = MAX_
     estimator = estimator or _default_estimator()
     if estimator not in CHAIN_ESTIMATORS:
         raise InputError(f"unknown chain estimator {estimator!r}; known: {', '.join(sorted(CHAIN_ESTIMATORS))}")
+    if not CHAIN_ESTIMATORS[estimator].certified:
+        raise InputError(f"DCP combines certified piece bounds; {estimator!r} is an estimate")
     workers = workers or os.cpu_count() or 1
     K = len(chain.layers)
     start = time.perf_counter()

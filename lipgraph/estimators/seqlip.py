@@ -30,6 +30,7 @@ import torch
 
 from lipgraph.bound import FLOAT_MARGIN, Bound, certified, estimate
 from lipgraph.estimators import ChainEstimator, DenseChain, register_estimator
+from lipgraph.linalg.dense import batched_spectral_norm
 
 #: At most this many coordinates per pair are enumerated exactly (2^e small SVDs per pair) ...
 MAX_ENUMERATE = 20
@@ -53,8 +54,7 @@ class Factors:
 
 def svd_factors(W: torch.Tensor) -> Factors:
     """Thin SVD of a matrix in float64 (exact factorisation up to rounding)."""
-    U, S, Vh = torch.linalg.svd(W.detach().to(torch.float64), full_matrices=False)
-    return Factors(U, S, Vh.T)
+    return Factors(*DenseChain.of([W], []).svds[0])
 
 
 def pair_matrices(factors: list[Factors], i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,15 +64,6 @@ def pair_matrices(factors: list[Factors], i: int) -> tuple[torch.Tensor, torch.T
     s_left = left.S if i == 0 else left.S.sqrt()
     s_right = right.S if i + 1 == last else right.S.sqrt()
     return s_right[:, None] * right.V.T, left.U * s_left[None, :]
-
-
-def _spectral(M: torch.Tensor) -> torch.Tensor:
-    """Largest singular value of each matrix of a batch (0 for empty matrices): √λ_max of the smaller Gram
-    matrix by float64 ``eigvalsh`` (its rounding, O(dim·ε·σ_max²), is far below ``FLOAT_MARGIN``)."""
-    if M.shape[-1] == 0 or M.shape[-2] == 0:
-        return torch.zeros(M.shape[:-2], dtype=M.dtype)
-    gram = M @ M.mT if M.shape[-2] <= M.shape[-1] else M.mT @ M
-    return torch.linalg.eigvalsh(gram)[..., -1].clamp(min=0).sqrt()
 
 
 def pair_max(A: torch.Tensor, B: torch.Tensor, slope: tuple[float, float], max_enumerate: int = MAX_ENUMERATE,
@@ -95,7 +86,7 @@ def _enumerated(A: torch.Tensor, B: torch.Tensor, slope: tuple[float, float], or
     chosen, rest = order[:e], order[e:]
     A_E, B_E, A_R, B_R = A[:, chosen], B[chosen], A[:, rest], B[rest]
     base = mid * (A_R @ B_R)
-    tail = rad * _spectral(A_R).item() * _spectral(B_R).item() if len(rest) else 0.0
+    tail = rad * batched_spectral_norm(A_R[None]) * batched_spectral_norm(B_R[None]) if len(rest) else 0.0
     powers = 2 ** torch.arange(e)
     best = 0.0
     for start in range(0, 2 ** e, _BATCH):
@@ -103,7 +94,7 @@ def _enumerated(A: torch.Tensor, B: torch.Tensor, slope: tuple[float, float], or
         bits = ((codes[:, None] // powers) % 2).to(torch.float64)
         sigma = lo + (hi - lo) * bits  # (batch, e)
         M = base + (A_E[None] * sigma[:, None, :]) @ B_E
-        best = max(best, _spectral(M).max().item())
+        best = max(best, batched_spectral_norm(M))
     return best + tail
 
 
@@ -172,12 +163,12 @@ def greedy_bound(factors: list[Factors], slopes: list[tuple[float, float]]) -> B
 
 def seqlip(chain: DenseChain, max_enumerate: int = MAX_ENUMERATE) -> Bound:
     """Certified SeqLip bound of a dense chain (ℓ2)."""
-    return seqlip_bound([svd_factors(W) for W in chain.weights], list(chain.slopes), max_enumerate)
+    return seqlip_bound([Factors(*svd) for svd in chain.svds], list(chain.slopes), max_enumerate)
 
 
 def seqlip_greedy(chain: DenseChain) -> Bound:
     """Greedy SeqLip estimate of a dense chain (ℓ2)."""
-    return greedy_bound([svd_factors(W) for W in chain.weights], list(chain.slopes))
+    return greedy_bound([Factors(*svd) for svd in chain.svds], list(chain.slopes))
 
 
 register_estimator(ChainEstimator(

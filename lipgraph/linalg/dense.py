@@ -139,6 +139,8 @@ def batched_spectral_norm(mats: torch.Tensor) -> float:
     if W.shape[-2] > W.shape[-1]:
         W = W.mT
     device = norm_device()
+    if W.dtype == torch.float64 and W.device == torch.device(device):  # nothing to convert: one product
+        return math.sqrt(max(torch.linalg.eigvalsh(W @ W.mT)[..., -1].max().item(), 0.0))
     gram = torch.zeros(W.shape[0], W.shape[-2], W.shape[-2], dtype=torch.float64, device=device)
     step = max(1, _CHUNK_ENTRIES // (W.shape[0] * W.shape[-2]))
     for start in range(0, W.shape[-1], step):

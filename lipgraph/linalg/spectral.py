@@ -194,7 +194,7 @@ def max_singular_value(symbol: Symbol, device: torch.device | str | None = None)
         return 0.0
     freqs = frequencies(symbol.modulus)
     g, co, w = symbol.shape
-    if min(co, w) < SCREEN_MIN_DIM:
+    if min(co, w) < SCREEN_MIN_DIM or _reduced_precision_matmul(device):
         return scale * _exact_max(symbol, freqs, device)
     lows, highs = [], []
     for part in _chunks(len(freqs), g * (co * w + min(co, w) ** 2)):
@@ -204,6 +204,13 @@ def max_singular_value(symbol: Symbol, device: torch.device | str | None = None)
         lows.append(low)
         highs.append(high)
     return scale * _recheck(symbol, freqs, torch.cat(lows), torch.cat(highs), device)
+
+
+def _reduced_precision_matmul(device: torch.device) -> bool:
+    """True when float32 products on ``device`` may run in TF32 (u ≈ 2⁻¹¹, not the 2⁻²⁴ the screening's
+    enclosures assume): then every frequency is computed in float64 instead."""
+    return device.type == "cuda" and (torch.backends.cuda.matmul.allow_tf32
+                                      or torch.get_float32_matmul_precision() != "highest")
 
 
 def _recheck(symbol: Symbol, freqs: torch.Tensor, low: torch.Tensor, high: torch.Tensor,

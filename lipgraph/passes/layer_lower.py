@@ -5,7 +5,7 @@ A x = f(x) − f(0) is replayed per sample in float64 (:func:`lipgraph.passes.fu
 iteration (:func:`lipgraph.linalg.power_iteration`, Scaman & Virmaux 2018, Alg. 1) runs on AᵀA. For the unit
 vector v of its last step, √‖AᵀA v‖ ≤ ‖AᵀA‖^{1/2} = ‖A‖₂: the value is *attained*, so it is a proven **lower**
 bound on the layer's norm (kind ``lower``, method ``power-iteration``), less a relative rounding allowance
-(``ROUNDING``, or the linear part's own margin when the op could not run in float64). The certified gain is
+(``ROUNDING``). The certified gain is
 ≥ it; the pair shows how tight each certified number is (exact methods such as ``dense-svd`` coincide up to
 convergence, ``fft-circular`` sits slightly above). A lower value above a certified gain proves that rule wrong.
 
@@ -76,7 +76,7 @@ def _power_lower(lg: LipGraph, nodes: list[fx.Node], iters: int, tol: float) -> 
         estimate, _ = power_iteration(part.fn, part.in_shape, iters=iters, tol=tol)
     except Exception:  # noqa: BLE001 - an op without a vector-Jacobian product: no value, the certified gain stands
         return None
-    return lower(estimate.value * (1 - max(part.margin, ROUNDING)), METHOD)
+    return lower(estimate.value * (1 - ROUNDING), METHOD)
 
 
 def _check(where: str, found: Bound, certified: Bound) -> list[str]:
