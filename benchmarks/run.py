@@ -2,7 +2,7 @@
 time, memory and cache behaviour of the certified analysis.
 
     python benchmarks/run.py [--quick] [--threads N] [--repeats 3] [--models mlp,cnn,...] [--write]
-    python benchmarks/run.py --imagenet [--threads N] [--models resnet50] [--write]
+    python benchmarks/run.py --imagenet [--threads N] [--device cuda] [--models resnet50] [--write]
 
 Each model runs in a subprocess of its own (``--worker``), so that its peak memory is its own: the process's peak
 resident set (``ru_maxrss``) right after the certified analyses, which includes torch itself and the model.
@@ -25,7 +25,8 @@ Columns (ℓ2):
   (v ← ∇_v ½‖A v‖², normalised); BatchNorm, pooling and activations count as 1. An estimate, and on residual
   networks not an upper bound at all (algorithms.md §1, §3). ``speed-up``: reference seconds / certified seconds.
 
-``--imagenet`` runs the 224×224 set instead (ResNet-50, ResNet-152, VGG-19, DenseNet-121; one run each, no
+``--device cuda`` runs the certified analysis's norms and the reference's power iterations on the GPU (the
+section name gets the suffix ``-cuda``). ``--imagenet`` runs the 224×224 set instead (ResNet-50, ResNet-152, VGG-19, DenseNet-121; one run each, no
 power-iteration AutoLip): there the reference runs ``--imagenet-iterations`` power steps per layer and its time is
 extrapolated linearly to 500 (its bound is not shown). ``--write`` replaces this script's section of
 ``benchmarks/RESULTS.md``. Timings are machine-dependent: never assert on them in tests.
@@ -153,9 +154,9 @@ def linear_part(layer: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def power_norm(fn: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, ...], iterations: int,
-               seed: int = 0) -> float:
+               seed: int = 0, device: str = "cpu") -> float:
     """The reference's autograd power method: v ← ∇_v ½‖A v‖² / ‖·‖; returns ‖A v‖ (≤ ‖A‖)."""
-    v = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    v = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
     v = v / v.norm()
     for _ in range(iterations):
         v.requires_grad_(True)
@@ -166,7 +167,9 @@ def power_norm(fn: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, ...
         return float(fn(v).norm())
 
 
-def reference(model: nn.Module, x: torch.Tensor, iterations: int = POWER_ITERATIONS) -> float:
+def reference(model: nn.Module, x: torch.Tensor, iterations: int = POWER_ITERATIONS, device: str = "cpu") -> float:
+    """The reference's product, with ``model`` and ``x`` on ``device`` (moved back to the CPU afterwards)."""
+    model, x = model.to(device), x.to(device)
     shapes: dict[nn.Module, tuple[int, ...]] = {}
     def record(m: nn.Module, args: tuple) -> None:  # a pre-hook must return None (else it replaces the args)
         shapes.setdefault(m, tuple(args[0].shape))
@@ -175,13 +178,14 @@ def reference(model: nn.Module, x: torch.Tensor, iterations: int = POWER_ITERATI
     try:
         with torch.no_grad():
             model(x)
+        product = 1.0
+        for m in model.modules():  # registration order; a layer never called contributes nothing
+            if isinstance(m, LAYERS) and m in shapes:
+                product *= power_norm(linear_part(m), shapes[m], iterations, device=device)
     finally:
         for h in hooks:
             h.remove()
-    product = 1.0
-    for m in model.modules():  # registration order; a layer never called contributes nothing
-        if isinstance(m, LAYERS) and m in shapes:
-            product *= power_norm(linear_part(m), shapes[m], iterations)
+        model.to("cpu")
     return product
 
 
@@ -233,16 +237,19 @@ class Row:
 
 
 def timed(fn: Callable[[], float], runs: int) -> tuple[float, float]:
-    """(the result, the median of ``runs`` wall-clock times)."""
+    """(the result, the median of ``runs`` wall-clock times; GPU work is waited for)."""
     times, result = [], math.nan
     for _ in range(runs):
         start = time.perf_counter()
         result = fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return result, statistics.median(times)
 
 
-def run_model(spec: Model, repeats: int, iterations: int, reference_iterations: int, power: bool) -> Row:
+def run_model(spec: Model, repeats: int, iterations: int, reference_iterations: int, power: bool,
+              device: str = "cpu") -> Row:
     """One model's row; run in a worker process of its own (see :func:`measure`)."""
     model, x = spec.build()
     runs = spec.repeats or repeats
@@ -250,18 +257,19 @@ def run_model(spec: Model, repeats: int, iterations: int, reference_iterations: 
         caches = iter([folder])  # the first run fills an empty disk cache, the others use none
 
         def certify() -> lipgraph.Report:
-            return lipgraph.analyze(model, x, lower=False, quiet=True, cache=next(caches, False))
+            return lipgraph.analyze(model, x, lower=False, quiet=True, cache=next(caches, False), device=device)
 
         report, certified_s = timed(certify, runs)
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        _, warm_s = timed(lambda: lipgraph.analyze(model, x, lower=False, quiet=True, cache=folder), 1)
+        _, warm_s = timed(lambda: lipgraph.analyze(model, x, lower=False, quiet=True, cache=folder, device=device), 1)
     assert report.kind is lipgraph.Kind.CERTIFIED, report.kind
     power_value = power_s = None
     if power:
         rules = power_rules(iterations)
         power_value, power_s = timed(
-            lambda: lipgraph.analyze(model, x, lower=False, rules=rules, cache=False, quiet=True).bound.value, runs)
-    reference_value, reference_s = timed(lambda: reference(model, x, reference_iterations), runs)
+            lambda: lipgraph.analyze(model, x, lower=False, rules=rules, cache=False, quiet=True, device=device)
+            .bound.value, runs)
+    reference_value, reference_s = timed(lambda: reference(model, x, reference_iterations, device), runs)
     if reference_iterations != iterations:
         reference_value, reference_s = None, reference_s * iterations / reference_iterations
     return Row(spec.name, runs, report.bound.value, certified_s, peak_mb, warm_s, *naive_product(report),
@@ -275,15 +283,18 @@ def measure(spec: Model, args: argparse.Namespace) -> Row:
                "--imagenet-iterations", str(args.imagenet_iterations)]
     command += ["--threads", str(args.threads)] if args.threads else []
     command += ["--imagenet"] if args.imagenet else []
+    command += ["--device", args.device]
     done = subprocess.run(command, check=True, capture_output=True, text=True)
     return Row(**json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def worker(name: str, args: argparse.Namespace) -> int:
     spec = next(m for m in (imagenet_models() if args.imagenet else models()) if m.name == name)
-    lipgraph.analyze(nn.Sequential(nn.Linear(2, 2)), torch.zeros(1, 2), lower=False, cache=False)  # warm-up
+    lipgraph.analyze(nn.Sequential(nn.Linear(2, 2)), torch.zeros(1, 2), lower=False, cache=False,
+                     device=args.device)  # warm-up (and the GPU context)
     row = run_model(spec, args.repeats, args.iterations,
-                    args.imagenet_iterations if args.imagenet else args.iterations, power=not args.imagenet)
+                    args.imagenet_iterations if args.imagenet else args.iterations, power=not args.imagenet,
+                    device=args.device)
     print(json.dumps(dataclasses.asdict(row)))
     return 0
 
@@ -343,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=POWER_ITERATIONS, help="power iterations per layer")
     parser.add_argument("--imagenet-iterations", type=int, default=10,
                         help="reference power iterations per layer on the 224x224 set (time extrapolated)")
+    parser.add_argument("--device", default="cpu",
+                        help="where the norms and the reference's power iterations run (cpu, cuda)")
     parser.add_argument("--models", default="", help="comma-separated substrings of model names to run")
     parser.add_argument("--plain", action="store_true", help="plain-text table instead of rich")
     parser.add_argument("--write", action="store_true", help="replace this script's section of RESULTS.md")
@@ -369,9 +382,13 @@ def main(argv: list[str] | None = None) -> int:
         title = "ImageNet-size models (224×224)" if args.imagenet else "Upper bounds: certified vs per-layer products"
         threads = torch.get_num_threads()
         section = ("imagenet" if threads == 1 else f"imagenet-{threads}-threads") if args.imagenet else "upper-bounds"
+        if args.device != "cpu":
+            section += f"-{args.device.split(':')[0]}"
         write_section(section, "\n".join([
             f"## {title} (`{command}`)", "",
-            f"Machine: {machine()}; {args.iterations} power iterations per layer.", "",
+            f"Machine: {machine()}; device {args.device}"
+            f"{f' ({torch.cuda.get_device_name(args.device)})' if args.device != 'cpu' else ''}; "
+            f"{args.iterations} power iterations per layer.", "",
             markdown(rows), "", f"Note: {note}"]))
         print("wrote its section of benchmarks/RESULTS.md", file=sys.stderr)
     return 0

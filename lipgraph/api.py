@@ -13,7 +13,7 @@ from . import ir
 from .bound import Bound, Kind
 from .cache import norm_cache
 from .errors import InputError
-from .frontend.prepare import as_inputs, check_finite_weights, check_runs, eval_mode, unwrap
+from .frontend.prepare import as_inputs, check_finite_weights, check_runs, eval_mode, to_model_device, unwrap
 from .frontend.trace import LipTracer
 from .linalg.device import on_device
 from .passes.annotate import annotate
@@ -102,6 +102,7 @@ def analyze(
     original = unwrap(model)
     name = type(original).__name__
     model = traceable_root(model, registry)
+    inputs = to_model_device(model, inputs)
     notes: list[str] = []
     with eval_mode(model, notes), norm_cache(cache), on_device(device):
         lg = annotated_graph(model, inputs, registry, p, frontend=frontend, unsupported=unsupported,

@@ -54,7 +54,7 @@ from torch.func import functional_call, jvp, vjp
 
 from .bound import Bound, lower
 from .errors import InputError, LipgraphError
-from .frontend.prepare import as_inputs, eval_mode, unwrap
+from .frontend.prepare import as_inputs, eval_mode, to_model_device, unwrap
 
 METHOD = "jacobian-ascent"
 #: numerator allowance (relative to ‖f(a)‖ + ‖f(b)‖) and relative allowance for float64 rounding
@@ -287,7 +287,7 @@ def _power_step(fn: _Net, z: Tensor, v: Tensor, p: float) -> tuple[Tensor, Tenso
 def _data_rows(fn: _Net, data: Any) -> Tensor | None:
     if data is None:
         return None
-    items = as_inputs(data)
+    items = tuple(t.to(fn.device) for t in as_inputs(data))
     if fn.mode == "whole":
         if tuple(tuple(t.shape) for t in items) == tuple(fn.shapes):
             return fn.pack(items)
@@ -420,7 +420,7 @@ def search(model: nn.Module, x: Any, *, norm: Any = 2, starts: int = 8, steps: i
     if seconds is not None and seconds <= 0:
         raise InputError("seconds must be positive")
     model = unwrap(model)
-    inputs = as_inputs(x)
+    inputs = to_model_device(model, as_inputs(x))
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     with eval_mode(model, []), torch.random.fork_rng(devices=[]), _threads(model, inputs):

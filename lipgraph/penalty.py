@@ -48,7 +48,7 @@ from torch import Tensor, fx, nn
 from .api import annotated_graph, parse_norm, traceable_root
 from .errors import InputError
 from .estimators.cp import cp_value
-from .frontend.prepare import as_inputs, eval_mode, unwrap
+from .frontend.prepare import as_inputs, eval_mode, to_model_device, unwrap
 from .ir import LipGraph, map_args
 from .linalg import power_iteration
 from .passes.chains import SeqChain, sequential_chains
@@ -80,7 +80,8 @@ def lipschitz_penalty(model: nn.Module, example_input: Any, method: str = "autol
                          "not supported (lipgraph.analyze and lipgraph.certify bound the ℓ1 and ℓ∞ norms)")
     if not isinstance(iters, int) or iters < 0:
         raise InputError(f"iters must be an integer >= 0, got {iters!r}")
-    model, inputs = unwrap(model), as_inputs(example_input)
+    model = unwrap(model)
+    inputs = to_model_device(model, as_inputs(example_input))
     key = (method, tuple((tuple(x.shape), x.dtype, x.device) for x in inputs))
     plans = model.__dict__.setdefault(_PLANS, _PlanCache())
     if retrace or key not in plans:

@@ -67,12 +67,24 @@ def test_cuda_analysis_matches_cpu():
     model, x = ZOO["tiny_resnet"]()
     cpu = lipgraph.analyze(model, x, lower=False, cache=False)
     gpu = lipgraph.analyze(model, x, lower=False, cache=False, device="cuda")
-    assert gpu.bound.value == pytest.approx(cpu.bound.value, rel=1e-5)
+    assert gpu.bound.value == pytest.approx(cpu.bound.value, rel=1e-9)
     w = torch.randn(300, 300, 3, 3)
     with on_device("cuda"):
         b = conv_norm(w, (9, 9), padding=1)
-    assert b.method == "fft-gram"
-    assert b.value == pytest.approx(conv_norm(w, (9, 9), padding=1).value, rel=2e-3)
+    assert b.method == "fft-circular"  # exact on the GPU too (Gram-iteration screen, float64 recheck)
+    assert b.value == pytest.approx(conv_norm(w, (9, 9), padding=1).value, rel=1e-9)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_model_on_the_gpu_with_an_input_on_the_cpu():
+    model, x = ZOO["tiny_cnn"]()
+    expected = lipgraph.analyze(model, x, cache=False).bound.value
+    model = model.cuda()
+    report = lipgraph.analyze(model, x, cache=False, device="cuda")
+    assert report.bound.value == pytest.approx(expected, rel=1e-9) and report.lower.value <= report.bound.value
+    penalty = lipgraph.lipschitz_penalty(model, x)
+    penalty.backward()
+    assert penalty.device.type == "cuda" and float(penalty) <= expected * (1 + 1e-6)
 
 
 # -- thread pool -----------------------------------------------------------------------------------------------

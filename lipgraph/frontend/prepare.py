@@ -64,6 +64,16 @@ def as_inputs(example_input: Any) -> tuple:
     return inputs
 
 
+def to_model_device(model: nn.Module, inputs: tuple) -> tuple:
+    """The inputs on the model's device when all its tensors live on one other device (a model on a GPU, e.g. put
+    there by ``nn.DataParallel``, with an example input on the CPU); otherwise unchanged."""
+    devices = {t.device for t in [*model.parameters(), *model.buffers()]}
+    if len(devices) != 1:
+        return inputs
+    (device,) = devices
+    return tuple(x.to(device) for x in inputs)
+
+
 def check_runs(model: nn.Module, inputs: tuple) -> None:
     """Run the model once so a wrong input shape fails here, with the shape the model seems to expect."""
     try:

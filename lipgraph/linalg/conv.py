@@ -15,7 +15,7 @@ Strategies:
   and its cost does not depend on the spatial size (:func:`_pointwise_norm`).
 - ``abs-sum`` (p = 1, inf): exact row/column sums of the entrywise |operator|; see :func:`_abs_sum_norm`.
 - ``auto``: p = 2: fft when it is exact (circular padding without repeated rows), else dense when
-  :func:`dense_is_cheap`, else pointwise when it applies, else fft (on a GPU with wide channel matrices: gram).
+  :func:`dense_is_cheap`, else pointwise when it applies, else fft.
   p = 1, inf: abs-sum for zero padding (exact), else dense when cheap, else abs-sum.
 """
 from __future__ import annotations
@@ -41,8 +41,6 @@ STRATEGIES = ("auto", "dense", "fft", "gram", "pointwise", "abs-sum")
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _PAD_MODES = ("zeros", "reflect", "replicate", "circular")
 _DUAL = {1: math.inf, 2: 2, math.inf: 1}
-#: On a GPU, per-frequency matrices at least this wide use Gram iteration instead of batched eigensolvers.
-GRAM_MIN_CHANNELS = 256
 
 
 @dataclass(frozen=True)
@@ -202,7 +200,7 @@ def _abs_sum_norm(w: torch.Tensor, geo: _Geometry, in_shape: tuple[int, ...], q:
     return certified(b.value, "abs-sum", exact=geo.mode == "zeros")
 
 
-def _fft_norm(w: torch.Tensor, geo: _Geometry, gram: bool | None = None) -> Bound:
+def _fft_norm(w: torch.Tensor, geo: _Geometry, gram: bool = False) -> Bound:
     """Certified ℓ2 bound from a circular convolution (per dimension, all arguments are tensor products).
 
     - zeros: the zero-padded strided operator is a submatrix of the stride-s circular convolution on any grid
@@ -216,10 +214,9 @@ def _fft_norm(w: torch.Tensor, geo: _Geometry, gram: bool | None = None) -> Boun
     - circular: A = R ∘ C_n ∘ shift with C_n the stride-s' circular convolution on the input grid itself
       (s' = s when s | n, else 1 with the stride folded into R) and R a row selection whose rows may repeat:
       ‖R‖₂ = √(max repetitions). Exact when R is a permutation.
-    The circular norm is the exact float64 max over frequencies (method ``fft-circular``), or (``gram=True``;
-    by default on a GPU for at least ``GRAM_MIN_CHANNELS`` channels, where batched eigensolvers are slow and
-    matrix products fast) the Gram iteration bound within ``GRAM_TOLERANCE`` of it (``fft-gram``). The float
-    result carries the margin ``FLOAT_MARGIN``.
+    The circular norm is the exact float64 max over frequencies (method ``fft-circular``, on any device), or
+    (``gram=True``) the Gram iteration bound within ``GRAM_TOLERANCE`` of it (``fft-gram``). The float result
+    carries the margin ``FLOAT_MARGIN``.
     """
     grid, strides, copies, exact = [], [], 1, geo.mode == "circular"
     for n, (l, r), K, s, out in zip(geo.n, geo.pads, geo.span, geo.stride, geo.out):
@@ -241,7 +238,7 @@ def _fft_norm(w: torch.Tensor, geo: _Geometry, gram: bool | None = None) -> Boun
     g = geo.groups
     symbol = _circular_symbol(w.reshape(g, w.shape[0] // g, *w.shape[1:]), geo.dilation, tuple(grid), tuple(strides))
     device = norm_device()
-    if gram or (gram is None and device.type == "cuda" and min(symbol.shape[1:]) >= GRAM_MIN_CHANNELS):
+    if gram:
         value = gram_iteration_norm(symbol, device) * math.sqrt(copies)
         return certified(value, "fft-gram", margin=FLOAT_MARGIN)
     value = max_singular_value(symbol, device) * math.sqrt(copies)

@@ -6,6 +6,7 @@ rounding, which the float margins cover.
 """
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Iterator
@@ -31,6 +32,14 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+@functools.lru_cache(maxsize=None)
+def _load_cuda_linalg(device: torch.device) -> None:
+    """Run one CUDA eigensolver in the calling thread: torch loads its CUDA linear-algebra library on first use,
+    and that loading fails ("lazy wrapper should be called at most once") when several worker threads of
+    :func:`lipgraph.linalg.parallel.parallel_map` get there at the same time."""
+    torch.linalg.eigvalsh(torch.eye(2, device=device, dtype=torch.float64))
+
+
 def norm_device() -> torch.device:
     """The device of the current analysis (CPU outside one)."""
     return _DEVICE.get()
@@ -39,7 +48,10 @@ def norm_device() -> torch.device:
 @contextmanager
 def on_device(device: str | torch.device | None) -> Iterator[torch.device]:
     """Run norm computations inside the block on ``device`` (checked by :func:`resolve_device`)."""
-    token = _DEVICE.set(resolve_device(device))
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        _load_cuda_linalg(dev)
+    token = _DEVICE.set(dev)
     try:
         yield _DEVICE.get()
     finally:

@@ -31,11 +31,15 @@ e_G grows like ‖|S|‖₂²/‖S‖₂², large for the wide polyphase symbols
 chunk's enclosures are wider than ``MAX_WINDOW`` (relative, median) they could not exclude frequencies of a flat
 spectrum, and every frequency is computed in float64 instead, as are small matrices (n < ``SCREEN_MIN_DIM``).
 (A float64 Cholesky test of τ²·I − G̃ in place of the float32 eigensolver was measured no faster here.)
+On a GPU the screen is float64 Gram iteration instead (:func:`_gram_iteration_bounds`: batched matrix products,
+enclosures within ``GRAM_TOLERANCE``), since batched eigensolvers are slow there and float32 products may run
+in TF32 (u ≈ 2⁻¹¹, not the 2⁻²⁴ assumed above); the recheck is the same.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import torch
 
@@ -47,7 +51,7 @@ U32, U64 = 2.0 ** -24, 2.0 ** -53
 GRAM_TOLERANCE = 1e-3
 #: Screening is dropped when the first chunk's enclosures are wider than this (relative, median).
 MAX_WINDOW = 1e-2
-#: Frequencies are processed in chunks of about this many complex matrix entries per array.
+#: Frequencies are processed in chunks of about this many complex matrix entries per array (on a GPU: 16×).
 CHUNK_ENTRIES = 1 << 22
 #: Per-frequency matrices smaller than this are computed in float64 directly (screening would not pay).
 SCREEN_MIN_DIM = 24
@@ -79,8 +83,13 @@ class Symbol:
     def n_phases(self) -> int:
         return int(self.phase.max()) + 1 if self.phase.numel() else 1
 
+    @cached_property
     def _blocks(self) -> list[torch.Tensor]:
         return [(self.phase == p).nonzero().squeeze(1) for p in range(self.n_phases)]
+
+    def to(self, device: torch.device) -> Symbol:
+        """The same symbol with its tensors on ``device`` (moved once, not per chunk of frequencies)."""
+        return replace(self, taps=self.taps.to(device), offsets=self.offsets.to(device), phase=self.phase.to(device))
 
     def at(self, freqs: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """The symbols at ``freqs`` (F, d), shape (F, g, c_out, width), complex ``dtype`` on ``device``."""
@@ -90,12 +99,13 @@ class Symbol:
         turns = (((f[:, None, :] * u[None]) % M).double() / M).sum(-1)  # Σ (ω·u mod M)/M: exact integer parts
         z = torch.polar(torch.ones_like(turns), -2 * math.pi * turns).to(dtype)
         flat = self.taps.reshape(T, -1).to(device=device, dtype=dtype)
-        return torch.cat([(z[:, idx] @ flat[idx]).reshape(-1, g, co, ci) for idx in self._blocks()], dim=-1)
+        return torch.cat([(z[:, idx] @ flat[idx]).reshape(-1, g, co, ci) for idx in self._blocks], dim=-1)
 
+    @cached_property
     def abs_sum(self) -> torch.Tensor:
         """B = Σ_t |A_t| (g, c_out, width), float64: an entrywise bound of |S(ω)| for every ω."""
         a = self.taps.abs()
-        return torch.cat([a[idx].sum(0) for idx in self._blocks()], dim=-1)
+        return torch.cat([a[idx].sum(0) for idx in self._blocks], dim=-1)
 
 
 def frequencies(modulus: tuple[int, ...]) -> torch.Tensor:
@@ -117,8 +127,18 @@ def _ravel(index: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
     return (index * strides).sum(-1)
 
 
-def _chunks(n_freq: int, per_freq: int):
-    step = max(1, CHUNK_ENTRIES // max(per_freq, 1))
+def _entries_per_frequency(symbol: Symbol) -> int:
+    """Matrix entries held per frequency: the symbols and their Gram matrices (for chunking)."""
+    g, co, w = symbol.shape
+    return g * (co * w + min(co, w) ** 2)
+
+
+def _chunk_entries(device: torch.device) -> int:
+    return CHUNK_ENTRIES * (16 if device.type == "cuda" else 1)
+
+
+def _chunks(n_freq: int, per_freq: int, device: torch.device):
+    step = max(1, _chunk_entries(device) // max(per_freq, 1))
     for start in range(0, n_freq, step):
         yield slice(start, min(start + step, n_freq))
 
@@ -137,9 +157,8 @@ def _gram(s: torch.Tensor) -> torch.Tensor:
 
 def _top_eigenvalues(symbol: Symbol, freqs: torch.Tensor, device: torch.device) -> torch.Tensor:
     """λ_max of the Gram matrix per frequency (max over groups), in float64: (F,)."""
-    g, co, w = symbol.shape
     out = []
-    for part in _chunks(len(freqs), g * (co * w + min(co, w) ** 2)):
+    for part in _chunks(len(freqs), _entries_per_frequency(symbol), device):
         s = symbol.at(freqs[part], torch.complex128, device)
         out.append(torch.linalg.eigvalsh(_gram(s))[..., -1].amax(-1).cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
@@ -147,7 +166,7 @@ def _top_eigenvalues(symbol: Symbol, freqs: torch.Tensor, device: torch.device) 
 
 def _symbol_error(symbol: Symbol, u: float = U32) -> float:
     """e_S (module docstring, step 1) of a normalised symbol (|a| ≤ 1), plus underflow slack."""
-    return (2 * symbol.taps.shape[0] + 8) * u * math.sqrt(_schur(symbol.abs_sum()).max().item()) + _UNDERFLOW
+    return (2 * symbol.taps.shape[0] + 8) * u * math.sqrt(_schur(symbol.abs_sum).max().item()) + _UNDERFLOW
 
 
 def _gram_error(k: int, u: float = U32) -> float:
@@ -187,39 +206,35 @@ def _screen(symbol: Symbol, freqs: torch.Tensor, device: torch.device) -> tuple[
 
 
 def max_singular_value(symbol: Symbol, device: torch.device | str | None = None) -> float:
-    """max over ω of σ_max(S(ω)) (every group), by float32 screening and a float64 recheck (module docstring)."""
+    """max over ω of σ_max(S(ω)) (every group): screening, then a float64 recheck (module docstring). The screen
+    is float32 eigenvalues on a CPU, float64 Gram iteration on a GPU (matrix products; batched eigensolvers are
+    slow there and float32 products may run in TF32)."""
     device = torch.device(device or "cpu")
     symbol, scale = _normalised(symbol)
     if scale == 0.0:
         return 0.0
+    symbol = symbol.to(device)
     freqs = frequencies(symbol.modulus)
     g, co, w = symbol.shape
-    if min(co, w) < SCREEN_MIN_DIM or _reduced_precision_matmul(device):
+    gpu = device.type == "cuda"
+    if min(co, w) < SCREEN_MIN_DIM and not gpu:
         return scale * _exact_max(symbol, freqs, device)
     lows, highs = [], []
-    for part in _chunks(len(freqs), g * (co * w + min(co, w) ** 2)):
-        low, high = _screen(symbol, freqs[part], device)
-        if not lows and ((high - low) / high.clamp(min=1e-300)).median() > MAX_WINDOW:  # would not pay
+    for part in _chunks(len(freqs), _entries_per_frequency(symbol), device):
+        low, high = (_gram_iteration_bounds if gpu else _screen)(symbol, freqs[part], device)
+        if not lows and not gpu and ((high - low) / high.clamp(min=1e-300)).median() > MAX_WINDOW:  # would not pay
             return scale * _exact_max(symbol, freqs, device)
         lows.append(low)
         highs.append(high)
     return scale * _recheck(symbol, freqs, torch.cat(lows), torch.cat(highs), device)
 
 
-def _reduced_precision_matmul(device: torch.device) -> bool:
-    """True when float32 products on ``device`` may run in TF32 (u ≈ 2⁻¹¹, not the 2⁻²⁴ the screening's
-    enclosures assume): then every frequency is computed in float64 instead."""
-    return device.type == "cuda" and (torch.backends.cuda.matmul.allow_tf32
-                                      or torch.get_float32_matmul_precision() != "highest")
-
-
 def _recheck(symbol: Symbol, freqs: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
              device: torch.device) -> float:
     """max_ω σ_max(S(ω)) from enclosures [low, high]: float64 values in decreasing order of ``high`` while
     ``high`` ≥ the largest value known to be attained (module docstring)."""
-    g, co, w = symbol.shape
     order = torch.argsort(high, descending=True)
-    best, step = low.max().item(), max(1, min(64, CHUNK_ENTRIES // (g * (co * w + min(co, w) ** 2))))
+    best, step = low.max().item(), max(1, min(64, _chunk_entries(device) // _entries_per_frequency(symbol)))
     exact = 0.0
     for start in range(0, len(order), step):
         batch = order[start:start + step]
@@ -238,36 +253,44 @@ def _exact_max(symbol: Symbol, freqs: torch.Tensor, device: torch.device) -> flo
 
 def gram_iteration_norm(symbol: Symbol, device: torch.device | str | None = None) -> float:
     """Certified upper bound on max_ω σ_max(S(ω)) by Gram iteration per frequency (Delattre, Barthélemy, Araujo &
-    Allauzen, ICML 2023), in float64: matrix products only, the fast path on a GPU.
-
-    X₀ = S, X_{j+1} = fl(X_jX_jᴴ) / c_{j+1} (the smaller Gram matrix; c a power of two near its Frobenius norm,
-    an exact scaling). Since σ₁(X_j)² = σ₁(X_jX_jᴴ) ≤ c_{j+1}·σ₁(X_{j+1}) + ε_{j+1} with ε_{j+1} the product's
-    rounding bound (module docstring step 2, with ‖|X|‖₂ ≤ ‖X‖_F: ε = √2·γ_{min(b+m, k)+2}·‖X_j‖_F²) and
-    σ₁(X_t) ≤ ‖X_t‖_F, the recursion U_t = ‖X_t‖_F, U_j = √(c_{j+1}·U_{j+1} + ε_{j+1}) gives σ₁(S̃) ≤ U₀, and
-    σ₁(S) ≤ U₀ + e_S (step 1, with u = 2⁻⁵³). The excess over σ₁ is at most rank^{2^{-(t+1)}} − 1 ≈ ln(n)/2^{t+1}:
-    t is the smallest with ln(n)/2^{t+1} ≤ ``GRAM_TOLERANCE``.
-    """
+    Allauzen, ICML 2023), in float64, within ``GRAM_TOLERANCE`` of it: matrix products only
+    (:func:`_gram_iteration_bounds`)."""
     device = torch.device(device or "cpu")
     symbol, scale = _normalised(symbol)
     if scale == 0.0:
         return 0.0
-    g, co, w = symbol.shape
+    symbol = symbol.to(device)
+    freqs, best = frequencies(symbol.modulus), 0.0
+    for part in _chunks(len(freqs), _entries_per_frequency(symbol), device):
+        best = max(best, _gram_iteration_bounds(symbol, freqs[part], device)[1].max().item())
+    return scale * best
+
+
+def _gram_iteration_bounds(symbol: Symbol, freqs: torch.Tensor, device: torch.device
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rigorous enclosures [l(ω), h(ω)] of max_group σ_max(S(ω)) from Gram iteration in float64, (F,) each.
+
+    X₀ = S, X_{j+1} = fl(X_jX_jᴴ) / c_{j+1} (the smaller Gram matrix; c a power of two near its Frobenius norm,
+    an exact scaling). With ε_{j+1} the product's rounding bound (module docstring step 2, with ‖|X|‖₂ ≤ ‖X‖_F:
+    ε = √2·γ_{min(b+m, k)+2}·‖X_j‖_F²), Weyl gives σ₁(X_j)² ∈ [c_{j+1}σ₁(X_{j+1}) − ε_{j+1},
+    c_{j+1}σ₁(X_{j+1}) + ε_{j+1}], and σ₁(X_t) ∈ [‖X_t‖_F/√n, ‖X_t‖_F] (n = min dimension). Unwinding from t
+    gives [l, h] for σ₁(S̃), widened by e_S (step 1, u = 2⁻⁵³) for S. The ratio h/l is about n^{2^{-(t+1)}}:
+    t is the smallest with ln(n)/2^{t+1} ≤ ``GRAM_TOLERANCE``.
+    """
+    _, co, w = symbol.shape
     n = min(co, w)
     steps = max(1, math.ceil(math.log2(max(math.log(n), GRAM_TOLERANCE) / GRAM_TOLERANCE)) - 1)
+    x = symbol.at(freqs, torch.complex128, device)
+    scales, errors = [], []
+    for _ in range(steps):
+        errors.append(_gram_error(max(x.shape[-2:]), U64) * torch.linalg.matrix_norm(x, "fro").square() * (1 + 1e-6))
+        y = _gram(x)
+        c = torch.exp2(torch.round(torch.log2(torch.linalg.matrix_norm(y, "fro").clamp(min=1e-300))))
+        x = y / c[..., None, None]
+        scales.append(c)
+    frob = torch.linalg.matrix_norm(x, "fro")
+    high, low = frob * (1 + 1e-6), frob * (1 - 1e-6) / math.sqrt(n)
+    for c, eps in zip(reversed(scales), reversed(errors)):
+        high, low = torch.sqrt(c * high + eps), torch.sqrt((c * low - eps).clamp(min=0))
     e_s = _symbol_error(symbol, U64)
-    freqs, best = frequencies(symbol.modulus), 0.0
-    for part in _chunks(len(freqs), g * (co * w + n * n)):
-        x = symbol.at(freqs[part], torch.complex128, device)
-        scales, errors = [], []
-        for _ in range(steps):
-            frob2 = torch.linalg.matrix_norm(x, "fro").square() * (1 + 1e-6)
-            errors.append(_gram_error(max(x.shape[-2:]), U64) * frob2)
-            y = _gram(x)
-            c = torch.exp2(torch.round(torch.log2(torch.linalg.matrix_norm(y, "fro").clamp(min=1e-300))))
-            x = y / c[..., None, None]
-            scales.append(c)
-        bound = torch.linalg.matrix_norm(x, "fro") * (1 + 1e-6)
-        for c, eps in zip(reversed(scales), reversed(errors)):
-            bound = torch.sqrt(c * bound + eps)
-        best = max(best, (bound + e_s).max().item())
-    return scale * best
+    return (low - e_s).clamp(min=0).amax(-1).cpu(), (high + e_s).amax(-1).cpu()
