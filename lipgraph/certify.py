@@ -269,12 +269,12 @@ def certificate_table(cert: Certificate) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    from .render.rich_tree import _STYLE, format_bound  # noqa: PLC2701 - the colours of the tree
+    from .render.rich_tree import KIND_STYLE, format_bound
 
     n, ell = len(cert.radii), f"ℓ{norm_name(cert.norm)}"
     head = Text()
     head.append(cert.model, style="bold")
-    head.append(f"  L {format_bound(cert.bound)}", style="bold " + _STYLE[cert.bound.kind])
+    head.append(f"  L {format_bound(cert.bound)}", style="bold " + KIND_STYLE[cert.bound.kind])
     head.append(f"  {cert.bound.kind.value} · {cert.bound.method} · {ell} · {n} inputs · clean accuracy "
                 f"{cert.accuracy:.1%} ({int(cert.correct.sum())}/{n})", style="dim")
     lines = [head]
@@ -302,15 +302,9 @@ def certificate_table(cert: Certificate) -> Any:
 
 def print_certificate(cert: Certificate, *, ascii_only: bool = False, width: int | None = None) -> None:
     """Print :func:`certificate_table` to stdout (``ascii_only``: ASCII characters only, as ``explain --ascii``)."""
-    from .render.rich_tree import _ASCII, make_console  # noqa: PLC2701 - the same ASCII spelling as the tree
+    from .render.rich_tree import make_console, print_ascii
 
-    console = make_console(ascii_only=ascii_only, width=width)
-    if not ascii_only:
-        console.print(certificate_table(cert))
-        return
-    with console.capture() as captured:
-        console.print(certificate_table(cert))
-    console.file.write(captured.get().translate(_ASCII).translate(str.maketrans({"‖": "|", "−": "-"})))
+    print_ascii(make_console(ascii_only=ascii_only, width=width), ascii_only, lambda c: c.print(certificate_table(cert)))
 
 
 def plot_certified_accuracy(cert: Certificate, path: str | Path) -> None:

@@ -21,7 +21,8 @@ from .errors import InputError
 from .formula import Attribution, Formulas
 from .ir import LipGraph, Scope
 from .passes.autolip import propagate
-from .symbolic import build_formulas, call_bound, chain_path, fused_members, joined_name, module_entries
+from .passes.fuse import fused_members
+from .symbolic import build_formulas, call_bound, chain_path, joined_name, module_entries
 
 if TYPE_CHECKING:
     from .comparison import Comparison

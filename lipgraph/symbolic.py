@@ -22,6 +22,7 @@ from .bound import Bound, Kind, exact
 from .formula import Constant, Formulas, combine_expr, number, symbol
 from .ir import LipGraph, Scope, arg_nodes
 from .passes.autolip import Shortcut, combine, propagate, through_shortcut
+from .passes.fuse import fused_members
 
 
 @dataclass
@@ -64,15 +65,6 @@ def call_bound(nodes: list[fx.Node], norm: float) -> Bound:
     bounds = propagate(nodes, module_entries(nodes, inside))
     one = exact(1.0, "output")
     return combine([(one, bounds[n]) for n in module_outputs(nodes, inside)], norm)
-
-
-def fused_members(node: fx.Node) -> list[fx.Node]:
-    """The ops of the fused affine run ending at ``node`` (which carries ``lip.chain``), first to last."""
-    first = node.meta["lip.chain"][0]
-    members = [node]
-    while members[-1] is not first:
-        members.append(members[-1].meta["lip.inputs"][0])
-    return members[::-1]
 
 
 def joined_name(paths: list[str]) -> str:

@@ -24,7 +24,7 @@ from torch import fx
 from ..bound import Bound, lower
 from ..ir import LipGraph
 from ..linalg import power_iteration
-from .fuse import is_affine_link, linear_part
+from .fuse import fused_members, is_affine_link, linear_part
 
 METHOD = "power-iteration"
 #: relative allowance for float64 rounding of A v and Aᵀ(A v) (≈ 10⁷ ulps)
@@ -46,8 +46,8 @@ def layer_lower_bounds(lg: LipGraph, norm: float, *, iters: int = ITERATIONS, to
                 node.meta["lip.layer_lower"] = found
                 notes += _check(node.meta["lip.path"], found, gain)
         if "lip.chain" in node.meta:
-            first, fused, _product = node.meta["lip.chain"]
-            found = _power_lower(lg, _chain(first, node), iters, tol)
+            _first, fused, _product = node.meta["lip.chain"]
+            found = _power_lower(lg, fused_members(node), iters, tol)
             if found is not None:
                 node.meta["lip.chain_lower"] = found
                 notes += _check(f"the fused chain ending at {node.meta['lip.path']}", found, fused)
@@ -56,14 +56,6 @@ def layer_lower_bounds(lg: LipGraph, norm: float, *, iters: int = ITERATIONS, to
 
 def _isometry(gain: Bound) -> bool:
     return gain.exact and gain.value == 1.0
-
-
-def _chain(first: fx.Node, last: fx.Node) -> list[fx.Node]:
-    """The ops of a fused chain, first to last (each is the only input of the next)."""
-    nodes = [last]
-    while nodes[-1] is not first:
-        nodes.append(nodes[-1].meta["lip.inputs"][0])
-    return nodes[::-1]
 
 
 def _power_lower(lg: LipGraph, nodes: list[fx.Node], iters: int, tol: float) -> Bound | None:

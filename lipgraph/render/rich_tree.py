@@ -19,7 +19,7 @@ from ..formula import Formulas
 from ..report import ChainInfo, Report, ReportNode, norm_name
 from .formulas import latex_block, top_marks, top_table
 
-_STYLE = {Kind.CERTIFIED: "green", Kind.ESTIMATE: "yellow", Kind.LOWER: "cyan", Kind.UNBOUNDED: "bold red"}
+KIND_STYLE = {Kind.CERTIFIED: "green", Kind.ESTIMATE: "yellow", Kind.LOWER: "cyan", Kind.UNBOUNDED: "bold red"}
 
 
 class _AsciiConsole(Console):
@@ -58,10 +58,10 @@ def label(node: ReportNode, *, root: bool = False, formulas: Formulas | None = N
         text.append(f" ({node.type})", style="dim")
     if node.op and node.op != node.type:
         text.append(f" {node.op}", style="blue")
-    text.append(f"  L {format_bound(node.bound)}", style=_STYLE[node.bound.kind])
+    text.append(f"  L {format_bound(node.bound)}", style=KIND_STYLE[node.bound.kind])
     text.append(f"  {node.bound.kind.value} · {node.bound.method}", style="dim")
     if node.layer_lower is not None:
-        text.append(f" ({power_lower(node.layer_lower)})", style=_STYLE[Kind.LOWER])
+        text.append(f" ({power_lower(node.layer_lower)})", style=KIND_STYLE[Kind.LOWER])
     if node.formula:
         text.append(f"  [{node.formula}]", style="magenta")
     elif formulas is not None and node.expr is not None and not node.expr.is_Symbol:
@@ -95,15 +95,15 @@ def build_rich_tree(report: Report, depth: int | None = None, *, formulas: bool 
     title = Text()
     title.append(f"{report.model}", style="bold")
     if report.lower is not None:  # tightness: lower ≤ L ≤ upper
-        title.append(f"  {report.lower.value:.4g} ≤", style="bold " + _STYLE[Kind.LOWER])
-        title.append(f" L {format_bound(b) if b.kind is not Kind.UNBOUNDED else '≤ ∞'}", style="bold " + _STYLE[b.kind])
+        title.append(f"  {report.lower.value:.4g} ≤", style="bold " + KIND_STYLE[Kind.LOWER])
+        title.append(f" L {format_bound(b) if b.kind is not Kind.UNBOUNDED else '≤ ∞'}", style="bold " + KIND_STYLE[b.kind])
         if report.ratio is not None:
             title.append(f"  (upper/lower {report.ratio:.3g})", style="bold")
     else:
-        title.append(f"  L {format_bound(b)}", style="bold " + _STYLE[b.kind])
+        title.append(f"  L {format_bound(b)}", style="bold " + KIND_STYLE[b.kind])
     if report.estimate is not None:
         title.append(f"  (estimate {format_bound(report.estimate)} by {report.estimate.method})",
-                     style=_STYLE[Kind.ESTIMATE])
+                     style=KIND_STYLE[Kind.ESTIMATE])
     shapes = " ".join("×".join(map(str, s)) for s in report.input_shape)  # none for a subtree's report
     where = f" · input {shapes}" if shapes else ""
     title.append(f"  {b.kind.value} · {b.method} · ℓ{norm_name(report.norm)}{where}", style="dim")
@@ -126,7 +126,7 @@ def build_rich_tree(report: Report, depth: int | None = None, *, formulas: bool 
 
 
 _ASCII = str.maketrans({"≤": "<=", "≈": "~", "≥": ">=", "∞": "inf", "ℓ": "l", "×": "x", "·": "*", "√": "sqrt",
-                        "→": "->", "∂": "d"})
+                        "→": "->", "∂": "d", "‖": "|", "−": "-"})
 
 
 def to_ascii(text: str) -> str:
@@ -167,7 +167,7 @@ def _print(report: Report, console: Console, depth: int | None, formulas: bool, 
             console.print(f"output {name}: L {format_bound(b)} ({b.kind.value})")
     if report.lower is not None:
         console.print(f"lower bound: L ≥ {report.lower.value:.6g} ({report.lower.method}, an attained ratio "
-                      f"|f(x) - f(y)| / |x - y|)", style=_STYLE[Kind.LOWER])
+                      f"|f(x) - f(y)| / |x - y|)", style=KIND_STYLE[Kind.LOWER])
     for note in report.notes:
         console.print(f"note: {note}", style="italic")
     console.print(f"{report.seconds:.2f} s · frontend {report.frontend}", style="dim")
