@@ -12,6 +12,13 @@
 
     lipgraph.register(MyAct, lipgraph.elementwise(slope=(0, 1)))   # a custom op in one line
 """
+import importlib as _importlib
+import warnings as _warnings
+
+with _warnings.catch_warnings():  # torch warns on loading functorch when numpy is absent; lipgraph never needs it
+    _warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)
+    _importlib.import_module("torch.func")  # loaded once, here, for the modules below
+
 from .api import analyze
 from .certify import Certificate, certify
 from .lower import LowerResult, lower_bound, search as lower_search
