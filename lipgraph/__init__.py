@@ -11,6 +11,7 @@
     lipgraph.analyze_slice(model, x, "layer2", "layer3")  # part of a model, at its input size inside the model
 
     lipgraph.register(MyAct, lipgraph.elementwise(slope=(0, 1)))   # a custom op in one line
+    lipgraph.analyze(model, x, region=lipgraph.Ball(None, 0.05))    # local bound on a region (docs/local.md)
 """
 import importlib as _importlib
 import warnings as _warnings
@@ -26,7 +27,8 @@ from .bound import Bound, Kind, certified, estimate, exact, lower, unbounded
 from .errors import (InputError, LipgraphError, NormNotSupported, NotLipschitzError, RuleError, TraceError,
                      UnsupportedOpsError)
 from .penalty import lipschitz_penalty
-from .registry import Registry, default_registry, register, rule
+from .registry import Registry, default_registry, interval_rule, local_rule, register, rule
+from .region import Ball, Box
 from .comparison import Comparison
 from .formula import Attribution, Formulas
 from .report import Report, ReportNode
@@ -42,4 +44,5 @@ __all__ = [
     "LipgraphError", "NormNotSupported", "NotLipschitzError", "RuleError", "TraceError", "UnsupportedOpsError",
     "Registry", "default_registry", "register", "rule", "Report", "ReportNode", "OpContext", "Rule",
     "Transfer", "Var", "elementwise", "isometry", "not_lipschitz", "scale", "__version__",
+    "Box", "Ball", "interval_rule", "local_rule",
 ]
