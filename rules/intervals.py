@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lipgraph.errors import NormNotSupported, RuleError
+from lipgraph.errors import NormNotSupported, NotLipschitzError, RuleError
 from lipgraph.registry import Registry
 from lipgraph.ruleapi import OpContext, Var
 
@@ -36,7 +36,7 @@ MONOTONE = ("relu", "relu6", "hardtanh", "sigmoid", "tanh", "softsign", "logsigm
             "selu", "softplus", "softshrink", "hardshrink", "tanhshrink", "flatten", "unflatten", "reshape",
             "permute", "transpose", "squeeze", "unsqueeze", "contiguous", "identity", "channel_shuffle",
             "pixel_shuffle", "pixel_unshuffle", "chunk", "split", "unbind", "getitem", "expand", "pad", "cat",
-            "stack", "sum", "mean", "flip", "roll", "rot90", "max", "min", "amax", "amin", "sort", "topk", "values",
+            "stack", "sum", "mean", "flip", "roll", "rot90", "max", "min", "amax", "amin", "sort", "topk",
             "maximum", "minimum", "clamp", "max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d",
             "adaptive_max_pool2d", "adaptive_max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
             "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "pos")
@@ -195,8 +195,9 @@ def div(ctx: OpContext) -> tuple:
         raise ctx.not_lipschitz(f"rounding_mode={ctx.kwargs['rounding_mode']!r} makes it a step function")
     lo, hi = _interval_of(ctx, b)
     if bool(((lo <= 0) & (hi >= 0)).any()):
-        raise ctx.not_lipschitz(f"its divisor ranges over an interval containing 0 on the region "
-                                f"(e.g. [{float(lo.min()):.3g}, {float(hi.max()):.3g}]); shrink the region")
+        raise NotLipschitzError(f"{ctx.describe()} is not Lipschitz on the region: its divisor ranges over an "
+                                f"interval that contains 0 (e.g. [{float(lo.min()):.3g}, {float(hi.max()):.3g}]); "
+                                "shrink the region")
     return _interval_mul(_interval_of(ctx, a), (1.0 / hi, 1.0 / lo))
 
 
@@ -255,6 +256,11 @@ def dropout(ctx: OpContext) -> Any:
     if ctx.arg("training", 2, True):
         raise RuleError(f"{ctx.describe()}: dropout is active (training=True): its output is random, no interval")
     return ctx.bounds[0]
+
+
+def tuple_values(ctx: OpContext) -> Any:
+    """``.values`` of (values, indices): the first part's interval."""
+    return ctx.bounds[0][0]
 
 
 def non_float(ctx: OpContext) -> None:
@@ -382,6 +388,6 @@ def register(registry: Registry) -> None:
         registry.register_interval(key, non_float)
     for fn, keys in ((linear, ("linear",)), (matmul, ("matmul",)), (addmm, ("addmm",)), (add, ("add", "sub")),
                      (mul, ("mul",)), (div, ("div",)), (neg, ("neg",)), (threshold, ("threshold",)),
-                     (dropout, ("dropout",)), (log_softmax, ("log_softmax",)), (upsample, ("upsample",))):
+                     (dropout, ("dropout",)), (tuple_values, ("values",)), (log_softmax, ("log_softmax",)), (upsample, ("upsample",))):
         for key in keys:
             registry.register_interval(key, fn)

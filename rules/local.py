@@ -23,7 +23,7 @@ import math
 import torch
 
 from lipgraph.bound import certified
-from lipgraph.errors import NormNotSupported
+from lipgraph.errors import NormNotSupported, NotLipschitzError
 from lipgraph.registry import Registry
 from lipgraph.ruleapi import OpContext, Transfer, Var
 
@@ -35,7 +35,7 @@ F64 = torch.float64
 #: smooth activations: brackets each holding one zero of σ'' (where σ' has an extremum)
 SMOOTH = {"sigmoid": ((-1.0, 1.0),), "tanh": ((-1.0, 1.0),), "gelu": ((-2.0, -1.0), (1.0, 2.0)),
           "silu": ((-3.5, -1.5), (1.5, 3.5)), "mish": ((-3.5, -1.5), (1.0, 3.5)), "softplus": (),
-          "logsigmoid": (), "selu": (), "celu": (), "elu": (), "tanhshrink": (), "softsign": ()}
+          "logsigmoid": (), "selu": (), "celu": (), "elu": (), "tanhshrink": ((-1.0, 1.0),), "softsign": ()}
 #: kinks (where σ' jumps): both one-sided slopes count when a kink lies in [l, u]
 KINKS = {"selu": (0.0,), "celu": (0.0,), "elu": (0.0,), "softsign": (0.0,), "tanhshrink": (), "hardswish": (-3.0, 3.0)}
 #: smooth maps whose σ' is monotone between kinks except at the listed critical points
@@ -168,7 +168,8 @@ def div(ctx: OpContext) -> Transfer:
     den = ctx.bounds[b.index] if isinstance(b, Var) else (torch.as_tensor(b, dtype=F64),) * 2
     smallest = _abs_min(den)
     if bool((smallest <= 0).any()):
-        raise ctx.not_lipschitz("its divisor can be 0 on the region (its interval contains 0); shrink the region")
+        raise NotLipschitzError(f"{ctx.describe()} is not Lipschitz on the region: its divisor's interval contains 0; "
+                                "shrink the region")
     gains = []
     if isinstance(a, Var):
         gains.append(constant_scale_gain(1.0 / smallest, a, ctx.output_shape, ctx.norm, "local quotient"))
