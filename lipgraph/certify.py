@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -61,6 +62,7 @@ class Certificate:
     margins: Tensor  # f_y − max_{j≠y} f_j at the predicted class y
     grid: tuple[float, ...]
     pair_bounds: Tensor | None = None  # (C, C) L_ij used (diagonal 0), None when only the global bound was used
+    local_radii: Tensor | None = None  # (N,) radii from local bounds L(B(x, r)) (``local=True``), 0 if misclassified
     tail: tuple[str, Bound] | None = None  # the affine tail's input h and its bound L(h), when pairs were used
     notes: list[str] = field(default_factory=list)
 
@@ -94,6 +96,7 @@ class Certificate:
             "radius": _finite(self.radii.tolist()), "prediction": self.predictions.tolist(),
             "label": self.labels.tolist(),
             "notes": list(self.notes),
+            **({"local_radius": _finite(self.local_radii.tolist())} if self.local_radii is not None else {}),
         }
 
     def plot(self, path: str | Path) -> None:
@@ -108,7 +111,8 @@ def _finite(values: list[float]) -> list[float | None]:
 
 def certify(model: nn.Module, x: Tensor, y: Tensor, *, norm: Any = 2, report: Report | None = None,
             radii: Sequence[float] | None = None, pairwise: bool = True, unsupported: str = "error",
-            batch_size: int = 1024) -> Certificate:
+            batch_size: int = 1024, local: bool = False, executor: Executor | None = None,
+            workers: int | None = None, progress: bool = False) -> Certificate:
     """Certified radii of ``model`` (a classifier returning logits (N, C), evaluated in eval mode) at inputs ``x``
     (N, ...) with integer labels ``y`` (N,); see the module docstring for the maths.
 
@@ -116,6 +120,12 @@ def certify(model: nn.Module, x: Tensor, y: Tensor, *, norm: Any = 2, report: Re
     (an ``analyze`` result for the same norm, e.g. another method) to use its bound instead. ``pairwise=False``
     uses the global bound alone. ``radii``: where to report certified accuracy (default: 5 steps up to the largest
     radius).
+
+    ``local=True`` also computes, per correctly classified input, the local radius: the largest r (bisection,
+    :func:`local_radius`) with margin(x) > c_p · L(B_p(x, r)) · r, L of the ball from a region analysis
+    (docs/local.md). One analysis per bisection step and point: the points run on ``executor`` (any
+    ``concurrent.futures.Executor``, e.g. dask.distributed's ``Client.get_executor()``), else on a local process
+    pool of ``workers`` processes (in this process when ``workers`` is 1 or None).
     """
     p = parse_norm(norm)
     x, y = check_labelled(x, y)
@@ -149,10 +159,85 @@ def certify(model: nn.Module, x: Tensor, y: Tensor, *, norm: Any = 2, report: Re
     predictions = logits.argmax(1)
     radius, margins = _radii(logits, predictions, pairs)
     radius[predictions != y.cpu()] = 0.0
+    local_radii = None
+    if local:
+        if kind is not Kind.CERTIFIED:
+            raise InputError("local radii need a certified global bound to start from")
+        local_radii = local_radii_of(model, x, radius, margins, predictions == y.cpu(), p, executor, workers, progress)
     return Certificate(model=type(model).__name__, norm=p, bound=bound, kind=kind, radii=radius,
                        predictions=predictions, labels=y.cpu(), margins=margins,
                        grid=tuple(float(r) for r in radii) if radii is not None else default_grid(radius),
-                       pair_bounds=pairs if tail else None, tail=tail, notes=notes)
+                       pair_bounds=pairs if tail else None, tail=tail, notes=notes, local_radii=local_radii)
+
+
+#: bisection steps of :func:`local_radius` (each one a region analysis)
+BISECTION_STEPS = 10
+
+
+def local_radius(model: nn.Module, x: Tensor, margin: float, start: float, p: float,
+                 steps: int = BISECTION_STEPS) -> float:
+    """Largest r found by bisection with margin > c_p · L(B_p(x, r)) · r, never below ``start`` (a radius already
+    certified, e.g. the global one). Sound: B_p(x, r) is convex, so for ‖δ‖_p < r every logit difference moves by
+    at most c_p · L(B) · ‖δ‖_p < margin (mean-value inequality along the segment); L(B(x, r)) grows with r (the
+    intervals are inclusion-monotone), so the test is monotone in r. The upper end of the search is
+    margin / (c_p · L(B(x, start))), beyond which the test fails."""
+    from .api import analyze
+    from .region import Ball
+
+    c = pair_constant(p)
+
+    def bound(r: float) -> float:
+        return analyze(model, x, region=Ball(None, r, norm=p), lower=False, quiet=True).bound.value
+
+    def holds(r: float) -> bool:
+        try:
+            return margin > c * bound(r) * r
+        except LipgraphError:  # e.g. a divisor reaching 0 on a larger ball: not certified at r
+            return False
+
+    if margin <= 0:
+        return 0.0
+    lo = start
+    try:
+        hi = margin / (c * bound(max(start, 1e-12)))
+    except LipgraphError:
+        return start
+    if hi <= lo:
+        return lo
+    if holds(hi * (1 - 1e-9)):
+        return hi * (1 - 1e-9)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if holds(mid) else (lo, mid)
+    return lo
+
+
+def _local_job(job: tuple) -> float:
+    model, x, margin, start, p = job
+    return local_radius(model, x, margin, start, p)
+
+
+def local_radii_of(model: nn.Module, x: Tensor, radius: Tensor, margins: Tensor, correct: Tensor, p: float,
+                   executor: Executor | None, workers: int | None, progress: bool) -> Tensor:
+    """:func:`local_radius` of every correctly classified input, run on ``executor`` (see :func:`certify`)."""
+    from .progress import LayerProgress
+
+    out = torch.zeros(len(x), dtype=torch.float64)
+    index = [k for k in range(len(x)) if bool(correct[k])]
+    jobs = [(model, x[k:k + 1], float(margins[k]), float(radius[k]), p) for k in index]
+    own = None
+    if executor is None and workers is not None and workers > 1:
+        own = executor = ProcessPoolExecutor(workers)
+    try:
+        results = executor.map(_local_job, jobs) if executor is not None else map(_local_job, jobs)
+        with LayerProgress(len(jobs), "local radii", progress) as bar:
+            for k, r in zip(index, results):
+                out[k] = r
+                bar.advance(f"input {k}")
+    finally:
+        if own is not None:
+            own.shutdown()
+    return out
 
 
 def check_labelled(x: Any, y: Any) -> tuple[Tensor, Tensor]:
@@ -289,11 +374,20 @@ def certificate_table(cert: Certificate) -> Any:
     if len(correct):
         lines.append(Text(f"certified radius of correct inputs: median {correct.median().item():.4g}, "
                           f"max {correct.max().item():.4g}", style="dim"))
+        if cert.local_radii is not None:
+            local = cert.local_radii[cert.correct]
+            lines.append(Text(f"local radius (margin > {c}(B(x, r))·r, docs/local.md): median "
+                              f"{local.median().item():.4g}, max {local.max().item():.4g}", style="dim"))
     table = Table(title=f"certified accuracy ({ell} radius)")
-    for column in ("radius", "certified accuracy", "certified"):
+    columns = ("radius", "certified accuracy", "certified") + (("local accuracy", "local") if cert.local_radii
+                                                               is not None else ())
+    for column in columns:
         table.add_column(column, justify="right")
     for r, acc, count in cert.summary():
-        table.add_row(f"{r:.4g}", f"{acc:.1%}", f"{count}/{n}")
+        local = [] if cert.local_radii is None else \
+            [f"{(cert.correct & (cert.local_radii >= r)).double().mean().item():.1%}",
+             f"{int((cert.correct & (cert.local_radii >= r)).sum())}/{n}"]
+        table.add_row(f"{r:.4g}", f"{acc:.1%}", f"{count}/{n}", *local)
     lines.append(table)
     for note in cert.notes:
         lines.append(Text(f"note: {note}", style="bold red" if "NOT" in note else "italic"))

@@ -290,3 +290,42 @@ def test_report_states_the_region_and_global_json_has_none():
     out = io.StringIO()
     local.print(console=Console(file=out, width=200))
     assert "on the box [0, 1]" in out.getvalue().splitlines()[0]
+
+
+# -- certify with local bounds -------------------------------------------------------------------------------------
+def _classifier():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 12), nn.ReLU(), nn.Linear(12, 3)).eval()
+    x = torch.randn(3, 4)
+    return model, x, model(x).argmax(1)
+
+
+def test_certify_local_radii_are_larger_and_never_flip():
+    model, x, y = _classifier()
+    cert = lipgraph.certify(model, x, y, local=True)
+    assert bool((cert.local_radii >= cert.radii).all()) and bool((cert.local_radii > cert.radii).any())
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for k in range(len(x)):
+            d = torch.randn(200, 4, generator=gen)
+            d = d / d.norm(dim=1, keepdim=True) * cert.local_radii[k].float() * 0.999
+            assert bool((model(x[k] + d).argmax(1) == y[k]).all())
+    assert "local_radius" in cert.to_dict()
+
+
+def test_certify_local_runs_on_an_executor():
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, x, y = _classifier()
+    with ThreadPoolExecutor(2) as pool:
+        cert = lipgraph.certify(model, x, y, local=True, executor=pool)
+    assert torch.allclose(cert.local_radii, lipgraph.certify(model, x, y, local=True).local_radii)
+
+
+def test_certify_local_on_a_dask_cluster():
+    distributed = pytest.importorskip("dask.distributed")
+    model, x, y = _classifier()
+    with distributed.LocalCluster(processes=False, n_workers=1, threads_per_worker=1) as cluster, \
+            distributed.Client(cluster) as client:
+        cert = lipgraph.certify(model, x, y, local=True, executor=client.get_executor())
+    assert torch.allclose(cert.local_radii, lipgraph.certify(model, x, y, local=True).local_radii)
