@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,6 +171,7 @@ def certify(model: nn.Module, x: Tensor, y: Tensor, *, norm: Any = 2, report: Re
                        pair_bounds=pairs if tail else None, tail=tail, notes=notes, local_radii=local_radii)
 
 
+_TRACING = threading.Lock()
 #: bisection steps of :func:`local_radius` (each one a region analysis)
 BISECTION_STEPS = 10
 
@@ -187,7 +189,8 @@ def local_radius(model: nn.Module, x: Tensor, margin: float, start: float, p: fl
     c = pair_constant(p)
 
     def bound(r: float) -> float:
-        return analyze(model, x, region=Ball(None, r, norm=p), lower=False, quiet=True).bound.value
+        with _TRACING:  # torch.fx patches module-level functions while tracing: one trace at a time per process
+            return analyze(model, x, region=Ball(None, r, norm=p), lower=False, quiet=True).bound.value
 
     def holds(r: float) -> bool:
         try:
