@@ -18,6 +18,7 @@ from .frontend.trace import LipTracer
 from .linalg.device import on_device
 from .passes.annotate import annotate
 from .passes.autolip import autolip, network_estimate
+from .passes.crown import refine_chains
 from .passes.fuse import fuse
 from .passes.interval import propagate_intervals
 from .passes.localchains import tighten_local_chains
@@ -117,6 +118,8 @@ def analyze(
     with eval_mode(model, notes), norm_cache(cache), on_device(device):
         lg = annotated_graph(model, inputs, registry, p, frontend=frontend, unsupported=unsupported,
                              concrete_args=concrete_args, notes=notes, progress=not quiet, region=region)
+        if region is not None:
+            refine_chains(lg, region, p)
         if layer_lower:
             notes += layer_lower_bounds(lg, p)
         if estimators:
