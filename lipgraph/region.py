@@ -125,12 +125,11 @@ def region_lower(model: nn.Module, x: Tensor, region: Region, p: float, total: B
             return None
         J = torch.autograd.functional.jacobian(fn, z).reshape(-1, z.numel())
         v = _worst_direction(J, p).reshape(z.shape)
-        h = 1e-6 * (1.0 + float(z.abs().max()))
+        h = 1e-5 * (1.0 + float(z.abs().max()))
         while h > 1e-14 and not (region.contains(z + h * v, x) and region.contains(z - h * v, x)):
             h /= 4
         a, b = z + h * v, z - h * v
-        with torch.no_grad():
-            fa, fb = fn(a), fn(b)
+        fa, fb = fn(a).detach(), fn(b).detach()  # with autograd on: no fused inference kernels (attention)
         num = float(torch.linalg.vector_norm(fa - fb, p)) - 1e-12 * float(torch.linalg.vector_norm(fa, p)
                                                                           + torch.linalg.vector_norm(fb, p))
         den = float(torch.linalg.vector_norm((a - b).flatten(), p))

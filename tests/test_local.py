@@ -352,3 +352,14 @@ def test_crown_intervals_contain_sampled_pre_activations_and_are_tighter(act):
         for seen in sampled_values(lg, points):
             for n in pre:
                 assert_contains(n.meta["lip.interval"], seen[n.name], n.name)
+
+
+def test_not_lipschitz_error_ends_with_the_region_command():
+    class Gate(nn.Module):
+        def forward(self, x):
+            return x * torch.sigmoid(x.sum(dim=1, keepdim=True))
+
+    with pytest.raises(NotLipschitzError) as err:
+        lipgraph.analyze(Gate(), torch.ones(1, 3), lower=False)
+    assert str(err.value).splitlines()[-1].startswith("To bound it on the inputs that matter: lipgraph explain MODEL --box")
+    assert math.isfinite(lipgraph.analyze(Gate(), torch.ones(1, 3), region=lipgraph.Box(0, 1), lower=False).bound.value)
