@@ -94,6 +94,33 @@ def run(points: int, epochs: int) -> str:
     return "\n".join(lines)
 
 
+def blocks_table(samples: int = 20) -> str:
+    """Blocks that are not globally Lipschitz (tests/fixtures/local_blocks.py) on the box [0, 1]^d."""
+    import copy
+
+    from tests.fixtures.local_blocks import blocks
+
+    lines = ["", "**Blocks on the image box [0, 1]^d** (tiny sizes; sampled: max Jacobian norm at "
+             f"{samples} uniform points of the box)", "",
+             "| block | global | local certified | in-region lower | sampled max | seconds |", "|---|---|---|---|---|---|"]
+    for name, (model, shape) in blocks().items():
+        x = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
+        try:
+            g = f"{lipgraph.analyze(model, x, lower=False, quiet=True).bound.value:.4g}"
+        except lipgraph.NotLipschitzError:
+            g = "not Lipschitz"
+        t0 = time.perf_counter()
+        rep = lipgraph.analyze(model, x, region=lipgraph.Box(0.0, 1.0), quiet=True)
+        seconds = time.perf_counter() - t0
+        net, gen, top = copy.deepcopy(model).double(), torch.Generator().manual_seed(1), 0.0
+        for _ in range(samples):
+            z = torch.rand(*shape, dtype=torch.float64, generator=gen)
+            J = torch.autograd.functional.jacobian(lambda t: net(t).reshape(-1), z).reshape(-1, z.numel())
+            top = max(top, torch.linalg.matrix_norm(J, 2).item())
+        lines.append(f"| {name} | {g} | {rep.bound.value:.4g} | {rep.lower.value:.4g} | {top:.4g} | {seconds:.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=10)
@@ -101,7 +128,7 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    body = "## Local bounds on a region (benchmarks/local.py)\n\n" + run(args.points, args.epochs)
+    body = "## Local bounds on a region (benchmarks/local.py)\n\n" + run(args.points, args.epochs) + blocks_table()
     print(body)
     if not args.no_write:
         write_section("local", body)
