@@ -122,9 +122,9 @@ def certify(model: nn.Module, x: Tensor, y: Tensor, *, norm: Any = 2, report: Re
     uses the global bound alone. ``radii``: where to report certified accuracy (default: 5 steps up to the largest
     radius).
 
-    ``local=True`` also computes, per correctly classified input, the local radius: the largest r (bisection,
-    :func:`local_radius`) with margin(x) > c_p · L(B_p(x, r)) · r, L of the ball from a region analysis
-    (docs/local.md). One analysis per bisection step and point: the points run on ``executor`` (any
+    ``local=True`` also computes, per correctly classified input, the local radius: for the class pairs (y, j)
+    that limit the radius, the largest r (bisection, :func:`pair_radius`) with f_y(x) − f_j(x) > L_j(B_p(x, r))·r,
+    L_j the local bound of f_y − f_j on the ball (docs/local.md). One analysis per bisection step and point: the points run on ``executor`` (any
     ``concurrent.futures.Executor``, e.g. dask.distributed's ``Client.get_executor()``), else on a local process
     pool of ``workers`` processes (in this process when ``workers`` is 1 or None).
     """
@@ -164,7 +164,8 @@ def certify(model: nn.Module, x: Tensor, y: Tensor, *, norm: Any = 2, report: Re
     if local:
         if kind is not Kind.CERTIFIED:
             raise InputError("local radii need a certified global bound to start from")
-        local_radii = local_radii_of(model, x, radius, margins, predictions == y.cpu(), p, executor, workers, progress)
+        local_radii = local_radii_of(model, x, logits, predictions, pairs, predictions == y.cpu(), p, executor,
+                                     workers, progress)
     return Certificate(model=type(model).__name__, norm=p, bound=bound, kind=kind, radii=radius,
                        predictions=predictions, labels=y.cpu(), margins=margins,
                        grid=tuple(float(r) for r in radii) if radii is not None else default_grid(radius),
@@ -172,29 +173,43 @@ def certify(model: nn.Module, x: Tensor, y: Tensor, *, norm: Any = 2, report: Re
 
 
 _TRACING = threading.Lock()
-#: bisection steps of :func:`local_radius` (each one a region analysis)
+#: bisection steps of :func:`pair_radius` (each one a region analysis)
 BISECTION_STEPS = 10
+#: class pairs (y, j) refined with local bounds per input, closest first
+LOCAL_PAIRS = 3
 
 
-def local_radius(model: nn.Module, x: Tensor, margin: float, start: float, p: float,
-                 steps: int = BISECTION_STEPS) -> float:
-    """Largest r found by bisection with margin > c_p · L(B_p(x, r)) · r, never below ``start`` (a radius already
-    certified, e.g. the global one). Sound: B_p(x, r) is convex, so for ‖δ‖_p < r every logit difference moves by
-    at most c_p · L(B) · ‖δ‖_p < margin (mean-value inequality along the segment); L(B(x, r)) grows with r (the
-    intervals are inclusion-monotone), so the test is monotone in r. The upper end of the search is
-    margin / (c_p · L(B(x, start))), beyond which the test fails."""
+class _Margin(nn.Module):
+    """x ↦ f_y(x) − f_j(x): the logit difference whose sign decides between classes y and j."""
+
+    def __init__(self, model: nn.Module, y: int, j: int) -> None:
+        super().__init__()
+        self.model, self.y, self.j = model, y, j
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.model(x)
+        return logits[:, self.y:self.y + 1] - logits[:, self.j:self.j + 1]
+
+
+def pair_radius(model: nn.Module, x: Tensor, y: int, j: int, margin: float, start: float, p: float,
+                steps: int = BISECTION_STEPS) -> float:
+    """Largest r found by bisection with d(x) > L(B_p(x, r)) · r for d = f_y − f_j, never below ``start`` (a
+    radius already certified for this pair). Sound: B_p(x, r) is convex, so for ‖δ‖_p < r, |d(x + δ) − d(x)| ≤
+    L(B)·‖δ‖_p < d(x) (mean-value inequality along the segment; d is scalar, so its ℓp norm is |d|).
+    L(B(x, r)) grows with r (the intervals are inclusion-monotone), so the test is monotone in r; the search
+    ends at d(x) / L(B(x, start)), beyond which it fails."""
     from .api import analyze
     from .region import Ball
 
-    c = pair_constant(p)
+    net = _Margin(model, y, j)
 
     def bound(r: float) -> float:
         with _TRACING:  # torch.fx patches module-level functions while tracing: one trace at a time per process
-            return analyze(model, x, region=Ball(None, r, norm=p), lower=False, quiet=True).bound.value
+            return analyze(net, x, region=Ball(None, r, norm=p), lower=False, quiet=True).bound.value
 
     def holds(r: float) -> bool:
         try:
-            return margin > c * bound(r) * r
+            return margin > bound(r) * r
         except LipgraphError:  # e.g. a divisor reaching 0 on a larger ball: not certified at r
             return False
 
@@ -202,7 +217,7 @@ def local_radius(model: nn.Module, x: Tensor, margin: float, start: float, p: fl
         return 0.0
     lo = start
     try:
-        hi = margin / (c * bound(max(start, 1e-12)))
+        hi = margin / bound(max(start, 1e-12))
     except LipgraphError:
         return start
     if hi <= lo:
@@ -215,19 +230,35 @@ def local_radius(model: nn.Module, x: Tensor, margin: float, start: float, p: fl
     return lo
 
 
+def local_radius(model: nn.Module, x: Tensor, y: int, gaps: Tensor, starts: Tensor, p: float) -> float:
+    """min over classes j ≠ y of the certified radius of the pair (y, j): ``starts[j]`` (from the global bounds)
+    for every j, refined by :func:`pair_radius` for the pair that limits the radius, up to ``LOCAL_PAIRS`` times."""
+    radii = {j: float(starts[j]) for j in range(len(gaps)) if j != y}
+    refined: set[int] = set()
+    while radii:
+        j = min(radii, key=radii.get)
+        if j in refined or len(refined) >= LOCAL_PAIRS:
+            break
+        radii[j] = pair_radius(model, x, y, j, float(gaps[j]), radii[j], p)
+        refined.add(j)
+    return min(radii.values(), default=math.inf)
+
+
 def _local_job(job: tuple) -> float:
-    model, x, margin, start, p = job
-    return local_radius(model, x, margin, start, p)
+    return local_radius(*job)
 
 
-def local_radii_of(model: nn.Module, x: Tensor, radius: Tensor, margins: Tensor, correct: Tensor, p: float,
-                   executor: Executor | None, workers: int | None, progress: bool) -> Tensor:
+def local_radii_of(model: nn.Module, x: Tensor, logits: Tensor, predicted: Tensor, pairs: Tensor, correct: Tensor,
+                   p: float, executor: Executor | None, workers: int | None, progress: bool) -> Tensor:
     """:func:`local_radius` of every correctly classified input, run on ``executor`` (see :func:`certify`)."""
     from .progress import LayerProgress
 
+    gaps = logits.gather(1, predicted[:, None]) - logits
+    limits = pairs[predicted]
+    starts = torch.where(limits > 0, gaps / limits.clamp_min(1e-300), torch.full_like(gaps, math.inf)).clamp_min(0)
     out = torch.zeros(len(x), dtype=torch.float64)
     index = [k for k in range(len(x)) if bool(correct[k])]
-    jobs = [(model, x[k:k + 1], float(margins[k]), float(radius[k]), p) for k in index]
+    jobs = [(model, x[k:k + 1], int(predicted[k]), gaps[k], starts[k], p) for k in index]
     own = None
     if executor is None and workers is not None and workers > 1:
         own = executor = ProcessPoolExecutor(workers)
@@ -379,7 +410,7 @@ def certificate_table(cert: Certificate) -> Any:
                           f"max {correct.max().item():.4g}", style="dim"))
         if cert.local_radii is not None:
             local = cert.local_radii[cert.correct]
-            lines.append(Text(f"local radius (margin > {c}(B(x, r))·r, docs/local.md): median "
+            lines.append(Text(f"local radius (f_y − f_j > L_j(B(x, r))·r for the limiting pairs, docs/local.md): median "
                               f"{local.median().item():.4g}, max {local.max().item():.4g}", style="dim"))
     table = Table(title=f"certified accuracy ({ell} radius)")
     columns = ("radius", "certified accuracy", "certified") + (("local accuracy", "local") if cert.local_radii
