@@ -363,3 +363,36 @@ def test_not_lipschitz_error_ends_with_the_region_command():
         lipgraph.analyze(Gate(), torch.ones(1, 3), lower=False)
     assert str(err.value).splitlines()[-1].startswith("To bound it on the inputs that matter: lipgraph explain MODEL --box")
     assert math.isfinite(lipgraph.analyze(Gate(), torch.ones(1, 3), region=lipgraph.Box(0, 1), lower=False).bound.value)
+
+
+def test_cli_box_ball_and_errors(tmp_path, capsys):
+    import json
+
+    from lipgraph.cli import main
+
+    model_file = tmp_path / "gate.py"
+    model_file.write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "class Gate(nn.Module):\n    def __init__(self):\n        super().__init__()\n        self.fc = nn.Linear(3, 3)\n"
+        "    def forward(self, x):\n        return self.fc(x) * torch.sigmoid(x)\n\n"
+        "def build_model():\n    torch.manual_seed(0)\n    return Gate()\n\n"
+        "def example_input():\n    return torch.full((1, 3), 0.5)\n")
+    torch.save(torch.zeros(1, 3), tmp_path / "c.pt")
+
+    def run(*args):
+        code = main([*args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    code, out, err = run("explain", str(model_file), "--box", "0,1", "--json", "--no-lower")
+    assert code == 0, err
+    assert json.loads(out)["region"] == "box [0, 1]" and json.loads(out)["kind"] == "certified"
+    code, out, err = run("explain", str(model_file), "--ball", "0.1", "--center", str(tmp_path / "c.pt"), "--json",
+                         "--no-lower")
+    assert code == 0 and json.loads(out)["region"] == "ℓ2 ball of radius 0.1 around center 0", err
+    code, out, err = run("explain", str(model_file))
+    assert code == 2 and "--box" in err.splitlines()[-1]
+    code, out, err = run("explain", str(model_file), "--box", "0,x")
+    assert code == 2 and "--box '0,x' must be two numbers LO,HI" in err
+    code, out, err = run("explain", str(model_file), "--box", "0,1", "--ball", "1")
+    assert code == 2 and "give --box or --ball, not both" in err
