@@ -396,3 +396,20 @@ def test_cli_box_ball_and_errors(tmp_path, capsys):
     assert code == 2 and "--box '0,x' must be two numbers LO,HI" in err
     code, out, err = run("explain", str(model_file), "--box", "0,1", "--ball", "1")
     assert code == 2 and "give --box or --ball, not both" in err
+
+
+def test_every_local_chain_estimator_is_above_sampled_jacobians():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 8), nn.SiLU(), nn.Linear(8, 2)).eval()
+    x = torch.randn(1, 5)
+    region = lipgraph.Ball(None, 0.5)
+    report = lipgraph.analyze(model, x, region=region, method="best")
+    auto = lipgraph.analyze(model, x, region=region, lower=False)
+    assert report.bound.value <= auto.bound.value * (1 + 1e-9)
+    results = report.chains[0].results
+    assert {"cp-local", "seqlip-local"} <= set(results)
+    gen = torch.Generator().manual_seed(0)
+    top = max(jacobian_norm(model, region.sample(x, gen)) for _ in range(30))
+    for name, bound in results.items():
+        if bound.kind is lipgraph.Kind.CERTIFIED:
+            assert top <= bound.value * (1 + 1e-9), name
