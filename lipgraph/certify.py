@@ -182,16 +182,18 @@ LOCAL_PAIRS = 3
 class _Margin(nn.Module):
     """x ↦ f_y(x) − f_j(x): the logit difference whose sign decides between classes y and j."""
 
-    def __init__(self, model: nn.Module, y: int, j: int) -> None:
+    def __init__(self, model: nn.Module, y: int, j: int, classes: int) -> None:
         super().__init__()
-        self.model, self.y, self.j = model, y, j
+        self.model = model
+        row = torch.zeros(1, classes)
+        row[0, y], row[0, j] = 1.0, -1.0
+        self.register_buffer("row", row)  # a linear map: it folds into the network's last affine ops
 
     def forward(self, x: Tensor) -> Tensor:
-        logits = self.model(x)
-        return logits[:, self.y:self.y + 1] - logits[:, self.j:self.j + 1]
+        return torch.nn.functional.linear(self.model(x), self.row)
 
 
-def pair_radius(model: nn.Module, x: Tensor, y: int, j: int, margin: float, start: float, p: float,
+def pair_radius(model: nn.Module, x: Tensor, y: int, j: int, classes: int, margin: float, start: float, p: float,
                 steps: int = BISECTION_STEPS) -> float:
     """Largest r found by bisection with d(x) > L(B_p(x, r)) · r for d = f_y − f_j, never below ``start`` (a
     radius already certified for this pair). Sound: B_p(x, r) is convex, so for ‖δ‖_p < r, |d(x + δ) − d(x)| ≤
@@ -201,7 +203,7 @@ def pair_radius(model: nn.Module, x: Tensor, y: int, j: int, margin: float, star
     from .api import analyze
     from .region import Ball
 
-    net = _Margin(model, y, j)
+    net = _Margin(model, y, j, classes)
 
     def bound(r: float) -> float:
         with _TRACING:  # torch.fx patches module-level functions while tracing: one trace at a time per process
@@ -239,7 +241,7 @@ def local_radius(model: nn.Module, x: Tensor, y: int, gaps: Tensor, starts: Tens
         j = min(radii, key=radii.get)
         if j in refined or len(refined) >= LOCAL_PAIRS:
             break
-        radii[j] = pair_radius(model, x, y, j, float(gaps[j]), radii[j], p)
+        radii[j] = pair_radius(model, x, y, j, len(gaps), float(gaps[j]), radii[j], p)
         refined.add(j)
     return min(radii.values(), default=math.inf)
 
