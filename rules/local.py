@@ -29,9 +29,12 @@ from lipgraph.ruleapi import OpContext, Transfer, Var
 
 from ._gains import constant_scale_gain
 from .intervals import _operands, normalized_interval, norm_groups, softmax_interval, _softmax_dim
+from .activations import softplus, threshold
 from .linear import product_gain
 
 F64 = torch.float64
+#: global rules that refuse discontinuous parameter choices (Softplus' switch, Threshold with value ≠ threshold)
+GLOBAL_CHECKS = {"softplus": softplus, "threshold": threshold}
 #: smooth activations: brackets each holding one zero of σ'' (where σ' has an extremum)
 SMOOTH = {"sigmoid": ((-1.0, 1.0),), "tanh": ((-1.0, 1.0),), "gelu": ((-2.0, -1.0), (1.0, 2.0)),
           "silu": ((-3.5, -1.5), (1.5, 3.5)), "mish": ((-3.5, -1.5), (1.0, 3.5)), "softplus": (),
@@ -121,6 +124,8 @@ def smooth_slopes(ctx: OpContext, lo: torch.Tensor, hi: torch.Tensor):
 
 def activation(ctx: OpContext) -> Transfer:
     """Per-neuron slope ranges over the pre-activation intervals (see the module docstring)."""
+    if ctx.key in GLOBAL_CHECKS:  # torch's spellings that jump are refused, on a region too
+        GLOBAL_CHECKS[ctx.key](ctx)
     lo, hi = ctx.bounds[0]
     pieces = _pieces(ctx)
     if ctx.key == "prelu":

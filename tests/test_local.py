@@ -413,3 +413,9 @@ def test_every_local_chain_estimator_is_above_sampled_jacobians():
     for name, bound in results.items():
         if bound.kind is lipgraph.Kind.CERTIFIED:
             assert top <= bound.value * (1 + 1e-9), name
+
+
+def test_discontinuous_activations_are_refused_on_a_region_too():
+    model, x = nn.Sequential(nn.Linear(3, 3), nn.Threshold(0.1, 2.0)), torch.zeros(1, 3)
+    with pytest.raises(NotLipschitzError, match="jumps"):
+        lipgraph.analyze(model, x, region=lipgraph.Box(-1, 1), lower=False)
