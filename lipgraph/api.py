@@ -13,6 +13,7 @@ from . import ir
 from .bound import Bound, Kind
 from .cache import norm_cache
 from .errors import InputError
+from .estimators import ESTIMATORS
 from .frontend.prepare import as_inputs, check_finite_weights, check_runs, eval_mode, to_model_device, unwrap
 from .frontend.trace import LipTracer
 from .linalg.device import on_device
@@ -20,28 +21,16 @@ from .passes.annotate import annotate
 from .passes.autolip import autolip, network_estimate
 from .passes.fuse import fuse
 from .passes.layer_lower import layer_lower_bounds
-from .passes.seqlip import GRAPH_ESTIMATORS, tighten_chains
+from .passes.seqlip import tighten_chains
 from .registry import Registry, default_registry
 from .report import Report, build_tree, output_bounds
 
-#: method -> chain estimators run on every sequential chain (algorithms.md §5–§8); "autolip" runs none.
-CHAIN_METHODS = {"autolip": (), "seqlip": ("cp", "seqlip", "seqlip-greedy"), "cp": ("cp",),
-                 "lipsdp": ("lipsdp-neuron",), "dcp": ("cp", "dcp")}
-METHODS = (*CHAIN_METHODS, "best")
-
-
-def chain_estimators(method: str) -> tuple[str, ...]:
-    """The chain estimators of ``method``: a named method, ``"best"`` (every registered estimator) or the name
-    of one registered estimator (e.g. ``"lipsdp-neuron"`` with ``lipgraph[sdp]``)."""
-    from .estimators import CHAIN_ESTIMATORS
-
-    if method in CHAIN_METHODS:
-        return CHAIN_METHODS[method]
-    if method == "best":
-        return (*CHAIN_ESTIMATORS, *GRAPH_ESTIMATORS)
-    if method in CHAIN_ESTIMATORS:
-        return (method,)
-    raise InputError(f"unknown method {method!r}; available: {', '.join([*METHODS, *CHAIN_ESTIMATORS])}")
+#: method -> chain estimators run on every sequential chain (algorithms.md §5–§8); "autolip" runs none. The same
+#: dict as the catalogue's ``ESTIMATORS.methods`` (register a method with ``ESTIMATORS.register_method``).
+CHAIN_METHODS = ESTIMATORS.methods
+METHODS = ESTIMATORS.method_names()
+#: The chain estimators of a ``method`` (:meth:`lipgraph.estimators.EstimatorCatalogue.resolve`).
+chain_estimators = ESTIMATORS.resolve
 NORMS = {"1": 1.0, "2": 2.0, "inf": math.inf}
 
 

@@ -8,8 +8,9 @@ import sys
 from typing import Sequence
 
 from . import __version__
-from .api import METHODS, analyze
+from .api import analyze
 from .errors import InputError, LipgraphError
+from .estimators import ESTIMATORS
 from .frontend.opkeys import MODULE_KEYS, NAME_KEYS
 from .frontend.prepare import load_weights
 from .frontend.trace import FRONTENDS
@@ -58,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--weights", help="state dict to load (torch.load with weights_only=True)")
     explain.add_argument("--norm", default="2", choices=["1", "2", "inf"], help="ℓp norm (default 2)")
     explain.add_argument("--method", default="autolip", metavar="METHOD",
-                         help=f"{', '.join(METHODS)} or one chain estimator (lipgraph rules --estimators)")
+                         help=f"{', '.join(ESTIMATORS.method_names())} or one chain estimator (lipgraph rules --estimators)")
     explain.add_argument("--frontend", default="auto", choices=FRONTENDS)
     explain.add_argument("--rules", action="append", default=[], metavar="FILE", help="extra rules file (repeatable)")
     explain.add_argument("--unsupported", default="error", choices=UNSUPPORTED_MODES,
@@ -209,20 +210,14 @@ def _estimators() -> int:
     """The methods of ``explain --method`` and the chain estimators they run (algorithms.md §5–§8)."""
     from rich.table import Table
 
-    from .api import CHAIN_METHODS
-    from .estimators import CHAIN_ESTIMATORS
-    from .passes.seqlip import GRAPH_ESTIMATORS
-
     table = Table(title="chain estimators (explain --method NAME runs one; methods below run several)")
-    for column in ("name", "kind", "description"):
+    for column in ("name", "kind", "applies to", "description"):
         table.add_column(column, overflow="fold")
-    for name, est in CHAIN_ESTIMATORS.items():
-        table.add_row(name, "certified" if est.certified else "estimate", est.description)
-    for name in GRAPH_ESTIMATORS:
-        table.add_row(name, "certified", "DCP: conv chains cut into small dense pieces (algorithms.md §8)")
-    for method, names in CHAIN_METHODS.items():
-        table.add_row(f"--method {method}", "", ", ".join(names) or "no chain estimator (AutoLip with fusion)")
-    table.add_row("--method best", "", "every estimator above")
+    for name, est in ESTIMATORS.items():
+        table.add_row(name, "certified" if est.certified else "estimate", est.scope, est.description)
+    for method, names in ESTIMATORS.methods.items():
+        table.add_row(f"--method {method}", "", "", ", ".join(names) or "no chain estimator (AutoLip with fusion)")
+    table.add_row("--method best", "", "", "every estimator above")
     make_console().print(table)
     return 0
 
