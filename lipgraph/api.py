@@ -1,7 +1,6 @@
 """``lipgraph.analyze``: trace -> rules -> AutoLip -> report."""
 from __future__ import annotations
 
-import math
 import os
 import time
 from typing import Any, Mapping
@@ -13,6 +12,7 @@ from . import ir
 from .bound import Bound, Kind
 from .cache import norm_cache
 from .errors import InputError
+from .norms import NORMS, parse_norm  # noqa: F401 - part of this module's API
 from .estimators import ESTIMATORS
 from .frontend.prepare import as_inputs, check_finite_weights, check_runs, eval_mode, to_model_device, unwrap
 from .frontend.trace import LipTracer
@@ -22,6 +22,7 @@ from .passes.autolip import autolip, network_estimate
 from .passes.fuse import fuse
 from .passes.layer_lower import layer_lower_bounds
 from .passes.seqlip import tighten_chains
+from .progress import LayerProgress
 from .registry import Registry, default_registry
 from .report import Report, build_tree, output_bounds
 
@@ -31,19 +32,6 @@ CHAIN_METHODS = ESTIMATORS.methods
 METHODS = ESTIMATORS.method_names()
 #: The chain estimators of a ``method`` (:meth:`lipgraph.estimators.EstimatorCatalogue.resolve`).
 chain_estimators = ESTIMATORS.resolve
-NORMS = {"1": 1.0, "2": 2.0, "inf": math.inf}
-
-
-def parse_norm(norm: Any) -> float:
-    """1, 2, inf (also as strings, ``"linf"`` or ``math.inf``) -> 1.0, 2.0 or ``math.inf``."""
-    key = str(norm).lower().removeprefix("l").removesuffix(".0")
-    if key in ("infinity", "∞"):
-        key = "inf"
-    if key not in NORMS:
-        raise InputError(f"norm must be 1, 2 or inf, got {norm!r}")
-    return NORMS[key]
-
-
 def analyze(
     model: nn.Module,
     example_input: Any = None,
@@ -135,7 +123,7 @@ def annotated_graph(model: nn.Module, inputs: tuple, registry: Registry, norm: f
         notes.append(("torch.fx could not trace the model; " if frontend == "auto" else "")
                      + "the export frontend traces into every module, so rules registered for module classes "
                        "do not apply (ops are bounded one by one)")
-    annotate(lg, registry, norm, unsupported, fusion=True, progress=progress)
+    annotate(lg, registry, norm, unsupported, fusion=True, progress=LayerProgress if progress else None)
     fuse(lg, norm)
     return lg
 
