@@ -46,7 +46,7 @@ from lipgraph.bound import Bound, certified
 from lipgraph.errors import InputError
 from lipgraph.estimators import CHAIN_ESTIMATORS, ChainEstimator, DenseChain, register_estimator
 from lipgraph.estimators.recertify import UNIT_ROUNDOFF
-from lipgraph.estimators.sdp import cvxpy_missing, lmi_size
+from lipgraph.estimators.lmi import cvxpy_missing, lmi_size
 from lipgraph.linalg import conv_norm, materialize, matrix_norm
 
 #: rows [r0, r1) and columns [c0, c1) of a feature map

@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import math
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from ..certify import Certificate
 from ..report import norm_name
 from .rich_tree import KIND_STYLE, format_bound, make_console, print_ascii
+
+if TYPE_CHECKING:
+    from ..certify import Certificate  # rendered, never imported: recipes sit above renderers
 
 
 def certificate_table(cert: Certificate) -> Any:

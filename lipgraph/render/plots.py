@@ -1,13 +1,15 @@
 """Plots of results, as PNG (matplotlib, an optional dependency)."""
 from __future__ import annotations
 
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
 
-from ..certify import Certificate
 from ..errors import LipgraphError
 from ..report import norm_name
+
+if TYPE_CHECKING:
+    from ..certify import Certificate  # rendered, never imported: recipes sit above renderers
 
 
 def write_png(cert: Certificate, file: IO[bytes], **_ignored: Any) -> None:
