@@ -23,9 +23,8 @@ from .render.timings import print_timings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
     try:
+        args = _parser().parse_args(argv)  # the parser lists the output formats: a broken format plugin fails here
         return args.run(args)
     except LipgraphError as exc:
         print(f"lipgraph: error: {exc}", file=sys.stderr)
