@@ -12,11 +12,11 @@ from . import ir
 from .bound import Bound, Kind
 from .cache import norm_cache
 from .errors import InputError
-from .norms import NORMS, parse_norm  # noqa: F401 - part of this module's API
 from .estimators import ESTIMATORS
 from .frontend.prepare import as_inputs, check_finite_weights, check_runs, eval_mode, to_model_device, unwrap
 from .frontend.trace import LipTracer
 from .linalg.device import on_device
+from .norms import NORMS, parse_norm  # noqa: F401 - part of this module's API
 from .passes.annotate import annotate
 from .passes.autolip import autolip, network_estimate
 from .passes.fuse import fuse
@@ -32,6 +32,8 @@ CHAIN_METHODS = ESTIMATORS.methods
 METHODS = ESTIMATORS.method_names()
 #: The chain estimators of a ``method`` (:meth:`lipgraph.estimators.EstimatorCatalogue.resolve`).
 chain_estimators = ESTIMATORS.resolve
+
+
 def analyze(
     model: nn.Module,
     example_input: Any = None,

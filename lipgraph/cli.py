@@ -7,7 +7,6 @@ import platform
 import sys
 from typing import Sequence
 
-from .version import __version__
 from .api import analyze
 from .errors import InputError, LipgraphError
 from .estimators import ESTIMATORS
@@ -16,10 +15,11 @@ from .frontend.prepare import load_weights
 from .frontend.trace import FRONTENDS
 from .loader import load_model
 from .passes.annotate import UNSUPPORTED_MODES
-from .registry import default_registry
 from .formats import default_formats
+from .registry import default_registry
 from .render.rich_tree import make_console
 from .render.timings import print_timings
+from .version import __version__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--weights", help="state dict to load (torch.load with weights_only=True)")
     explain.add_argument("--norm", default="2", choices=["1", "2", "inf"], help="ℓp norm (default 2)")
     explain.add_argument("--method", default="autolip", metavar="METHOD",
-                         help=f"{', '.join(ESTIMATORS.method_names())} or one chain estimator (lipgraph rules --estimators)")
+                         help=f"{', '.join(ESTIMATORS.method_names())} or one chain estimator "
+                              "(lipgraph rules --estimators)")
     explain.add_argument("--frontend", default="auto", choices=FRONTENDS)
     explain.add_argument("--rules", action="append", default=[], metavar="FILE", help="extra rules file (repeatable)")
     explain.add_argument("--unsupported", default="error", choices=UNSUPPORTED_MODES,

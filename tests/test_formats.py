@@ -101,5 +101,6 @@ def test_a_broken_format_plugin_is_an_error_naming_it(monkeypatch, model_file: P
 def test_misuse_messages() -> None:
     with pytest.raises(ValueError, match="subject must be one of"):
         OutputFormat("x", "graph", _plain)
-    with pytest.raises(LipgraphError, match="unknown output format 'svg' for a certificate; available: table, json, png"):
+    with pytest.raises(LipgraphError,
+                       match="unknown output format 'svg' for a certificate; available: table, json, png"):
         lipgraph.default_formats().get("certificate", "svg")

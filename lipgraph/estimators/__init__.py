@@ -1,12 +1,13 @@
 """Chain estimators: bounds on the Lipschitz constant of one sequential chain (algorithms.md §5–§8).
 
 A chain is f(x) = W_K φ_{K−1}(W_{K−1} ⋯ φ_1(W_1 x + b_1) ⋯) + b_K where each φ_i acts elementwise with every
-slope in [α_i, β_i] (biases never change the constant). Estimators take a :class:`DenseChain` (explicit float64
-matrices, for chains small enough to materialise) and return a :class:`~lipgraph.bound.Bound` whose kind says
-what it is: ``certified`` (a true upper bound, re-certified where a solver was involved) or ``estimate``.
+slope in [α_i, β_i] (biases never change the constant). Most estimators take a :class:`DenseChain` (explicit
+float64 matrices, for chains small enough to materialise), DCP a ``ConvChain`` (:data:`INPUTS`); each returns a
+:class:`~lipgraph.bound.Bound` whose kind says what it is: ``certified`` (a true upper bound, re-certified where a
+solver was involved) or ``estimate``.
 
-The graph pass (``lipgraph.passes.seqlip``) finds chains in the model, builds their ``DenseChain`` and runs the
-estimators picked by ``--method``; an estimator registers itself in the catalogue :data:`ESTIMATORS` (one file
+The graph pass (``lipgraph.passes.seqlip``) finds chains in the model, builds the form each estimator takes and
+runs the estimators picked by ``--method``; an estimator registers itself in the catalogue :data:`ESTIMATORS` (one file
 plus one ``register_estimator`` line), which also names the methods of ``--method``.
 """
 from __future__ import annotations

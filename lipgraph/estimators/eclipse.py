@@ -134,5 +134,6 @@ register_estimator(ChainEstimator(
     name="eclipse-fast", fn=eclipse_fast, certified=True,
     description="ECLipsE-Fast (Xu & Sivaranjani 2024): closed-form layer-wise multipliers, re-certified"))
 register_estimator(ChainEstimator(
-    name="eclipse", fn=eclipse, certified=True, applies=_eclipse_applies, limits=f"largest stage LMI ≤ {MAX_LMI}; needs cvxpy (extra sdp)",
+    name="eclipse", fn=eclipse, certified=True, applies=_eclipse_applies,
+    limits=f"largest stage LMI ≤ {MAX_LMI}; needs cvxpy (extra sdp)",
     description="ECLipsE (Xu & Sivaranjani 2024): one small SDP per layer (cvxpy), re-certified"))

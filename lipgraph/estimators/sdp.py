@@ -77,7 +77,9 @@ def _applies(chain: DenseChain) -> str | None:
 
 register_estimator(ChainEstimator(
     name="lipsdp-neuron", fn=lambda chain: lipsdp(chain, per_neuron=True), certified=True, applies=_applies,
-    limits=f"largest stage LMI ≤ {MAX_LMI} (longer chains split); needs cvxpy (extra sdp)", description="LipSDP-Neuron (Fazlyab et al. 2019): one multiplier per neuron, cvxpy, re-certified"))
+    limits=f"largest stage LMI ≤ {MAX_LMI} (longer chains split); needs cvxpy (extra sdp)",
+    description="LipSDP-Neuron (Fazlyab et al. 2019): one multiplier per neuron, cvxpy, re-certified"))
 register_estimator(ChainEstimator(
     name="lipsdp-layer", fn=lambda chain: lipsdp(chain, per_neuron=False), certified=True, applies=_applies,
-    limits=f"largest stage LMI ≤ {MAX_LMI} (longer chains split); needs cvxpy (extra sdp)", description="LipSDP-Layer (Fazlyab et al. 2019): one multiplier per layer, cvxpy, re-certified"))
+    limits=f"largest stage LMI ≤ {MAX_LMI} (longer chains split); needs cvxpy (extra sdp)",
+    description="LipSDP-Layer (Fazlyab et al. 2019): one multiplier per layer, cvxpy, re-certified"))
