@@ -231,10 +231,11 @@ def _estimators() -> int:
     from rich.table import Table
 
     table = Table(title="chain estimators (explain --method NAME runs one; methods below run several)")
-    for column in ("name", "kind", "applies to", "description"):
-        table.add_column(column, overflow="fold")
+    for column in ("name", "kind", "applies to", "description", "source"):
+        table.add_column(column, overflow="fold", no_wrap=column in ("name", "kind"))
     for name, est in ESTIMATORS.items():
-        table.add_row(name, "certified" if est.certified else "estimate", est.scope, est.description)
+        table.add_row(name, "certified" if est.certified else "estimate", est.scope, est.description,
+                      getattr(est.fn, "__module__", None) or "?")
     for method, names in ESTIMATORS.methods.items():
         table.add_row(f"--method {method}", "", "", ", ".join(names) or "no chain estimator (AutoLip with fusion)")
     table.add_row("--method best", "", "", "every estimator above")

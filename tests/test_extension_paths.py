@@ -79,7 +79,7 @@ def spectral_product(chain: DenseChain):
     return certified(value, "spectral-product", margin=FLOAT_MARGIN)
 
 
-def test_a_new_chain_estimator(capsys) -> None:
+def test_a_new_chain_estimator(capsys, monkeypatch) -> None:
     """One line registers the estimator; ``--method`` runs it on the model's chain, the report lists its value, and
     ``lipgraph rules --estimators`` shows it with what it applies to."""
     register_estimator(ChainEstimator("spectral-product", spectral_product, certified=True,
@@ -90,8 +90,10 @@ def test_a_new_chain_estimator(capsys) -> None:
         (chain,) = report.chains
         assert chain.results["spectral-product"].value == pytest.approx(chain.product, rel=1e-5)  # margins differ
         assert report.bound.value <= chain.product * (1 + 1e-9)
+        monkeypatch.setenv("COLUMNS", "250")  # one table row per line
         assert main(["rules", "--estimators"]) == 0
-        assert "spectral-product" in capsys.readouterr().out
+        listing = capsys.readouterr().out
+        assert "spectral-product" in listing and "test_extension_paths" in listing  # where it came from
     finally:
         del ESTIMATORS["spectral-product"]
 
