@@ -122,7 +122,7 @@ def test_activation_intervals_and_local_slopes_contain_sampled_values(act):
 def test_slopes_cover_derivatives_per_neuron():
     """Each neuron's slope range holds σ' at every sampled pre-activation in its interval."""
     from lipgraph.rules.local import activation
-    from lipgraph.passes.annotate import context
+    from lipgraph.passes.context import context
 
     for act in ACTIVATIONS:
         model = nn.Sequential(nn.Linear(5, 12), act).eval()

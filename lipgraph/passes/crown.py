@@ -23,7 +23,7 @@ from torch import fx
 from ..ir import LipGraph
 from ..linalg import dense_is_cheap, materialize
 from ..region import Ball, Region
-from .annotate import context
+from .context import context
 from .chains import SeqChain, sequential_chains
 from .fuse import linear_part
 

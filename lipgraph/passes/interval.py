@@ -17,7 +17,8 @@ from ..errors import LipgraphError, RuleError, UnsupportedOpsError
 from ..ir import LipGraph, op_spelling
 from ..region import Region
 from ..registry import Registry
-from .annotate import _at, context
+from .annotate import _at
+from .context import context
 
 #: relative outward widening of every interval (covers float64 rounding of the interval arithmetic)
 ROUNDING = 1e-12

@@ -26,14 +26,14 @@ import torch
 from torch import fx
 
 from ..bound import Bound, Kind, certified
-from ..estimators import CHAIN_ESTIMATORS, DenseChain
+from ..estimators import ESTIMATORS, DenseChain
 from ..ir import LipGraph
 from ..bound import FLOAT_MARGIN
 from ..linalg import dense_is_cheap, materialize
 from .autolip import add_shortcut
 from .chains import SeqChain, sequential_chains
 from .fuse import affine_runs, linear_part, sole_consumer
-from .seqlip import GRAPH_ESTIMATORS, ChainResult, _timed, run_gain
+from .seqlip import ChainResult, _timed, run_gain
 
 Slopes = tuple[torch.Tensor, torch.Tensor]
 
@@ -78,16 +78,16 @@ def tighten_local_chains(lg: LipGraph, norm: float, estimators: Sequence[str]) -
         _timed(result, "cp-local", lambda: local_cp(weights, slopes, norm))
         if any(bool((b > a).any()) for a, b in slopes):
             _timed(result, "vertices-local", lambda: vertex_bound(weights, slopes, norm))
-        if norm == 2:
-            reduced = reduce_chain(weights, slopes)
-            for name in estimators:
-                if name in GRAPH_ESTIMATORS or name == "cp":
-                    continue
-                why = CHAIN_ESTIMATORS[name].applies(reduced)
-                if why is None:
-                    _timed(result, f"{name}-local", lambda: CHAIN_ESTIMATORS[name].fn(reduced))
-                else:
-                    result.notes.append(f"{name}-local: {why}")
+        reduced = reduce_chain(weights, slopes)
+        for name in estimators:
+            est = ESTIMATORS[name]
+            if est.input != "dense" or name == "cp":  # cp-local above is cp with per-neuron slopes
+                continue
+            why = "ℓ2 only" if not est.supports(norm) else est.applies(reduced)
+            if why is None:
+                _timed(result, f"{name}-local", lambda: est.run(reduced, norm))
+            else:
+                result.notes.append(f"{name}-local: {why}")
         if result.best.value < result.product.value * (1 - 1e-9):
             add_shortcut(chain.last, chain.first, result.best, result.winner)
 
