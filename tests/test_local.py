@@ -419,3 +419,36 @@ def test_discontinuous_activations_are_refused_on_a_region_too():
     model, x = nn.Sequential(nn.Linear(3, 3), nn.Threshold(0.1, 2.0)), torch.zeros(1, 3)
     with pytest.raises(NotLipschitzError, match="jumps"):
         lipgraph.analyze(model, x, region=lipgraph.Box(-1, 1), lower=False)
+
+
+def test_a_rules_file_registers_all_three_kinds_for_a_custom_op(restore_default_registry):
+    """A user op: its global rule refuses (x² is not Lipschitz), its interval and local rules bound it on a region."""
+
+    class Square(nn.Module):
+        def forward(self, x):
+            return x * x
+
+    registry = restore_default_registry
+    saved = (dict(registry._intervals), dict(registry._local))
+    try:
+        lipgraph.register(Square, lipgraph.not_lipschitz("x² grows quadratically"), key="square")
+
+        @lipgraph.interval_rule("square")
+        def square_interval(ctx):
+            lo, hi = ctx.bounds[0]
+            low = torch.where((lo <= 0) & (hi >= 0), torch.zeros_like(lo), torch.minimum(lo * lo, hi * hi))
+            return low, torch.maximum(lo * lo, hi * hi)
+
+        @lipgraph.local_rule("square")
+        def square_local(ctx):
+            """|d(x²)/dx| = 2|x| ≤ 2 max|x| on the region."""
+            lo, hi = ctx.bounds[0]
+            return lipgraph.certified(2 * float(torch.maximum(lo.abs(), hi.abs()).max()), "2 max|x|")
+
+        model, x = nn.Sequential(nn.Linear(3, 3), Square()), torch.zeros(1, 3)
+        with pytest.raises(NotLipschitzError, match="quadratically"):
+            lipgraph.analyze(model, x, lower=False)
+        local = lipgraph.analyze(model, x, region=lipgraph.Box(-1, 1))
+        assert math.isfinite(local.bound.value) and local.lower.value <= local.bound.value
+    finally:
+        registry._intervals, registry._local = saved
