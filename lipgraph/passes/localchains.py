@@ -93,7 +93,7 @@ def tighten_local_chains(lg: LipGraph, norm: float, estimators: Sequence[str]) -
 
 
 #: unstable neurons enumerated exactly by :func:`vertex_bound` (2^n CP recursions)
-VERTEX_LIMIT = 10
+VERTEX_LIMIT = 12
 
 
 def vertex_bound(weights: Sequence[torch.Tensor], slopes: Sequence[Slopes], p: float,
