@@ -30,6 +30,8 @@ from lipgraph.errors import NormNotSupported, NotLipschitzError, RuleError
 from lipgraph.registry import Registry
 from lipgraph.ruleapi import OpContext, Var
 
+from .arithmetic import _operands as operands
+
 F64 = torch.float64
 
 MONOTONE = ("relu", "relu6", "hardtanh", "sigmoid", "tanh", "softsign", "logsigmoid", "hardsigmoid", "celu",
@@ -107,13 +109,6 @@ def _interval_of(ctx: OpContext, arg: Any) -> tuple:
     return ctx.bounds[arg.index] if isinstance(arg, Var) else _const(arg)
 
 
-def _operands(ctx: OpContext) -> tuple:
-    args = list(ctx.args[:2])
-    for name in ("input", "other")[len(args):]:
-        args.append(ctx.kwargs.get(name))
-    return tuple(args)
-
-
 # -- affine ops with signed weights ---------------------------------------------------------------------------
 def linear(ctx: OpContext) -> tuple:
     """W c + b ± |W| r."""
@@ -167,7 +162,7 @@ def addmm(ctx: OpContext) -> tuple:
 # -- arithmetic -----------------------------------------------------------------------------------------------
 def add(ctx: OpContext) -> tuple:
     """a + α·b, a − α·b, rsub: interval sums (a coefficient of negative sign swaps the ends)."""
-    a, b = _operands(ctx)
+    a, b = operands(ctx)
     alpha = float(ctx.arg("alpha", None, 1.0))
     name = str(getattr(ctx.target, "__name__", ctx.target))
     sign_a, sign_b = 1.0, alpha * (-1.0 if ctx.key == "sub" else 1.0)
@@ -184,13 +179,13 @@ def _scaled(bound: tuple, c: float) -> tuple:
 
 def mul(ctx: OpContext) -> tuple:
     """a·b: min and max of the four corner products (either operand may be a constant)."""
-    a, b = _operands(ctx)
+    a, b = operands(ctx)
     return _interval_mul(_interval_of(ctx, a), _interval_of(ctx, b))
 
 
 def div(ctx: OpContext) -> tuple:
     """a / b = a · [1/hi_b, 1/lo_b] when b's interval excludes 0."""
-    a, b = _operands(ctx)
+    a, b = operands(ctx)
     if ctx.kwargs.get("rounding_mode") is not None:
         raise ctx.not_lipschitz(f"rounding_mode={ctx.kwargs['rounding_mode']!r} makes it a step function")
     lo, hi = _interval_of(ctx, b)
@@ -269,7 +264,7 @@ def non_float(ctx: OpContext) -> None:
 
 
 # -- softmax, norms, normalisation ----------------------------------------------------------------------------
-def _softmax_dim(ctx: OpContext) -> int:
+def softmax_dim(ctx: OpContext) -> int:
     """The softmax dimension, as :func:`rules.softmax.softmax_size` reads it (torch's legacy default)."""
     shape = ctx.input.shape
     if ctx.key == "softmax2d":
@@ -292,14 +287,14 @@ def softmax_interval(lo: torch.Tensor, hi: torch.Tensor, dim: int) -> tuple[torc
 
 def softmax(ctx: OpContext) -> tuple:
     lo, hi = ctx.bounds[0]
-    dim = _softmax_dim(ctx)
+    dim = softmax_dim(ctx)
     if ctx.key == "softmin":
         lo, hi = -hi, -lo
     return softmax_interval(lo, hi, dim)
 
 
 def log_softmax(ctx: OpContext) -> tuple:
-    low, high = softmax_interval(*ctx.bounds[0], _softmax_dim(ctx))
+    low, high = softmax_interval(*ctx.bounds[0], softmax_dim(ctx))
     return low.clamp_min(1e-300).log(), high.log()
 
 

@@ -28,7 +28,8 @@ from lipgraph.registry import Registry
 from lipgraph.ruleapi import OpContext, Transfer, Var
 
 from ._gains import constant_scale_gain
-from .intervals import _operands, normalized_interval, norm_groups, softmax_interval, _softmax_dim
+from .arithmetic import _operands as operands
+from .intervals import normalized_interval, norm_groups, softmax_dim, softmax_interval
 from .activations import softplus, threshold
 from .linear import product_gain
 
@@ -41,7 +42,7 @@ SMOOTH = {"sigmoid": ((-1.0, 1.0),), "tanh": ((-1.0, 1.0),), "gelu": ((-2.0, -1.
           "logsigmoid": (), "selu": (), "celu": (), "elu": (), "tanhshrink": ((-1.0, 1.0),), "softsign": ()}
 #: kinks (where σ' jumps): both one-sided slopes count when a kink lies in [l, u]
 KINKS = {"selu": (0.0,), "celu": (0.0,), "elu": (0.0,), "softsign": (0.0,), "tanhshrink": (), "hardswish": (-3.0, 3.0)}
-#: smooth maps whose σ' is monotone between kinks except at the listed critical points
+#: widening of the smooth activations' slope ranges (their critical points are located to ~1e-6)
 SLOPE_MARGIN = 1e-9
 
 
@@ -155,7 +156,7 @@ def _abs_min(bound: tuple) -> torch.Tensor:
 
 def mul(ctx: OpContext) -> Transfer:
     """x ⊙ y: gains = scaling by max|other| (a constant other: its own value)."""
-    a, b = _operands(ctx)
+    a, b = operands(ctx)
     gains = []
     for var, other in ((a, b), (b, a)):
         if not isinstance(var, Var):
@@ -167,7 +168,7 @@ def mul(ctx: OpContext) -> Transfer:
 
 def div(ctx: OpContext) -> Transfer:
     """x / y with min|y| > 0 over the region: gains 1/min|y| (numerator) and max|x|/min|y|² (denominator)."""
-    a, b = _operands(ctx)
+    a, b = operands(ctx)
     if ctx.kwargs.get("rounding_mode") is not None:
         raise ctx.not_lipschitz(f"rounding_mode={ctx.kwargs['rounding_mode']!r} makes it a step function")
     den = ctx.bounds[b.index] if isinstance(b, Var) else (torch.as_tensor(b, dtype=F64),) * 2
@@ -213,10 +214,10 @@ def softmax(ctx: OpContext) -> Transfer:
     lo, hi = ctx.bounds[0]
     if ctx.key == "softmin":
         lo, hi = -hi, -lo
-    s_lo, s_hi = softmax_interval(lo, hi, _softmax_dim(ctx))
+    s_lo, s_hi = softmax_interval(lo, hi, softmax_dim(ctx))
     peak = torch.where((s_lo <= 0.5) & (s_hi >= 0.5), torch.full_like(s_lo, 0.25),
                        torch.maximum(s_lo * (1 - s_lo), s_hi * (1 - s_hi)))
-    d = lo.shape[_softmax_dim(ctx)] if lo.ndim else 1
+    d = lo.shape[softmax_dim(ctx)] if lo.ndim else 1
     return Transfer(gains=(certified(min(0.5, 2 * float(peak.max())) if d > 1 else 0.0, "local softmax"),))
 
 
