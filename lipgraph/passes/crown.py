@@ -24,7 +24,7 @@ from ..ir import LipGraph
 from ..linalg import dense_is_cheap, materialize
 from ..region import Ball, Region
 from .context import context
-from .chains import SeqChain, sequential_chains
+from .chains import sequential_chains
 from .fuse import linear_part
 
 F64 = torch.float64
