@@ -522,20 +522,22 @@ def _forward_cost(fn: _Net, z: Tensor) -> tuple[float, Tensor]:
 
 
 class _Clock:
-    """The wall-time budget (``seconds``): the search stops at ``SEARCH_SHARE`` of it, the float64 verification
-    skips its optional parts past it and returns after its first difference quotients."""
+    """The wall-time budget (``seconds``): the search stops at ``SEARCH_SHARE`` of it, or earlier to leave the
+    float64 verification the time its difference quotients take (``reserve``); the verification does its optional
+    parts only when they fit, and always its first candidate's difference quotients."""
 
     def __init__(self, t0: float, seconds: float | None) -> None:
-        self.t0, self.seconds = t0, seconds
+        self.t0, self.seconds, self.reserve = t0, seconds, 0.0
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
 
     def search_over(self) -> bool:
-        return self.seconds is not None and self.elapsed() >= SEARCH_SHARE * self.seconds
+        return (self.seconds is not None
+                and self.elapsed() >= min(SEARCH_SHARE * self.seconds, self.seconds - self.reserve))
 
-    def over(self) -> bool:
-        return self.seconds is not None and self.elapsed() >= self.seconds
+    def fits(self, seconds: float) -> bool:
+        return self.seconds is None or self.elapsed() + seconds <= self.seconds
 
 
 def search(model: nn.Module, x: Any, *, norm: Any = 2, starts: int = 8, steps: int = 50,
@@ -579,6 +581,10 @@ def search(model: nn.Module, x: Any, *, norm: Any = 2, starts: int = 8, steps: i
             raise InputError("the model's output is not finite (NaN or Inf) at the example input: no lower bound")
         forward_seconds = (time.perf_counter() - started) / len(example)
         plan = _schedule(cost / len(example), work, starts, steps, power_steps, screen, verify)
+        started = time.perf_counter()
+        exact = _float64_net(model, inputs, fn)
+        exact_seconds = time.perf_counter() - started  # one float64 forward pass at one point (its check)
+        clock.reserve = _pairs_seconds(plan.polish, exact_seconds)
         rows = _data_rows(fn, data)
         ref = rows if rows is not None else example
         scale = float(ref.std()) if ref.numel() > 1 else 0.0
@@ -619,7 +625,7 @@ def search(model: nn.Module, x: Any, *, norm: Any = 2, starts: int = 8, steps: i
                 round_ += 1
                 if seconds is None and round_ >= plan.rounds or clock.search_over():
                     break
-            verified = _verify(model, inputs, fn, pool.items[:plan.verify], p, scale, plan.polish, clock)
+            verified = _verify(exact, fn, pool.items[:plan.verify], p, scale, plan.polish, clock, exact_seconds)
         finally:
             bar.close()
     value, a, b, z, v, jac = verified
@@ -669,8 +675,7 @@ def _ascend(fn: _Net, z0: Tensor, keep: int, p: float, steps: int, power_steps: 
     width = scale * math.sqrt(n) if p == 2 else scale  # ℓ2: v is spread out; ℓ∞: signs; ℓ1: e_j
     eps0, eps1 = ASCENT['eps0'] * width, ASCENT['eps1'] * width
     zp = z.clone().requires_grad_(True)
-    opt = torch.optim.Adam([zp], lr=ASCENT['lr'] * scale)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps), eta_min=0.002 * scale)
+    opt = _Adam(zp, ASCENT['lr'] * scale, max(1, steps), 0.002 * scale)
     for t in range(steps):
         eps = eps0 * (eps1 / eps0) ** (t / max(1, steps - 1))
         d = eps * v
@@ -678,18 +683,39 @@ def _ascend(fn: _Net, z0: Tensor, keep: int, p: float, steps: int, power_steps: 
         q = torch.nan_to_num(q, nan=0.0, posinf=0.0)
         if record(q.detach(), zp.detach(), v, torch.full((b,), eps, dtype=fn.dtype, device=fn.device)):
             break
-        opt.zero_grad(set_to_none=True)
+        zp.grad = None
         (-q.sum()).backward()
         if zp.grad is not None:
-            torch.nan_to_num_(zp.grad, nan=0.0, posinf=0.0, neginf=0.0)
-        opt.step()
-        sched.step()
+            opt.step(torch.nan_to_num(zp.grad, nan=0.0, posinf=0.0, neginf=0.0))
         at = zp.detach().clone()
         _, v_next = _power_steps(fn, at, v, p, 1, power_record(at, no_eps))
         if clock.search_over():
             break
         v = v_next
     return evaluations[0]
+
+
+class _Adam:
+    """Adam (Kingma & Ba 2015, torch's default β = (0.9, 0.999), ε = 1e-8) with a cosine-annealed learning rate
+    (Loshchilov & Hutter 2017; torch's recursive form), the same arithmetic as ``torch.optim.Adam`` with
+    ``CosineAnnealingLR``, whose first use imports torch._dynamo (seconds on a fresh process)."""
+
+    BETAS, EPS = (0.9, 0.999), 1e-8
+
+    def __init__(self, param: Tensor, lr: float, t_max: int, eta_min: float) -> None:
+        self.param, self.lr, self.t_max, self.eta_min = param, lr, t_max, eta_min
+        self.avg, self.avg_sq, self.t = torch.zeros_like(param), torch.zeros_like(param), 0
+
+    @torch.no_grad()
+    def step(self, grad: Tensor) -> None:
+        (beta1, beta2), self.t = self.BETAS, self.t + 1
+        self.avg.lerp_(grad, 1 - beta1)
+        self.avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        denom = (self.avg_sq.sqrt() / (1 - beta2 ** self.t) ** 0.5).add_(self.EPS)
+        self.param.addcdiv_(self.avg, denom, value=-self.lr / (1 - beta1 ** self.t))
+        t, t_max = self.t, self.t_max
+        self.lr = ((1 + math.cos(math.pi * t / t_max)) / (1 + math.cos(math.pi * (t - 1) / t_max))
+                   * (self.lr - self.eta_min) + self.eta_min)
 
 
 # -- float64 verification: the returned value is an explicit difference quotient ---------------------------
@@ -741,25 +767,34 @@ def _dense_direction(net: _Net, z: Tensor, p: float) -> tuple[Tensor, float] | N
     return vh[0], float(s[0])
 
 
-def _verify(model: nn.Module, inputs: tuple[Tensor, ...], fn: _Net, candidates: list, p: float,
-            scale: float, polish: bool, clock: _Clock) -> tuple[float, Tensor, Tensor, Tensor, Tensor, float | None]:
+def _pairs_seconds(polish: bool, exact_seconds: float) -> float:
+    """Wall time of one candidate's float64 difference quotients: the pairs (a, b) of :func:`_verify`."""
+    return 2 * (len(STEP_SIZES) + 3 if polish else len(STEP_SIZES) // 2 + 1) * exact_seconds
+
+
+def _verify(exact: tuple[_Net, float], fn: _Net, candidates: list, p: float, scale: float, polish: bool,
+            clock: _Clock, exact_seconds: float) -> tuple[float, Tensor, Tensor, Tensor, Tensor, float | None]:
     """The candidates' difference quotients in float64 (after ``polish``: the exact local direction from a small
-    dense Jacobian, else float64 power steps). Past the clock's budget only the first candidate's plain
-    quotients are evaluated."""
-    net, rounding = _float64_net(model, inputs, fn)
+    dense Jacobian, else float64 power steps), each part only when the clock says it fits (``exact_seconds``:
+    one float64 forward pass at one point); the first candidate's quotients always (at its smallest)."""
+    net, rounding = exact
     best: tuple[float, Tensor, Tensor, Tensor, Tensor, float | None] | None = None
     gen = torch.Generator().manual_seed(12345)
+    pairs_seconds = _pairs_seconds(polish, exact_seconds)
     for _, z32, v32, eps in candidates:
-        if best is not None and clock.over():
+        if best is not None and not clock.fits(pairs_seconds):
             break
+        polish = polish and clock.fits(pairs_seconds)
         z, v = z32.to(net.dtype), v32.to(net.dtype)
         jac_value = None
-        dense = _dense_direction(net, z, p) if polish and not clock.over() else None
+        dense = (_dense_direction(net, z, p)
+                 if polish and clock.fits(pairs_seconds + 2 * net.m * exact_seconds) else None)
         if dense is not None:
             v, jac_value = dense
-        elif polish and not clock.over():
+        elif polish and clock.fits(pairs_seconds + 4 * 4 * exact_seconds):
             try:
-                value, v = _power_steps(net, z[None], v[None], p, 4, lambda *_: clock.over())
+                value, v = _power_steps(net, z[None], v[None], p, 4,
+                                        lambda *_: not clock.fits(pairs_seconds + 4 * exact_seconds))
                 jac_value, v = float(value[0]), v[0]
             except Exception:  # noqa: BLE001
                 pass

@@ -412,3 +412,20 @@ def test_softplus_threshold_jump() -> None:
     with pytest.raises(lipgraph.NotLipschitzError, match="jumps"):
         _certified(model, torch.tensor([[5.0]]))
     assert _certified(nn.Softplus(), torch.tensor([[5.0]])) == 1.0  # default threshold: a jump below rounding
+
+
+# -- `seconds` is a wall-time budget, the final verification included (issue #18, item 3) --------------------
+def test_seconds_budget_caps_the_whole_search() -> None:
+    """A search that takes a minute without a clock (8 starts × 50 steps on six 32×32 conv layers) returns within
+    its 0.5 s budget plus a generous slack for a loaded machine, with an attained ratio."""
+    import time
+
+    torch.manual_seed(0)
+    convs = [nn.Conv2d(3, 32, 3, padding=1)] + [nn.Conv2d(32, 32, 3, padding=1) for _ in range(5)]
+    model = nn.Sequential(*[m for c in convs for m in (c, nn.ReLU())], nn.Flatten(), nn.Linear(32 * 32 * 32, 10))
+    x = torch.randn(1, 3, 32, 32)
+    lipgraph.lower_search(model, x, seconds=0.1)  # the process's one-time start-up (autograd, float64 kernels)
+    start = time.perf_counter()
+    res = lipgraph.lower_search(model.eval(), x, seconds=0.5)
+    assert time.perf_counter() - start < 0.5 + 1.5
+    assert res.bound.kind is Kind.LOWER and res.value > 0
