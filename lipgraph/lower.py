@@ -19,8 +19,9 @@ ascent itself used and a few random nearby pairs. Where f is differentiable at x
 
 - starts: the example input's rows, rows of ``data``, scaled copies of them, Gaussian and uniform points at
   the data's scale, and (in later rounds) perturbations of the best point so far;
-- at each point, the dual power method for ‖J‖_{p→p} (Higham): u = J v (``torch.func.jvp``),
-  g = Jᵀ dual_p(u) (``torch.func.vjp``), v ← argmax_{‖v‖_p=1} ⟨g, v⟩. ℓ2: power iteration on JᵀJ. ℓ∞: v is a sign
+- at each point, the dual power method for ‖J‖_{p→p} (Higham): u = J v, g = Jᵀ dual_p(u),
+  v ← argmax_{‖v‖_p=1} ⟨g, v⟩, on one forward pass kept per batch of points: Jᵀu by a backward pass, J v by a
+  double backward (J v = ∂/∂w ⟨Jᵀw, v⟩); ℓ2: power iteration on JᵀJ. ℓ∞: v is a sign
   vector and dual_∞(u) picks the largest output coordinate, so g is a Jacobian *row* and ‖J v‖_∞ its abs-sum
   (‖J‖_{∞→∞} = max row abs-sum). ℓ1: dual_1(u) = sign(u) and v becomes the best coordinate vector e_j, so
   ‖J v‖_1 is a Jacobian *column* abs-sum (‖J‖_{1→1} = max column abs-sum). Each ‖J v‖_p/‖v‖_p is a lower bound
@@ -33,7 +34,10 @@ ascent itself used and a few random nearby pairs. Where f is differentiable at x
   iteration alone at many fresh points (Gaussian at 0.3–30× the data's scale, half of them around the best point
   so far), sized to cost about as much as an ascent round. The ascent climbs within and across linear regions;
   sampling finds regions it cannot reach (on ReLU networks the best activation pattern can be a thin cone).
-  Without ``seconds``: one round of each; with ``seconds``: rounds until the budget is spent;
+  Without ``seconds``: one round of each; with ``seconds``: rounds until the budget is spent, checked after
+  every step, the verification below included (its optional parts run only when they fit);
+- the report's search (``REPORT_BUDGET``) is a fixed amount of work in multiply-adds, deterministic: small
+  networks get the schedule above, large ones only the ascent from 1–4 starts (:func:`_schedule`);
 - at the end, the best candidates are re-examined in float64: the exact local norm from the full Jacobian
   when it is small (ℓ2: its top singular vector; ℓ∞: its largest row; ℓ1: its largest column), else a few
   float64 power steps, then the difference quotients above.
@@ -50,7 +54,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, jvp, vjp
+from torch.func import functional_call, jvp
 
 from .bound import Bound, lower
 from .errors import InputError, LipgraphError
