@@ -449,11 +449,14 @@ class _Progress:
 @contextlib.contextmanager
 def _threads(model: nn.Module, inputs: tuple[Tensor, ...]) -> Iterator[None]:
     """One CPU thread for small networks: their ops are too small to split, and on a busy machine OpenMP's
-    spinning threads make the many tiny calls of the search an order of magnitude slower."""
+    spinning threads make the many tiny calls of the search an order of magnitude slower; for larger ones no more
+    than the cores other processes leave idle (:func:`lipgraph.threads.idle_threads`)."""
+    from .threads import idle_threads
+
     small = sum(p.numel() for p in model.parameters()) <= 2_000_000 and sum(x.numel() for x in inputs) <= 20_000
     saved = torch.get_num_threads()
-    if small and inputs[0].device.type == "cpu" and saved > 1:
-        torch.set_num_threads(1)
+    if inputs[0].device.type == "cpu" and saved > 1:
+        torch.set_num_threads(1 if small else min(saved, idle_threads()))
     try:
         yield
     finally:
