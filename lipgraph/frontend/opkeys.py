@@ -202,6 +202,21 @@ def module_key(cls: type, alias_of) -> str | None:
     return None
 
 
+def node_key(gm: Any, node: Any, alias_of) -> str | None:
+    """Canonical key of an fx op node of ``gm`` (module, method, function, ``x.T``-style attribute, or a pattern's
+    compound, which carries its key); ``alias_of`` looks up user registrations."""
+    if node.op == "call_module":
+        return module_key(type(gm.get_submodule(node.target)), alias_of)
+    if node.op == "call_method":
+        return method_key(node.target)
+    if node.op == "call_function" and node.target is getattr:  # x.T, x.mT: attributes computing tensors
+        return method_key(node.args[1])
+    if node.op == "call_function":
+        compound = getattr(node.target, "lipgraph_op_key", None)
+        return compound if isinstance(compound, str) else alias_of(node.target) or function_key(node.target)
+    return None
+
+
 def display_name(target: Any) -> str:
     """A copy-pasteable name of a function, module class or method, for messages and rule stubs."""
     if isinstance(target, str):
