@@ -16,7 +16,7 @@ from __future__ import annotations
 from torch import fx
 
 from lipgraph.bound import Bound
-from lipgraph.frontend.patterns import SELECTIONS, GraphView, Match, Pattern, binary_operands, cat_operands
+from lipgraph.frontend.patterns import GraphView, Match, Pattern, binary_operands, cat_operands, selection_root
 from lipgraph.registry import Registry
 from lipgraph.ruleapi import OpContext
 
@@ -49,23 +49,13 @@ def match_maxmin(anchor: fx.Node, view: GraphView) -> Match | None:
     if first is None or second is None or first[0] == second[0] or first[1] != second[1]:
         return None
     a, b = sorted(first[1], key=lambda n: n.name)
-    sources = {s for s in (_root(a, view), _root(b, view)) if s is not None}
+    sources = {s for s in (selection_root(a, view.key), selection_root(b, view.key)) if s is not None}
     if len(sources) != 1:
         return None
     path = view.injective_selection(sources.pop(), [a, b])
     if path is None:
         return None
     return Match(nodes=[*path, u, v, anchor])
-
-
-def _root(node: fx.Node, view: GraphView) -> fx.Node | None:
-    """The first node up the chain of selections above ``node`` that is not itself a selection."""
-    while view.key(node) in SELECTIONS:
-        deps = view.dep_args(node)
-        if len(deps) != 1:
-            return None
-        node = deps[0]
-    return node
 
 
 def _reduction(node: fx.Node, view: GraphView) -> tuple[bool, fx.Node, int, list[fx.Node]] | None:

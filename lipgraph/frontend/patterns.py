@@ -103,32 +103,48 @@ class GraphView:
         return [a for a in node.all_input_nodes if self.dep(a)]
 
     def injective_selection(self, source: fx.Node, pieces: Sequence[fx.Node]) -> list[fx.Node] | None:
-        """The nodes between ``source`` and ``pieces`` when every piece is reached from ``source`` through
-        selections only (:data:`SELECTIONS`) and, together, the pieces hold each coordinate of ``source`` at most
-        once: then ‖(Δpiece_1, …, Δpiece_k)‖_p ≤ ‖Δsource‖_p in every ℓp. Checked by running the path on the
-        coordinates' indices (float64 arange: exact). ``None`` otherwise."""
-        path: list[fx.Node] = []
+        """See :func:`injective_selection`."""
+        return injective_selection(self.gm, source, pieces, self.key)
 
-        def collect(node: fx.Node) -> bool:
-            if node is source:
-                return True
-            if node in path:
-                return True
-            deps = self.dep_args(node)
-            if self.key(node) not in SELECTIONS or len(deps) != 1 or not collect(deps[0]):
-                return False
-            path.append(node)
+
+def selection_root(node: fx.Node, key_of: Callable[[fx.Node], str | None]) -> fx.Node | None:
+    """The first node up the chain of selections (:data:`SELECTIONS`) above ``node`` that is not one."""
+    while key_of(node) in SELECTIONS:
+        deps = [a for a in node.all_input_nodes if a.meta.get("lip.dep")]
+        if len(deps) != 1:
+            return None
+        node = deps[0]
+    return node
+
+
+def injective_selection(gm: fx.GraphModule, source: fx.Node, pieces: Sequence[fx.Node],
+                        key_of: Callable[[fx.Node], str | None]) -> list[fx.Node] | None:
+    """The nodes between ``source`` and ``pieces`` when every piece is reached from ``source`` through selections
+    only (:data:`SELECTIONS`) and, together, the pieces hold each coordinate of ``source`` at most once: then
+    ‖(Δpiece_1, …, Δpiece_k)‖_p ≤ ‖Δsource‖_p in every ℓp. Checked by running the path on the coordinates'
+    indices (a float64 arange: exact). ``None`` otherwise."""
+    path: list[fx.Node] = []
+
+    def collect(node: fx.Node) -> bool:
+        if node is source or node in path:
             return True
+        deps = [a for a in node.all_input_nodes if a.meta.get("lip.dep")]
+        if key_of(node) not in SELECTIONS or len(deps) != 1 or not collect(deps[0]):
+            return False
+        path.append(node)
+        return True
 
-        if self.shape(source) is None or not all(collect(p) for p in pieces):
-            return None
-        env = {source: torch.arange(source.meta["lip.info"].numel, dtype=torch.float64).reshape(source.meta["lip.info"].shape)}
-        for node in path:
-            env[node] = _run(self.gm, node, env)
-        indices = torch.cat([env[p].reshape(-1) for p in pieces]) if all(p in env for p in pieces) else None
-        if indices is None or indices.unique().numel() != indices.numel():
-            return None
-        return path
+    info = source.meta.get("lip.info")
+    if not isinstance(info, Var) or info.parts is not None or not all(collect(p) for p in pieces):
+        return None
+    env: dict[fx.Node, Any] = {source: torch.arange(info.numel, dtype=torch.float64).reshape(info.shape)}
+    for node in path:
+        env[node] = _run(gm, node, env)
+    values = [env[p] for p in pieces]
+    if not all(isinstance(v, torch.Tensor) for v in values):
+        return None
+    indices = torch.cat([v.reshape(-1) for v in values])
+    return path if indices.unique().numel() == indices.numel() else None
 
 
 def _run(gm: fx.GraphModule, node: fx.Node, env: dict[fx.Node, Any]) -> Any:
