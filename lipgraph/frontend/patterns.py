@@ -220,6 +220,52 @@ def _replace(gm: fx.GraphModule, pattern: Pattern, match: Match) -> None:
 
 
 # -- helpers for matchers ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Ref:
+    index: int
+
+
+class Chain:
+    """A straight chain of ops from ``start`` captured with its constants, so a rule can run it after the graph has
+    been rewritten (``chain(t, dtype=torch.float64)`` casts the floating constants and module states to ``dtype``)."""
+
+    def __init__(self, gm: fx.GraphModule, nodes: Sequence[fx.Node], start: fx.Node) -> None:
+        index = {start: 0}
+        self.steps = []
+        for i, n in enumerate(nodes, 1):
+            def value(a: fx.Node) -> Any:
+                return _Ref(index[a]) if a in index else a.meta.get("lip.value")
+
+            module = gm.get_submodule(n.target) if n.op == "call_module" else None
+            self.steps.append((n.op, n.target, fx.node.map_arg(n.args, value), fx.node.map_arg(n.kwargs, value), module))
+            index[n] = i
+
+    def __call__(self, t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        values = [t]
+
+        def fill(obj: Any) -> Any:
+            if isinstance(obj, _Ref):
+                return values[obj.index]
+            if isinstance(obj, torch.Tensor):
+                return obj.to(dtype) if dtype is not None and obj.is_floating_point() else obj
+            if isinstance(obj, (tuple, list)):
+                return type(obj)(fill(o) for o in obj)
+            if isinstance(obj, dict):
+                return {k: fill(v) for k, v in obj.items()}
+            return obj
+
+        for op, target, args, kwargs, module in self.steps:
+            args, kwargs = fill(args), fill(kwargs)
+            if op == "call_method":
+                values.append(getattr(args[0], target)(*args[1:], **kwargs))
+            elif module is not None:
+                state = {k: fill(v.detach()) for k, v in [*module.named_parameters(), *module.named_buffers()]}
+                values.append(torch.func.functional_call(module, state, args, kwargs))
+            else:
+                values.append(target(*args, **kwargs))
+        return values[-1]
+
+
 def binary_operands(node: fx.Node) -> tuple[Any, Any]:
     """The two operands of a binary op, positional or as ``input=``/``other=`` keywords."""
     args = list(node.args[:2])

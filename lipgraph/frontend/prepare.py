@@ -49,8 +49,12 @@ def frozen_parametrizations(model: nn.Module) -> nn.Module:
         return model
     frozen = copy.deepcopy(model)
     with torch.no_grad():
-        for module in frozen.modules():
+        for module in list(frozen.modules()):
             if parametrize.is_parametrized(module):
+                # the copy shares the original's generated class, whose properties removal deletes: give it its own
+                cls = type(module)
+                module.__class__ = type(cls.__name__, cls.__bases__, {k: v for k, v in cls.__dict__.items()
+                                                                      if k not in ("__dict__", "__weakref__")})
                 for name in list(module.parametrizations.keys()):
                     parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     return frozen

@@ -1,0 +1,149 @@
+"""Pattern of a one-hidden-layer residual block y = x ± A σ(B x + b) + c (SLL, CPL, AOL-style residuals).
+
+SLL (Araujo et al. 2023): y = x − 2 W T⁻¹ σ(Wᵀ x + b); CPL (Meunier et al. 2022): y = x − (2/‖W‖²) W σ(Wᵀ x + b).
+Bounded op by op, AutoLip gives 1 + ‖A‖‖B‖ ≈ 3. Matched on 2-D inputs (N, d) when the branch from x is a chain of
+affine ops (``linear``, ``matmul`` by a constant, ``mul``/``div`` by constants, ``add``/``sub`` of constants, ``neg``),
+one elementwise σ with σ' ∈ [0, 1] (relu, relu6, hardtanh, tanh, sigmoid, leaky_relu with slope ≤ 1), then affine
+ops again. A and B are materialised (float64, from the layer's constants) and split as s·A = −(Bᵀ Λ + E), Λ ⪰ 0
+diagonal fitted column by column, E the remainder:
+
+J = I − Bᵀ Λ D B − E D B with D = diag σ' ∈ [0, 1]. The first part is symmetric with 0 ⪯ Bᵀ Λ D B ⪯ Bᵀ Λ B, so its
+spectrum lies in [1 − λ, 1], λ = ‖Λ^{1/2} B‖₂²; hence L₂ ≤ max(1, λ − 1) + ‖E‖₂‖B‖₂ (SLL's Theorem 3 is the case
+E = 0, λ ≤ 2). The generic 1 + ‖A‖₂‖B‖₂ also holds; the rule takes the smaller. ℓ1/ℓ∞: 1 + ‖A‖_p‖B‖_p.
+"""
+from __future__ import annotations
+
+
+import torch
+from torch import fx
+
+from lipgraph.bound import Bound, certified, join_kinds
+from lipgraph.errors import NormNotSupported
+from lipgraph.frontend.patterns import Chain, GraphView, Match, Pattern, binary_operands
+from lipgraph.linalg import matrix_norm
+from lipgraph.registry import Registry
+from lipgraph.ruleapi import OpContext
+
+AFFINE = frozenset({"linear", "matmul", "mul", "div", "add", "sub", "neg"})
+MONOTONE_CONTRACTIONS = frozenset({"relu", "relu6", "hardtanh", "tanh", "sigmoid", "leaky_relu"})
+MAX_FEATURES = 4096
+
+
+def _branch(h: fx.Node, x: fx.Node, view: GraphView) -> tuple[list[fx.Node], fx.Node] | None:
+    """The chain of single-input ops from ``x`` to ``h`` (in order) and its activation, if it has the shape above."""
+    chain = []
+    node = h
+    while node is not x:
+        deps = view.dep_args(node)
+        if len(deps) != 1:
+            return None
+        if view.key(node) in ("mul", "div", "matmul") and len([a for a in node.args if a is deps[0]]) != 1:
+            return None
+        chain.insert(0, node)
+        node = deps[0]
+    activations = [n for n in chain if view.key(n) in MONOTONE_CONTRACTIONS]
+    if len(activations) != 1 or any(view.key(n) not in AFFINE for n in chain if n is not activations[0]):
+        return None
+    act = activations[0]
+    if view.key(act) == "leaky_relu":
+        slope = act.args[1] if len(act.args) > 1 else act.kwargs.get("negative_slope", 0.01)
+        module = view.module(act)
+        slope = module.negative_slope if module is not None else view.value(slope)
+        if not isinstance(slope, (int, float)) or not 0 <= slope <= 1:
+            return None
+    if view.key(act) == "hardtanh" and view.module(act) is None and (len(act.args) > 1 or act.kwargs):
+        return None  # hardtanh(x, lo, hi) with custom bounds: still slope in [0, 1], but keep the matcher simple
+    return chain, act
+
+
+def _residual_sign(anchor: fx.Node, view: GraphView) -> tuple[fx.Node, fx.Node, float] | None:
+    """(x, h, s) for y = x + s·h with s = ±1."""
+    key = view.key(anchor)
+    if key not in ("add", "sub") or "alpha" in anchor.kwargs:
+        return None
+    a, b = binary_operands(anchor)
+    if not (view.dep(a) and view.dep(b)) or a is b:
+        return None
+    for x, h, sign in ((a, b, 1.0 if key == "add" else -1.0), (b, a, 1.0 if key == "add" else None)):
+        if sign is not None and x in _ancestors_of(h):
+            return x, h, sign
+    return None
+
+
+def _ancestors_of(node: fx.Node, limit: int = 32) -> set[fx.Node]:
+    seen, frontier = set(), [node]
+    while frontier and len(seen) < limit:
+        n = frontier.pop()
+        for a in n.all_input_nodes:
+            if a not in seen:
+                seen.add(a)
+                frontier.append(a)
+    return seen
+
+
+def match_residual(anchor: fx.Node, view: GraphView) -> Match | None:
+    found = _residual_sign(anchor, view)
+    if found is None:
+        return None
+    x, h, sign = found
+    shape = view.shape(x)
+    if shape is None or len(shape) != 2 or shape[1] > MAX_FEATURES or view.shape(anchor) != shape:
+        return None
+    branch = _branch(h, x, view)
+    if branch is None:
+        return None
+    chain, act = branch
+    i = chain.index(act)
+    hidden = view.shape(act)
+    if hidden is None or len(hidden) != 2 or hidden[1] > MAX_FEATURES:
+        return None
+    return Match(nodes=[*chain, anchor], params={"sign": sign, "hidden": hidden[1],
+                                                 "before": Chain(view.gm, chain[:i], x),
+                                                 "after": Chain(view.gm, chain[i + 1:], act)})
+
+
+def _affine_matrix(chain: Chain, width: int) -> torch.Tensor | None:
+    """The (out × width) float64 matrix of the affine ``chain`` applied to rows of width ``width``."""
+    basis = torch.cat([torch.zeros(1, width, dtype=torch.float64), torch.eye(width, dtype=torch.float64)])
+    try:
+        out = chain(basis, dtype=torch.float64)
+    except Exception:  # noqa: BLE001 - an op that needs the example's batch size: the rule refuses the compound
+        return None
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != width + 1:
+        return None
+    return (out[1:] - out[:1]).T
+
+
+def residual_block(ctx: OpContext) -> Bound:
+    """y = x ± A σ(B x + b): min(max(1, ‖Λ^{1/2}B‖² − 1) + ‖E‖‖B‖, 1 + ‖A‖‖B‖) in ℓ2 (proof in the module)."""
+    prm = ctx.target.params
+    with torch.no_grad():
+        B = _affine_matrix(prm["before"], ctx.input.shape[1])
+        A = _affine_matrix(prm["after"], prm["hidden"])
+    if B is None or A is None:
+        raise NormNotSupported(f"{ctx.describe()}: the residual branch could not be materialised")
+    p = ctx.norm
+    norm_a, norm_b = matrix_norm(A, p), matrix_norm(B, p)
+    generic = Bound(1.0 + norm_a.value * norm_b.value, join_kinds([norm_a.kind, norm_b.kind]), "residual 1 + ‖A‖‖B‖")
+    if p != 2:
+        return generic
+    M = -prm["sign"] * A  # d × n
+    rows = (B * B).sum(1)
+    lam = torch.where(rows > 0, (M * B.T).sum(0) / rows.clamp_min(1e-300), torch.zeros_like(rows)).clamp_min(0)
+    E = M - B.T * lam[None, :]
+    inner = matrix_norm(lam.sqrt()[:, None] * B, 2)
+    rest = matrix_norm(E, 2)
+    frobenius_b = float(torch.linalg.matrix_norm(B))
+    slack = 1e-10 * frobenius_b * (float(torch.linalg.matrix_norm(M)) + frobenius_b * (float(lam.max()) if lam.numel() else 0.0))
+    value = max(1.0, inner.value ** 2 - 1.0) + (rest.value + slack) * norm_b.value
+    if value >= generic.value:
+        return generic
+    return certified(value, f"symmetric residual (λ = {inner.value ** 2:.6g}, ‖E‖ = {rest.value:.2g})")
+
+
+PATTERN = Pattern("residual_sigma", "ResidualBlock", match_residual, residual_block,
+                  "x ± A σ(Bx + b), σ' ∈ [0, 1]: symmetric part (SLL/CPL) bounded exactly")
+
+
+def register(registry: Registry) -> None:
+    registry.register_pattern(PATTERN)
