@@ -222,6 +222,17 @@ def register(target: str | type | Callable, rule: Rule | RuleFn, *, key: str | N
     return current_registry().register(target, rule, key=key, override=override, exact=exact)
 
 
+def register_named(qualified_name: str, rule: Rule | RuleFn, *, exact: bool = False, override: bool = False) -> Rule:
+    """Register a rule for a module class by its fully qualified name, without importing it (see
+    :meth:`Registry.register_named`)."""
+    return current_registry().register_named(qualified_name, rule, exact=exact, override=override)
+
+
+def register_pattern(pattern: Any, *, override: bool = False) -> Rule:
+    """Register a subgraph pattern (:class:`lipgraph.Pattern`) and its rule (see :mod:`lipgraph.frontend.patterns`)."""
+    return current_registry().register_pattern(pattern, override=override)
+
+
 def rule(*targets: str | type | Callable, exact: bool = False, override: bool = False):
     """Decorator: ``@lipgraph.rule(MyBlock)`` on ``def my_rule(ctx) -> lipgraph.Bound | lipgraph.Transfer``."""
     return current_registry().rule(*targets, exact=exact, override=override)

@@ -142,7 +142,7 @@ def residual_block(ctx: OpContext) -> Bound:
 
 
 PATTERN = Pattern("residual_sigma", "ResidualBlock", match_residual, residual_block,
-                  "x ± A σ(Bx + b), σ' ∈ [0, 1]: symmetric part (SLL/CPL) bounded exactly")
+                  "x ± A σ(Bx + b), σ' ∈ [0, 1]: symmetric part (SLL/CPL) bounded exactly", exact=False)
 
 
 def register(registry: Registry) -> None:
