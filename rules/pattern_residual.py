@@ -2,9 +2,10 @@
 
 SLL (Araujo et al. 2023): y = x − 2 W T⁻¹ σ(Wᵀ x + b); CPL (Meunier et al. 2022): y = x − (2/‖W‖²) W σ(Wᵀ x + b).
 Bounded op by op, AutoLip gives 1 + ‖A‖‖B‖ ≈ 3. Matched on 2-D inputs (N, d) when the branch from x is a chain of
-affine ops (``linear``, ``matmul`` by a constant, ``mul``/``div`` by constants, ``add``/``sub`` of constants, ``neg``),
+affine ops (``linear``, ``matmul`` by a constant, ``mul``/``div`` by constants, ``add``/``sub`` of constants, ``neg``; ``div`` and ``matmul`` with the branch on the left),
 one elementwise σ with σ' ∈ [0, 1] (relu, relu6, hardtanh, tanh, sigmoid, leaky_relu with slope ≤ 1), then affine
-ops again. A and B are materialised (float64, from the layer's constants) and split as s·A = −(Bᵀ Λ + E), Λ ⪰ 0
+ops again. A and B are materialised when matching (float64, from the layer's constants: a branch that cannot be materialised
+row by row does not match) and split as s·A = −(Bᵀ Λ + E), Λ ⪰ 0
 diagonal fitted column by column, E the remainder:
 
 J = I − Bᵀ Λ D B − E D B with D = diag σ' ∈ [0, 1]. The first part is symmetric with 0 ⪯ Bᵀ Λ D B ⪯ Bᵀ Λ B, so its
@@ -18,7 +19,6 @@ import torch
 from torch import fx
 
 from lipgraph.bound import Bound, certified, join_kinds
-from lipgraph.errors import NormNotSupported
 from lipgraph.frontend.patterns import Chain, GraphView, Match, Pattern, binary_operands
 from lipgraph.linalg import matrix_norm
 from lipgraph.registry import Registry
@@ -26,7 +26,7 @@ from lipgraph.ruleapi import OpContext
 
 AFFINE = frozenset({"linear", "matmul", "mul", "div", "add", "sub", "neg"})
 MONOTONE_CONTRACTIONS = frozenset({"relu", "relu6", "hardtanh", "tanh", "sigmoid", "leaky_relu"})
-MAX_FEATURES = 4096
+MAX_FEATURES = 2048
 
 
 def _branch(h: fx.Node, x: fx.Node, view: GraphView) -> tuple[list[fx.Node], fx.Node] | None:
@@ -39,6 +39,9 @@ def _branch(h: fx.Node, x: fx.Node, view: GraphView) -> tuple[list[fx.Node], fx.
             return None
         if view.key(node) in ("mul", "div", "matmul") and len([a for a in node.args if a is deps[0]]) != 1:
             return None
+        if view.key(node) in ("div", "matmul") and (not node.args or node.args[0] is not deps[0]
+                                                    or "rounding_mode" in node.kwargs):
+            return None  # c / h is not affine; C @ h mixes the rows of the batch
         chain.insert(0, node)
         node = deps[0]
     activations = [n for n in chain if view.key(n) in MONOTONE_CONTRACTIONS]
@@ -97,9 +100,12 @@ def match_residual(anchor: fx.Node, view: GraphView) -> Match | None:
     hidden = view.shape(act)
     if hidden is None or len(hidden) != 2 or hidden[1] > MAX_FEATURES:
         return None
-    return Match(nodes=[*chain, anchor], params={"sign": sign, "hidden": hidden[1],
-                                                 "before": Chain(view.gm, chain[:i], x),
-                                                 "after": Chain(view.gm, chain[i + 1:], act)})
+    with torch.no_grad():
+        B = _affine_matrix(Chain(view.gm, chain[:i], x), shape[1])
+        A = _affine_matrix(Chain(view.gm, chain[i + 1:], act), hidden[1])
+    if B is None or A is None or B.shape != (hidden[1], shape[1]) or A.shape != (shape[1], hidden[1]):
+        return None
+    return Match(nodes=[*chain, anchor], params={"sign": sign, "A": A, "B": B})
 
 
 def _affine_matrix(chain: Chain, width: int) -> torch.Tensor | None:
@@ -117,11 +123,7 @@ def _affine_matrix(chain: Chain, width: int) -> torch.Tensor | None:
 def residual_block(ctx: OpContext) -> Bound:
     """y = x ± A σ(B x + b): min(max(1, ‖Λ^{1/2}B‖² − 1) + ‖E‖‖B‖, 1 + ‖A‖‖B‖) in ℓ2 (proof in the module)."""
     prm = ctx.target.params
-    with torch.no_grad():
-        B = _affine_matrix(prm["before"], ctx.input.shape[1])
-        A = _affine_matrix(prm["after"], prm["hidden"])
-    if B is None or A is None:
-        raise NormNotSupported(f"{ctx.describe()}: the residual branch could not be materialised")
+    A, B = prm["A"], prm["B"]
     p = ctx.norm
     norm_a, norm_b = matrix_norm(A, p), matrix_norm(B, p)
     generic = Bound(1.0 + norm_a.value * norm_b.value, join_kinds([norm_a.kind, norm_b.kind]), "residual 1 + ‖A‖‖B‖")

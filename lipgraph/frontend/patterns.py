@@ -138,8 +138,11 @@ def injective_selection(gm: fx.GraphModule, source: fx.Node, pieces: Sequence[fx
     if not isinstance(info, Var) or info.parts is not None or not all(collect(p) for p in pieces):
         return None
     env: dict[fx.Node, Any] = {source: torch.arange(info.numel, dtype=torch.float64).reshape(info.shape)}
-    for node in path:
-        env[node] = _run(gm, node, env)
+    try:
+        for node in path:
+            env[node] = _run(gm, node, env)
+    except Exception:  # noqa: BLE001 - e.g. an index that is itself the input: not a plain selection
+        return None
     values = [env[p] for p in pieces]
     if not all(isinstance(v, torch.Tensor) for v in values):
         return None
