@@ -1,12 +1,16 @@
-"""Pattern of a one-hidden-layer residual block y = x ± A σ(B x + b) + c (SLL, CPL, AOL-style residuals).
+"""Patterns of residual blocks: y = x ± A σ(B x + b) + c (SLL, CPL) and y = x ± L(x) + c, L affine (LiResNet).
 
-SLL (Araujo et al. 2023): y = x − 2 W T⁻¹ σ(Wᵀ x + b); CPL (Meunier et al. 2022): y = x − (2/‖W‖²) W σ(Wᵀ x + b).
-Bounded op by op, AutoLip gives 1 + ‖A‖‖B‖ ≈ 3. Matched on 2-D inputs (N, d) when the branch from x is a chain of
-affine ops (``linear``, ``matmul`` by a constant, ``mul``/``div`` by constants, ``add``/``sub`` of constants, ``neg``; ``div`` and ``matmul`` with the branch on the left),
-one elementwise σ with σ' ∈ [0, 1] (relu, relu6, hardtanh, tanh, sigmoid, leaky_relu with slope ≤ 1), then affine
-ops again. A and B are materialised when matching (float64, from the layer's constants: a branch that cannot be materialised
-row by row does not match) and split as s·A = −(Bᵀ Λ + E), Λ ⪰ 0
-diagonal fitted column by column, E the remainder:
+**Affine residual** (LiResNet, Hu et al. 2023: x + conv(x)): the whole block is affine; AutoLip bounds it by
+1 + ‖L‖, the construction by ‖I ± L‖, computed here exactly from the dense matrix (materialised when matching,
+float64, only while ``DENSE_LIMIT`` allows; L a chain of linear/conv/pad/pooling/reshaping/constant-scaling ops).
+
+**One hidden layer** (SLL, Araujo et al. 2023: y = x − 2 W T⁻¹ σ(Wᵀ x + b); CPL, Meunier et al. 2022:
+y = x − (2/‖W‖²) W σ(Wᵀ x + b)). Op by op AutoLip gives 1 + ‖A‖‖B‖ ≈ 3. Matched on 2-D inputs (N, d) when the branch
+from x is a chain of affine ops (``linear``, ``matmul`` by a constant, ``mul``/``div`` by constants, ``add``/``sub``
+of constants, ``neg``; ``div`` and ``matmul`` with the branch on the left), one elementwise σ with σ' ∈ [0, 1]
+(relu, relu6, hardtanh, tanh, sigmoid, leaky_relu with slope ≤ 1), then affine ops again. A and B are materialised
+when matching (float64, from the layer's constants; a branch that cannot be run row by row does not match) and
+split as s·A = −(Bᵀ Λ + E), Λ ⪰ 0 diagonal fitted column by column, E the remainder:
 
 J = I − Bᵀ Λ D B − E D B with D = diag σ' ∈ [0, 1]. The first part is symmetric with 0 ⪯ Bᵀ Λ D B ⪯ Bᵀ Λ B, so its
 spectrum lies in [1 − λ, 1], λ = ‖Λ^{1/2} B‖₂²; hence L₂ ≤ max(1, λ − 1) + ‖E‖₂‖B‖₂ (SLL's Theorem 3 is the case
@@ -14,23 +18,28 @@ E = 0, λ ≤ 2). The generic 1 + ‖A‖₂‖B‖₂ also holds; the rule take
 """
 from __future__ import annotations
 
+import math
 
 import torch
 from torch import fx
 
 from lipgraph.bound import Bound, certified, join_kinds
 from lipgraph.frontend.patterns import Chain, GraphView, Match, Pattern, binary_operands
-from lipgraph.linalg import matrix_norm
+from lipgraph.linalg import dense_is_cheap, materialize, matrix_norm
 from lipgraph.registry import Registry
-from lipgraph.ruleapi import OpContext
+from lipgraph.ruleapi import OpContext, Transfer
 
 AFFINE = frozenset({"linear", "matmul", "mul", "div", "add", "sub", "neg"})
+AFFINE_LAYERS = AFFINE | {"conv1d", "conv2d", "conv3d", "pad", "reshape", "flatten", "unflatten", "permute",
+                          "transpose", "contiguous", "identity", "squeeze", "unsqueeze", "avg_pool1d", "avg_pool2d",
+                          "avg_pool3d"}
 MONOTONE_CONTRACTIONS = frozenset({"relu", "relu6", "hardtanh", "tanh", "sigmoid", "leaky_relu"})
 MAX_FEATURES = 2048
 
 
-def _branch(h: fx.Node, x: fx.Node, view: GraphView) -> tuple[list[fx.Node], fx.Node] | None:
-    """The chain of single-input ops from ``x`` to ``h`` (in order) and its activation, if it has the shape above."""
+def _chain(h: fx.Node, x: fx.Node, view: GraphView) -> list[fx.Node] | None:
+    """The ops from ``x`` to ``h`` (in order) when each has one input-dependent argument, the previous op, used once
+    (and, for div and matmul, on the left)."""
     chain = []
     node = h
     while node is not x:
@@ -44,6 +53,14 @@ def _branch(h: fx.Node, x: fx.Node, view: GraphView) -> tuple[list[fx.Node], fx.
             return None  # c / h is not affine; C @ h mixes the rows of the batch
         chain.insert(0, node)
         node = deps[0]
+    return chain
+
+
+def _branch(h: fx.Node, x: fx.Node, view: GraphView) -> tuple[list[fx.Node], fx.Node] | None:
+    """The chain from ``x`` to ``h`` and its activation, if it has the shape above."""
+    chain = _chain(h, x, view)
+    if chain is None:
+        return None
     activations = [n for n in chain if view.key(n) in MONOTONE_CONTRACTIONS]
     if len(activations) != 1 or any(view.key(n) not in AFFINE for n in chain if n is not activations[0]):
         return None
@@ -143,9 +160,44 @@ def residual_block(ctx: OpContext) -> Bound:
     return certified(value, f"symmetric residual (λ = {inner.value ** 2:.6g}, ‖E‖ = {rest.value:.2g})")
 
 
+def match_affine_residual(anchor: fx.Node, view: GraphView) -> Match | None:
+    """y = x ± L(x) + c with L a chain of affine layers (LiResNet's linear residual): the matrix of I ± L."""
+    found = _residual_sign(anchor, view)
+    if found is None:
+        return None
+    x, h, sign = found
+    shape = view.shape(x)
+    chain = _chain(h, x, view)
+    if shape is None or view.shape(h) != shape or chain is None or any(view.key(n) not in AFFINE_LAYERS for n in chain):
+        return None
+    in_shape = shape[1:]
+    if not dense_is_cheap(math.prod(in_shape), math.prod(in_shape)):
+        return None
+    branch = Chain(view.gm, chain, x)
+    try:
+        with torch.no_grad():
+            zero = branch(torch.zeros(1, *in_shape, dtype=torch.float64), dtype=torch.float64)
+            matrix = materialize(lambda z: branch(z, dtype=torch.float64) - zero, in_shape)
+    except Exception:  # noqa: BLE001 - a branch that needs the example's batch size: no match
+        return None
+    n = math.prod(in_shape)
+    if matrix.shape != (n, n):
+        return None
+    return Match(nodes=[*chain, anchor], params={"matrix": torch.eye(n, dtype=torch.float64) + sign * matrix})
+
+
+def affine_residual(ctx: OpContext) -> Transfer:
+    """x ± L(x) + c, L affine: the exact ℓp norm of the matrix of I ± L (LiResNet, Hu et al. 2023), not 1 + ‖L‖."""
+    return Transfer(gains=(matrix_norm(ctx.target.params["matrix"], ctx.norm),), affine=True)
+
+
+AFFINE_PATTERN = Pattern("affine_residual", "AffineResidual", match_affine_residual, affine_residual,
+                         "x ± L(x), L affine (LiResNet): ‖I ± L‖ exactly (dense)")
+
 PATTERN = Pattern("residual_sigma", "ResidualBlock", match_residual, residual_block,
                   "x ± A σ(Bx + b), σ' ∈ [0, 1]: symmetric part (SLL/CPL) bounded exactly", exact=False)
 
 
 def register(registry: Registry) -> None:
     registry.register_pattern(PATTERN)
+    registry.register_pattern(AFFINE_PATTERN)

@@ -235,3 +235,32 @@ def _analyze_with(registry, model, x) -> float:
     lg = ir.build(model, (x,), registry)
     annotate(lg, registry, 2)
     return autolip(lg, 2).value
+
+
+def test_linear_residual_is_bounded_by_its_exact_norm_not_one_plus():
+    from tests.fixtures.by_construction import LinearResidual
+
+    torch.manual_seed(3)
+    block = nn.Sequential(LinearResidual(2)).eval()
+    x = torch.randn(1, 2, 4, 4)
+    report = bound(block, x)
+    assert [n.op for n in report.tree.walk() if n.op] == ["affine_residual"]
+    truth = worst_jacobian(block, x, 2, points=1)  # affine: one Jacobian is the operator
+    assert truth * (1 - 1e-6) <= report.bound.value <= truth * (1 + 1e-5)
+    registry = lipgraph.default_registry().copy()
+    registry.patterns.pop("affine_residual")
+    assert _analyze_with(registry, block, x) > report.bound.value * 1.01  # op by op: 1 + ‖conv‖ (2.03 vs 1.96)
+
+
+def test_residual_with_a_nonlinearity_in_a_conv_branch_is_not_affine():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 3, padding=1)
+
+        def forward(self, x):
+            return x + torch.relu(self.conv(x))
+
+    model = nn.Sequential(Block()).eval()
+    report = bound(model, torch.randn(1, 2, 4, 4))
+    assert "affine_residual" not in {n.op for n in report.tree.walk()}
