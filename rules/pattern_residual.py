@@ -15,6 +15,9 @@ split as s·A = −(Bᵀ Λ + E), Λ ⪰ 0 diagonal fitted column by column, E t
 J = I − Bᵀ Λ D B − E D B with D = diag σ' ∈ [0, 1]. The first part is symmetric with 0 ⪯ Bᵀ Λ D B ⪯ Bᵀ Λ B, so its
 spectrum lies in [1 − λ, 1], λ = ‖Λ^{1/2} B‖₂²; hence L₂ ≤ max(1, λ − 1) + ‖E‖₂‖B‖₂ (SLL's Theorem 3 is the case
 E = 0, λ ≤ 2). The generic 1 + ‖A‖₂‖B‖₂ also holds; the rule takes the smaller. ℓ1/ℓ∞: 1 + ‖A‖_p‖B‖_p.
+
+Both patterns match only where the compound is at least ``MIN_GAIN`` tighter in ℓ2 than its parts (an ordinary
+residual block keeps its layers in the tree).
 """
 from __future__ import annotations
 
@@ -35,6 +38,8 @@ AFFINE_LAYERS = AFFINE | {"conv1d", "conv2d", "conv3d", "pad", "reshape", "flatt
                           "avg_pool3d"}
 MONOTONE_CONTRACTIONS = frozenset({"relu", "relu6", "hardtanh", "tanh", "sigmoid", "leaky_relu"})
 MAX_FEATURES = 2048
+#: a compound hides its layers from the tree: it is matched only when it bounds the block at least this much tighter
+MIN_GAIN = 1e-3
 
 
 def _chain(h: fx.Node, x: fx.Node, view: GraphView) -> list[fx.Node] | None:
@@ -122,6 +127,11 @@ def match_residual(anchor: fx.Node, view: GraphView) -> Match | None:
         A = _affine_matrix(Chain(view.gm, chain[i + 1:], act), hidden[1])
     if B is None or A is None or B.shape != (hidden[1], shape[1]) or A.shape != (shape[1], hidden[1]):
         return None
+    _, lam, E = _symmetric_split(A, B, sign)
+    norm_b = _spectral(B)
+    if max(1.0, _spectral(lam.sqrt()[:, None] * B) ** 2 - 1.0) + _spectral(E) * norm_b > (1 - MIN_GAIN) * (
+            1.0 + _spectral(A) * norm_b):
+        return None  # an ordinary residual block: its layers stay in the tree
     return Match(nodes=[*chain, anchor], params={"sign": sign, "A": A, "B": B})
 
 
@@ -137,6 +147,19 @@ def _affine_matrix(chain: Chain, width: int) -> torch.Tensor | None:
     return (out[1:] - out[:1]).T
 
 
+def _symmetric_split(A: torch.Tensor, B: torch.Tensor, sign: float) -> tuple[torch.Tensor, ...]:
+    """M = −s·A = Bᵀ diag(λ) + E with λ ≥ 0 fitted column by column (λ_j = ⟨M_{:j}, B_{j:}⟩ / ‖B_{j:}‖², clamped)."""
+    M = -sign * A  # d × n
+    rows = (B * B).sum(1)
+    lam = torch.where(rows > 0, (M * B.T).sum(0) / rows.clamp_min(1e-300), torch.zeros_like(rows)).clamp_min(0)
+    return M, lam, M - B.T * lam[None, :]
+
+
+def _spectral(W: torch.Tensor) -> float:
+    """‖W‖₂ in float64, to decide whether a compound is worth matching (the rule certifies its own numbers)."""
+    return float(torch.linalg.matrix_norm(W, 2)) if W.numel() else 0.0
+
+
 def residual_block(ctx: OpContext) -> Bound:
     """y = x ± A σ(B x + b): min(max(1, ‖Λ^{1/2}B‖² − 1) + ‖E‖‖B‖, 1 + ‖A‖‖B‖) in ℓ2 (proof in the module)."""
     prm = ctx.target.params
@@ -146,10 +169,7 @@ def residual_block(ctx: OpContext) -> Bound:
     generic = Bound(1.0 + norm_a.value * norm_b.value, join_kinds([norm_a.kind, norm_b.kind]), "residual 1 + ‖A‖‖B‖")
     if p != 2:
         return generic
-    M = -prm["sign"] * A  # d × n
-    rows = (B * B).sum(1)
-    lam = torch.where(rows > 0, (M * B.T).sum(0) / rows.clamp_min(1e-300), torch.zeros_like(rows)).clamp_min(0)
-    E = M - B.T * lam[None, :]
+    M, lam, E = _symmetric_split(A, B, prm["sign"])
     inner = matrix_norm(lam.sqrt()[:, None] * B, 2)
     rest = matrix_norm(E, 2)
     frobenius_b = float(torch.linalg.matrix_norm(B))
@@ -181,8 +201,9 @@ def match_affine_residual(anchor: fx.Node, view: GraphView) -> Match | None:
     except Exception:  # noqa: BLE001 - a branch that needs the example's batch size: no match
         return None
     n = math.prod(in_shape)
-    if matrix.shape != (n, n):
-        return None
+    if matrix.shape != (n, n) or _spectral(torch.eye(n, dtype=torch.float64) + sign * matrix) > (1 - MIN_GAIN) * (
+            1.0 + _spectral(matrix)):
+        return None  # not tighter than 1 + ‖L‖: the layers stay in the tree
     return Match(nodes=[*chain, anchor], params={"matrix": torch.eye(n, dtype=torch.float64) + sign * matrix})
 
 

@@ -225,6 +225,8 @@ def test_residual_pattern_on_an_unstructured_branch_stays_sound():
     with torch.no_grad():
         generic = 1 + torch.linalg.matrix_norm(model.a.weight.double(), 2) * torch.linalg.matrix_norm(model.b.weight.double(), 2)
     assert value <= float(generic) * (1 + 1e-5)
+    paths = {n.path for n in bound(model, x).tree.walk()}
+    assert {"a", "b"} <= paths  # not tighter as a compound: not matched, its layers stay in the tree
 
 
 def _analyze_with(registry, model, x) -> float:
