@@ -16,8 +16,10 @@ J = I − Bᵀ Λ D B − E D B with D = diag σ' ∈ [0, 1]. The first part is 
 spectrum lies in [1 − λ, 1], λ = ‖Λ^{1/2} B‖₂²; hence L₂ ≤ max(1, λ − 1) + ‖E‖₂‖B‖₂ (SLL's Theorem 3 is the case
 E = 0, λ ≤ 2). The generic 1 + ‖A‖₂‖B‖₂ also holds; the rule takes the smaller. ℓ1/ℓ∞: 1 + ‖A‖_p‖B‖_p.
 
-Both patterns match only where the compound is at least ``MIN_GAIN`` tighter in ℓ2 than its parts (an ordinary
-residual block keeps its layers in the tree).
+Both patterns match only where the compound is at least ``MIN_GAIN`` tighter in ℓ2 than its parts, and the
+one-hidden-layer one only for the symmetric constructions (‖E‖ ≤ ``SYMMETRY_TOLERANCE``·‖A‖; the rule still adds
+‖E‖‖B‖): an ordinary residual block keeps its layers in the tree, and ``lipschitz_penalty`` keeps training them
+(a compound that is not affine has a constant gain there).
 """
 from __future__ import annotations
 
@@ -40,6 +42,8 @@ MONOTONE_CONTRACTIONS = frozenset({"relu", "relu6", "hardtanh", "tanh", "sigmoid
 MAX_FEATURES = 2048
 #: a compound hides its layers from the tree: it is matched only when it bounds the block at least this much tighter
 MIN_GAIN = 1e-3
+#: the one-hidden-layer pattern is for the symmetric constructions (SLL, CPL): ‖E‖₂ ≤ this · ‖A‖₂
+SYMMETRY_TOLERANCE = 1e-4
 
 
 def _chain(h: fx.Node, x: fx.Node, view: GraphView) -> list[fx.Node] | None:
@@ -128,10 +132,10 @@ def match_residual(anchor: fx.Node, view: GraphView) -> Match | None:
     if B is None or A is None or B.shape != (hidden[1], shape[1]) or A.shape != (shape[1], hidden[1]):
         return None
     _, lam, E = _symmetric_split(A, B, sign)
-    norm_b = _spectral(B)
-    if max(1.0, _spectral(lam.sqrt()[:, None] * B) ** 2 - 1.0) + _spectral(E) * norm_b > (1 - MIN_GAIN) * (
-            1.0 + _spectral(A) * norm_b):
-        return None  # an ordinary residual block: its layers stay in the tree
+    norm_a, norm_b = _spectral(A), _spectral(B)
+    if _spectral(E) > SYMMETRY_TOLERANCE * norm_a or max(1.0, _spectral(lam.sqrt()[:, None] * B) ** 2 - 1.0) > (
+            1 - MIN_GAIN) * (1.0 + norm_a * norm_b):
+        return None  # an ordinary residual block: its layers stay in the tree (and train under lipschitz_penalty)
     return Match(nodes=[*chain, anchor], params={"sign": sign, "A": A, "B": B})
 
 
