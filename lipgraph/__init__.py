@@ -27,14 +27,16 @@ from .errors import (InputError, LipgraphError, NormNotSupported, NotLipschitzEr
                      UnsupportedOpsError)
 from .penalty import lipschitz_penalty
 from .registry import Registry, default_registry, register, register_named, register_pattern, rule
-from .frontend.patterns import Chain, GraphView, Match, Pattern
+from .patternapi import Chain, GraphView, Match, Pattern
 from .comparison import Comparison
 from .formula import Attribution, Formulas
 from .report import Report, ReportNode
 from .submodel import analyze_slice, capture_input
 from .ruleapi import OpContext, Rule, Transfer, Var, elementwise, isometry, not_lipschitz, scale
+from .formats import OutputFormat, default_formats, register_format
+from . import render  # noqa: F401 - registers the built-in output formats
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "certify", "Certificate", "lipschitz_penalty",
@@ -43,5 +45,6 @@ __all__ = [
     "LipgraphError", "NormNotSupported", "NotLipschitzError", "RuleError", "TraceError", "UnsupportedOpsError",
     "Registry", "default_registry", "register", "rule", "Report", "ReportNode", "OpContext", "Rule",
     "Transfer", "Var", "elementwise", "isometry", "not_lipschitz", "scale", "__version__",
+    "OutputFormat", "default_formats", "register_format",
     "register_named", "register_pattern", "Pattern", "Match", "GraphView", "Chain",
 ]

@@ -31,7 +31,7 @@ class Registry:
         self._rules: dict[str, Rule] = {}
         self._aliases: dict[Any, str] = {}
         self._named: dict[str, str] = {}  # "package.module.Class" -> key, for libraries lipgraph never imports
-        self.patterns: dict[str, Any] = {}  # name -> lipgraph.frontend.patterns.Pattern, matched before annotation
+        self.patterns: dict[str, Any] = {}  # name -> lipgraph.Pattern, matched before annotation
         self.packs: list[str] = []  # what was loaded, for `lipgraph doctor`
 
     # -- registration ------------------------------------------------------------------------------
@@ -82,7 +82,7 @@ class Registry:
         return made
 
     def register_pattern(self, pattern: Any, *, override: bool = False) -> Rule:
-        """Register a subgraph pattern (:class:`lipgraph.frontend.patterns.Pattern`): its matches become one op
+        """Register a subgraph pattern (:class:`lipgraph.Pattern`): its matches become one op
         with key ``pattern.name``, bounded by ``pattern.rule``."""
         if pattern.name in self.patterns and not override:
             raise RuleError(f"a pattern named {pattern.name!r} is already registered; pass override=True to replace it")
@@ -229,7 +229,7 @@ def register_named(qualified_name: str, rule: Rule | RuleFn, *, exact: bool = Fa
 
 
 def register_pattern(pattern: Any, *, override: bool = False) -> Rule:
-    """Register a subgraph pattern (:class:`lipgraph.Pattern`) and its rule (see :mod:`lipgraph.frontend.patterns`)."""
+    """Register a subgraph pattern (:class:`lipgraph.Pattern`) and its rule (see :mod:`lipgraph.patternapi`)."""
     return current_registry().register_pattern(pattern, override=override)
 
 

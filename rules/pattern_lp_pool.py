@@ -17,7 +17,7 @@ from typing import Any
 from torch import fx
 
 from lipgraph.bound import Bound
-from lipgraph.frontend.patterns import GraphView, Match, Pattern, binary_operands
+from lipgraph.patternapi import GraphView, Match, Pattern, binary_operands
 from lipgraph.registry import Registry
 from lipgraph.ruleapi import OpContext, ntuple
 

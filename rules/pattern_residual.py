@@ -29,7 +29,7 @@ import torch
 from torch import fx
 
 from lipgraph.bound import Bound, certified, join_kinds
-from lipgraph.frontend.patterns import Chain, GraphView, Match, Pattern, binary_operands
+from lipgraph.patternapi import Chain, GraphView, Match, Pattern, binary_operands
 from lipgraph.linalg import dense_is_cheap, materialize, matrix_norm
 from lipgraph.registry import Registry
 from lipgraph.ruleapi import OpContext, Transfer

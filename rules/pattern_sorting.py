@@ -16,7 +16,7 @@ from __future__ import annotations
 from torch import fx
 
 from lipgraph.bound import Bound
-from lipgraph.frontend.patterns import GraphView, Match, Pattern, binary_operands, cat_operands, selection_root
+from lipgraph.patternapi import GraphView, Match, Pattern, binary_operands, cat_operands, selection_root
 from lipgraph.registry import Registry
 from lipgraph.ruleapi import OpContext
 

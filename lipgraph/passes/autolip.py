@@ -12,7 +12,7 @@ from typing import Iterable, Mapping
 from torch import fx
 
 from ..bound import Bound, Kind, exact, join_kinds
-from ..frontend.patterns import injective_selection, selection_root
+from ..patternapi import injective_selection, selection_root
 from ..ir import LipGraph
 
 
