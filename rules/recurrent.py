@@ -1,29 +1,30 @@
 """Recurrent layers (nn.RNN, nn.GRU, nn.LSTM and their Cell variants), unrolled over the example's sequence length.
 
 Derivation (docs/recurrent.md). Every step's map is differentiable with bounded slopes, so the Lipschitz constant
-of x = (x_1 … x_T) ↦ y (the tuple the module returns, all its coordinates) is sup ‖∂y/∂x‖_p. For a perturbation
-δx write e_t = ‖δx_t‖_p (so ‖e‖_p = ‖δx‖_p) and bound every step's ‖δh_t‖_p, ‖δc_t‖_p by nonnegative linear
-forms in e, ``U[t] · e``, using only ‖D v‖_p ≤ max|D| ‖v‖_p for a diagonal D, the triangle inequality and the
-gate bounds σ ∈ (0, 1), |σ'| ≤ ¼, tanh ∈ (−1, 1), |tanh'| ≤ 1, |relu'| ≤ 1 (‖W‖ below is the exact ℓp operator
-norm of a weight block, :func:`lipgraph.linalg.matrix_norm`; a_t = ‖W_ih δx_t‖ summed over input blocks):
+of x = (x_1 … x_T) ↦ y (the whole tuple the module returns) is sup ‖∂y/∂x‖_p. For a perturbation δx write
+e_t = ‖δx_t‖_p (so ‖e‖_p = ‖δx‖_p) and bound every step's ‖δh_t‖_p, ‖δc_t‖_p by functions φ(e) (:class:`_Form`),
+using only ‖D v‖_p ≤ max|D| ‖v‖_p for a diagonal D, the triangle inequality, ‖max(|a|, |b|)‖_p ≤ ‖(a, b)‖_p, and
+σ ∈ (0, 1), |σ'| ≤ ¼, tanh ∈ (−1, 1), |tanh'| ≤ 1, |relu'| ≤ 1. ‖W‖ is the exact ℓp operator norm of a weight
+block (:func:`lipgraph.linalg.matrix_norm`); a_t bounds ‖W_ih δx_t‖ (per gate):
 
-- Elman, h_t = φ(W_ih x_t + W_hh h_{t−1} + b): ‖δh_t‖ ≤ s (a_t + ‖W_hh‖ ‖δh_{t−1}‖), s = 1 (tanh, relu).
-- GRU (PyTorch's equations): ‖δr‖ ≤ ¼(a^r + ‖W_hr‖ ‖δh‖), ‖δz‖ ≤ ¼(a^z + ‖W_hz‖ ‖δh‖),
-  ‖δn‖ ≤ a^n + Q ‖δr‖ + ‖W_hn‖ ‖δh‖ with Q = max_i (Σ_j |W_hn,ij| H + |b_hn,i|) ≥ |W_hn h + b_hn|,
-  δh' = δz ⊙ (h − n) + (1 − z) ⊙ δn + z ⊙ δh ⇒ ‖δh'‖ ≤ (H + 1) ‖δz‖ + ‖δn‖ + ‖δh‖, where
-  |h_t| ≤ H = max(1, max|h_0|) elementwise (h_t is a coordinatewise convex combination of n ∈ (−1, 1) and h_{t−1}).
+- Elman, h_t = φ(W_ih x_t + W_hh h_{t−1} + b): ‖δh_t‖ ≤ a_t + ‖W_hh‖ ‖δh_{t−1}‖.
+- GRU: ‖δr‖ ≤ ¼(a^r + ‖W_hr‖ ‖δh‖), ‖δz‖ ≤ ¼(a^z + ‖W_hz‖ ‖δh‖), ‖δn‖ ≤ a^n + Q ‖δr‖ + ‖W_hn‖ ‖δh‖ with
+  Q = max_i (Σ_j |W_hn,ij| H + |b_hn,i|) ≥ |W_hn h + b_hn|; δh' = δz ⊙ (h − n) + [(1 − z) ⊙ δn + z ⊙ δh], the
+  bracket coordinatewise ≤ max(|δn|, |δh|), so ‖δh'‖ ≤ (H + 1) ‖δz‖ + ‖(δn, δh)‖_p, where |h_t| ≤ H =
+  max(1, max|h_0|) (h_t is a coordinatewise convex combination of n ∈ (−1, 1) and h_{t−1}; H = max|h_0| at t = 1).
 - LSTM: ‖δi‖, ‖δf‖, ‖δo‖ ≤ ¼(a + ‖W_h·‖ ‖δh‖), ‖δg‖ ≤ a^g + ‖W_hg‖ ‖δh‖,
-  ‖δc'‖ ≤ C_{t−1} ‖δf‖ + ‖δc‖ + ‖δi‖ + ‖δg‖ with |c_t| ≤ C_t = max|c_0| + t (|c_t| ≤ |c_{t−1}| + 1),
-  ‖δh'‖ ≤ ‖W_hr‖ (‖δo‖ + ‖δc'‖) (W_hr: the projection when proj_size > 0, else the identity).
+  ‖δc_t‖ ≤ C_{t−1} ‖δf‖ + ‖δc_{t−1}‖ + ‖δi‖ + ‖δg‖ with |c_t| ≤ C_t = max|c_0| + t (|c_t| ≤ |c_{t−1}| + 1),
+  ‖δh_t‖ ≤ ‖W_hr‖ (‖δo‖ + ‖δc_t‖) (W_hr: the projection when proj_size > 0, else the identity).
 
-Layers stack (layer l + 1 reads layer l's h_t, both directions, through the column blocks of its W_ih); the
-backward direction runs the same recursion from t = T down to 1. The output's pieces (every h_t of the last layer,
-every layer's and direction's h_n, and c_n) each have norm ≤ R[k] · e for a nonnegative row R[k], so
-‖δy‖_p = ‖(‖piece_k‖_p)_k‖_p ≤ ‖R e‖_p ≤ ‖R‖_p ‖δx‖_p: the bound is the exact ℓp norm of the small matrix R. The
-recursion runs in float64 on nonnegative numbers; ``FLOAT_MARGIN`` covers its rounding. Batches are bounded per
-sample (block diagonal). Initial states given as constants enter only through H and C_0; initial states computed
-from the input are refused (for GRU and for the LSTM's c_0 no global bound exists: δz ⊙ h_{t−1} and δf ⊙ c_{t−1}
-grow with them).
+Layers stack (layer l + 1 reads both directions of layer l through its W_ih: Σ_blocks ‖W_ih[:, block]‖ φ_block or
+‖W_ih‖ ‖(φ_fwd, φ_bwd)‖_p, the smaller); the backward direction runs the recursion from t = T down to 1. The output's
+disjoint pieces (every h_t of the last layer, every layer's and direction's h_n, and c_n) give
+‖δy‖_p ≤ ‖(φ_k(e))_k‖_p, maximised over ‖e‖_p ≤ 1 exactly: φ are kept as linear forms r · e (then ‖R‖_p of the
+stacked rows) and, for ℓ2, also as quadratic forms √(eᵀ G e) ((x + y)² ≤ (1 + λ) x² + (1 + 1/λ) y² for sums;
+then √λ_max(Σ G)). The recursion runs in float64 on nonnegative numbers; ``FLOAT_MARGIN`` covers its rounding.
+Batches are bounded per sample (block diagonal). Constant initial states enter only through H and C_0; initial
+states computed from the input are refused (for GRU and for the LSTM's c_0 no global bound exists: δz ⊙ h_{t−1}
+and δf ⊙ c_{t−1} grow with them).
 """
 from __future__ import annotations
 

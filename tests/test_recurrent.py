@@ -167,3 +167,19 @@ def test_cli_on_a_recurrent_model(tmp_path, capsys):
     assert main(["explain", str(model_file), "--no-lower", "--no-cache"]) == 0
     out = capsys.readouterr().out
     assert "certified" in out and "unrolled-gru" in out
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_exported_recurrent_ops_are_refused_with_the_way_out():
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(3, 4, batch_first=True)
+
+        def forward(self, x):
+            return self.rnn(x)[0]
+
+    with pytest.raises(RuleError, match=r"recurrent layers are bounded as nn.RNN/GRU/LSTM modules \(and their Cell "
+                                        r"variants\); this op is a functional or exported form of one, which has no "
+                                        r"rule \(use the default fx frontend and the nn module\)"):
+        lipgraph.analyze(Net().eval(), torch.randn(1, 4, 3), frontend="export", lower=False, cache=False)
