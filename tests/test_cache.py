@@ -379,3 +379,25 @@ def test_an_unsound_rule_fails_the_api_without_the_cache():
     model = nn.Sequential(nn.Linear(3, 3), nn.ReLU()).eval()
     with pytest.raises(UnsoundBoundError, match="No norm came from the disk cache: a rule is wrong"):
         lipgraph.analyze(model, torch.randn(1, 3), rules={"linear": lambda ctx: certified(1e-3, "wrong")})
+
+
+@pytest.mark.parametrize("p", [1, 2, math.inf])
+@pytest.mark.parametrize("geometry", [dict(stride=2, padding=1, groups=2), dict(padding=1, dilation=2,
+                                                                                padding_mode="circular"),
+                                      dict(padding=1, groups=4, padding_mode="reflect"),
+                                      dict(stride=2, padding=1, transposed=True), dict(kernel=1),
+                                      dict(kernel=5, stride=3, padding=2, padding_mode="replicate")])
+def test_the_recheck_never_rejects_a_correct_conv_norm(p, geometry):
+    """The re-check runs many steps here (converged): it stays below the certified norm of every geometry, so a
+    correct entry is never thrown away."""
+    torch.manual_seed(0)
+    geometry = dict(geometry)
+    k, groups, transposed = geometry.pop("kernel", 3), geometry.get("groups", 1), geometry.get("transposed", False)
+    w = torch.randn(4, 4 // groups, k, k)  # (out, in/groups, k, k), or (in, out, k, k) transposed
+    certified_norm = conv_norm(w, (9, 9), p=p, **geometry).value
+    geo = conv_module._geometry(w, (9, 9), geometry.get("stride", 1), geometry.get("padding", 0),
+                                geometry.get("dilation", 1), groups, geometry.get("padding_mode", "zeros"),
+                                transposed, 0)
+    q = conv_module._DUAL[p] if transposed else p
+    attained = attained_norm(geo.linear_map(w), (w.shape[1] * groups, 9, 9), q, steps=30, dtype=torch.float32)
+    assert 0.4 * certified_norm < attained <= certified_norm * (1 + cache_module.RECHECK_TOLERANCE)
