@@ -70,7 +70,7 @@ def _interruptible(args: argparse.Namespace) -> int:
             worker.join(POLL)
     except KeyboardInterrupt:
         stop_all_bars()
-        if sys.stderr.isatty():  # any other live display (the lower-bound search's bar): clear its line, show the cursor
+        if sys.stderr.isatty():  # another live display (the lower-bound search's bar): clear its line, show the cursor
             sys.stderr.write("\r\x1b[2K\x1b[?25h")
         print("lipgraph: interrupted", file=sys.stderr)
         for stream in (sys.stdout, sys.stderr):

@@ -20,20 +20,25 @@ from typing import Callable
 import torch
 from torch.func import vjp
 
+from lipgraph.linalg.device import norm_device
+
 
 def working_copy(t: torch.Tensor) -> torch.Tensor:
-    """``t`` on the CPU in float64 if it is float64, else float32 (fast, and exact enough for a re-check)."""
-    return t.detach().to("cpu", torch.float64 if t.dtype == torch.float64 else torch.float32)
+    """``t`` on the analysis' device, in float64 if it is float64, else float32 (fast, and exact enough for a
+    re-check)."""
+    return t.detach().to(norm_device(), torch.float64 if t.dtype == torch.float64 else torch.float32)
 
 
 def attained_norm(fn: Callable[[torch.Tensor], torch.Tensor], in_shape: tuple[int, ...], p: float, *,
-                  steps: int = 3, dtype: torch.dtype = torch.float64, seed: int = 0) -> float:
-    """max over ``steps`` steps of ‖A x‖_p / ‖x‖_p for the linear map ``fn`` (batched on ``(B, *in_shape)``)."""
+                  steps: int = 3, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
+                  seed: int = 0) -> float:
+    """max over ``steps`` steps of ‖A x‖_p / ‖x‖_p for the linear map ``fn`` (batched on ``(B, *in_shape)``,
+    computing on ``device`` in ``dtype``)."""
     n = math.prod(in_shape)
     if p == 1:
-        x = torch.full(in_shape, 1.0 / n, dtype=dtype)
+        x = torch.full(in_shape, 1.0 / n, dtype=dtype, device=device)
     else:
-        x = torch.randn(in_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)).to(dtype)
+        x = torch.randn(in_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)).to(device, dtype)
         x = x.sign() if p == math.inf else x
     best = 0.0
     for _ in range(steps):

@@ -113,7 +113,7 @@ def conv_norm(
 
     def check() -> float:
         w = working_copy(weight)
-        return attained_norm(geo.linear_map(w), (w.shape[1] * geo.groups, *geo.n), q, dtype=w.dtype)
+        return attained_norm(geo.linear_map(w), (w.shape[1] * geo.groups, *geo.n), q, dtype=w.dtype, device=w.device)
 
     return memoised(key, lambda: _conv_norm(weight.detach().to("cpu", torch.float64), geo, q, strategy), check)
 

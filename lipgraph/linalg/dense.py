@@ -116,7 +116,7 @@ def matrix_norm(W: torch.Tensor, p: float) -> Bound:
 
     def check() -> float:
         M = working_copy(W)
-        return attained_norm(lambda x: x @ M.mT, (M.shape[1],), p, dtype=M.dtype)
+        return attained_norm(lambda x: x @ M.mT, (M.shape[1],), p, dtype=M.dtype, device=M.device)
 
     return memoised(("matrix_norm", tensor_digest(W), p), lambda: _matrix_norm(W, p), check)
 

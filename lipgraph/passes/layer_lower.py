@@ -54,9 +54,9 @@ def layer_lower_bounds(lg: LipGraph, norm: float, *, iters: int = ITERATIONS, to
                 node.meta["lip.chain_lower"] = found
                 wrong.update(_check(f"the fused chain ending at {node.meta['lip.path']}", found, fused))
     if wrong:
+        listed = "\n".join(f"  - {where}: {what}" for where, what in wrong.items())
         raise UnsoundBoundError(f"unsound bound: power iteration attains more than the certified norm of "
-                                f"{len(wrong)} layer(s):\n" + "\n".join(f"  - {w}: {what}" for w, what in wrong.items()),
-                                list(wrong))
+                                f"{len(wrong)} layer(s):\n{listed}", list(wrong))
     return []
 
 
