@@ -60,6 +60,8 @@ KEY_FILE_ENV = "LIPGRAPH_KEY_FILE"
 #: A re-check attaining more than (1 + this) × a cached certified value rejects it (covers float32 rounding of
 #: the few power steps; the certified value itself is ≥ the exact norm).
 RECHECK_TOLERANCE = 1e-3
+#: Power-method steps of a re-check (each: one product with the operator and one with its adjoint).
+RECHECK_STEPS = 2
 _LAYOUT = "norms-v2"
 
 _CURRENT: ContextVar["NormCache | None"] = ContextVar("lipgraph_norm_cache", default=None)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from lipgraph.bound import FLOAT_MARGIN, Bound, certified
-from lipgraph.cache import memoised, tensor_digest
+from lipgraph.cache import RECHECK_STEPS, memoised, tensor_digest
 from lipgraph.linalg.attained import attained_norm, working_copy
 from lipgraph.linalg.dense import LinearMap, batched_spectral_norm, dense_is_cheap, dense_norm
 from lipgraph.linalg.nonneg import col_sum_max, row_sum_max
@@ -113,7 +113,8 @@ def conv_norm(
 
     def check() -> float:
         w = working_copy(weight)
-        return attained_norm(geo.linear_map(w), (w.shape[1] * geo.groups, *geo.n), q, dtype=w.dtype, device=w.device)
+        return attained_norm(geo.linear_map(w), (w.shape[1] * geo.groups, *geo.n), q, steps=RECHECK_STEPS,
+                             dtype=w.dtype, device=w.device)
 
     return memoised(key, lambda: _conv_norm(weight.detach().to("cpu", torch.float64), geo, q, strategy), check)
 

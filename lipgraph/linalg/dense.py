@@ -14,7 +14,7 @@ import torch
 from torch.func import vjp, vmap
 
 from lipgraph.bound import FLOAT_MARGIN, Bound, certified
-from lipgraph.cache import memoised, tensor_digest
+from lipgraph.cache import RECHECK_STEPS, memoised, tensor_digest
 from lipgraph.linalg.attained import attained_norm, working_copy
 from lipgraph.linalg.device import norm_device
 
@@ -116,7 +116,8 @@ def matrix_norm(W: torch.Tensor, p: float) -> Bound:
 
     def check() -> float:
         M = working_copy(W)
-        return attained_norm(lambda x: x @ M.mT, (M.shape[1],), p, dtype=M.dtype, device=M.device)
+        return attained_norm(lambda x: x @ M.mT, (M.shape[1],), p, steps=RECHECK_STEPS, dtype=M.dtype,
+                             device=M.device)
 
     return memoised(("matrix_norm", tensor_digest(W), p), lambda: _matrix_norm(W, p), check)
 
