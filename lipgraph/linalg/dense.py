@@ -14,7 +14,7 @@ import torch
 from torch.func import vjp, vmap
 
 from lipgraph.bound import FLOAT_MARGIN, Bound, certified
-from lipgraph.cache import RECHECK_STEPS, memoised, tensor_digest
+from lipgraph.cache import FINGERPRINT_SETTINGS, RECHECK_STEPS, memoised, tensor_digest
 from lipgraph.linalg.attained import attained_norm, working_copy
 from lipgraph.linalg.device import norm_device
 
@@ -38,6 +38,7 @@ class DenseLimit:
 
 
 DENSE_LIMIT = DenseLimit()
+FINGERPRINT_SETTINGS["DENSE_LIMIT"] = lambda: DENSE_LIMIT  # cached norms depend on it (lipgraph.cache)
 
 
 def dense_is_cheap(in_numel: int, out_numel: int) -> bool:
