@@ -21,15 +21,20 @@ with _warnings.catch_warnings():  # torch warns on loading functorch when numpy 
     _warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)
     _importlib.import_module("torch.func")  # loaded once, here, for the modules below
 
+from . import formats as _formats
 from .bound import Bound, Kind, certified, estimate, exact, lower, unbounded
 from .errors import (InputError, LipgraphError, NormNotSupported, NotLipschitzError, RuleError, TraceError,
-                     UnsupportedOpsError)
+                     UnsoundBoundError, UnsupportedOpsError)
+from .version import __version__
 
 #: the rest of the API, imported on first use (PEP 562): ``import lipgraph`` loads neither sympy nor rich
 _LAZY = {
     "analyze": "api", "certify": "certify", "Certificate": "certify", "lipschitz_penalty": "penalty",
     "LowerResult": "lower", "lower_bound": "lower", "lower_search": ("lower", "search"),
     "Registry": "registry", "default_registry": "registry", "register": "registry", "rule": "registry",
+    "register_named": "registry", "register_pattern": "registry", "Chain": "patternapi", "GraphView": "patternapi",
+    "Match": "patternapi", "Pattern": "patternapi", "OutputFormat": "formats", "default_formats": "formats",
+    "register_format": "formats",
     "Comparison": "comparison", "Attribution": "formula", "Formulas": "formula", "Report": "report",
     "ReportNode": "report", "analyze_slice": "submodel", "capture_input": "submodel",
     **{name: "ruleapi" for name in ("OpContext", "Rule", "Transfer", "Var", "elementwise", "isometry",
@@ -62,15 +67,15 @@ class _Package(_types.ModuleType):
 
 
 _sys.modules[__name__].__class__ = _Package
-
-
-__version__ = "0.1.0"
+_formats.BUILTINS.append(lambda: _importlib.import_module(".render", __name__).register_builtins())
 
 __all__ = [
     "certify", "Certificate", "lipschitz_penalty",
     "analyze_slice", "capture_input", "Attribution", "Comparison", "Formulas",
     "analyze", "lower_bound", "lower_search", "LowerResult", "Bound", "Kind", "certified", "estimate", "exact", "lower", "unbounded", "InputError",
-    "LipgraphError", "NormNotSupported", "NotLipschitzError", "RuleError", "TraceError", "UnsupportedOpsError",
+    "LipgraphError", "NormNotSupported", "NotLipschitzError", "RuleError", "TraceError", "UnsoundBoundError", "UnsupportedOpsError",
     "Registry", "default_registry", "register", "rule", "Report", "ReportNode", "OpContext", "Rule",
     "Transfer", "Var", "elementwise", "isometry", "not_lipschitz", "scale", "__version__",
+    "OutputFormat", "default_formats", "register_format",
+    "register_named", "register_pattern", "Pattern", "Match", "GraphView", "Chain",
 ]

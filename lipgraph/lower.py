@@ -58,7 +58,8 @@ from torch.func import functional_call, jvp
 
 from .bound import Bound, lower
 from .errors import InputError, LipgraphError
-from .frontend.prepare import as_inputs, eval_mode, to_model_device, unwrap
+from .frontend.prepare import as_inputs, eval_mode, frozen_parametrizations, to_model_device, unwrap
+from .norms import parse_norm
 
 METHOD = "jacobian-ascent"
 #: numerator allowance (relative to ‖f(a)‖ + ‖f(b)‖) and relative allowance for float64 rounding
@@ -559,8 +560,6 @@ def search(model: nn.Module, x: Any, *, norm: Any = 2, starts: int = 8, steps: i
     ``seconds`` caps the wall time, the final verification included (it returns after at most one batch of
     Jacobian products past the budget).
     """
-    from .api import parse_norm
-
     p = parse_norm(norm)
     if starts < 1 or steps < 0 or power_steps < 1 or screen < 1 or verify < 1:
         raise InputError("starts, power_steps, screen and verify must be >= 1 and steps >= 0")
@@ -575,6 +574,7 @@ def search(model: nn.Module, x: Any, *, norm: Any = 2, starts: int = 8, steps: i
     gen = torch.Generator().manual_seed(seed)
     with eval_mode(model, []), torch.random.fork_rng(devices=[]), _threads(model, inputs):
         torch.manual_seed(seed)
+        model = frozen_parametrizations(model)
         try:
             fn = _Net(model, inputs, None)
         except LipgraphError:
