@@ -9,16 +9,18 @@ import torch
 from torch import Tensor, nn
 
 from .bound import Bound, Kind, lower
+from .errors import UnsoundBoundError
 from .frontend.prepare import eval_mode
 from .lower import LowerResult
 from .region import Ball, Region
 
 
-def region_lower(model: nn.Module, x: Tensor, region: Region, p: float, total: Bound, notes: list[str],
+def region_lower(model: nn.Module, x: Tensor, region: Region, p: float, total: Bound,
                  points: int = 4, seed: int = 0) -> LowerResult | None:
     """A proven lower bound of the local constant: difference quotients ‖f(a) − f(b)‖_p/‖a − b‖_p of pairs a, b
     inside the region, along the Jacobian's worst direction at the centre and random points (float64, dense
-    Jacobians of small models only; None otherwise). A value above a certified ``total`` is reported UNSOUND."""
+    Jacobians of small models only; None otherwise). A value above a certified ``total`` fails the run
+    (:class:`UnsoundBoundError`), as the global search does."""
     start = time.perf_counter()
     with eval_mode(model, []):
         net = copy.deepcopy(model).double()
@@ -46,8 +48,8 @@ def region_lower(model: nn.Module, x: Tensor, region: Region, p: float, total: B
             best = (value, a, b, z, v)
     value, a, b, z, v = best
     if total.kind is Kind.CERTIFIED and value > total.value:
-        notes.append(f"UNSOUND: the lower bound {value:.6g} (a ratio attained inside the region) exceeds the "
-                     f"certified bound {total.value:.6g}; some rule is wrong, please report this model")
+        raise UnsoundBoundError(f"unsound bound: the lower bound {value:.6g} (a ratio attained inside the region) "
+                                f"exceeds the certified bound {total.value:.6g}.")
     return LowerResult(bound=lower(value, "difference quotient in region"), input=a.to(x.dtype), other=b.to(x.dtype),
                        point=z.to(x.dtype), direction=v.flatten(), jacobian=None, norm=p, evaluations=points,
                        rounds=1, seconds=time.perf_counter() - start)
