@@ -1,6 +1,7 @@
 """``torchvision.ops.stochastic_depth`` / ``StochasticDepth`` (ConvNeXt, EfficientNet, Swin): the identity in eval
 mode (``training=False``), so Lipschitz 1 and its interval is its input's. In training mode it drops rows at
-random: refused. Registered only when torchvision is installed."""
+random: refused. Registered only when torchvision is installed and loads (a torchvision built for another torch
+raises RuntimeError or OSError on import: then no model can use it either)."""
 from __future__ import annotations
 
 from typing import Any
@@ -31,7 +32,7 @@ def interval(ctx: OpContext) -> Any:
 def register(registry: Registry) -> None:
     try:
         from torchvision.ops import stochastic_depth as function
-    except ImportError:  # torchvision is optional
+    except (ImportError, OSError, RuntimeError):  # torchvision is optional; a mismatched build must not break lipgraph
         return
     registry.register(function, stochastic_depth, key="stochastic_depth", exact=True)
     registry.register_interval("stochastic_depth", interval)

@@ -76,3 +76,24 @@ def test_stochastic_depth_rule_with_a_stand_in_for_torchvision(monkeypatch):
     assert lipgraph.analyze(block, x, lower=False).bound.value <= plain * (1 + 1e-9)
     assert lipgraph.analyze(block, x, region=lipgraph.Box(0, 1), lower=False).bound.value <= plain * (1 + 1e-9)
     assert lipgraph.analyze(block.train(), x, lower=False).bound.value <= plain * (1 + 1e-9)  # analysed in eval
+
+
+def test_a_broken_torchvision_does_not_break_the_registry(monkeypatch):
+    """A torchvision built for another torch raises RuntimeError on import ("operator torchvision::nms does not
+    exist"): the stochastic-depth rule is then not registered, and every other rule still loads."""
+    import sys
+
+    from lipgraph.registry import Registry
+    from lipgraph.rules import stochastic_depth as rule_module
+
+    class BrokenTorchvision:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "torchvision":
+                raise RuntimeError("operator torchvision::nms does not exist")
+
+    for name in [m for m in sys.modules if m.split(".")[0] == "torchvision"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [BrokenTorchvision(), *sys.meta_path])
+    registry = Registry()
+    rule_module.register(registry)
+    assert registry.get("stochastic_depth") is None and registry.interval("stochastic_depth") is None
