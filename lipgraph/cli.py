@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import contextvars
 import os
 import platform
@@ -348,9 +349,14 @@ def _certify(args: argparse.Namespace) -> int:
         radii = [float(r) for r in args.radii.split(",") if r.strip()] if args.radii else None
     except ValueError:
         raise InputError(f"--radii {args.radii!r} is not a comma-separated list of numbers") from None
-    cert = certify(model, x, y, norm=args.norm, radii=radii, pairwise=not args.global_bound,
-                   unsupported=args.unsupported, local=args.local, executor=_dask_executor(args.dask),
-                   workers=args.workers, progress=not args.json and sys.stderr.isatty())
+    if (args.dask or args.workers) and not args.local:
+        raise InputError("--workers and --dask run the local radii: add --local")
+    if args.dask and args.workers:
+        raise InputError("give --workers or --dask, not both")
+    with _dask_executor(args.dask) as executor:
+        cert = certify(model, x, y, norm=args.norm, radii=radii, pairwise=not args.global_bound,
+                       unsupported=args.unsupported, local=args.local, executor=executor,
+                       workers=args.workers, progress=not args.json and sys.stderr.isatty())
     if args.plot:
         cert.plot(args.plot)
     fmt = _format(args, "certificate", {"json": args.json}, default="table")
@@ -358,15 +364,23 @@ def _certify(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
 def _dask_executor(address: str | None):
-    """dask.distributed's ``Client(address).get_executor()`` for ``--dask``; None without it."""
+    """dask.distributed's ``Client(address).get_executor()`` for ``--dask``, the client closed after use; None
+    without ``--dask``."""
     if address is None:
-        return None
+        yield None
+        return
     try:
         from dask.distributed import Client
     except ImportError:
         raise InputError("--dask needs dask.distributed: pip install 'dask[distributed]'") from None
-    return Client(address).get_executor()
+    try:
+        client = Client(address)
+    except (OSError, ValueError, TypeError) as exc:
+        raise InputError(f"--dask: cannot reach a dask scheduler at {address!r}: {exc}") from None
+    with client:
+        yield client.get_executor()
 
 
 def _version(dist: str) -> str:

@@ -452,3 +452,31 @@ def test_a_rules_file_registers_all_three_kinds_for_a_custom_op(restore_default_
         assert math.isfinite(local.bound.value) and local.lower.value <= local.bound.value
     finally:
         registry._intervals, registry._local = saved
+
+
+def test_cli_certify_local_on_a_dask_scheduler(tmp_path, capsys):
+    """`lipgraph certify --local --dask ADDRESS` against an in-process LocalCluster: the serial local radii."""
+    import json
+
+    distributed = pytest.importorskip("dask.distributed")
+    from lipgraph.cli import main
+
+    model, x, y = _classifier()
+    model_file = tmp_path / "clf.py"
+    model_file.write_text("import torch\nfrom torch import nn\n\ndef build_model():\n    torch.manual_seed(0)\n"
+                          "    return nn.Sequential(nn.Linear(4, 12), nn.ReLU(), nn.Linear(12, 3)).eval()\n\n"
+                          "def example_input():\n    return torch.zeros(1, 4)\n")
+    torch.save((x, y), tmp_path / "data.pt")
+    args = ["certify", str(model_file), "--data", str(tmp_path / "data.pt"), "--json"]
+    with distributed.LocalCluster(processes=False, n_workers=1, threads_per_worker=1) as cluster:
+        code = main([*args, "--local", "--dask", cluster.scheduler_address])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    serial = lipgraph.certify(model, x, y, local=True).local_radii
+    assert json.loads(captured.out)["local_radius"] == pytest.approx(serial.tolist())
+    assert main([*args, "--dask", cluster.scheduler_address]) == 2
+    assert "--workers and --dask run the local radii: add --local" in capsys.readouterr().err
+    assert main([*args, "--local", "--dask", "tcp://127.0.0.1:1", "--workers", "2"]) == 2
+    assert "give --workers or --dask, not both" in capsys.readouterr().err
+    assert main([*args, "--local", "--dask", "nosuchscheme://host:1"]) == 2
+    assert "--dask: cannot reach a dask scheduler at 'nosuchscheme://host:1'" in capsys.readouterr().err
