@@ -291,14 +291,17 @@ def _rules(args: argparse.Namespace) -> int:
         if name != key:
             spellings.setdefault(key, []).append(name)
     table = Table(title=f"{len(registry.items())} rules")
-    for column in ("op key", "kind", "description", "spellings", "source"):
+    for column in ("op key", "kind", "description", "spellings", "on a region", "source"):
         table.add_column(column, overflow="fold")
     for key, rule in registry.items():
+        region = [name for name, found in (("interval", registry.interval(key)), ("local", registry.local(key)))
+                  if found is not None]
         names = registry.aliases_of(key) + spellings.get(key, [])
         if key in registry.patterns:  # a subgraph pattern: its matches show as one node of this type
             names.insert(0, f"pattern {registry.patterns[key].title}")
         table.add_row(key, "exact" if rule.exact else "upper bound", rule.description,
-                      ", ".join(names[:6]) + (" …" if len(names) > 6 else ""), rule.source)
+                      ", ".join(names[:6]) + (" …" if len(names) > 6 else ""),
+                      " + ".join(region) or "no interval rule", rule.source)
     make_console().print(table)
     return 0
 

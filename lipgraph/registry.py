@@ -133,6 +133,10 @@ class Registry:
     def interval(self, key: str) -> IntervalFn | None:
         return self._intervals.get(key)
 
+    def local(self, key: str) -> Rule | None:
+        """The local Lipschitz rule of op ``key`` (region analyses only), if one is registered."""
+        return self._local.get(key)
+
     def localized(self) -> "Registry":
         """A copy whose Lipschitz rules are replaced by the local rules where an op has one."""
         new = self.copy()

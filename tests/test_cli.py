@@ -343,6 +343,21 @@ def test_rules_lists_relu_as_exact_builtin(capsys, monkeypatch) -> None:
     assert re.search(r"\d+ rules", out)
 
 
+def test_rules_show_which_ops_a_region_analysis_can_bound(capsys, monkeypatch) -> None:
+    """The "on a region" column: the interval and local rules registered for each op (docs/local.md)."""
+    from lipgraph.registry import default_registry
+
+    monkeypatch.setenv("COLUMNS", "250")
+    code, out, _ = run(capsys, "rules")
+    assert code == 0
+    registry = default_registry()
+    for key, expected in (("relu", "interval + local"), ("linear", "interval"), ("lstm", "no interval rule")):
+        has = (registry.interval(key) is not None, registry.local(key) is not None)
+        assert has == {"interval + local": (True, True), "interval": (True, False),
+                       "no interval rule": (False, False)}[expected], key
+        assert _table_row(out, key)[4] == expected, key
+
+
 def test_doctor(capsys) -> None:
     import torch
 
