@@ -19,7 +19,7 @@ from torch import fx
 from .bound import Bound, Kind, exact, join_kinds
 from .errors import InputError
 from .formula import Attribution, Formulas
-from .ir import LipGraph, Scope
+from .ir import LipGraph, Scope, output_names
 from .passes.autolip import propagate
 from .passes.fuse import fused_members
 from .symbolic import build_formulas, call_bound, chain_path, joined_name, module_entries
@@ -436,5 +436,5 @@ def _reevaluated_bound(old: Bound, value: float, method: str = "what-if") -> Bou
 
 
 def output_bounds(lg: LipGraph) -> list[tuple[str, Bound]]:
-    return [(n.meta["lip.path"], b) for n, b in lg.output.meta["lip.outputs"]]
+    return [(name, b) for name, (_, b) in zip(output_names(lg), lg.output.meta["lip.outputs"])]
 

@@ -19,6 +19,7 @@ from ..linalg.parallel import parallel_map
 from ..progress import LayerProgress
 from ..registry import Registry
 from ..ruleapi import OpContext, Rule, Transfer, Var
+from .stubs import rule_stub
 
 UNSUPPORTED_MODES = ("error", "inf")
 
@@ -70,7 +71,7 @@ def annotate(lg: LipGraph, registry: Registry, norm: float = 2, unsupported: str
                   "normalising by a branch) can grow without limit; bound the input domain or replace the op "
                   "by a Lipschitz variant (e.g. L2 attention, Kim et al. 2021).")
         if missing and unsupported == "error":
-            raise UnsupportedOpsError(_unsupported_message(lg, missing, norm), missing)
+            raise UnsupportedOpsError(_unsupported_message(lg, missing, norm, registry), missing)
         for node in missing:
             node.meta["lip.transfer"] = Transfer(gains=(unbounded("no rule"),) * len(node.meta["lip.inputs"]))
             node.meta["lip.seconds"] = 0.0
@@ -136,31 +137,16 @@ def _at(node: fx.Node) -> str:
     return f"\n      at {source}" if source else ""
 
 
-def _unsupported_message(lg: LipGraph, nodes: list[fx.Node], norm: float) -> str:
+def _unsupported_message(lg: LipGraph, nodes: list[fx.Node], norm: float, registry: Registry) -> str:
     rows = []
     for n in nodes:
         key = n.meta["lip.key"] or "(no key)"
         rows.append(f"  - {key:<16} {op_spelling(lg, n):<40} at {n.meta['lip.path']}{_at(n)}")
-    first = nodes[0]
-    spelling = op_spelling(lg, first)
-    # an op key covers every spelling and is always valid Python; torch functions' display names may not be
-    # (torch.fft.fft displays as torch.fft_fft, torch.cumsum as torch._VariableFunctionsClass.cumsum)
-    key = first.meta["lip.key"]
-    target = f'"{key}"' if key and first.op != "call_module" else spelling
     norm_text = "inf" if math.isinf(norm) else f"{norm:g}"
     return (
         f"lipgraph has no rule (for the ℓ{norm_text} norm) for {len(nodes)} op(s); an op without a rule is never "
         "treated as the identity:\n" + "\n".join(rows) + "\n\n"
-        "Register a rule for each, e.g. (copy, paste, and replace the constant by a proven one):\n\n"
-        "    import lipgraph\n\n"
-        f"    @lipgraph.rule({target})\n"
-        f"    def {_identifier(first.meta['lip.key'] or 'my_op')}_rule(ctx):\n"
-        '        """Lipschitz constant of this op in its input (state the proof or source)."""\n'
-        "        return lipgraph.certified(1.0, \"my derivation\")  # or lipgraph.elementwise(slope=(lo, hi))\n\n"
-        "Load it with --rules my_rules.py (CLI) or by importing it before lipgraph.analyze(...); "
-        "or pass unsupported='inf' (--unsupported inf) for a partial tree with these ops unbounded."
+        "Register a rule for each. A rules file to start from (it refuses until you replace each raise by a "
+        "proven constant):\n\n" + rule_stub(lg, nodes, registry) + "\n"
+        "Or pass unsupported='inf' (--unsupported inf) for a partial tree with these ops unbounded."
     )
-
-
-def _identifier(text: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in text).strip("_").lower() or "my_op"
