@@ -41,7 +41,8 @@ def chain_estimators(method: str) -> tuple[str, ...]:
         return (*CHAIN_ESTIMATORS, *GRAPH_ESTIMATORS)
     if method in CHAIN_ESTIMATORS:
         return (method,)
-    raise InputError(f"unknown method {method!r}; available: {', '.join([*METHODS, *CHAIN_ESTIMATORS])}")
+    available = dict.fromkeys([*METHODS, *CHAIN_ESTIMATORS])  # cp and seqlip are both: list each once
+    raise InputError(f"unknown method {method!r}; available: {', '.join(available)}")
 NORMS = {"1": 1.0, "2": 2.0, "inf": math.inf}
 
 
@@ -97,7 +98,7 @@ def analyze(
         if input_shape is None:
             raise InputError("give example_input (a tensor with a batch dimension) or input_shape")
         example_input = torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))
-    inputs = as_inputs(example_input)
+    inputs = as_inputs(example_input, model)
     registry = default_registry().with_overrides(rules)
     original = unwrap(model)
     name = type(original).__name__

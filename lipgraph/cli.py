@@ -9,6 +9,7 @@ from typing import Sequence
 
 from . import __version__
 from .api import METHODS, analyze
+from .submodel import analyze_slice
 from .errors import InputError, LipgraphError
 from .frontend.opkeys import MODULE_KEYS, NAME_KEYS
 from .frontend.prepare import load_weights
@@ -54,7 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     explain = sub.add_parser("explain", help="bound a model's Lipschitz constant and show where it comes from",
                              description="Executes MODEL (a Python file) to build the model, then analyses it.")
     explain.add_argument("model", help="model.py or model.py:factory (the file is executed)")
-    explain.add_argument("--input-shape", help="input shape with batch dimension, e.g. 1,3,32,32")
+    explain.add_argument("--input-shape", help="input shape, batch dimension first (required), e.g. 1,3,32,32")
+    explain.add_argument("--from", dest="start", metavar="MODULE[:END]",
+                         help="analyse only submodule MODULE, or the consecutive siblings MODULE to END, on the input "
+                              "they receive (e.g. the layers after an nn.Embedding, which takes integer ids)")
     explain.add_argument("--weights", help="state dict to load (torch.load with weights_only=True)")
     explain.add_argument("--norm", default="2", choices=["1", "2", "inf"], help="ℓp norm (default 2)")
     explain.add_argument("--method", default="autolip", metavar="METHOD",
@@ -94,7 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     explain.set_defaults(run=_explain)
 
     rules = sub.add_parser("rules", help="list every rule, its op keys, kind and source")
-    rules.add_argument("--rules", action="append", default=[], metavar="FILE")
+    rules.add_argument("--rules", action="append", default=[], metavar="FILE",
+                       help="also load this rules file (repeatable), as explain --rules does")
+    rules.add_argument("--op", metavar="KEY", help="show one op key (or a spelling: relu, nn.ReLU, F.relu) in full")
     rules.add_argument("--estimators", action="store_true",
                        help="list the chain estimators (for explain --method) instead of the op rules")
     rules.set_defaults(run=_rules)
@@ -118,7 +124,9 @@ def _parser() -> argparse.ArgumentParser:
     certify.add_argument("--threads", type=int, help="torch CPU threads")
     certify.set_defaults(run=_certify)
 
-    doctor = sub.add_parser("doctor", help="versions and loaded rule packs")
+    doctor = sub.add_parser("doctor", help="versions and loaded rule packs",
+                            description="Print the versions of lipgraph, Python, torch and its dependencies, and "
+                                        "where the loaded rules come from (for bug reports).")
     doctor.set_defaults(run=_doctor)
     return parser
 
@@ -143,11 +151,14 @@ def _explain(args: argparse.Namespace) -> int:
     options: dict = {"progress": not args.json and not args.quiet and sys.stderr.isatty()}
     if args.lower_seconds:
         options["seconds"] = args.lower_seconds
-    report = analyze(model, example, norm=args.norm, method=args.method, frontend=args.frontend,
-                     unsupported=args.unsupported, lower=args.lower,
-                     data=_load_data(args.data) if args.data else None, lower_options=options,
-                     layer_lower=args.layer_lower, device=args.device, cache=args.cache,
-                     quiet=args.quiet or args.json)
+    kwargs = dict(norm=args.norm, method=args.method, frontend=args.frontend, unsupported=args.unsupported,
+                  lower=args.lower, data=_load_data(args.data) if args.data else None, lower_options=options,
+                  layer_lower=args.layer_lower, device=args.device, cache=args.cache, quiet=args.quiet or args.json)
+    if args.start:
+        start, _, end = args.start.partition(":")
+        report = analyze_slice(model, example, start, end or None, **kwargs)
+    else:
+        report = analyze(model, example, **kwargs)
     if args.save_lower_input and report.lower_input is not None:
         import torch
 
