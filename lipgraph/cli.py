@@ -193,6 +193,7 @@ def _load_data(path: str):
 
 
 def _rules(args: argparse.Namespace) -> int:
+    """Every rule grouped by where it comes from (built-in family, file, pack); ``--op`` shows one in full."""
     from rich.table import Table
 
     if args.estimators:
@@ -205,15 +206,49 @@ def _rules(args: argparse.Namespace) -> int:
     for name, key in NAME_KEYS.items():
         if name != key:
             spellings.setdefault(key, []).append(name)
-    table = Table(title=f"{len(registry.items())} rules")
-    for column in ("op key", "kind", "description", "spellings", "source"):
-        table.add_column(column, overflow="fold")
-    for key, rule in registry.items():
+    console = make_console()
+    if args.op:
+        key = _op_key(args.op, registry)
+        rule = registry.get(key)
         names = registry.aliases_of(key) + spellings.get(key, [])
-        table.add_row(key, "exact" if rule.exact else "upper bound", rule.description,
-                      ", ".join(names[:6]) + (" …" if len(names) > 6 else ""), rule.source)
-    make_console().print(table)
+        for field, value in (("op key", key), ("kind", _rule_kind(rule)),
+                             ("description", rule.description), ("spellings", ", ".join(names) or "(the key only)"),
+                             ("source", rule.source)):
+            console.print(f"{field + ':':<13}{value}", markup=False, highlight=False)
+        return 0
+    families: dict[str, list[tuple[str, object]]] = {}
+    for key, rule in registry.items():
+        family = rule.source.removeprefix("builtin (lipgraph.rules.").removesuffix(")") \
+            if rule.source.startswith("builtin (lipgraph.rules.") else rule.source
+        families.setdefault(family, []).append((key, rule))
+    console.print(f"{len(registry.items())} rules in {len(families)} families; lipgraph rules --op KEY shows one "
+                  "with all its spellings", markup=False, highlight=False)
+    for family, rules in sorted(families.items(), key=lambda item: (" " in item[0], item[0])):  # built-ins first
+        console.print(f"\n{family}", style="bold", markup=False, highlight=False)
+        table = Table()
+        for column in ("op key", "kind", "description"):
+            table.add_column(column, overflow="fold")
+        for key, rule in rules:
+            table.add_row(key, _rule_kind(rule), rule.description)
+        console.print(table)
     return 0
+
+
+def _rule_kind(rule) -> str:
+    if rule.description.startswith("not globally Lipschitz"):
+        return "refused"
+    return "exact" if rule.exact else "upper bound"
+
+
+def _op_key(text: str, registry) -> str:
+    """The op key of ``--op``: a key, or a spelling (``nn.ReLU``, ``F.relu``, ``torch.relu``, ``Tensor.relu_``)."""
+    name = text.rsplit(".", 1)[-1]
+    candidates = [text, name, NAME_KEYS.get(name), *(k for cls, k in MODULE_KEYS.items() if cls.__name__ == name),
+                  registry.alias(name)]
+    key = next((k for k in candidates if k and registry.get(k) is not None), None)
+    if key is None:
+        raise InputError(f"no rule for op {text!r}; `lipgraph rules` lists every op key")
+    return key
 
 
 def _estimators() -> int:

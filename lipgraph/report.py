@@ -255,6 +255,17 @@ class Report:
             "tree": self.tree.to_dict((lambda n: self.formulas.text(n.expr, n.path)) if self.formulas else None),
         }
 
+    def __repr__(self) -> str:
+        """One line: the bound, its kind and method, the lower bound, the model and input (``report.print()`` for
+        the tree)."""
+        lower = f"{self.lower.value:.4g} ≤ " if self.lower is not None else ""
+        bound = "∞" if math.isinf(self.bound.value) else f"{self.bound.value:.4g}"
+        return (f"<lipgraph.Report {self.model}: {lower}L ≤ {bound} {self.kind.value} · {self.method} · "
+                f"ℓ{norm_name(self.norm)} · input {' + '.join('×'.join(map(str, s)) for s in self.input_shape)} · "
+                f"{len(list(self.tree.walk()))} nodes; .print() shows the tree>")
+
+    __str__ = __repr__
+
     def print(self, **options: Any) -> None:
         from .render.rich_tree import print_report
 

@@ -75,7 +75,7 @@ def _sequence_length(ctx: OpContext, x: Any) -> int:
 
 
 def attention(ctx: OpContext):
-    """Refuse dot-product attention whose keys, or queries and values, depend on the input (see the module doc)."""
+    """not globally Lipschitz: dot-product attention with input-dependent keys (or queries and values)."""
     query, key, value = (_argument(ctx, i, n) for i, n in enumerate(("query", "key", "value")))
     if _sequence_length(ctx, key) >= 2 and (isinstance(key, Var) or (isinstance(query, Var) and isinstance(value, Var))):
         raise ctx.not_lipschitz(ATTENTION)
@@ -83,22 +83,23 @@ def attention(ctx: OpContext):
 
 
 def transformer_layer(ctx: OpContext):
-    """Refuse a transformer layer run on an input-dependent sequence of ≥ 2 positions (self-attention inside)."""
+    """not globally Lipschitz: a transformer layer on an input-dependent sequence (self-attention inside)."""
     if any(_sequence_length(ctx, v) >= 2 for v in ctx.inputs):
         raise ctx.not_lipschitz("it applies self-attention to an input-dependent sequence: " + ATTENTION)
     raise decline(ctx, "a transformer layer over one position has no rule")
 
 
 def product(ctx: OpContext):
-    """Refuse a multilinear op with ≥ 2 input-dependent operands; with one it is linear (declined)."""
+    """not globally Lipschitz: a product of ≥ 2 input-dependent operands (one: linear, no rule)."""
     if len(ctx.inputs) >= 2:
         raise ctx.not_lipschitz(PRODUCT)
     raise decline(ctx, "linear in its one input-dependent operand, but no rule")
 
 
 def power(ctx: OpContext):
-    """x^p: p = 1 is the identity (1), p = 0 a constant (0); any other p, or an input-dependent exponent, is not
-    Lipschitz (x^p for p > 1 grows faster than |x|, for p < 1 its slope is unbounded near 0; c^x is exponential)."""
+    """not globally Lipschitz: x^p for p ∉ {0, 1} (1 and 0 for p = 1, 0), and c^x or x^y.
+
+    x^p for p > 1 grows faster than |x|, for p < 1 its slope is unbounded near 0; c^x is exponential."""
     base, exponent = _argument(ctx, 0, "input"), _argument(ctx, 1, "exponent")
     if isinstance(exponent, Var):
         raise ctx.not_lipschitz("an input-dependent exponent: c^x and x^y have unbounded slopes")
@@ -113,14 +114,14 @@ def power(ctx: OpContext):
 
 
 def logit(ctx: OpContext):
-    """log(x / (1 − x)) has an unbounded slope at 0 and 1; with ``eps`` it is clamped first, hence Lipschitz."""
+    """not globally Lipschitz: log(x / (1 − x)), unbounded slope at 0 and 1 (with ``eps``: clamped, no rule)."""
     if _argument(ctx, 1, "eps") is not None:
         raise decline(ctx, "logit with eps (Lipschitz: 1/(eps(1 − eps))) has no rule")
     raise ctx.not_lipschitz("logit has an unbounded slope at 0 and 1")
 
 
 def entry_products(ctx: OpContext):
-    """prod / variance over ≥ 2 entries (products of coordinates); cumprod along a dim of length ≥ 2."""
+    """not globally Lipschitz: prod, cumprod and the variance over ≥ 2 entries (products of coordinates)."""
     (x,) = ctx.inputs
     if ctx.key == "cumprod":
         dim = _argument(ctx, 1, "dim")

@@ -14,6 +14,7 @@ from torch import fx
 
 from ..bound import unbounded
 from ..errors import LipgraphError, NormNotSupported, NotLipschitzError, RuleError, UnsupportedOpsError
+from ..hints import region_remedy
 from ..ir import LipGraph, map_args, op_spelling
 from ..linalg.parallel import parallel_map
 from ..progress import LayerProgress
@@ -69,7 +70,7 @@ def annotate(lg: LipGraph, registry: Registry, norm: float = 2, unsupported: str
                 "the network is not globally Lipschitz, so no finite bound exists:\n" + "\n".join(not_lipschitz)
                 + "\nA product or quotient of two input-dependent tensors (gating, dot-product attention, "
                   "normalising by a branch) can grow without limit; bound the input domain or replace the op "
-                  "by a Lipschitz variant (e.g. L2 attention, Kim et al. 2021).")
+                  "by a Lipschitz variant (e.g. L2 attention, Kim et al. 2021)." + region_remedy())
         if missing and unsupported == "error":
             raise UnsupportedOpsError(_unsupported_message(lg, missing, norm, registry), missing)
         for node in missing:
