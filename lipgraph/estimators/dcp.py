@@ -32,6 +32,7 @@ import hashlib
 import math
 import multiprocessing
 import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -268,10 +269,21 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
+def spawn_can_start() -> bool:
+    """Whether spawned workers can re-create ``__main__``: they import it by name (``python -m``) or run its file.
+    A main program read from stdin (``python - <<EOF``) or from a file that is gone has neither; its workers would
+    die with FileNotFoundError tracebacks, so the pieces are solved in this process instead."""
+    main = sys.modules.get("__main__")
+    if getattr(getattr(main, "__spec__", None), "name", None):
+        return True
+    path = getattr(main, "__file__", None)
+    return path is None or os.path.isfile(path)
+
+
 def solve_pieces(pieces: Sequence[DenseChain], estimator: str, workers: int) -> list[float]:
     """Certified bounds of the pieces, in a process pool of ``workers`` (serial when 1, or if the pool fails)."""
     jobs = [(p.weights, p.slopes, estimator) for p in pieces]
-    if workers > 1 and len(jobs) > 1:
+    if workers > 1 and len(jobs) > 1 and spawn_can_start():
         try:
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_init_worker) as pool:
