@@ -32,7 +32,7 @@ def load_model(spec: str, input_shape: str | None = None) -> tuple[nn.Module, An
     model = _model(namespace, factory or None, file)
     if input_shape:
         return model, torch.randn(*parse_shape(input_shape), generator=torch.Generator().manual_seed(0))
-    return model, _example_input(namespace, factory or None, file)
+    return model, _example_input(namespace, factory or None, file, model)
 
 
 def _model(ns: dict, factory: str | None, file: Path) -> nn.Module:
@@ -52,14 +52,13 @@ def _model(ns: dict, factory: str | None, file: Path) -> nn.Module:
     raise InputError(f"{file} defines no {want}")
 
 
-def _example_input(ns: dict, factory: str | None, file: Path) -> Any:
+def _example_input(ns: dict, factory: str | None, file: Path, model: nn.Module) -> Any:
     for name in ([f"{factory}_input"] if factory else []) + ["example_input"]:
         if callable(ns.get(name)):
             return ns[name]()
     if "input_shape" in ns:
         shape = ns["input_shape"]
         return torch.randn(*shape, generator=torch.Generator().manual_seed(0))
-    model = _model(ns, factory, file)
     raise InputError(f"{file} defines neither example_input() nor input_shape; {_shape_advice(model)}")
 
 
@@ -76,4 +75,5 @@ def _shape_advice(model: nn.Module) -> str:
         return (f"the first layer {name} is {type(layer).__name__} with in_channels={layer.in_channels}, so pass "
                 f"e.g. --input-shape {shape} (batch 1; the spatial size is an example: use your data's, as "
                 "convolution norms depend on it)")
-    return f"the first layer {name} is {type(layer).__name__} with in_features={suggested_shape(layer)[1]}, so pass --input-shape {shape} (batch 1)"
+    return (f"the first layer {name} is {type(layer).__name__} with in_features={suggested_shape(layer)[1]}, so "
+            f"pass --input-shape {shape} (batch 1)")

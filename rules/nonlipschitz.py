@@ -77,7 +77,8 @@ def _sequence_length(ctx: OpContext, x: Any) -> int:
 def attention(ctx: OpContext):
     """not globally Lipschitz: dot-product attention with input-dependent keys (or queries and values)."""
     query, key, value = (_argument(ctx, i, n) for i, n in enumerate(("query", "key", "value")))
-    if _sequence_length(ctx, key) >= 2 and (isinstance(key, Var) or (isinstance(query, Var) and isinstance(value, Var))):
+    moving = isinstance(key, Var) or (isinstance(query, Var) and isinstance(value, Var))
+    if moving and _sequence_length(ctx, key) >= 2:
         raise ctx.not_lipschitz(ATTENTION)
     raise decline(ctx, "attention that is Lipschitz here (fixed keys; one position) has no rule")
 

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import inspect
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -218,7 +218,6 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         model.load_state_dict(obj, strict=True)
     except RuntimeError as exc:
         raise InputError(f"the weights in {path} do not fit the model: {exc}") from None
-
 
 
 def _unreadable_checkpoint(path: Path, exc: Exception) -> str:

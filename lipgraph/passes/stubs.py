@@ -43,14 +43,16 @@ def rule_stub(lg: LipGraph, nodes: list[fx.Node], registry: Registry) -> str:
             '    # TODO: return a proven bound, e.g. lipgraph.certified(value, "source"); until then it refuses.\n'
             f'    raise NotImplementedError("{label}: replace this stub by a proven Lipschitz constant")\n')
     header = sorted(imports, key=lambda line: (line != "import lipgraph", line))
-    header.append("# an elementwise op with slopes in [lo, hi]: lipgraph.register(KEY, lipgraph.elementwise(slope=(lo, hi)))")
+    header.append("# an elementwise op with slopes in [lo, hi]: "
+                  "lipgraph.register(KEY, lipgraph.elementwise(slope=(lo, hi)))")
     text = "\n".join(header) + "\n\n\n" + "\n\n".join(rules)
     stub = "\n".join(f"    {line}" if line else "" for line in text.splitlines())
     if in_place:
         how = (f"Paste it into {', '.join(sorted(set(in_place)))} (below the definition it names: a rules file "
                "would import a second copy of it), or import it before lipgraph.analyze(...).")
     else:
-        how = "Save it as my_rules.py and load it with --rules my_rules.py (CLI), or import it before lipgraph.analyze(...)."
+        how = ("Save it as my_rules.py and load it with --rules my_rules.py (CLI), or import it before "
+               "lipgraph.analyze(...).")
     return stub + "\n\n" + how
 
 
