@@ -36,8 +36,10 @@ def rule_stub(lg: LipGraph, nodes: list[fx.Node], registry: Registry) -> str:
         if where:
             in_place.append(where)
         label = node.meta["lip.key"] or target.split(",")[0]
+        replaces = (f"# override=True replaces the built-in rule for every {label} op, and it declined only this "
+                    f"case: keep its checks (lipgraph rules --op {label})\n") if "override=True" in target else ""
         rules.append(
-            f"@lipgraph.rule({target})\n"
+            f"{replaces}@lipgraph.rule({target})\n"
             f"def {_identifier(label.rpartition('.')[2])}_rule(ctx):\n"
             f'    """Lipschitz constant of {label} in its input (state the proof or its source)."""\n'
             '    # TODO: return a proven bound, e.g. lipgraph.certified(value, "source"); until then it refuses.\n'
