@@ -9,7 +9,6 @@ from typing import Sequence
 
 from . import __version__
 from .api import METHODS, analyze
-from .submodel import analyze_slice
 from .errors import InputError, LipgraphError
 from .frontend.opkeys import MODULE_KEYS, NAME_KEYS
 from .frontend.prepare import load_weights
@@ -17,9 +16,11 @@ from .frontend.trace import FRONTENDS
 from .loader import load_model
 from .passes.annotate import UNSUPPORTED_MODES
 from .progress import print_timings
-from .registry import default_registry
+from .registry import Registry, default_registry
 from .render.json import to_json
 from .render.rich_tree import make_console, print_report
+from .ruleapi import Rule
+from .submodel import analyze_slice
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -216,7 +217,7 @@ def _rules(args: argparse.Namespace) -> int:
                              ("source", rule.source)):
             console.print(f"{field + ':':<13}{value}", markup=False, highlight=False)
         return 0
-    families: dict[str, list[tuple[str, object]]] = {}
+    families: dict[str, list[tuple[str, Rule]]] = {}
     for key, rule in registry.items():
         family = rule.source.removeprefix("builtin (lipgraph.rules.").removesuffix(")") \
             if rule.source.startswith("builtin (lipgraph.rules.") else rule.source
@@ -234,17 +235,16 @@ def _rules(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rule_kind(rule) -> str:
+def _rule_kind(rule: Rule) -> str:
     if rule.description.startswith("not globally Lipschitz"):
         return "refused"
     return "exact" if rule.exact else "upper bound"
 
 
-def _op_key(text: str, registry) -> str:
+def _op_key(text: str, registry: Registry) -> str:
     """The op key of ``--op``: a key, or a spelling (``nn.ReLU``, ``F.relu``, ``torch.relu``, ``Tensor.relu_``)."""
     name = text.rsplit(".", 1)[-1]
-    candidates = [text, name, NAME_KEYS.get(name), *(k for cls, k in MODULE_KEYS.items() if cls.__name__ == name),
-                  registry.alias(name)]
+    candidates = [text, name, NAME_KEYS.get(name), *(k for cls, k in MODULE_KEYS.items() if cls.__name__ == name)]
     key = next((k for k in candidates if k and registry.get(k) is not None), None)
     if key is None:
         raise InputError(f"no rule for op {text!r}; `lipgraph rules` lists every op key")

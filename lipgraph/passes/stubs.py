@@ -69,9 +69,7 @@ def _decorator_target(lg: LipGraph, node: fx.Node, registry: Registry) -> tuple[
     module = getattr(cls_or_fn, "__module__", "") or ""
     name = getattr(cls_or_fn, "__qualname__", "") or getattr(cls_or_fn, "__name__", "")
     if module.startswith("torch."):
-        import torch.nn
-
-        if getattr(torch.nn, name, None) is cls_or_fn:
+        if getattr(nn, name, None) is cls_or_fn:
             return f"torch.nn.{name}", {"import torch"}, None
         return f"{module}.{name}", {"import torch"}, None
     if _importable(module, name, cls_or_fn):
