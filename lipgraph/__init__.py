@@ -32,8 +32,10 @@ from .formula import Attribution, Formulas
 from .report import Report, ReportNode
 from .submodel import analyze_slice, capture_input
 from .ruleapi import OpContext, Rule, Transfer, Var, elementwise, isometry, not_lipschitz, scale
+from .formats import OutputFormat, default_formats, register_format
+from . import render  # noqa: F401 - registers the built-in output formats
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "certify", "Certificate", "lipschitz_penalty",
@@ -42,4 +44,5 @@ __all__ = [
     "LipgraphError", "NormNotSupported", "NotLipschitzError", "RuleError", "TraceError", "UnsupportedOpsError",
     "Registry", "default_registry", "register", "rule", "Report", "ReportNode", "OpContext", "Rule",
     "Transfer", "Var", "elementwise", "isometry", "not_lipschitz", "scale", "__version__",
+    "OutputFormat", "default_formats", "register_format",
 ]

@@ -1,7 +1,6 @@
 """``lipgraph.analyze``: trace -> rules -> AutoLip -> report."""
 from __future__ import annotations
 
-import math
 import os
 import time
 from typing import Any, Mapping
@@ -13,47 +12,26 @@ from . import ir
 from .bound import Bound, Kind
 from .cache import norm_cache
 from .errors import InputError
+from .estimators import ESTIMATORS
 from .frontend.prepare import as_inputs, check_finite_weights, check_runs, eval_mode, to_model_device, unwrap
 from .frontend.trace import LipTracer
 from .linalg.device import on_device
+from .norms import NORMS, parse_norm  # noqa: F401 - part of this module's API
 from .passes.annotate import annotate
 from .passes.autolip import autolip, network_estimate
 from .passes.fuse import fuse
 from .passes.layer_lower import layer_lower_bounds
-from .passes.seqlip import GRAPH_ESTIMATORS, tighten_chains
+from .passes.seqlip import tighten_chains
+from .progress import LayerProgress
 from .registry import Registry, default_registry
 from .report import Report, build_tree, output_bounds
 
-#: method -> chain estimators run on every sequential chain (algorithms.md §5–§8); "autolip" runs none.
-CHAIN_METHODS = {"autolip": (), "seqlip": ("cp", "seqlip", "seqlip-greedy"), "cp": ("cp",),
-                 "lipsdp": ("lipsdp-neuron",), "dcp": ("cp", "dcp")}
-METHODS = (*CHAIN_METHODS, "best")
-
-
-def chain_estimators(method: str) -> tuple[str, ...]:
-    """The chain estimators of ``method``: a named method, ``"best"`` (every registered estimator) or the name
-    of one registered estimator (e.g. ``"lipsdp-neuron"`` with ``lipgraph[sdp]``)."""
-    from .estimators import CHAIN_ESTIMATORS
-
-    if method in CHAIN_METHODS:
-        return CHAIN_METHODS[method]
-    if method == "best":
-        return (*CHAIN_ESTIMATORS, *GRAPH_ESTIMATORS)
-    if method in CHAIN_ESTIMATORS:
-        return (method,)
-    available = dict.fromkeys([*METHODS, *CHAIN_ESTIMATORS])  # cp and seqlip are both: list each once
-    raise InputError(f"unknown method {method!r}; available: {', '.join(available)}")
-NORMS = {"1": 1.0, "2": 2.0, "inf": math.inf}
-
-
-def parse_norm(norm: Any) -> float:
-    """1, 2, inf (also as strings, ``"linf"`` or ``math.inf``) -> 1.0, 2.0 or ``math.inf``."""
-    key = str(norm).lower().removeprefix("l").removesuffix(".0")
-    if key in ("infinity", "∞"):
-        key = "inf"
-    if key not in NORMS:
-        raise InputError(f"norm must be 1, 2 or inf, got {norm!r}")
-    return NORMS[key]
+#: method -> chain estimators run on every sequential chain (algorithms.md §5–§8); "autolip" runs none. The same
+#: dict as the catalogue's ``ESTIMATORS.methods`` (register a method with ``ESTIMATORS.register_method``).
+CHAIN_METHODS = ESTIMATORS.methods
+METHODS = ESTIMATORS.method_names()
+#: The chain estimators of a ``method`` (:meth:`lipgraph.estimators.EstimatorCatalogue.resolve`).
+chain_estimators = ESTIMATORS.resolve
 
 
 def analyze(
@@ -147,7 +125,7 @@ def annotated_graph(model: nn.Module, inputs: tuple, registry: Registry, norm: f
         notes.append(("torch.fx could not trace the model; " if frontend == "auto" else "")
                      + "the export frontend traces into every module, so rules registered for module classes "
                        "do not apply (ops are bounded one by one)")
-    annotate(lg, registry, norm, unsupported, fusion=True, progress=progress)
+    annotate(lg, registry, norm, unsupported, fusion=True, progress=LayerProgress if progress else None)
     fuse(lg, norm)
     return lg
 

@@ -32,6 +32,7 @@ from typing import Callable, Iterator
 import torch
 
 from .bound import Bound, Kind
+from .version import __version__
 
 #: Environment variable naming the cache folder (default: ``$XDG_CACHE_HOME/lipgraph`` or ``~/.cache/lipgraph``).
 CACHE_DIR_ENV = "LIPGRAPH_CACHE_DIR"
@@ -43,6 +44,9 @@ _LAYOUT = "norms-v1"
 
 _CURRENT: ContextVar["NormCache | None"] = ContextVar("lipgraph_norm_cache", default=None)
 _FINGERPRINT: list[str] = []
+#: Settings of the modules above that cached results depend on, by name, read when the fingerprint is first taken
+#: (``lipgraph.linalg.dense`` adds ``DENSE_LIMIT``): registered here so that this module imports none of them.
+FINGERPRINT_SETTINGS: dict[str, Callable[[], object]] = {}
 
 
 def cache_dir() -> Path:
@@ -65,11 +69,9 @@ def tensor_digest(t: torch.Tensor) -> str:
 def code_fingerprint() -> str:
     """A digest of the code that computes cached results (see the module docstring)."""
     if not _FINGERPRINT:
-        from . import __version__
-        from .linalg.dense import DENSE_LIMIT
-
         root = Path(__file__).resolve().parent
-        h = hashlib.sha256(f"{__version__} {DENSE_LIMIT!r} torch {torch.__version__}".encode())
+        settings = " ".join(repr(get()) for get in FINGERPRINT_SETTINGS.values())
+        h = hashlib.sha256(f"{__version__} {settings} torch {torch.__version__}".encode())
         for path in sorted([*(root / "linalg").glob("*.py"), root / "bound.py", root / "cache.py"]):
             h.update(path.name.encode() + path.read_bytes())
         _FINGERPRINT.append(h.hexdigest())

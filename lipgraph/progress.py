@@ -1,23 +1,31 @@
-"""Where the time goes: a progress bar over layers for long analyses, and the slowest layers afterwards.
+"""Progress of long analyses: the callback protocol passes report to, and a terminal bar over layers.
 
 The bar (rich, on stderr, only when stderr is a terminal) appears after ``DELAY`` seconds (short runs never show
 it), disappears when done (transient), and is off with ``analyze(quiet=True)``, ``--quiet`` and ``--json``.
-``explain --timings`` prints :func:`print_timings`.
+``explain --timings`` lists the slowest layers afterwards (:func:`lipgraph.render.timings.print_timings`).
 """
 from __future__ import annotations
 
 import sys
 import threading
 from types import TracebackType
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from rich.console import Console
-
-    from .report import Report
+from typing import Callable, ContextManager, Protocol
 
 #: Seconds before the bar appears: a run shorter than this never shows one.
 DELAY = 2.0
+
+
+class Ticker(Protocol):
+    """What a pass reports progress to: one more item done, or more items to go than announced."""
+
+    def advance(self, label: str = "") -> None: ...
+
+    def extend(self, more: int) -> None: ...
+
+
+#: The progress callback a caller hands to a pass: ``progress(total, description)`` opens a :class:`Ticker`
+#: (:class:`LayerProgress` is one: a terminal bar). Passes import nothing that draws.
+ProgressFactory = Callable[[int, str], ContextManager[Ticker]]
 
 
 class LayerProgress:
@@ -74,21 +82,3 @@ class LayerProgress:
             if self._bar is not None:
                 self._bar.stop()
                 self._bar = None
-
-
-def print_timings(report: Report, console: Console, top: int = 15) -> None:
-    """Where the time went: the ``top`` ops whose rules and norms took longest (``ReportNode.seconds``), each with
-    its share of the analysis' wall time. With several torch threads, layers run in parallel and the shares may
-    add up to more than 100 %."""
-    from rich.table import Table
-
-    ops = sorted((n for n in report.tree.walk() if n.op is not None and not n.children), key=lambda n: -n.seconds)
-    total = max(report.seconds, 1e-9)
-    table = Table(title=f"slowest layers (of {len(ops)} ops; analysis {report.seconds:.2f} s, their sum "
-                        f"{report.tree.seconds:.2f} s)")
-    for column in ("layer", "type", "method", "seconds", "share"):
-        table.add_column(column, justify="right" if column in ("seconds", "share") else "left")
-    for n in ops[:top]:
-        method = n.bound.method + (f" (fused chain: {n.fused.bound.method.removeprefix('fused ')})" if n.fused else "")
-        table.add_row(n.path, n.type, method, f"{n.seconds:.3f}", f"{100 * n.seconds / total:.1f} %")
-    console.print(table)

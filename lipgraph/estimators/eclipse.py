@@ -22,6 +22,7 @@ import torch
 
 from lipgraph.bound import Bound
 from lipgraph.estimators import ChainEstimator, DenseChain, register_estimator
+from lipgraph.estimators.lmi import MAX_LMI, SolverFailed, cvxpy_missing, solve_lmi, stage_limit_reason
 from lipgraph.estimators.recertify import InfeasibleMultipliers, best_recertified, reduce_input
 
 #: t is capped so that 1 + 2at ≥ 1 − 0.99 (a < 0) and r ≥ 1e-3·|m| (a linear activation would give t = ∞)
@@ -97,8 +98,6 @@ def _fast_stage(Y: torch.Tensor, W: torch.Tensor, slope: tuple[float, float]) ->
 def eclipse_multipliers(chain: DenseChain, solver: str | None = None) -> list[torch.Tensor]:
     """ECLipsE's multipliers: per hidden layer, the small SDP of the module docstring (cvxpy, lazily imported);
     a stage whose solve fails, or whose Λ breaks X ≻ 0, takes Fast's Λ instead."""
-    from lipgraph.estimators.sdp import SolverFailed, solve_lmi
-
     weights = _reduced_weights(chain)
     Y = torch.eye(weights[0].shape[1], dtype=torch.float64)
     lams = []
@@ -128,8 +127,6 @@ def eclipse(chain: DenseChain) -> Bound:
 
 
 def _eclipse_applies(chain: DenseChain) -> str | None:
-    from lipgraph.estimators.sdp import cvxpy_missing, stage_limit_reason
-
     return cvxpy_missing() or stage_limit_reason(chain)
 
 
@@ -138,4 +135,5 @@ register_estimator(ChainEstimator(
     description="ECLipsE-Fast (Xu & Sivaranjani 2024): closed-form layer-wise multipliers, re-certified"))
 register_estimator(ChainEstimator(
     name="eclipse", fn=eclipse, certified=True, applies=_eclipse_applies,
+    limits=f"largest stage LMI ≤ {MAX_LMI}; needs cvxpy (extra sdp)",
     description="ECLipsE (Xu & Sivaranjani 2024): one small SDP per layer (cvxpy), re-certified"))

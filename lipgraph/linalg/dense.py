@@ -14,7 +14,7 @@ import torch
 from torch.func import vjp, vmap
 
 from lipgraph.bound import FLOAT_MARGIN, Bound, certified
-from lipgraph.cache import memoised, tensor_digest
+from lipgraph.cache import FINGERPRINT_SETTINGS, memoised, tensor_digest
 from lipgraph.linalg.device import norm_device
 
 LinearMap = Callable[[torch.Tensor], torch.Tensor]
@@ -37,6 +37,7 @@ class DenseLimit:
 
 
 DENSE_LIMIT = DenseLimit()
+FINGERPRINT_SETTINGS["DENSE_LIMIT"] = lambda: DENSE_LIMIT  # cached norms depend on it (lipgraph.cache)
 
 
 def dense_is_cheap(in_numel: int, out_numel: int) -> bool:
