@@ -24,7 +24,7 @@ from .certify import Certificate, certify
 from .lower import LowerResult, lower_bound, search as lower_search
 from .bound import Bound, Kind, certified, estimate, exact, lower, unbounded
 from .errors import (InputError, LipgraphError, NormNotSupported, NotLipschitzError, RuleError, TraceError,
-                     UnsupportedOpsError)
+                     UnsoundBoundError, UnsupportedOpsError)
 from .penalty import lipschitz_penalty
 from .registry import Registry, default_registry, register, rule
 from .comparison import Comparison
@@ -41,7 +41,7 @@ __all__ = [
     "certify", "Certificate", "lipschitz_penalty",
     "analyze_slice", "capture_input", "Attribution", "Comparison", "Formulas",
     "analyze", "lower_bound", "lower_search", "LowerResult", "Bound", "Kind", "certified", "estimate", "exact", "lower", "unbounded", "InputError",
-    "LipgraphError", "NormNotSupported", "NotLipschitzError", "RuleError", "TraceError", "UnsupportedOpsError",
+    "LipgraphError", "NormNotSupported", "NotLipschitzError", "RuleError", "TraceError", "UnsoundBoundError", "UnsupportedOpsError",
     "Registry", "default_registry", "register", "rule", "Report", "ReportNode", "OpContext", "Rule",
     "Transfer", "Var", "elementwise", "isometry", "not_lipschitz", "scale", "__version__",
     "OutputFormat", "default_formats", "register_format",

@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Mapping
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
 
 from . import ir
 from .bound import Bound, Kind
-from .cache import norm_cache
-from .errors import InputError
+from .cache import NormCache, norm_cache
+from .errors import InputError, UnsoundBoundError
 from .estimators import ESTIMATORS
 from .frontend.prepare import as_inputs, check_finite_weights, check_runs, eval_mode, to_model_device, unwrap
 from .frontend.trace import LipTracer
@@ -83,11 +84,12 @@ def analyze(
     model = traceable_root(model, registry)
     inputs = to_model_device(model, inputs)
     notes: list[str] = []
-    with eval_mode(model, notes), norm_cache(cache), on_device(device):
+    with eval_mode(model, notes), norm_cache(cache) as disk, on_device(device):
         lg = annotated_graph(model, inputs, registry, p, frontend=frontend, unsupported=unsupported,
                              concrete_args=concrete_args, notes=notes, progress=not quiet)
         if layer_lower:
-            notes += layer_lower_bounds(lg, p)
+            with _failing_unsound(disk):
+                notes += layer_lower_bounds(lg, p)
         if estimators:
             tighten_chains(lg, p, estimators)
         total = autolip(lg, p)
@@ -97,7 +99,9 @@ def analyze(
         tree, formulas = build_tree(lg, total, p)
     if total.kind is Kind.UNBOUNDED:
         notes.append("some ops have no rule: the bound is unbounded (see the ops marked in the tree)")
-    found = _lower(unwrap(original), inputs, p, data, lower_options, total, notes) if lower else None
+    notes += disk.notes
+    with _failing_unsound(disk):
+        found = _lower(unwrap(original), inputs, p, data, lower_options, total, notes) if lower else None
     return Report(bound=total, norm=p, model=name,
                   input_shape=[list(x.shape) for x in inputs], seconds=time.perf_counter() - start,
                   frontend=lg.frontend, tree=tree, outputs=output_bounds(lg), notes=notes,
@@ -147,6 +151,24 @@ def _lower(model: nn.Module, inputs: tuple, p: float, data: Any, options: Mappin
         notes.append(f"lower-bound search failed: {type(exc).__name__}: {exc}")
         return None
     if total.kind is Kind.CERTIFIED and found.bound.value > total.value:
-        notes.append(f"UNSOUND: the lower bound {found.bound.value:.6g} (an attained ratio) exceeds the certified "
-                     f"bound {total.value:.6g}; some rule is wrong, please report this model")
+        raise UnsoundBoundError(f"unsound bound: the lower bound {found.bound.value:.6g} (a ratio attained at an "
+                                f"input) exceeds the certified bound {total.value:.6g}.")
     return found
+
+
+@contextmanager
+def _failing_unsound(disk: NormCache) -> Iterator[None]:
+    """An :class:`UnsoundBoundError` in the block removes every disk cache entry the analysis read and says whose
+    layers they served (a tampered or stale cache is the likely cause), or that a rule is wrong."""
+    try:
+        yield
+    except UnsoundBoundError as exc:
+        dropped = disk.drop_disk_hits()
+        if dropped:
+            shown = ", ".join(dropped[:8]) + (f" and {len(dropped) - 8} more" if len(dropped) > 8 else "")
+            tail = (f"\nNorms used by these layers came from the disk cache: {shown}. Those entries were removed; "
+                    "rerun to recompute them. If this error comes back (or with --no-cache), a rule is wrong: please "
+                    "report this model.")
+        else:
+            tail = "\nNo norm came from the disk cache: a rule is wrong, please report this model."
+        raise UnsoundBoundError(f"{exc}{tail}", [*exc.layers, *dropped]) from None

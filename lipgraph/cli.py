@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import contextvars
 import os
 import platform
 import sys
+import threading
 from typing import Sequence
 
 from .api import analyze
@@ -16,6 +18,8 @@ from .frontend.trace import FRONTENDS
 from .loader import load_model
 from .passes.annotate import UNSUPPORTED_MODES
 from .formats import default_formats
+from .linalg.parallel import POLL
+from .progress import stop_all_bars
 from .registry import Registry, default_registry
 from .render.rich_tree import make_console
 from .render.timings import print_timings
@@ -27,11 +31,12 @@ from .version import __version__
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)  # the parser lists the output formats: a broken format plugin fails here
-        return args.run(args)
+        return _interruptible(args)
     except LipgraphError as exc:
         print(f"lipgraph: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # raised by the command itself (a rule, a data loader)
+        print("lipgraph: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `lipgraph explain ... | head`: the reader left; not an error of ours
         try:  # silence the flush at interpreter exit, which would raise again
@@ -46,6 +51,40 @@ def main(argv: Sequence[str] | None = None) -> int:
               "This is a bug in lipgraph; rerun with LIPGRAPH_DEBUG=1 for the traceback and report it.",
               file=sys.stderr)
         return 3
+
+
+def _interruptible(args: argparse.Namespace) -> int:
+    """Run the command in a worker thread while this (the main) thread waits in ``POLL``-second slices, so Ctrl-C is
+    noticed at once even during a long torch call. Then: progress bars stopped, "interrupted" on stderr, exit 130
+    without waiting for the computations still running (cache entries are written atomically: no partial entry)."""
+    outcome: dict = {}
+
+    def command() -> None:
+        try:
+            outcome["value"] = args.run(args)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=contextvars.copy_context().run, args=(command,), name="lipgraph-command",
+                              daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(POLL)
+    except KeyboardInterrupt:
+        stop_all_bars()
+        if sys.stderr.isatty():  # another live display (the lower-bound search's bar): clear its line, show the cursor
+            sys.stderr.write("\r\x1b[2K\x1b[?25h")
+        print("lipgraph: interrupted", file=sys.stderr)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(130)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -14,6 +14,17 @@ from typing import Callable, ContextManager, Protocol
 #: Seconds before the bar appears: a run shorter than this never shows one.
 DELAY = 2.0
 
+_ACTIVE: set["LayerProgress"] = set()  # bars on screen, for stop_all_bars
+_ACTIVE_LOCK = threading.Lock()
+
+
+def stop_all_bars() -> None:
+    """Take every bar off the terminal (and show the cursor again): for an interrupt that exits at once."""
+    with _ACTIVE_LOCK:
+        bars = list(_ACTIVE)
+    for bar in bars:
+        bar.stop()
+
 
 class Ticker(Protocol):
     """What a pass reports progress to: one more item done, or more items to go than announced."""
@@ -37,6 +48,7 @@ class LayerProgress:
         self._bar = None
         self._task = None
         self._lock = threading.Lock()
+        self._stopped = False
         self._timer = threading.Timer(delay, self._start) if self.enabled else None
 
     def __enter__(self) -> "LayerProgress":
@@ -50,7 +62,7 @@ class LayerProgress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         with self._lock:
-            if self._bar is not None or self.done >= self.total:
+            if self._bar is not None or self._stopped or self.done >= self.total:
                 return
             self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("[dim]{task.fields[label]}"),
@@ -58,6 +70,8 @@ class LayerProgress:
             self._task = self._bar.add_task(self.description, total=self.total, completed=self.done,
                                             label=self.label)
             self._bar.start()
+        with _ACTIVE_LOCK:
+            _ACTIVE.add(self)
 
     def extend(self, more: int) -> None:
         """``more`` layers to go than announced."""
@@ -76,9 +90,17 @@ class LayerProgress:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Take the bar off the terminal now; later calls and ``advance`` do nothing on screen."""
         if self._timer is not None:
             self._timer.cancel()
         with self._lock:
             if self._bar is not None:
                 self._bar.stop()
                 self._bar = None
+            self._stopped = True  # a pending timer never starts it
+        with _ACTIVE_LOCK:
+            _ACTIVE.discard(self)
+

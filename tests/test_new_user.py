@@ -122,7 +122,8 @@ torch.fx.wrap("gate")
 STUB_MODELS = {  # kind -> (forward body, extra options, what @lipgraph.rule names, the op's stub label)
     "torch function": ("torch.cumsum(self.fc(x), 1)", [], '"cumsum"', "cumsum"),
     "tensor method": ("self.fc(x).cos()", [], '"cos"', "cos"),
-    "nn module class": ("self.gru(self.fc(x)[:, None])[0]", [], "torch.nn.GRU", "torch.nn.GRU"),
+    "nn module class": ("self.lrn(self.fc(x)[:, None])", [], "torch.nn.LocalResponseNorm",
+                        "torch.nn.LocalResponseNorm"),
     "imported function": ("helpers_h18.gate(self.fc(x))", [], "gate", "gate"),
     "declined built-in rule": ("self.ln(self.fc(x))", ["--norm", "1"], '"layer_norm", override=True', "layer_norm"),
     "function of the model file": ("local_gate(self.fc(x))", [], "local_gate", "local_gate"),
@@ -144,7 +145,7 @@ class Net(nn.Module):
     def __init__(self):
         super().__init__()
         self.fc = nn.Linear(4, 4)
-        self.gru = nn.GRU(4, 4, batch_first=True)
+        self.lrn = nn.LocalResponseNorm(2)
         self.ln = nn.LayerNorm(4)
 
     def forward(self, x):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from torch import fx
 
 from ..bound import unbounded
+from ..cache import layer_label
 from ..errors import LipgraphError, NormNotSupported, NotLipschitzError, RuleError, UnsupportedOpsError
 from ..hints import region_remedy
 from ..ir import LipGraph, op_spelling
@@ -96,7 +97,8 @@ def _apply(job: tuple[fx.Node, Rule, OpContext]) -> tuple[Transfer | Exception, 
     _, rule, ctx = job
     start = time.perf_counter()
     try:
-        outcome: Transfer | Exception = rule.apply(ctx)
+        with layer_label(ctx.path):
+            outcome: Transfer | Exception = rule.apply(ctx)
     except Exception as exc:  # noqa: BLE001 - reported by annotate, in graph order
         outcome = exc
     return outcome, time.perf_counter() - start
@@ -110,7 +112,8 @@ def _prefetch_fused_norms(lg: LipGraph, norm: float, bar: Ticker) -> None:
         start = time.perf_counter()
         try:
             if folded_structure(chain) is not None:
-                fused_bound(lg, chain, norm)
+                with layer_label(f"the fused chain ending at {chain[-1].meta['lip.path']}"):
+                    fused_bound(lg, chain, norm)
         except Exception:  # noqa: BLE001 - fusion itself will meet the same error and handle it
             pass
         return time.perf_counter() - start
