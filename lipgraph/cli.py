@@ -272,6 +272,8 @@ def _rules(args: argparse.Namespace) -> int:
         key = _op_key(args.op, registry)
         rule = registry.get(key)
         names = registry.aliases_of(key) + spellings.get(key, [])
+        if key in registry.patterns:  # a subgraph pattern: its matches show as one node of this type
+            names.insert(0, f"pattern {registry.patterns[key].title}")
         for field, value in (("op key", key), ("kind", _rule_kind(rule)),
                              ("description", rule.description), ("spellings", ", ".join(names) or "(the key only)"),
                              ("source", rule.source)):
