@@ -306,7 +306,9 @@ def _rule_kind(rule: Rule) -> str:
 def _op_key(text: str, registry: Registry) -> str:
     """The op key of ``--op``: a key, or a spelling (``nn.ReLU``, ``F.relu``, ``torch.relu``, ``Tensor.relu_``)."""
     name = text.rsplit(".", 1)[-1]
-    candidates = [text, name, NAME_KEYS.get(name), *(k for cls, k in MODULE_KEYS.items() if cls.__name__ == name)]
+    candidates = [text, name, NAME_KEYS.get(name), *(k for cls, k in MODULE_KEYS.items() if cls.__name__ == name),
+                  *(k for k, _ in registry.items() if any(a == text or a.endswith(f".{name}")  # library classes
+                                                          for a in (k, *registry.aliases_of(k))))]
     key = next((k for k in candidates if k and registry.get(k) is not None), None)
     if key is None:
         raise InputError(f"no rule for op {text!r}; `lipgraph rules` lists every op key")
