@@ -79,9 +79,11 @@ def test_unsupported_ops_stub_is_a_rules_file_that_refuses() -> None:
     with registry._loading("stub test"):
         exec(code, {})  # registers into the copy, not the default registry
     assert registry.get(first) is not None and default_registry().get(first) is None
-    # the stub's rule refuses until a proven constant replaces its raise: no number is certified
+    # with the stub's rules every op has one, and they refuse until a proven constant replaces each raise
+    stubbed = {n.meta["lip.key"]: registry.get(n.meta["lip.key"]) for n in err.nodes}
+    assert all(stubbed.values()), stubbed
     with pytest.raises(lipgraph.RuleError, match="replace this stub by a proven Lipschitz constant"):
-        _unsupported_error(rules={first: registry.get(first)})
+        _unsupported_error(rules=stubbed)
 
 
 def test_unsupported_inf_gives_an_unbounded_report_with_marked_nodes() -> None:
