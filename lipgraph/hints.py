@@ -2,17 +2,14 @@
 from __future__ import annotations
 
 #: The command that bounds a network on an input region (a local constant, finite for attention, gates and
-#: products), once ``lipgraph explain`` has one (issue 15: ``--box LO,HI`` / ``--ball EPS``); ``None`` until then.
-#: The message for ops that are not globally Lipschitz and the hint for loose bounds mention it only when set.
-REGION_COMMAND: str | None = None
+#: products; docs/local.md). The error for ops that are not globally Lipschitz and the hint for loose bounds name it.
+REGION_COMMAND = "lipgraph explain MODEL --box 0,1 (or --ball EPS around the example input)"
+#: the last line of the error for a network that is not globally Lipschitz
+REGION_HINT = (f"To bound it on the inputs that matter: {REGION_COMMAND}, or "
+               "lipgraph.analyze(model, x, region=lipgraph.Box(0, 1)).")
 
 #: upper/lower above this: the report says what to try for a tighter bound
 LOOSE_RATIO = 100.0
-
-
-def region_remedy() -> str:
-    """A sentence pointing to the region analysis, or '' while there is none."""
-    return f" On an input region the network has a finite local constant: {REGION_COMMAND}." if REGION_COMMAND else ""
 
 
 def loose_bound_hint(ratio: float | None, method: str) -> str | None:
@@ -21,6 +18,5 @@ def loose_bound_hint(ratio: float | None, method: str) -> str | None:
         return None
     tries = [] if method.endswith("best") else ["--method seqlip|best (tighter chains)"]
     tries.append("--lower-seconds 30 (a higher lower bound)")
-    if REGION_COMMAND:
-        tries.append(f"{REGION_COMMAND} (a local bound)")
+    tries.append("--box/--ball (a local bound on your inputs' region)")
     return f"upper/lower {ratio:.3g}: try " + " or ".join(tries)

@@ -17,7 +17,7 @@ from torch import fx
 from ..bound import unbounded
 from ..cache import layer_label
 from ..errors import LipgraphError, NormNotSupported, NotLipschitzError, RuleError, UnsupportedOpsError
-from ..hints import region_remedy
+from ..hints import REGION_HINT
 from ..ir import LipGraph, map_args, op_spelling
 from ..linalg.parallel import parallel_map
 from ..registry import Registry
@@ -95,7 +95,7 @@ def _raise_problems(lg: LipGraph, not_lipschitz: list[str], missing: list[fx.Nod
             "the network is not globally Lipschitz, so no finite bound exists:\n" + "\n".join(not_lipschitz)
             + "\nA product or quotient of two input-dependent tensors (gating, dot-product attention, "
               "normalising by a branch) can grow without limit; bound the input domain or replace the op "
-              "by a Lipschitz variant (e.g. L2 attention, Kim et al. 2021)." + region_remedy())
+              "by a Lipschitz variant (e.g. L2 attention, Kim et al. 2021).\n" + REGION_HINT)
     if missing and unsupported == "error":
         raise UnsupportedOpsError(_unsupported_message(lg, missing, norm, registry), missing)
 
