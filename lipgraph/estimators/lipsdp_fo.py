@@ -31,7 +31,7 @@ from typing import Sequence
 import torch
 
 from lipgraph.bound import Bound
-from lipgraph.estimators import ChainEstimator, DenseChain, register_estimator
+from lipgraph.estimators import DenseChain
 from lipgraph.estimators.blockcert import block_certificate, schur_rho
 from lipgraph.estimators.operators import OperatorChain, lipsdp_apply, multiplier_gradient, top_eigenpair
 from lipgraph.estimators.recertify import InfeasibleMultipliers, best_recertified, reduce_input
@@ -44,7 +44,7 @@ SCHUR_WIDTH = 2500
 SINGLE_THREAD_WIDTH = 600
 #: default optimiser budget (function evaluations, seconds)
 STEPS = 1200
-SECONDS = 120.0
+SECONDS = 90.0
 #: soft-maximum temperatures β·ρ of the ``schur`` mode, annealed
 TEMPERATURES = (1e2, 1e3, 1e4, 1e5, 1e6, 1e7)
 
@@ -193,13 +193,8 @@ def lipsdp_first_order(chain: DenseChain, *, steps: int = STEPS, seconds: float 
     from lipgraph.estimators.eclipse import fast_multipliers
 
     if len(chain.weights) == 1:
-        return best_recertified(chain, [[]], "lipsdp-fo")
+        return best_recertified(chain, [[]], "lipsdp-neuron (first-order)")
     fast = fast_multipliers(chain)
     T = first_order_multipliers(chain, fast, mode=mode, steps=steps, seconds=seconds)
     return certify_multipliers(chain, [T, fast], "lipsdp-neuron (first-order)", fallback=fast)
 
-
-register_estimator(ChainEstimator(
-    name="lipsdp-fo", fn=lipsdp_first_order, certified=True,
-    description="LipSDP-Neuron by a first-order eigenvalue-form solver (LipDiff, Wang et al. 2024), "
-                "warm-started from ECLipsE-Fast, re-certified (dense or block-tridiagonal)"))
