@@ -17,9 +17,9 @@ by the implicit function theorem ∂ρ*/∂t = (vᵀ ∂M/∂t v)/‖v_0‖² = 
   temperature is annealed; exact where λ_max is multiple (the usual case at the optimum), so it converges to the
   interior-point optimum (tests: within 1e-3).
 
-The variables are log T (positivity for free), warm-started from ECLipsE-Fast's T (feasible), optimised by L-BFGS
-with a strong Wolfe line search; a trial point outside the feasible set (a Cholesky fails, φ never reaches 0)
-gets a huge value, so the line search steps back.
+The variables are log T (positivity for free), warm-started from ECLipsE-Fast's T (feasible), optimised by
+L-BFGS directions with Armijo backtracking; a trial point outside the feasible set (a Cholesky fails, φ never
+reaches 0) halves the step.
 """
 from __future__ import annotations
 
@@ -92,43 +92,74 @@ class _NewtonRho:
 
 def optimise(evaluate, start: Sequence[torch.Tensor], *, steps: int = STEPS, seconds: float = SECONDS,
              temperatures: Sequence[float | None] = (None,)) -> list[torch.Tensor]:
-    """L-BFGS (strong Wolfe line search) on log T from ``start`` (feasible multipliers), one run per soft-maximum
-    temperature β·ρ (``None``: the exact objective), each restarted from the best T so far. ``evaluate(log_t, β)``
-    returns (objective, exact ρ, ∂objective/∂log t) or raises :class:`InfeasibleMultipliers` (then the line
-    search sees a huge value and steps back). Returns the T of the smallest exact ρ seen. Unverified."""
-    log_t = [torch.log(t.clamp(min=float(t.max()) * 1e-12 + 1e-300)).clone() for t in start]
-    best: list = [math.inf, [s.clone() for s in log_t]]
+    """Quasi-Newton (L-BFGS directions, Armijo backtracking) on x = log T from ``start`` (feasible multipliers),
+    one run per soft-maximum temperature β·ρ (``None``: the exact objective), each from the best T so far.
+    ``evaluate(log_t, β)`` returns (objective, exact ρ, ∂objective/∂log t) or raises
+    :class:`InfeasibleMultipliers`: an infeasible trial point halves the step, like one that does not decrease
+    enough. Returns the T of the smallest exact ρ seen (``steps`` evaluations or ``seconds`` at most). Unverified."""
+    sizes = [t.numel() for t in start]
+    x = torch.cat([torch.log(t.clamp(min=float(t.max()) * 1e-12 + 1e-300)).reshape(-1) for t in start])
+    best = [math.inf, x.clone()]
     deadline = time.perf_counter() + seconds
-    per_stage = max(1, steps // len(temperatures))
-    for temperature in temperatures:
-        if time.perf_counter() > deadline:
-            break
-        params = [s.clone().requires_grad_(True) for s in best[1]]
-        unit = best[0] if math.isfinite(best[0]) and best[0] > 0 else 1.0  # objective in units of the best ρ
-        beta = None if temperature is None else temperature / unit
-        opt = torch.optim.LBFGS(params, lr=1, max_iter=per_stage, history_size=20, line_search_fn="strong_wolfe",
-                                tolerance_grad=1e-12, tolerance_change=1e-12)
+    budget = [steps]
 
-        def closure() -> torch.Tensor:
-            if time.perf_counter() > deadline:
-                raise TimeoutError
+    def call(point: torch.Tensor, beta: float | None) -> tuple[float, torch.Tensor]:
+        if budget[0] <= 0 or time.perf_counter() > deadline:
+            raise TimeoutError
+        budget[0] -= 1
+        value, exact, grads = evaluate(list(torch.split(point, sizes)), beta)
+        if exact < best[0]:
+            best[0], best[1] = exact, point.clone()
+        return value, torch.cat([g.reshape(-1) for g in grads])
+
+    try:
+        for temperature in temperatures:
+            x = best[1].clone()
+            unit = best[0] if math.isfinite(best[0]) and best[0] > 0 else 1.0
+            beta = None if temperature is None else temperature / unit
+            f, g = call(x, beta)
+            _quasi_newton(lambda p: call(p, beta), x, f / unit, g / unit, unit)
+    except TimeoutError:
+        pass
+    return [s.exp() for s in torch.split(best[1], sizes)]
+
+
+def _quasi_newton(call, x: torch.Tensor, f: float, g: torch.Tensor, unit: float, memory: int = 20) -> None:
+    """L-BFGS two-loop directions with Armijo backtracking until the decrease stalls (objective in ``unit``)."""
+    history: list[tuple[torch.Tensor, torch.Tensor, float]] = []
+    stalls = 0
+    while stalls < 3:
+        d = -g.clone()
+        alphas = []
+        for s, y, r in reversed(history):
+            a = r * float(s @ d)
+            alphas.append(a)
+            d -= a * y
+        if history:
+            s, y, _ = history[-1]
+            d *= float(s @ y) / float(y @ y)
+        for (s, y, r), a in zip(history, reversed(alphas)):
+            d += (a - r * float(y @ d)) * s
+        slope = float(g @ d)
+        if slope >= 0:
+            d, slope, history = -g, -float(g @ g), []
+        step = 1.0 if history else min(1.0, 0.1 / max(float(d.abs().max()), 1e-300))
+        while True:
             try:
-                value, exact, grads = evaluate([p.detach() for p in params], beta)
+                f_new, g_new = call(x + step * d)
+                f_new, g_new = f_new / unit, g_new / unit
+                if f_new <= f + 1e-4 * step * slope:
+                    break
             except InfeasibleMultipliers:
-                for p in params:
-                    p.grad = torch.zeros_like(p)
-                return torch.tensor(1e300, dtype=torch.float64)
-            if exact < best[0]:
-                best[0], best[1] = exact, [p.detach().clone() for p in params]
-            for p, g in zip(params, grads):
-                p.grad = g / unit
-            return torch.tensor(value / unit, dtype=torch.float64)
-
-        try:
-            opt.step(closure)
-        except TimeoutError:
-            break
-    return [s.exp() for s in best[1]]
+                pass
+            step /= 2
+            if step < 1e-14:
+                return
+        s_k, y_k = step * d, g_new - g
+        if float(s_k @ y_k) > 1e-12 * float(s_k.norm() * y_k.norm()):
+            history = (history + [(s_k, y_k, 1.0 / float(s_k @ y_k))])[-memory:]
+        stalls = stalls + 1 if f - f_new < 1e-10 * abs(f) else 0
+        x, f, g = x + s_k, f_new, g_new
 
 
 def certify_multipliers(chain: DenseChain, candidates: Sequence[Sequence[torch.Tensor]], method: str,
