@@ -86,7 +86,7 @@ def test_first_order_equals_interior_point_on_a_conv_chain():
 
 @pytest.mark.parametrize("seed,act,groups", [(0, nn.ReLU, 1), (1, nn.GELU, 2), (2, nn.LeakyReLU, 4)])
 def test_new_methods_are_sound_on_conv_chains(seed, act, groups, monkeypatch):
-    monkeypatch.setattr("lipgraph.estimators.sdp.MAX_LMI", 0)  # every ECLipsE stage by the first-order solver
+    monkeypatch.setattr("lipgraph.estimators.eclipse.MAX_LMI", 0)  # every ECLipsE stage by the first-order solver
     model, conv = conv_chain(seed, act=act, groups=groups)
     chain = conv.to_dense()
     low = lower(model, (2, 4, 4))
