@@ -180,3 +180,4 @@ def _load_builtin_estimators() -> None:
 
 _load_builtin_estimators()
 from lipgraph.estimators import dcp  # noqa: E402,F401 - registers "dcp" (conv chains), which uses the others
+from lipgraph.estimators import lipsdp_fo  # noqa: E402,F401 - registers "lipsdp-conv" (large conv chains)

@@ -8,6 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+import lipgraph
+
 from lipgraph.estimators import CHAIN_ESTIMATORS, DenseChain
 from lipgraph.estimators.blockcert import block_certificate
 from lipgraph.estimators.dcp import ConvChain
@@ -179,3 +181,21 @@ def test_first_order_and_certificate_follow_the_device():
     cpu = [t.cpu() for t in T]
     assert block_certificate(cuda.weights, cuda.slopes, T).value == pytest.approx(
         block_certificate(chain.weights, chain.slopes, cpu).value, rel=1e-9)
+
+
+def test_lipsdp_method_takes_large_conv_chains_through_the_conv_estimator(monkeypatch):
+    from lipgraph.linalg.dense import DenseLimit
+
+    monkeypatch.setattr("lipgraph.linalg.dense.DENSE_LIMIT", DenseLimit(max_entries=100, max_min_dim=4))
+    monkeypatch.setattr("lipgraph.estimators.lipsdp_fo.PASS_SECONDS", 5.0)
+    model = conv_net(6)
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64)
+    report = lipgraph.analyze(model, x, method="lipsdp", lower=False)
+    autolip = lipgraph.analyze(model, x, method="autolip", lower=False)
+    (info,) = report.chains
+    assert info.winner == "lipsdp-conv" and report.bound.value < autolip.bound.value  # conv → flatten included
+    assert lower(model, (2, 4, 4)) <= report.bound.value
+    chain = ConvChain.from_sequential(model, (2, 4, 4))
+    assert CHAIN_ESTIMATORS["lipsdp-conv"].applies(chain) is None
+    assert CHAIN_ESTIMATORS["lipsdp-conv"].fn(chain).value <= CHAIN_ESTIMATORS["eclipse-fast"].fn(
+        chain.to_dense()).value * (1 + 1e-9)
