@@ -48,6 +48,10 @@ class Transfer:
     as one composed operator (algorithms.md §4). ``structure`` optionally describes A for exact folding:
     ``("matrix", W)`` (y = W x on the last dim), ``("conv", weight, options)`` (``conv_norm`` keywords),
     ``("channel_scale", s)`` (y_c = s_c x_c along dim 1, e.g. eval BatchNorm).
+
+    ``joint`` declares the op ``max(gains)``-Lipschitz in its inputs *jointly*, ‖Δy‖_p ≤ max_i g_i·‖(Δx_1, …,
+    Δx_m)‖_p (implied by ``combine = p``: cat/stack, elementwise max/min, clamp). AutoLip then bounds y by
+    max_i g_i·L(s) when the inputs are disjoint selections of one tensor s (the two halves of a split: 1, not √2).
     """
 
     gains: tuple[Bound, ...]
@@ -56,9 +60,13 @@ class Transfer:
     notes: tuple[str, ...] = ()
     affine: bool = False
     structure: tuple | None = None
+    joint: bool = False
+    neuron_slopes: tuple[torch.Tensor, torch.Tensor] | None = None  # local: per-coordinate [α, β] (docs/local.md)
 
 
 RuleFn = Callable[["OpContext"], Union[Transfer, Bound]]
+#: an interval rule: the op's input intervals ``ctx.bounds`` -> its output interval (lo, hi) (docs/local.md)
+IntervalFn = Callable[["OpContext"], Any]
 
 
 @dataclass
@@ -112,6 +120,7 @@ class OpContext:
         norm: float,
         name: str,
         path: str,
+        bounds: tuple | None = None,
     ) -> None:
         self.key = key
         self.target = target
@@ -123,6 +132,9 @@ class OpContext:
         self.name = name
         self.path = path
         self.inputs: tuple[Var, ...] = tuple(_vars_in((args, kwargs)))
+        #: in a region analysis, ``bounds[i]`` is the interval (lo, hi) of ``inputs[i]`` over the region (a tuple
+        #: of intervals for a tuple-valued input), float64; None in a global analysis (docs/local.md)
+        self.bounds = bounds
 
     # -- argument access ---------------------------------------------------------------------------
     def arg(self, name: str, index: int | None = None, default: Any = _MISSING) -> Any:
