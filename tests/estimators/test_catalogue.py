@@ -17,7 +17,7 @@ from lipgraph.passes.seqlip import GRAPH_ESTIMATORS, tighten_chains
 
 def test_one_catalogue_behind_the_old_names() -> None:
     assert CHAIN_ESTIMATORS is ESTIMATORS and CHAIN_METHODS is ESTIMATORS.methods
-    assert METHODS == (*ESTIMATORS.methods, "best") and GRAPH_ESTIMATORS == ("dcp",)
+    assert METHODS == (*ESTIMATORS.methods, "best") and set(GRAPH_ESTIMATORS) == {"dcp", "lipsdp-conv"}
     assert ESTIMATORS["dcp"].input == "conv" and ESTIMATORS["cp"].input == "dense"
     assert ESTIMATORS["cp"].supports(1.0) and not ESTIMATORS["seqlip"].supports(1.0)
     assert "conv chains; ℓ2" in ESTIMATORS["dcp"].scope
