@@ -221,7 +221,7 @@ def _first_order(chain, start, mode, operators, steps, seconds) -> list[torch.Te
 def lipsdp_first_order(chain: DenseChain, *, steps: int = STEPS, seconds: float = SECONDS,
                        mode: str | None = None) -> Bound:
     """LipSDP-Neuron by the first-order solver, warm-started from ECLipsE-Fast, re-certified (module docstring)."""
-    from lipgraph.estimators.eclipse import fast_multipliers
+    from lipgraph.estimators.eclipse_fast import fast_multipliers
 
     if len(chain.weights) == 1:
         return best_recertified(chain, [[]], "lipsdp-neuron (first-order)")
@@ -242,7 +242,7 @@ def lipsdp_conv(conv, seconds: float = PASS_SECONDS) -> Bound:
     (float64, for the certificate), the multipliers optimised matrix-free on the conv operators (``lanczos``) or
     by the Schur recursion, warm-started from ECLipsE-Fast, and certified (block-tridiagonal above LMI side
     :data:`DENSE_CERTIFICATE`); never above ECLipsE-Fast, which is a candidate."""
-    from lipgraph.estimators.eclipse import fast_multipliers
+    from lipgraph.estimators.eclipse_fast import fast_multipliers
 
     chain = conv.to_dense()
     fast = fast_multipliers(chain)

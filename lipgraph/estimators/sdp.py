@@ -27,7 +27,7 @@ import math
 from lipgraph.bound import Bound, certified
 from lipgraph.errors import LipgraphError
 from lipgraph.estimators import ChainEstimator, DenseChain, register_estimator
-from lipgraph.estimators.eclipse import fast_multipliers
+from lipgraph.estimators.eclipse_fast import fast_multipliers
 from lipgraph.estimators.lmi import (CVXOPT_MAX, CVXOPT_OPTIONS, INSTALL, SCS_OPTIONS,  # noqa: F401 - re-exported:
                                      SolverFailed, largest_stage)  # these lived here before estimators/lmi.py
 from lipgraph.estimators.lmi import MAX_LMI, cvxpy_missing, lmi_size, require_cvxpy, solve_lmi, stage_limit_reason
