@@ -20,6 +20,7 @@ from .passes.annotate import annotate
 from .passes.autolip import autolip, network_estimate
 from .passes.fuse import fuse
 from .passes.layer_lower import layer_lower_bounds
+from .passes.residual import tighten_residuals
 from .passes.seqlip import GRAPH_ESTIMATORS, tighten_chains
 from .registry import Registry, default_registry
 from .report import Report, build_tree, output_bounds
@@ -111,6 +112,7 @@ def analyze(
             notes += layer_lower_bounds(lg, p)
         if estimators:
             tighten_chains(lg, p, estimators)
+            tighten_residuals(lg, p, estimators)
         total = autolip(lg, p)
         estimate = network_estimate(lg, p) if estimators else None
         if estimators and total.kind is Kind.CERTIFIED:
