@@ -4,7 +4,8 @@ A block is an ``add`` of two tensors computed from one tensor x: a sequential ch
 and ending at the add, and either x itself (identity shortcut) or an affine run from x (a projection shortcut,
 e.g. 1×1 conv + BN). A post-add activation (BasicBlock's ``relu(x + branch)``) stays outside: AutoLip multiplies
 by its slope. The joint estimators (:data:`lipgraph.estimators.residual.RESIDUAL_ESTIMATORS`) run on the block's
-explicit float64 matrices when they are small enough; the smallest certified value becomes a shortcut
+explicit float64 matrices when they are small enough, else (conv → activation → conv branches, BatchNorm folded)
+the frequency-domain LipSDP of :mod:`lipgraph.estimators.residual_conv`; the smallest certified value becomes a shortcut
 ``L(add) ≤ joint · L(x)`` (:func:`.autolip.add_shortcut`), compared by AutoLip with ``‖P‖-path + L(branch)``.
 Writes ``lip.residual`` (a :class:`ResidualResult`) on the add node.
 """
@@ -18,7 +19,10 @@ from torch import fx
 
 from ..bound import Bound, Kind
 from ..estimators import DenseChain
+from ..errors import InputError
+from ..estimators.dcp import Conv2dSpec
 from ..estimators.residual import RESIDUAL_ESTIMATORS, ResidualBlock
+from ..estimators.residual_conv import ConvResidualBlock, residual_fft
 from ..ir import LipGraph
 from ..linalg import dense_is_cheap, materialize
 from .autolip import add_shortcut
@@ -93,6 +97,9 @@ def bound_block(lg: LipGraph, chain: ChainResult, shortcut: tuple[fx.Node, ...],
     result = ResidualResult(chain, shortcut, shortcut_gain + chain.best.value)
     block = _dense_block(lg, chain, shortcut, result)
     if block is None:
+        conv = _conv_block(chain, shortcut, result)
+        if conv is not None:
+            _timed(result, "residual-fft-layer", lambda: residual_fft(conv))
         return result
     wanted = [name for name in RESIDUAL_ESTIMATORS
               if name != "residual-lipsdp" or any(e in estimators for e in SDP_TRIGGERS)]
@@ -102,14 +109,37 @@ def bound_block(lg: LipGraph, chain: ChainResult, shortcut: tuple[fx.Node, ...],
         if why is not None:
             result.notes.append(f"{name}: {why}")
             continue
-        start = time.perf_counter()
-        try:
-            result.results[name] = estimator(block)
-        except Exception as exc:  # noqa: BLE001 - a failed estimator (solver error) leaves the others
-            result.notes.append(f"{name} failed: {type(exc).__name__}: {exc}")
-            continue
-        result.seconds[name] = time.perf_counter() - start
+        _timed(result, name, lambda: estimator(block))
     return result
+
+
+def _timed(result: ResidualResult, name: str, compute) -> None:
+    start = time.perf_counter()
+    try:
+        result.results[name] = compute()
+    except Exception as exc:  # noqa: BLE001 - a failed estimator (solver error) leaves the others
+        result.notes.append(f"{name} failed: {type(exc).__name__}: {exc}")
+        return
+    result.seconds[name] = time.perf_counter() - start
+
+
+def _conv_block(chain: ChainResult, shortcut: tuple[fx.Node, ...], result: ResidualResult) -> ConvResidualBlock | None:
+    """The block as convolutions (BN folded) for the frequency-domain bound, or None (with a note)."""
+    from .seqlip import _dcp_layer
+
+    layers = [_dcp_layer(run) for run in chain.chain.runs]
+    projection = _dcp_layer(shortcut) if shortcut else None
+    shape = chain.chain.first.meta["lip.inputs"][0].meta["lip.info"].shape
+    if (len(layers) != 2 or not all(isinstance(c, Conv2dSpec) for c in layers) or len(shape) != 4
+            or (shortcut and not isinstance(projection, Conv2dSpec))):
+        result.notes.append("residual-fft-layer: only conv → activation → conv branches (BN folded) with an identity "
+                            "or convolutional shortcut")
+        return None
+    try:
+        return ConvResidualBlock(layers[0], layers[1], chain.chain.slopes[0], tuple(shape[1:]), projection)
+    except InputError as err:
+        result.notes.append(f"residual-fft-layer: {err}")
+        return None
 
 
 def _shortcut_gain(shortcut: tuple[fx.Node, ...]) -> float:
