@@ -87,7 +87,7 @@ def register_estimator(estimator: ChainEstimator) -> ChainEstimator:
 
 def _load_builtin_estimators() -> None:
     """Import the modules that register the built-in estimators (after the names above exist)."""
-    from lipgraph.estimators import cp, eclipse, sdp, seqlip  # noqa: F401
+    from lipgraph.estimators import cp, eclipse, lipsdp_fo, sdp, seqlip  # noqa: F401
 
 
 _load_builtin_estimators()

@@ -115,12 +115,19 @@ def verified_psd(A: torch.Tensor, error: torch.Tensor) -> bool:
     if not bool(torch.isfinite(A).all()) or bool((diag <= 0).any()):
         return False
     d = diag.sqrt()
-    outer = d[:, None] * d[None, :]
-    scaled = A / outer
-    c = 1.01 * (float(torch.linalg.matrix_norm(error / outer + 3 * UNIT_ROUNDOFF * scaled.abs(), "fro"))
-                + 2.0 * (n + 2) * UNIT_ROUNDOFF * n)
-    shifted = scaled - c * torch.eye(n, dtype=torch.float64)
-    return int(torch.linalg.cholesky_ex(shifted).info) == 0
+    scaled = A / d[:, None]
+    scaled /= d[None, :]
+    frobenius_sq = 0.0
+    for i in range(0, n, _ROWS):  # ‖D⁻¹(error)D⁻¹ + 3u|Ã|‖_F by row blocks: no second n × n temporary
+        rows = error[i:i + _ROWS] / d[i:i + _ROWS, None] / d[None, :] + 3 * UNIT_ROUNDOFF * scaled[i:i + _ROWS].abs()
+        frobenius_sq += float((rows * rows).sum())
+    c = 1.01 * (math.sqrt(frobenius_sq) + 2.0 * (n + 2) * UNIT_ROUNDOFF * n)
+    scaled.diagonal().sub_(c)
+    return int(torch.linalg.cholesky_ex(scaled).info) == 0
+
+
+#: rows per block when bounding the shift of :func:`verified_psd`
+_ROWS = 1024
 
 
 def _forming_error(absolute: torch.Tensor, inner: int) -> torch.Tensor:
