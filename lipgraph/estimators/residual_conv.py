@@ -74,15 +74,16 @@ def _needed(n_in: int, n_out: int, k: int, s: int, p: int) -> int:
 def torus_sizes(block: ConvResidualBlock) -> tuple[int, int]:
     """Hidden torus size N_1 per spatial dimension (the input torus is s·N_1, the output torus N_1)."""
     hidden = block.conv0.out_shape(block.input_shape)
+    out = block.conv1.out_shape(hidden)
     sizes = []
     for d in range(2):
         s = block.conv0.stride[d]
-        n0, n1 = block.input_shape[1 + d], hidden[1 + d]
-        N1 = _needed(n1, n1, block.conv1.weight.shape[2 + d], 1, block.conv1.padding[d])
-        N1 = max(N1, _needed(n0, n1, block.conv0.weight.shape[2 + d], s, block.conv0.padding[d]) // s)
+        n0, n1, n2 = block.input_shape[1 + d], hidden[1 + d], out[1 + d]
+        N1 = _needed(n1, n2, block.conv1.weight.shape[2 + d], 1, block.conv1.padding[d])
+        N1 = max(N1, -(-_needed(n0, n1, block.conv0.weight.shape[2 + d], s, block.conv0.padding[d]) // s))
         if block.shortcut is not None:
-            N1 = max(N1, _needed(n0, n1, block.shortcut.weight.shape[2 + d], s, block.shortcut.padding[d]) // s)
-        sizes.append(N1)
+            N1 = max(N1, -(-_needed(n0, n2, block.shortcut.weight.shape[2 + d], s, block.shortcut.padding[d]) // s))
+        sizes.append(max(N1, n2))
     return sizes[0], sizes[1]
 
 
