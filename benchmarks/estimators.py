@@ -52,7 +52,7 @@ def load_estimators() -> list[str]:
             importlib.import_module(f"lipgraph.estimators.{name}")
         except ImportError as err:
             print(f"(estimator module {name} not available: {err})")
-    return sorted(CHAIN_ESTIMATORS)
+    return sorted(CHAIN_ESTIMATORS.of_input("dense"))  # DCP (conv chains) runs below on its own
 
 
 def nonnegative_mlp(widths: tuple[int, ...], seed: int) -> Case:

@@ -24,7 +24,7 @@ from .certify import Certificate, certify
 from .lower import LowerResult, lower_bound, search as lower_search
 from .bound import Bound, Kind, certified, estimate, exact, lower, unbounded
 from .errors import (InputError, LipgraphError, NormNotSupported, NotLipschitzError, RuleError, TraceError,
-                     UnsupportedOpsError)
+                     UnsoundBoundError, UnsupportedOpsError)
 from .penalty import lipschitz_penalty
 from .registry import Registry, default_registry, register, rule
 from .comparison import Comparison
@@ -32,14 +32,17 @@ from .formula import Attribution, Formulas
 from .report import Report, ReportNode
 from .submodel import analyze_slice, capture_input
 from .ruleapi import OpContext, Rule, Transfer, Var, elementwise, isometry, not_lipschitz, scale
+from .formats import OutputFormat, default_formats, register_format
+from . import render  # noqa: F401 - registers the built-in output formats
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "certify", "Certificate", "lipschitz_penalty",
     "analyze_slice", "capture_input", "Attribution", "Comparison", "Formulas",
     "analyze", "lower_bound", "lower_search", "LowerResult", "Bound", "Kind", "certified", "estimate", "exact", "lower", "unbounded", "InputError",
-    "LipgraphError", "NormNotSupported", "NotLipschitzError", "RuleError", "TraceError", "UnsupportedOpsError",
+    "LipgraphError", "NormNotSupported", "NotLipschitzError", "RuleError", "TraceError", "UnsoundBoundError", "UnsupportedOpsError",
     "Registry", "default_registry", "register", "rule", "Report", "ReportNode", "OpContext", "Rule",
     "Transfer", "Var", "elementwise", "isometry", "not_lipschitz", "scale", "__version__",
+    "OutputFormat", "default_formats", "register_format",
 ]

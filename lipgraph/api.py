@@ -1,59 +1,39 @@
 """``lipgraph.analyze``: trace -> rules -> AutoLip -> report."""
 from __future__ import annotations
 
-import math
 import os
 import time
-from typing import Any, Mapping
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
 
 from . import ir
 from .bound import Bound, Kind
-from .cache import norm_cache
-from .errors import InputError
+from .cache import NormCache, norm_cache
+from .errors import InputError, UnsoundBoundError
+from .estimators import ESTIMATORS
 from .frontend.prepare import as_inputs, check_finite_weights, check_runs, eval_mode, to_model_device, unwrap
 from .frontend.trace import LipTracer
 from .linalg.device import on_device
+from .norms import NORMS, parse_norm  # noqa: F401 - part of this module's API
 from .passes.annotate import annotate
 from .passes.autolip import autolip, network_estimate
 from .passes.fuse import fuse
 from .passes.layer_lower import layer_lower_bounds
 from .passes.residual import tighten_residuals
-from .passes.seqlip import GRAPH_ESTIMATORS, tighten_chains
+from .passes.seqlip import tighten_chains
+from .progress import LayerProgress
 from .registry import Registry, default_registry
 from .report import Report, build_tree, output_bounds
 
-#: method -> chain estimators run on every sequential chain (algorithms.md §5–§8); "autolip" runs none.
-CHAIN_METHODS = {"autolip": (), "seqlip": ("cp", "seqlip", "seqlip-greedy"), "cp": ("cp",),
-                 "lipsdp": ("lipsdp-neuron",), "dcp": ("cp", "dcp")}
-METHODS = (*CHAIN_METHODS, "best")
-
-
-def chain_estimators(method: str) -> tuple[str, ...]:
-    """The chain estimators of ``method``: a named method, ``"best"`` (every registered estimator) or the name
-    of one registered estimator (e.g. ``"lipsdp-neuron"`` with ``lipgraph[sdp]``)."""
-    from .estimators import CHAIN_ESTIMATORS
-
-    if method in CHAIN_METHODS:
-        return CHAIN_METHODS[method]
-    if method == "best":
-        return (*CHAIN_ESTIMATORS, *GRAPH_ESTIMATORS)
-    if method in CHAIN_ESTIMATORS:
-        return (method,)
-    raise InputError(f"unknown method {method!r}; available: {', '.join([*METHODS, *CHAIN_ESTIMATORS])}")
-NORMS = {"1": 1.0, "2": 2.0, "inf": math.inf}
-
-
-def parse_norm(norm: Any) -> float:
-    """1, 2, inf (also as strings, ``"linf"`` or ``math.inf``) -> 1.0, 2.0 or ``math.inf``."""
-    key = str(norm).lower().removeprefix("l").removesuffix(".0")
-    if key in ("infinity", "∞"):
-        key = "inf"
-    if key not in NORMS:
-        raise InputError(f"norm must be 1, 2 or inf, got {norm!r}")
-    return NORMS[key]
+#: method -> chain estimators run on every sequential chain (algorithms.md §5–§8); "autolip" runs none. The same
+#: dict as the catalogue's ``ESTIMATORS.methods`` (register a method with ``ESTIMATORS.register_method``).
+CHAIN_METHODS = ESTIMATORS.methods
+METHODS = ESTIMATORS.method_names()
+#: The chain estimators of a ``method`` (:meth:`lipgraph.estimators.EstimatorCatalogue.resolve`).
+chain_estimators = ESTIMATORS.resolve
 
 
 def analyze(
@@ -105,11 +85,12 @@ def analyze(
     model = traceable_root(model, registry)
     inputs = to_model_device(model, inputs)
     notes: list[str] = []
-    with eval_mode(model, notes), norm_cache(cache), on_device(device):
+    with eval_mode(model, notes), norm_cache(cache) as disk, on_device(device):
         lg = annotated_graph(model, inputs, registry, p, frontend=frontend, unsupported=unsupported,
                              concrete_args=concrete_args, notes=notes, progress=not quiet)
         if layer_lower:
-            notes += layer_lower_bounds(lg, p)
+            with _failing_unsound(disk):
+                notes += layer_lower_bounds(lg, p)
         if estimators:
             tighten_chains(lg, p, estimators)
             tighten_residuals(lg, p, estimators)
@@ -120,7 +101,9 @@ def analyze(
         tree, formulas = build_tree(lg, total, p)
     if total.kind is Kind.UNBOUNDED:
         notes.append("some ops have no rule: the bound is unbounded (see the ops marked in the tree)")
-    found = _lower(unwrap(original), inputs, p, data, lower_options, total, notes) if lower else None
+    notes += disk.notes
+    with _failing_unsound(disk):
+        found = _lower(unwrap(original), inputs, p, data, lower_options, total, notes) if lower else None
     return Report(bound=total, norm=p, model=name,
                   input_shape=[list(x.shape) for x in inputs], seconds=time.perf_counter() - start,
                   frontend=lg.frontend, tree=tree, outputs=output_bounds(lg), notes=notes,
@@ -148,7 +131,7 @@ def annotated_graph(model: nn.Module, inputs: tuple, registry: Registry, norm: f
         notes.append(("torch.fx could not trace the model; " if frontend == "auto" else "")
                      + "the export frontend traces into every module, so rules registered for module classes "
                        "do not apply (ops are bounded one by one)")
-    annotate(lg, registry, norm, unsupported, fusion=True, progress=progress)
+    annotate(lg, registry, norm, unsupported, fusion=True, progress=LayerProgress if progress else None)
     fuse(lg, norm)
     return lg
 
@@ -170,6 +153,24 @@ def _lower(model: nn.Module, inputs: tuple, p: float, data: Any, options: Mappin
         notes.append(f"lower-bound search failed: {type(exc).__name__}: {exc}")
         return None
     if total.kind is Kind.CERTIFIED and found.bound.value > total.value:
-        notes.append(f"UNSOUND: the lower bound {found.bound.value:.6g} (an attained ratio) exceeds the certified "
-                     f"bound {total.value:.6g}; some rule is wrong, please report this model")
+        raise UnsoundBoundError(f"unsound bound: the lower bound {found.bound.value:.6g} (a ratio attained at an "
+                                f"input) exceeds the certified bound {total.value:.6g}.")
     return found
+
+
+@contextmanager
+def _failing_unsound(disk: NormCache) -> Iterator[None]:
+    """An :class:`UnsoundBoundError` in the block removes every disk cache entry the analysis read and says whose
+    layers they served (a tampered or stale cache is the likely cause), or that a rule is wrong."""
+    try:
+        yield
+    except UnsoundBoundError as exc:
+        dropped = disk.drop_disk_hits()
+        if dropped:
+            shown = ", ".join(dropped[:8]) + (f" and {len(dropped) - 8} more" if len(dropped) > 8 else "")
+            tail = (f"\nNorms used by these layers came from the disk cache: {shown}. Those entries were removed; "
+                    "rerun to recompute them. If this error comes back (or with --no-cache), a rule is wrong: please "
+                    "report this model.")
+        else:
+            tail = "\nNo norm came from the disk cache: a rule is wrong, please report this model."
+        raise UnsoundBoundError(f"{exc}{tail}", [*exc.layers, *dropped]) from None

@@ -4,10 +4,25 @@
 ``estimate``   a heuristic with no guarantee either way (greedy SeqLip, plain power iteration);
 ``lower``      provably <= the true constant (an attained Jacobian norm);
 ``unbounded``  no finite bound is known (an op without a rule under ``unsupported="inf"``).
+
+A :class:`Bound` is also a number, so scripts can use ``report.bound`` directly: ``float(b)``, ``math.isfinite(b)``,
+``f"{b:.3g}"``, ``b > 1``, ``sorted(bounds)``, ``2 * b``. The protocol (the record keeps its kind; the number
+does not pretend to):
+
+- ``float(b)`` is ``b.value`` (``inf`` when unbounded), so ``math.isfinite``, ``math.log`` … accept a bound;
+- ``<``, ``<=``, ``>``, ``>=`` compare values, against real numbers and against other bounds;
+- ``b == x`` for a real number ``x`` compares the value; ``a == b`` for two bounds compares the whole record
+  (value, kind, method, exact): a certified 2.0 and an estimated 2.0 are different results. Compare ``a.value``
+  to compare values only. ``hash(b) == hash(b.value)``, consistent with both equalities;
+- ``format(b, spec)`` formats the value with any float format spec (``f"{b:.3g}"``); an empty spec gives ``str(b)``;
+- ``b + x``, ``b - x``, ``b * x``, ``b / x`` (either side, ``x`` a number or a bound) and ``round(b, n)`` return a
+  plain ``float``: arithmetic on a constant is no longer the constant a method certified, so it loses its kind;
+- truthiness is not numeric: a bound is always true (``if report.lower:`` means "a lower bound was found").
 """
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from enum import Enum
 from typing import Iterable
@@ -47,10 +62,85 @@ class Bound:
         if math.isinf(self.value) and self.kind is not Kind.UNBOUNDED:
             object.__setattr__(self, "kind", Kind.UNBOUNDED)
 
+    # -- the number protocol (module docstring) --------------------------------------------------------------
+    def __float__(self) -> float:
+        return float(self.value)
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Bound):
+            return (self.value, self.kind, self.method, self.exact) == (other.value, other.kind, other.method,
+                                                                      other.exact)
+        number = _number(other)
+        return NotImplemented if number is None else self.value == number
+
+    def __lt__(self, other: object) -> bool:
+        number = _number(other)
+        return NotImplemented if number is None else self.value < number
+
+    def __le__(self, other: object) -> bool:
+        number = _number(other)
+        return NotImplemented if number is None else self.value <= number
+
+    def __gt__(self, other: object) -> bool:
+        number = _number(other)
+        return NotImplemented if number is None else self.value > number
+
+    def __ge__(self, other: object) -> bool:
+        number = _number(other)
+        return NotImplemented if number is None else self.value >= number
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec) if spec else str(self)
+
+    def __round__(self, ndigits: int | None = None) -> float | int:
+        return round(self.value, ndigits)
+
+    def __add__(self, other: object) -> float:
+        number = _number(other)
+        return NotImplemented if number is None else self.value + number
+
+    def __radd__(self, other: object) -> float:
+        return self.__add__(other)
+
+    def __sub__(self, other: object) -> float:
+        number = _number(other)
+        return NotImplemented if number is None else self.value - number
+
+    def __rsub__(self, other: object) -> float:
+        number = _number(other)
+        return NotImplemented if number is None else number - self.value
+
+    def __mul__(self, other: object) -> float:
+        number = _number(other)
+        return NotImplemented if number is None else self.value * number
+
+    def __rmul__(self, other: object) -> float:
+        return self.__mul__(other)
+
+    def __truediv__(self, other: object) -> float:
+        number = _number(other)
+        return NotImplemented if number is None else self.value / number
+
+    def __rtruediv__(self, other: object) -> float:
+        number = _number(other)
+        return NotImplemented if number is None else number / self.value
+
     @property
     def is_upper(self) -> bool:
         """True when the number is meant as an upper bound (certified or estimated)."""
         return self.kind in (Kind.CERTIFIED, Kind.ESTIMATE, Kind.UNBOUNDED)
+
+
+def _number(x: object) -> float | None:
+    """The float a bound is compared or combined with: a bound's value, a real number, else None."""
+    if isinstance(x, Bound):
+        return x.value
+    if isinstance(x, numbers.Real):
+        return float(x)
+    return None
 
 
 def certified(value: float, method: str, *, exact: bool = False, margin: float = 0.0) -> Bound:

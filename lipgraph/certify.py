@@ -27,11 +27,12 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, fx, nn
 
-from .api import parse_norm
 from .bound import FLOAT_MARGIN, Bound, Kind, join_kinds
-from .errors import InputError, LipgraphError
+from .errors import InputError
+from .formats import default_formats
 from .frontend.prepare import check_runs, eval_mode, unwrap
 from .ir import LipGraph
+from .norms import parse_norm
 from .passes.autolip import autolip
 from .penalty import Replay, build_graph, is_linear_op
 from .report import Report, bound_dict, norm_name
@@ -97,8 +98,9 @@ class Certificate:
         }
 
     def plot(self, path: str | Path) -> None:
-        """Certified accuracy vs radius as a PNG (needs matplotlib)."""
-        plot_certified_accuracy(self, path)
+        """Certified accuracy vs radius as a PNG (needs matplotlib): the ``png`` output format of a certificate."""
+        png = default_formats().get("certificate", "png").render(self)
+        Path(path).write_bytes(png)
 
 
 def _finite(values: list[float]) -> list[float | None]:
@@ -260,76 +262,3 @@ def _tail_jacobian(lg: LipGraph, tail: list[fx.Node]) -> Tensor:
     device = next((t.device for t in [*gm.parameters(), *gm.buffers()]), torch.device("cpu"))
     zero = torch.zeros(info.shape, dtype=torch.float64, device=device)
     return torch.autograd.functional.jacobian(lambda h: replay.run(tail, h, constants), zero).cpu()
-
-
-# -- rendering ----------------------------------------------------------------------------------------------
-def certificate_table(cert: Certificate) -> Any:
-    """A rich renderable: the bound used, clean accuracy, and certified accuracy at each radius of the grid."""
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    from .render.rich_tree import KIND_STYLE, format_bound
-
-    n, ell = len(cert.radii), f"ℓ{norm_name(cert.norm)}"
-    head = Text()
-    head.append(cert.model, style="bold")
-    head.append(f"  L {format_bound(cert.bound)}", style="bold " + KIND_STYLE[cert.bound.kind])
-    head.append(f"  {cert.bound.kind.value} · {cert.bound.method} · {ell} · {n} inputs · clean accuracy "
-                f"{cert.accuracy:.1%} ({int(cert.correct.sum())}/{n})", style="dim")
-    lines = [head]
-    c = {1.0: "L", 2.0: "√2·L", math.inf: "2·L"}[cert.norm]
-    if cert.tail is not None:
-        lines.append(Text(f"radius = min_j margin_yj / L_yj, per-class-pair bounds L_yj ≤ ‖a_y − a_j‖_* · L(h) "
-                          f"(capped by {c}) over the final affine ops f = A h + b; h = output of {cert.tail[0]}, "
-                          f"L(h) {format_bound(cert.tail[1])}"))
-    else:
-        lines.append(Text(f"radius = margin / ({c})"))
-    correct = cert.radii[cert.correct]
-    if len(correct):
-        lines.append(Text(f"certified radius of correct inputs: median {correct.median().item():.4g}, "
-                          f"max {correct.max().item():.4g}", style="dim"))
-    table = Table(title=f"certified accuracy ({ell} radius)")
-    for column in ("radius", "certified accuracy", "certified"):
-        table.add_column(column, justify="right")
-    for r, acc, count in cert.summary():
-        table.add_row(f"{r:.4g}", f"{acc:.1%}", f"{count}/{n}")
-    lines.append(table)
-    for note in cert.notes:
-        lines.append(Text(f"note: {note}", style="bold red" if "NOT" in note else "italic"))
-    return Group(*lines)
-
-
-def print_certificate(cert: Certificate, *, ascii_only: bool = False, width: int | None = None) -> None:
-    """Print :func:`certificate_table` to stdout (``ascii_only``: ASCII characters only, as ``explain --ascii``)."""
-    from .render.rich_tree import make_console, print_ascii
-
-    print_ascii(make_console(ascii_only=ascii_only, width=width), ascii_only, lambda c: c.print(certificate_table(cert)))
-
-
-def plot_certified_accuracy(cert: Certificate, path: str | Path) -> None:
-    """Step curve of certified accuracy vs radius (every radius where it drops) with the grid's points marked."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise LipgraphError("plotting needs matplotlib: pip install matplotlib (or lipgraph[examples])") from None
-    radii = torch.sort(cert.radii[cert.correct]).values
-    n = len(cert.radii)
-    xs = [0.0] + radii.tolist()
-    ys = [len(radii) / n] + [(len(radii) - k - 1) / n for k in range(len(radii))]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.step(xs, ys, where="post", label=cert.model)
-    summary = cert.summary()
-    ax.plot([r for r, _, _ in summary], [a for _, a, _ in summary], "o")
-    ax.set_xlabel(f"ℓ{norm_name(cert.norm)} radius")
-    ax.set_ylabel("certified accuracy")
-    kind = "" if cert.certified else " (NOT certified)"
-    ax.set_title(f"{cert.model}: L {'≤' if cert.certified else '≈'} {cert.bound.value:.4g}{kind}")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -2,34 +2,39 @@
 from __future__ import annotations
 
 import argparse
+import contextvars
 import os
 import platform
 import sys
+import threading
 from typing import Sequence
 
-from . import __version__
-from .api import METHODS, analyze
+from .api import analyze
 from .errors import InputError, LipgraphError
+from .estimators import ESTIMATORS
 from .frontend.opkeys import MODULE_KEYS, NAME_KEYS
 from .frontend.prepare import load_weights
 from .frontend.trace import FRONTENDS
 from .loader import load_model
 from .passes.annotate import UNSUPPORTED_MODES
-from .progress import print_timings
+from .formats import default_formats
+from .linalg.parallel import POLL
+from .progress import stop_all_bars
 from .registry import default_registry
-from .render.json import to_json
-from .render.rich_tree import make_console, print_report
+from .render.rich_tree import make_console
+from .render.timings import print_timings
+from .version import __version__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        args = _parser().parse_args(argv)  # the parser lists the output formats: a broken format plugin fails here
+        return _interruptible(args)
     except LipgraphError as exc:
         print(f"lipgraph: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # raised by the command itself (a rule, a data loader)
+        print("lipgraph: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `lipgraph explain ... | head`: the reader left; not an error of ours
         try:  # silence the flush at interpreter exit, which would raise again
@@ -46,7 +51,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
 
 
+def _interruptible(args: argparse.Namespace) -> int:
+    """Run the command in a worker thread while this (the main) thread waits in ``POLL``-second slices, so Ctrl-C is
+    noticed at once even during a long torch call. Then: progress bars stopped, "interrupted" on stderr, exit 130
+    without waiting for the computations still running (cache entries are written atomically: no partial entry)."""
+    outcome: dict = {}
+
+    def command() -> None:
+        try:
+            outcome["value"] = args.run(args)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=contextvars.copy_context().run, args=(command,), name="lipgraph-command",
+                              daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(POLL)
+    except KeyboardInterrupt:
+        stop_all_bars()
+        if sys.stderr.isatty():  # another live display (the lower-bound search's bar): clear its line, show the cursor
+            sys.stderr.write("\r\x1b[2K\x1b[?25h")
+        print("lipgraph: interrupted", file=sys.stderr)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(130)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def _parser() -> argparse.ArgumentParser:
+    formats = default_formats()
     parser = argparse.ArgumentParser(prog="lipgraph", description="Certified Lipschitz bounds for PyTorch networks.")
     parser.add_argument("--version", action="version", version=f"lipgraph {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -58,12 +98,15 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--weights", help="state dict to load (torch.load with weights_only=True)")
     explain.add_argument("--norm", default="2", choices=["1", "2", "inf"], help="ℓp norm (default 2)")
     explain.add_argument("--method", default="autolip", metavar="METHOD",
-                         help=f"{', '.join(METHODS)} or one chain estimator (lipgraph rules --estimators)")
+                         help=f"{', '.join(ESTIMATORS.method_names())} or one chain estimator "
+                              "(lipgraph rules --estimators)")
     explain.add_argument("--frontend", default="auto", choices=FRONTENDS)
     explain.add_argument("--rules", action="append", default=[], metavar="FILE", help="extra rules file (repeatable)")
     explain.add_argument("--unsupported", default="error", choices=UNSUPPORTED_MODES,
                          help="ops without a rule: fail (default) or mark them unbounded")
-    explain.add_argument("--json", action="store_true", help="print the JSON report")
+    explain.add_argument("--format", metavar="FORMAT", help=f"output format: {', '.join(formats.names('report'))} "
+                         "(default tree; lipgraph rules --formats lists them)")
+    explain.add_argument("--json", action="store_true", help="print the JSON report (--format json)")
     explain.add_argument("--depth", type=int, help="collapse the tree below this depth")
     explain.add_argument("--ascii", action="store_true", help="plain ASCII output")
     explain.add_argument("--width", type=int, help="terminal width")
@@ -79,7 +122,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="save the input attaining the lower bound (torch.save)")
     explain.add_argument("--formula", action="store_true",
                          help="show each node's bound as a formula over its children's constants")
-    explain.add_argument("--latex", action="store_true", help="print the formulas as a LaTeX align* block")
+    explain.add_argument("--latex", action="store_true", help="print the formulas as a LaTeX align* block "
+                                                                "(--format latex)")
     explain.add_argument("--top", type=int, metavar="N",
                          help="mark and list the N layer constants the bound depends on most (elasticity)")
     explain.add_argument("--layer-lower", action="store_true",
@@ -97,6 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     rules.add_argument("--rules", action="append", default=[], metavar="FILE")
     rules.add_argument("--estimators", action="store_true",
                        help="list the chain estimators (for explain --method) instead of the op rules")
+    rules.add_argument("--formats", action="store_true", help="list the output formats (explain --format)")
     rules.set_defaults(run=_rules)
 
     certify = sub.add_parser("certify", help="certified robustness radii of a classifier on labelled inputs",
@@ -111,7 +156,10 @@ def _parser() -> argparse.ArgumentParser:
     certify.add_argument("--global-bound", action="store_true", help="margin / (c·L) only, no per-class-pair bounds")
     certify.add_argument("--rules", action="append", default=[], metavar="FILE", help="extra rules file (repeatable)")
     certify.add_argument("--unsupported", default="error", choices=UNSUPPORTED_MODES)
-    certify.add_argument("--json", action="store_true", help="print the result as JSON (per-input radii included)")
+    certify.add_argument("--format", metavar="FORMAT",
+                         help=f"output format: {', '.join(formats.names('certificate'))} (default table)")
+    certify.add_argument("--json", action="store_true", help="print the result as JSON (per-input radii included; "
+                                                              "--format json)")
     certify.add_argument("--plot", metavar="FILE.png", help="save a plot of certified accuracy vs radius (matplotlib)")
     certify.add_argument("--ascii", action="store_true", help="plain ASCII output")
     certify.add_argument("--width", type=int, help="terminal width")
@@ -140,26 +188,36 @@ def _explain(args: argparse.Namespace) -> int:
         load_weights(model, args.weights)
     if not args.lower and (args.data or args.lower_seconds or args.save_lower_input):
         raise InputError("--no-lower contradicts --data, --lower-seconds and --save-lower-input")
-    options: dict = {"progress": not args.json and not args.quiet and sys.stderr.isatty()}
+    fmt = _format(args, "report", {"json": args.json, "latex": args.latex}, default="tree")
+    quiet = args.quiet or fmt == "json"
+    options: dict = {"progress": not quiet and sys.stderr.isatty()}
     if args.lower_seconds:
         options["seconds"] = args.lower_seconds
     report = analyze(model, example, norm=args.norm, method=args.method, frontend=args.frontend,
                      unsupported=args.unsupported, lower=args.lower,
                      data=_load_data(args.data) if args.data else None, lower_options=options,
                      layer_lower=args.layer_lower, device=args.device, cache=args.cache,
-                     quiet=args.quiet or args.json)
+                     quiet=quiet)
     if args.save_lower_input and report.lower_input is not None:
         import torch
 
         torch.save(report.lower_input, args.save_lower_input)
-    if args.json:
-        print(to_json(report))
-    else:
-        print_report(report, depth=args.depth, ascii_only=args.ascii, width=args.width, formulas=args.formula,
-                     latex=args.latex, top=args.top)
-        if args.timings:
-            print_timings(report, make_console(ascii_only=args.ascii, width=args.width))
+    default_formats().write(report, "report", fmt, depth=args.depth, ascii_only=args.ascii, width=args.width,
+                            formulas=args.formula, top=args.top)
+    if args.timings and fmt in ("tree", "latex"):  # the formats read on a terminal
+        print_timings(report, make_console(ascii_only=args.ascii, width=args.width))
     return 0
+
+
+def _format(args: argparse.Namespace, subject: str, aliases: dict[str, bool], default: str) -> str:
+    """``--format NAME``, or the older switch that names one (``--json``); both at once must agree."""
+    named = [name for name, given in aliases.items() if given]
+    if args.format is not None:
+        default_formats().get(subject, args.format)  # an unknown name fails here, listing the known ones
+        named.append(args.format)
+    if len(set(named)) > 1:
+        raise InputError(f"choose one output format, not {' and '.join(sorted(set(named)))}")
+    return named[0] if named else default
 
 
 def _load_data(path: str):
@@ -186,6 +244,8 @@ def _rules(args: argparse.Namespace) -> int:
 
     if args.estimators:
         return _estimators()
+    if args.formats:
+        return _formats()
     _load_rule_files(args.rules)
     registry = default_registry()
     spellings: dict[str, list[str]] = {}
@@ -209,30 +269,36 @@ def _estimators() -> int:
     """The methods of ``explain --method`` and the chain estimators they run (algorithms.md §5–§8)."""
     from rich.table import Table
 
-    from .api import CHAIN_METHODS
-    from .estimators import CHAIN_ESTIMATORS
-    from .passes.seqlip import GRAPH_ESTIMATORS
-
     table = Table(title="chain estimators (explain --method NAME runs one; methods below run several)")
-    for column in ("name", "kind", "description"):
+    for column in ("name", "kind", "applies to", "description", "source"):
+        table.add_column(column, overflow="fold", no_wrap=column in ("name", "kind"))
+    for name, est in ESTIMATORS.items():
+        table.add_row(name, "certified" if est.certified else "estimate", est.scope, est.description,
+                      getattr(est.fn, "__module__", None) or "?")
+    for method, names in ESTIMATORS.methods.items():
+        table.add_row(f"--method {method}", "", "", ", ".join(names) or "no chain estimator (AutoLip with fusion)")
+    table.add_row("--method best", "", "", "every estimator above")
+    make_console().print(table)
+    return 0
+
+
+def _formats() -> int:
+    """The output formats of ``explain --format`` and ``certify --format``, with where each came from."""
+    from rich.table import Table
+
+    table = Table(title="output formats (explain --format NAME for a report; certify --format NAME)")
+    for column in ("name", "renders", "description", "source"):
         table.add_column(column, overflow="fold")
-    for name, est in CHAIN_ESTIMATORS.items():
-        table.add_row(name, "certified" if est.certified else "estimate", est.description)
-    for name in GRAPH_ESTIMATORS:
-        table.add_row(name, "certified", "DCP: conv chains cut into small dense pieces (algorithms.md §8)")
-    for method, names in CHAIN_METHODS.items():
-        table.add_row(f"--method {method}", "", ", ".join(names) or "no chain estimator (AutoLip with fusion)")
-    table.add_row("--method best", "", "every estimator above")
+    for fmt in default_formats().items():
+        table.add_row(fmt.name, fmt.subject, fmt.description, fmt.source)
     make_console().print(table)
     return 0
 
 
 def _certify(args: argparse.Namespace) -> int:
-    import json
-
     import torch
 
-    from .certify import certify, load_labelled, print_certificate
+    from .certify import certify, load_labelled
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -249,10 +315,8 @@ def _certify(args: argparse.Namespace) -> int:
                    unsupported=args.unsupported)
     if args.plot:
         cert.plot(args.plot)
-    if args.json:
-        print(json.dumps(cert.to_dict(), indent=2, allow_nan=False, ensure_ascii=False))
-    else:
-        print_certificate(cert, ascii_only=args.ascii, width=args.width)
+    fmt = _format(args, "certificate", {"json": args.json}, default="table")
+    default_formats().write(cert, "certificate", fmt, ascii_only=args.ascii, width=args.width)
     return 0
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from .bound import Bound
+from .formats import default_formats
 
 if TYPE_CHECKING:
     from .report import Report, ReportNode
@@ -55,11 +56,10 @@ class Comparison:
                 "rows": [{"path": r.path, "type": r.type, "before": _value(r.before), "after": _value(r.after),
                           "ratio": r.ratio} for r in self.rows]}
 
-    def print(self, **options: Any) -> None:
-        """A rich table (``depth=``, ``largest=n``, ``ascii_only=``, ``width=``, ``console=``)."""
-        from .render.compare import print_comparison
-
-        print_comparison(self, **options)
+    def print(self, format: str = "table", file: IO | None = None, **options: Any) -> None:
+        """Render in an output format (default a rich table: ``depth=``, ``largest=n``, ``ascii_only=``,
+        ``width=``, ``console=``) onto ``file`` (default standard output)."""
+        default_formats().write(self, "comparison", format, file, **options)
 
 
 def compare(before: Report, after: Report) -> Comparison:

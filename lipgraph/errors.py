@@ -32,3 +32,12 @@ class UnsupportedOpsError(LipgraphError):
 
 class NormNotSupported(RuleError):
     """A rule has no constant for the requested norm."""
+
+
+class UnsoundBoundError(LipgraphError):
+    """A proven lower bound exceeds a certified bound, so some certified number is wrong; the run fails.
+    ``layers`` names the layers whose norms came from the disk cache (those entries are removed)."""
+
+    def __init__(self, message: str, layers: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.layers = layers or []

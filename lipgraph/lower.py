@@ -55,6 +55,7 @@ from torch.func import functional_call, jvp, vjp
 from .bound import Bound, lower
 from .errors import InputError, LipgraphError
 from .frontend.prepare import as_inputs, eval_mode, to_model_device, unwrap
+from .norms import parse_norm
 
 METHOD = "jacobian-ascent"
 #: numerator allowance (relative to ‖f(a)‖ + ‖f(b)‖) and relative allowance for float64 rounding
@@ -412,8 +413,6 @@ def search(model: nn.Module, x: Any, *, norm: Any = 2, starts: int = 8, steps: i
     ``power_steps``: power-iteration steps at each candidate point; ``screen``: candidates per ascended start in
     the first round; ``verify``: best candidates re-examined in float64 at the end.
     """
-    from .api import parse_norm
-
     p = parse_norm(norm)
     if starts < 1 or steps < 0 or power_steps < 1 or screen < 1 or verify < 1:
         raise InputError("starts, power_steps, screen and verify must be >= 1 and steps >= 0")

@@ -45,12 +45,13 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor, fx, nn
 
-from .api import annotated_graph, parse_norm, traceable_root
+from .api import annotated_graph, traceable_root
 from .errors import InputError
 from .estimators.cp import cp_value
 from .frontend.prepare import as_inputs, eval_mode, to_model_device, unwrap
 from .ir import LipGraph, map_args
 from .linalg import power_iteration
+from .norms import parse_norm
 from .passes.chains import SeqChain, sequential_chains
 from .passes.fuse import affine_chains
 from .registry import default_registry

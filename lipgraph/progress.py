@@ -1,23 +1,42 @@
-"""Where the time goes: a progress bar over layers for long analyses, and the slowest layers afterwards.
+"""Progress of long analyses: the callback protocol passes report to, and a terminal bar over layers.
 
 The bar (rich, on stderr, only when stderr is a terminal) appears after ``DELAY`` seconds (short runs never show
 it), disappears when done (transient), and is off with ``analyze(quiet=True)``, ``--quiet`` and ``--json``.
-``explain --timings`` prints :func:`print_timings`.
+``explain --timings`` lists the slowest layers afterwards (:func:`lipgraph.render.timings.print_timings`).
 """
 from __future__ import annotations
 
 import sys
 import threading
 from types import TracebackType
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from rich.console import Console
-
-    from .report import Report
+from typing import Callable, ContextManager, Protocol
 
 #: Seconds before the bar appears: a run shorter than this never shows one.
 DELAY = 2.0
+
+_ACTIVE: set["LayerProgress"] = set()  # bars on screen, for stop_all_bars
+_ACTIVE_LOCK = threading.Lock()
+
+
+def stop_all_bars() -> None:
+    """Take every bar off the terminal (and show the cursor again): for an interrupt that exits at once."""
+    with _ACTIVE_LOCK:
+        bars = list(_ACTIVE)
+    for bar in bars:
+        bar.stop()
+
+
+class Ticker(Protocol):
+    """What a pass reports progress to: one more item done, or more items to go than announced."""
+
+    def advance(self, label: str = "") -> None: ...
+
+    def extend(self, more: int) -> None: ...
+
+
+#: The progress callback a caller hands to a pass: ``progress(total, description)`` opens a :class:`Ticker`
+#: (:class:`LayerProgress` is one: a terminal bar). Passes import nothing that draws.
+ProgressFactory = Callable[[int, str], ContextManager[Ticker]]
 
 
 class LayerProgress:
@@ -29,6 +48,7 @@ class LayerProgress:
         self._bar = None
         self._task = None
         self._lock = threading.Lock()
+        self._stopped = False
         self._timer = threading.Timer(delay, self._start) if self.enabled else None
 
     def __enter__(self) -> "LayerProgress":
@@ -42,7 +62,7 @@ class LayerProgress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         with self._lock:
-            if self._bar is not None or self.done >= self.total:
+            if self._bar is not None or self._stopped or self.done >= self.total:
                 return
             self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("[dim]{task.fields[label]}"),
@@ -50,6 +70,8 @@ class LayerProgress:
             self._task = self._bar.add_task(self.description, total=self.total, completed=self.done,
                                             label=self.label)
             self._bar.start()
+        with _ACTIVE_LOCK:
+            _ACTIVE.add(self)
 
     def extend(self, more: int) -> None:
         """``more`` layers to go than announced."""
@@ -68,27 +90,17 @@ class LayerProgress:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Take the bar off the terminal now; later calls and ``advance`` do nothing on screen."""
         if self._timer is not None:
             self._timer.cancel()
         with self._lock:
             if self._bar is not None:
                 self._bar.stop()
                 self._bar = None
+            self._stopped = True  # a pending timer never starts it
+        with _ACTIVE_LOCK:
+            _ACTIVE.discard(self)
 
-
-def print_timings(report: Report, console: Console, top: int = 15) -> None:
-    """Where the time went: the ``top`` ops whose rules and norms took longest (``ReportNode.seconds``), each with
-    its share of the analysis' wall time. With several torch threads, layers run in parallel and the shares may
-    add up to more than 100 %."""
-    from rich.table import Table
-
-    ops = sorted((n for n in report.tree.walk() if n.op is not None and not n.children), key=lambda n: -n.seconds)
-    total = max(report.seconds, 1e-9)
-    table = Table(title=f"slowest layers (of {len(ops)} ops; analysis {report.seconds:.2f} s, their sum "
-                        f"{report.tree.seconds:.2f} s)")
-    for column in ("layer", "type", "method", "seconds", "share"):
-        table.add_column(column, justify="right" if column in ("seconds", "share") else "left")
-    for n in ops[:top]:
-        method = n.bound.method + (f" (fused chain: {n.fused.bound.method.removeprefix('fused ')})" if n.fused else "")
-        table.add_row(n.path, n.type, method, f"{n.seconds:.3f}", f"{100 * n.seconds / total:.1f} %")
-    console.print(table)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 import sympy
 from torch import fx
 
 from .bound import Bound, Kind, exact, join_kinds
 from .errors import InputError
+from .formats import default_formats
 from .formula import Attribution, Formulas
 from .ir import LipGraph, Scope
 from .passes.autolip import propagate
@@ -255,10 +256,11 @@ class Report:
             "tree": self.tree.to_dict((lambda n: self.formulas.text(n.expr, n.path)) if self.formulas else None),
         }
 
-    def print(self, **options: Any) -> None:
-        from .render.rich_tree import print_report
-
-        print_report(self, **options)
+    def print(self, format: str = "tree", file: IO | None = None, **options: Any) -> None:
+        """Render in an output format (:mod:`lipgraph.formats`; default the rich tree) onto ``file`` (default
+        standard output); ``options`` go to the renderer (tree: ``depth``, ``ascii_only``, ``width``,
+        ``formulas``, ``top``, ``console``)."""
+        default_formats().write(self, "report", format, file, **options)
 
 
 def bound_dict(b: Bound) -> dict[str, Any]:

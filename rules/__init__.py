@@ -4,4 +4,5 @@ Each module below has a ``register(registry)`` function, the same protocol as th
 (entry-point group ``lipgraph.rules``). Constants and their sources: ``shared/docs/algorithms.md`` §2.
 """
 
-MODULES = ("activations", "structural", "arithmetic", "linear", "conv", "normalization", "pooling", "softmax", "extra")
+MODULES = ("activations", "structural", "arithmetic", "linear", "conv", "normalization", "pooling", "softmax", "extra",
+           "recurrent")

@@ -25,6 +25,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # for CLI subprocesses
 # analyze() keeps per-layer norms on disk: in a folder of this test session, never the user's ~/.cache
 os.environ["LIPGRAPH_CACHE_DIR"] = tempfile.mkdtemp(prefix="lipgraph-test-cache-")
 atexit.register(shutil.rmtree, os.environ["LIPGRAPH_CACHE_DIR"], ignore_errors=True)
+# ... authenticated with a key of this session (outside that folder), never the user's ~/.config/lipgraph/cache.key
+os.environ["LIPGRAPH_KEY_FILE"] = os.path.join(tempfile.mkdtemp(prefix="lipgraph-test-key-"), "cache.key")
+atexit.register(shutil.rmtree, os.path.dirname(os.environ["LIPGRAPH_KEY_FILE"]), ignore_errors=True)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import math
 import os
 import threading
 import time
@@ -18,14 +19,17 @@ from lipgraph import cache as cache_module
 from lipgraph.bound import Kind, certified
 from lipgraph.cache import NormCache, cache_dir, memoised, norm_cache, tensor_digest
 from lipgraph.cli import main
+from lipgraph.errors import UnsoundBoundError
+from lipgraph.linalg.attained import attained_norm
 from lipgraph.linalg import conv as conv_module
 from lipgraph.linalg import conv_norm
 
 
 @pytest.fixture(autouse=True)
 def tmp_cache(tmp_path, monkeypatch) -> Path:
-    """Every test here caches into its own folder; ~/.cache is never touched."""
+    """Every test here caches into its own folder with its own key; ~/.cache and ~/.config are never touched."""
     monkeypatch.setenv("LIPGRAPH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LIPGRAPH_KEY_FILE", str(tmp_path / "config" / "cache.key"))
     return tmp_path / "cache"
 
 
@@ -221,3 +225,179 @@ def test_conv_norm_results_are_the_same_through_the_cache(tmp_cache, monkeypatch
     for _ in range(2):
         with norm_cache():
             assert conv_norm(w, (9, 9), padding=1, strategy="fft") == direct
+
+
+# -- an untrusted folder: authenticated entries, re-checked norms, unsound runs fail -----------------------------
+def forge(path: Path, **changes) -> None:
+    """Rewrite fields of an entry without touching its tag."""
+    entry = json.loads(path.read_text())
+    path.write_text(json.dumps({**entry, **changes}))
+
+
+def test_tampered_value_or_tag_is_rejected_and_recomputed(tmp_cache):
+    calls: list = []
+    with norm_cache():
+        memoised(("w",), slow(1.0, calls))
+    (path,) = entries(tmp_cache)
+    for change in ({"value": 0.01}, {"tag": "0" * 64}, {"method": "exact"}, {"tag": None}):
+        forge(path, **change)
+        with norm_cache() as cache:
+            assert memoised(("w",), slow(1.0, calls)).value == 1.0
+        assert cache.hits == 0 and json.loads(path.read_text())["value"] == 1.0  # recomputed and rewritten
+        if change.get("tag", "") is not None:  # a missing tag is a corrupt entry, the others forgeries
+            assert cache.notes == ["1 entry of the disk cache failed authentication (edited, or written with "
+                                   "another key): removed and recomputed"]
+    assert len(calls) == 5
+
+
+def test_another_key_is_another_cache(tmp_cache, tmp_path, monkeypatch):
+    calls: list = []
+    with norm_cache():
+        memoised(("w",), slow(1.0, calls))
+    monkeypatch.setenv("LIPGRAPH_KEY_FILE", str(tmp_path / "other" / "cache.key"))
+    with norm_cache() as cache:
+        memoised(("w",), slow(1.0, calls))
+    assert len(calls) == 2 and cache.forged == 1
+
+
+def test_missing_key_is_created_private(tmp_path):
+    key = tmp_path / "config" / "cache.key"
+    assert not key.exists()
+    first = cache_module.cache_secret()
+    assert key.stat().st_mode & 0o777 == 0o600 and len(first) == 32
+    assert cache_module.cache_secret() == first  # read back, not remade
+    assert not [p for p in key.parent.iterdir() if p.name.startswith(".tmp-key-")]
+    assert cache_module.key_file() == key
+
+
+def test_key_file_default_is_outside_the_cache(monkeypatch, tmp_path):
+    monkeypatch.delenv("LIPGRAPH_KEY_FILE")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert cache_module.key_file() == tmp_path / "xdg" / "lipgraph" / "cache.key"
+    monkeypatch.delenv("XDG_CONFIG_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_module.key_file() == tmp_path / "home" / ".config" / "lipgraph" / "cache.key"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o620, 0o602])
+def test_key_others_can_read_or_write_turns_the_disk_cache_off(tmp_cache, tmp_path, mode):
+    key = tmp_path / "config" / "cache.key"
+    cache_module.cache_secret()
+    key.chmod(mode)
+    calls: list = []
+    with norm_cache() as cache:
+        assert memoised(("w",), slow(1.0, calls)).value == 1.0
+    assert cache.directory is None and entries(tmp_cache) == [] and calls == [1]
+    assert cache.notes == [f"disk cache off: the cache key file {key} is readable or writable by others (mode "
+                           f"{mode:o}; chmod 600 it)"]
+
+
+@pytest.mark.parametrize("content, problem", [("abc\n", "holds no key (64 hex digits); delete it to make a new one"),
+                                              (None, "is not a regular file")])
+def test_unusable_key_files_are_refused(tmp_path, content, problem):
+    key = tmp_path / "config" / "cache.key"
+    key.parent.mkdir()
+    if content is None:
+        key.mkdir(mode=0o700)
+    else:
+        key.write_text(content)
+        key.chmod(0o600)
+    assert NormCache(tmp_path / "cache").notes == [f"disk cache off: the cache key file {key} {problem}"]
+
+
+def test_report_says_the_disk_cache_is_off(tmp_cache, tmp_path):
+    cache_module.cache_secret()
+    (tmp_path / "config" / "cache.key").chmod(0o644)
+    model, x = conv_net()
+    report = lipgraph.analyze(model, x, lower=False)
+    assert any(n.startswith("disk cache off: the cache key file") for n in report.notes), report.notes
+
+
+def forge_all_valid(folder: Path, scale: float) -> int:
+    """Scale every entry's value and re-sign it with the user's key: a valid tag on a wrong value."""
+    signer = NormCache(folder.parent)
+    paths = entries(folder)
+    for path in paths:
+        entry = json.loads(path.read_text())
+        bound = certified(entry["value"] * scale, entry["method"], exact=entry["exact"])
+        path.write_text(json.dumps({**entry, "value": bound.value, "tag": signer._tag(entry["key"], bound)}))
+    return len(paths)
+
+
+def test_a_signed_but_wrong_norm_is_caught_by_power_steps(tmp_cache, monkeypatch):
+    monkeypatch.setattr(cache_module, "MIN_SECONDS", 0.0)
+    model, x = conv_net()
+    first = lipgraph.analyze(model, x, lower=False)
+    forged = forge_all_valid(tmp_cache / cache_module._LAYOUT, 0.01)
+    assert forged == 2
+    second = lipgraph.analyze(model, x, lower=False)
+    assert second.bound == first.bound
+    assert second.notes == [f"{forged} entries of the disk cache claimed a certified norm below one the operator "
+                            "attains (a few power-method steps): removed and recomputed"]
+    third = lipgraph.analyze(model, x, lower=False)  # rewritten, correct entries
+    assert third.bound == first.bound and third.notes == []
+
+
+@pytest.mark.parametrize("p", [1, 2, math.inf])
+def test_power_steps_attain_at_most_the_norm(p):
+    torch.manual_seed(1)
+    W = torch.randn(7, 5, dtype=torch.float64)
+    exact = torch.linalg.matrix_norm(W, {1: 1, 2: 2, math.inf: math.inf}[p]).item()
+    attained = attained_norm(lambda v: v @ W.T, (5,), p, steps=10)
+    assert 0.5 * exact < attained <= exact * (1 + 1e-12)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
+    conv = conv_norm(w, (6, 6), padding=1, p=p, strategy="dense" if p == 2 else "abs-sum").value
+    attained = attained_norm(lambda v: torch.nn.functional.conv2d(v, w, padding=1), (3, 6, 6), p, steps=10)
+    assert 0.3 * conv < attained <= conv * (1 + 1e-12)
+
+
+def test_lower_above_certified_fails_the_run_and_drops_the_entries(tmp_cache, tmp_path, monkeypatch, capsys):
+    """A forged entry that passes the checks (simulated: no re-check) still cannot certify: the attained lower
+    bound exceeds it, the run fails naming the layers, and the entries it read are gone."""
+    monkeypatch.setattr(cache_module, "MIN_SECONDS", 0.0)
+    model_file = tmp_path / "model.py"
+    model_file.write_text("import torch\nfrom torch import nn\n"
+                          "def build_model():\n    torch.manual_seed(0)\n"
+                          "    return nn.Sequential(nn.Conv2d(24, 24, 3, padding=1), nn.ReLU(), nn.Flatten(), "
+                          "nn.Linear(24 * 36, 5))\n"
+                          "def example_input():\n    return torch.zeros(1, 24, 6, 6)\n")
+    assert main(["explain", str(model_file), "--json"]) == 0
+    good = json.loads(capsys.readouterr().out)["bound"]
+    forge_all_valid(tmp_cache / cache_module._LAYOUT, 0.01)
+    monkeypatch.setattr(cache_module, "RECHECK_TOLERANCE", math.inf)  # the forgery slips past the power steps
+    assert main(["explain", str(model_file), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "lipgraph: error: unsound bound: the lower bound" in err and "exceeds the certified bound" in err
+    assert "Norms used by these layers came from the disk cache: 0. Those entries were removed; rerun" in err, err
+    assert entries(tmp_cache) == []
+    assert main(["explain", str(model_file), "--json"]) == 0  # recomputed
+    assert json.loads(capsys.readouterr().out)["bound"] == good
+
+
+def test_an_unsound_rule_fails_the_api_without_the_cache():
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU()).eval()
+    with pytest.raises(UnsoundBoundError, match="No norm came from the disk cache: a rule is wrong"):
+        lipgraph.analyze(model, torch.randn(1, 3), rules={"linear": lambda ctx: certified(1e-3, "wrong")})
+
+
+@pytest.mark.parametrize("p", [1, 2, math.inf])
+@pytest.mark.parametrize("geometry", [dict(stride=2, padding=1, groups=2), dict(padding=1, dilation=2,
+                                                                                padding_mode="circular"),
+                                      dict(padding=1, groups=4, padding_mode="reflect"),
+                                      dict(stride=2, padding=1, transposed=True), dict(kernel=1),
+                                      dict(kernel=5, stride=3, padding=2, padding_mode="replicate")])
+def test_the_recheck_never_rejects_a_correct_conv_norm(p, geometry):
+    """The re-check runs many steps here (converged): it stays below the certified norm of every geometry, so a
+    correct entry is never thrown away."""
+    torch.manual_seed(0)
+    geometry = dict(geometry)
+    k, groups, transposed = geometry.pop("kernel", 3), geometry.get("groups", 1), geometry.get("transposed", False)
+    w = torch.randn(4, 4 // groups, k, k)  # (out, in/groups, k, k), or (in, out, k, k) transposed
+    certified_norm = conv_norm(w, (9, 9), p=p, **geometry).value
+    geo = conv_module._geometry(w, (9, 9), geometry.get("stride", 1), geometry.get("padding", 0),
+                                geometry.get("dilation", 1), groups, geometry.get("padding_mode", "zeros"),
+                                transposed, 0)
+    q = conv_module._DUAL[p] if transposed else p
+    attained = attained_norm(geo.linear_map(w), (w.shape[1] * groups, 9, 9), q, steps=30, dtype=torch.float32)
+    assert 0.4 * certified_norm < attained <= certified_norm * (1 + cache_module.RECHECK_TOLERANCE)

@@ -14,6 +14,7 @@ from rich.console import Console
 from torch import nn
 
 import lipgraph
+from lipgraph import UnsoundBoundError
 from lipgraph import Kind
 from lipgraph.cli import main
 from tests.fixtures.zoo import ZOO
@@ -128,8 +129,11 @@ def test_a_wrong_layer_rule_is_flagged() -> None:
         sigma = torch.linalg.matrix_norm(ctx.arg("weight").detach().double(), 2).item()
         return lipgraph.Transfer(gains=(lipgraph.certified(sigma / 2, "wrong"),), affine=True)
 
-    report = lipgraph.analyze(model, x, lower=False, layer_lower=True, rules={"linear": half_norm})
-    assert sum("UNSOUND: power iteration" in note for note in report.notes) == 3, report.notes
+    with pytest.raises(UnsoundBoundError) as caught:
+        lipgraph.analyze(model, x, lower=False, layer_lower=True, rules={"linear": half_norm})
+    message = str(caught.value)
+    assert message.startswith("unsound bound: power iteration attains more than the certified norm of 3 layer(s):")
+    assert len(caught.value.layers) == 3 and all(f"  - {layer}: " in message for layer in caught.value.layers)
 
 
 def test_cli_flag(capsys) -> None:

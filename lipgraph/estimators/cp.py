@@ -52,5 +52,5 @@ def cp(chain: DenseChain, p: float = 2) -> Bound:
 
 
 register_estimator(ChainEstimator(
-    "cp", cp, certified=True,
+    "cp", cp, certified=True, any_norm=cp, limits="larger chains: structured partial products",
     description="Combettes–Pesquet / LipLT: certified norms of the K² partial products"))

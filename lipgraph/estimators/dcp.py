@@ -48,9 +48,9 @@ from torch import nn
 
 from lipgraph.bound import Bound, certified
 from lipgraph.errors import InputError
-from lipgraph.estimators import CHAIN_ESTIMATORS, DenseChain
+from lipgraph.estimators import CHAIN_ESTIMATORS, ChainEstimator, DenseChain, register_estimator
 from lipgraph.estimators.recertify import UNIT_ROUNDOFF
-from lipgraph.estimators.sdp import cvxpy_missing, lmi_size
+from lipgraph.estimators.lmi import cvxpy_missing, lmi_size
 from lipgraph.linalg import conv_norm, materialize, matrix_norm
 
 #: rows [r0, r1) and columns [c0, c1) of a feature map
@@ -59,6 +59,8 @@ Region = tuple[int, int, int, int]
 MAX_PIECE = 200
 #: default time budget (seconds) of the partition search
 SECONDS = 60.0
+#: time budget (seconds) of the partition search per chain when the chain pass runs DCP (``--method dcp``)
+PASS_SECONDS = 20.0
 
 
 @dataclass(frozen=True)
@@ -338,6 +340,8 @@ def dcp(chain: ConvChain, *, estimator: str | None = None, max_piece: int = MAX_
     estimator = estimator or _default_estimator()
     if estimator not in CHAIN_ESTIMATORS:
         raise InputError(f"unknown chain estimator {estimator!r}; known: {', '.join(sorted(CHAIN_ESTIMATORS))}")
+    if CHAIN_ESTIMATORS[estimator].input != "dense":
+        raise InputError(f"DCP bounds its pieces with a dense chain estimator; {estimator!r} is not one")
     if not CHAIN_ESTIMATORS[estimator].certified:
         raise InputError(f"DCP combines certified piece bounds; {estimator!r} is an estimate")
     workers = workers or os.cpu_count() or 1
@@ -377,3 +381,13 @@ def _best_cut(chain: ConvChain, blocks: dict[tuple[int, int], BlockBound], estim
     parts = " ".join(f"[{b.start}:{b.stop}]" + (f" untiled {b.whole}" if b.whole else
                                                  f"{b.tiles}x{b.tiles}" if b.tiles else "") for b in used)
     return certified(value, f"dcp ({estimator}; blocks {parts})")
+
+
+def _applies(chain: object) -> str | None:
+    return None if isinstance(chain, ConvChain) else "needs a ConvChain (built by the chain pass from the graph)"
+
+
+register_estimator(ChainEstimator(
+    "dcp", lambda chain: dcp(chain, seconds=PASS_SECONDS), certified=True, applies=_applies, input="conv",
+    description="DCP: conv chains cut into small dense pieces (algorithms.md §8)",
+    limits="2-D zero-padded convolutions (BatchNorm folded in) and linear layers, any size"))

@@ -24,6 +24,7 @@ import torch
 
 from lipgraph.bound import Bound
 from lipgraph.estimators import ChainEstimator, DenseChain, register_estimator
+from lipgraph.estimators.lmi import MAX_LMI, SolverFailed, cvxpy_missing, solve_lmi
 from lipgraph.estimators.recertify import InfeasibleMultipliers, reduce_input
 
 #: t is capped so that 1 + 2at ≥ 1 − 0.99 (a < 0) and r ≥ 1e-3·|m| (a linear activation would give t = ∞)
@@ -99,10 +100,8 @@ def _fast_stage(Y: torch.Tensor, W: torch.Tensor, slope: tuple[float, float]) ->
 
 def eclipse_multipliers(chain: DenseChain, solver: str | None = None, seconds: float = 60.0) -> list[torch.Tensor]:
     """ECLipsE's multipliers: per hidden layer, the small SDP of the module docstring, by cvxpy when its LMI has
-    side ≤ ``sdp.MAX_LMI`` and cvxpy is installed, else by the first-order solver (:func:`stage_first_order`);
+    side ≤ ``lmi.MAX_LMI`` and cvxpy is installed, else by the first-order solver (:func:`stage_first_order`);
     a stage whose solve fails, or whose Λ breaks X ≻ 0, takes Fast's Λ instead."""
-    from lipgraph.estimators.sdp import MAX_LMI, SolverFailed, cvxpy_missing, solve_lmi
-
     weights = _reduced_weights(chain)
     Y = torch.eye(weights[0].shape[1], dtype=torch.float64, device=weights[0].device)
     lams = []
@@ -161,5 +160,6 @@ register_estimator(ChainEstimator(
     description="ECLipsE-Fast (Xu & Sivaranjani 2024): closed-form layer-wise multipliers, re-certified"))
 register_estimator(ChainEstimator(
     name="eclipse", fn=eclipse, certified=True,
+    limits=f"cvxpy for stage LMIs ≤ {MAX_LMI}, the first-order solver above or without cvxpy",
     description="ECLipsE (Xu & Sivaranjani 2024): one small SDP per layer (cvxpy, or the first-order solver for "
                 "large layers), re-certified"))

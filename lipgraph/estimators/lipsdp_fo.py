@@ -31,7 +31,7 @@ from typing import Sequence
 import torch
 
 from lipgraph.bound import Bound
-from lipgraph.estimators import DenseChain
+from lipgraph.estimators import ESTIMATORS, ChainEstimator, DenseChain, register_estimator
 from lipgraph.estimators.blockcert import block_certificate, schur_rho
 from lipgraph.estimators.operators import OperatorChain, lipsdp_apply, multiplier_gradient, top_eigenpair
 from lipgraph.estimators.recertify import InfeasibleMultipliers, best_recertified, reduce_input
@@ -229,3 +229,41 @@ def lipsdp_first_order(chain: DenseChain, *, steps: int = STEPS, seconds: float 
     T = first_order_multipliers(chain, fast, mode=mode, steps=steps, seconds=seconds)
     return certify_multipliers(chain, [T, fast], "lipsdp-neuron (first-order)", fallback=fast)
 
+
+
+#: widest hidden layer the conv-chain estimator materialises (10⁴ neurons: 800 MB per float64 layer)
+MAX_HIDDEN = 10_000
+#: optimiser budget (seconds) when run by the chain pass
+PASS_SECONDS = 60.0
+
+
+def lipsdp_conv(conv, seconds: float = PASS_SECONDS) -> Bound:
+    """LipSDP-Neuron on a DCP ``ConvChain`` too large for the dense estimators: the layers are materialised once
+    (float64, for the certificate), the multipliers optimised matrix-free on the conv operators (``lanczos``) or
+    by the Schur recursion, warm-started from ECLipsE-Fast, and certified (block-tridiagonal above LMI side
+    :data:`DENSE_CERTIFICATE`); never above ECLipsE-Fast, which is a candidate."""
+    from lipgraph.estimators.eclipse import fast_multipliers
+
+    chain = conv.to_dense()
+    fast = fast_multipliers(chain)
+    T = first_order_multipliers(chain, fast, operators=OperatorChain.from_conv(conv), seconds=seconds)
+    return certify_multipliers(chain, [T, fast], "lipsdp-neuron (first-order, conv)", fallback=fast)
+
+
+def _conv_applies(conv) -> str | None:
+    from lipgraph.linalg import dense_is_cheap
+
+    sizes = [math.prod(s) for s in conv.shapes]
+    if all(dense_is_cheap(a, b) for a, b in zip(sizes, sizes[1:])):
+        return "small enough for the dense estimators (lipsdp-neuron runs there)"
+    if max(sizes[1:-1], default=0) > MAX_HIDDEN:
+        return f"a hidden layer has {max(sizes[1:-1])} neurons, above {MAX_HIDDEN} (dense float64 certificate)"
+    return None
+
+
+register_estimator(ChainEstimator(
+    name="lipsdp-conv", fn=lipsdp_conv, certified=True, applies=_conv_applies, input="conv",
+    limits=f"conv chains too large to materialise for the dense estimators, hidden layers ≤ {MAX_HIDDEN}",
+    description="LipSDP-Neuron on large conv chains: first-order, matrix-free on conv operators, warm-started "
+                "from ECLipsE-Fast, block-tridiagonal certificate"))
+ESTIMATORS.methods["lipsdp"] = (*ESTIMATORS.methods["lipsdp"], "lipsdp-conv")

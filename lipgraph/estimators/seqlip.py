@@ -175,5 +175,5 @@ register_estimator(ChainEstimator(
     "seqlip", seqlip, certified=True,
     description="SeqLip eq. 8, exact vertex enumeration per layer pair (partial + relaxation when wide)"))
 register_estimator(ChainEstimator(
-    "seqlip-greedy", seqlip_greedy, certified=False,
+    "seqlip-greedy", seqlip_greedy, certified=False, limits="larger chains: top-k singular vectors",
     description="greedy SeqLip: local search over activation patterns (an estimate)"))

@@ -103,6 +103,9 @@ _SPELLINGS: dict[str, list[Any]] = {
     "unsqueeze": [torch.unsqueeze, "unsqueeze"],
     "contiguous": ["contiguous", "clone", torch.clone, "alias", "detach_copy"],
     "identity": [nn.Identity],
+    # recurrent layers (module rules only: rules/recurrent.py)
+    "rnn": [nn.RNN], "gru": [nn.GRU], "lstm": [nn.LSTM],
+    "rnn_cell": [nn.RNNCell], "gru_cell": [nn.GRUCell], "lstm_cell": [nn.LSTMCell],
     "dropout": [nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, F.dropout, F.dropout1d,
                 F.dropout2d, F.dropout3d, F.alpha_dropout, "dropout", "feature_dropout", "alpha_dropout",
                 "feature_alpha_dropout"],

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from lipgraph.bound import FLOAT_MARGIN, Bound, certified
-from lipgraph.cache import memoised, tensor_digest
+from lipgraph.cache import RECHECK_STEPS, memoised, tensor_digest
+from lipgraph.linalg.attained import attained_norm, working_copy
 from lipgraph.linalg.dense import LinearMap, batched_spectral_norm, dense_is_cheap, dense_norm
 from lipgraph.linalg.nonneg import col_sum_max, row_sum_max
 from lipgraph.linalg.device import norm_device
@@ -108,8 +109,14 @@ def conv_norm(
         weight, in_spatial, stride, padding, dilation, groups, padding_mode, transposed, output_padding
     )
     key = ("conv_norm", tensor_digest(weight), geo, transposed, p, strategy, norm_device().type)
-    return memoised(key, lambda: _conv_norm(weight.detach().to("cpu", torch.float64), geo, _DUAL[p] if transposed
-                                            else p, strategy))
+    q = _DUAL[p] if transposed else p
+
+    def check() -> float:
+        w = working_copy(weight)
+        return attained_norm(geo.linear_map(w), (w.shape[1] * geo.groups, *geo.n), q, steps=RECHECK_STEPS,
+                             dtype=w.dtype, device=w.device)
+
+    return memoised(key, lambda: _conv_norm(weight.detach().to("cpu", torch.float64), geo, q, strategy), check)
 
 
 def _conv_norm(w: torch.Tensor, geo: _Geometry, q: float, strategy: str) -> Bound:

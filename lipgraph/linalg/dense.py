@@ -14,7 +14,8 @@ import torch
 from torch.func import vjp, vmap
 
 from lipgraph.bound import FLOAT_MARGIN, Bound, certified
-from lipgraph.cache import memoised, tensor_digest
+from lipgraph.cache import FINGERPRINT_SETTINGS, RECHECK_STEPS, memoised, tensor_digest
+from lipgraph.linalg.attained import attained_norm, working_copy
 from lipgraph.linalg.device import norm_device
 
 LinearMap = Callable[[torch.Tensor], torch.Tensor]
@@ -37,6 +38,7 @@ class DenseLimit:
 
 
 DENSE_LIMIT = DenseLimit()
+FINGERPRINT_SETTINGS["DENSE_LIMIT"] = lambda: DENSE_LIMIT  # cached norms depend on it (lipgraph.cache)
 
 
 def dense_is_cheap(in_numel: int, out_numel: int) -> bool:
@@ -112,7 +114,13 @@ def matrix_norm(W: torch.Tensor, p: float) -> Bound:
         raise ValueError(f"p must be 1, 2 or inf, got {p!r}")
     if W.numel() < _MEMO_ENTRIES:
         return _matrix_norm(W, p)
-    return memoised(("matrix_norm", tensor_digest(W), p), lambda: _matrix_norm(W, p))
+
+    def check() -> float:
+        M = working_copy(W)
+        return attained_norm(lambda x: x @ M.mT, (M.shape[1],), p, steps=RECHECK_STEPS, dtype=M.dtype,
+                             device=M.device)
+
+    return memoised(("matrix_norm", tensor_digest(W), p), lambda: _matrix_norm(W, p), check)
 
 
 def _matrix_norm(W: torch.Tensor, p: float) -> Bound:

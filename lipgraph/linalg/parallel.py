@@ -5,17 +5,27 @@ worker threads run them in parallel. While the pool runs, torch's own intra-op t
 afterwards): n workers × 1 thread instead of n × n threads, which would oversubscribe the cores. With one torch
 thread everything runs in the calling thread, in order. Workers see the caller's context variables (the analysis'
 device and cache).
+
+Interrupts: the calling thread waits on each result in short slices (``POLL`` seconds), so Ctrl-C (a
+``KeyboardInterrupt`` in the main thread) is raised within one slice, even while a worker sits in a long torch
+call. Leaving early — an interrupt, an error, or the consumer closing the generator — cancels the items not started
+and returns at once, without waiting for the running ones (they finish in the background; their results are
+dropped).
 """
 from __future__ import annotations
 
 import contextvars
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Callable, Iterable, Iterator, TypeVar
 
 import torch
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+#: Seconds the calling thread blocks at a time while waiting for a worker.
+POLL = 0.1
 
 
 def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None) -> Iterator[R]:
@@ -28,14 +38,19 @@ def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None =
         return
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    pool = ThreadPoolExecutor(n, thread_name_prefix="lipgraph-norms")
+    finished = False
     try:
-        with ThreadPoolExecutor(n, thread_name_prefix="lipgraph-norms") as pool:
-            futures = [pool.submit(contextvars.copy_context().run, fn, item) for item in items]
-            try:
-                for future in futures:
-                    yield future.result()
-            finally:
-                for future in futures:
-                    future.cancel()
+        futures = [pool.submit(contextvars.copy_context().run, fn, item) for item in items]
+        for future in futures:
+            while True:
+                try:
+                    result = future.result(timeout=POLL)
+                    break
+                except FutureTimeout:
+                    continue
+            yield result
+        finished = True
     finally:
+        pool.shutdown(wait=finished, cancel_futures=True)
         torch.set_num_threads(threads)

@@ -9,29 +9,36 @@ from __future__ import annotations
 import math
 import time
 from contextlib import closing
+from typing import TYPE_CHECKING
 
 from torch import fx
 
 from ..bound import unbounded
+from ..cache import layer_label
 from ..errors import LipgraphError, NormNotSupported, NotLipschitzError, RuleError, UnsupportedOpsError
-from ..ir import LipGraph, map_args, op_spelling
+from ..ir import LipGraph, op_spelling
 from ..linalg.parallel import parallel_map
-from ..progress import LayerProgress
 from ..registry import Registry
-from ..ruleapi import OpContext, Rule, Transfer, Var
+from ..ruleapi import OpContext, Rule, Transfer
+from .context import context
+
+if TYPE_CHECKING:
+    from ..progress import ProgressFactory, Ticker
 
 UNSUPPORTED_MODES = ("error", "inf")
 
 
 def annotate(lg: LipGraph, registry: Registry, norm: float = 2, unsupported: str = "error", *,
-             fusion: bool = False, progress: bool = False) -> None:
+             fusion: bool = False, progress: ProgressFactory | None = None) -> None:
     """Run every op's rule; write ``lip.transfer``, ``lip.rule`` and ``lip.seconds`` (the rule's wall time).
 
     Built-in rules run in a thread pool when torch has several threads (:mod:`lipgraph.linalg.parallel`),
     other rules in the calling thread; results are handled in graph order either way. ``fusion=True`` then
     computes, in the same way, the norms of the folded affine chains that :func:`lipgraph.passes.fuse.fuse` will
     ask for (memoised by :mod:`lipgraph.cache`, so fusion finds them), adding their time to the ``lip.seconds``
-    of each chain's last op. ``progress=True`` shows a progress bar over both on a terminal, for long runs.
+    of each chain's last op. ``progress(total, description)``, when the caller supplies one (a terminal bar,
+    :class:`lipgraph.progress.LayerProgress`), is told of every layer done (``advance``) and of the chains added
+    (``extend``); this pass draws nothing itself.
     """
     if unsupported not in UNSUPPORTED_MODES:
         raise RuleError(f"unsupported= must be one of {UNSUPPORTED_MODES}, got {unsupported!r}")
@@ -44,7 +51,7 @@ def annotate(lg: LipGraph, registry: Registry, norm: float = 2, unsupported: str
         plan.append((node, rule, context(lg, node, norm) if rule is not None else None))
     runnable = [job for job in plan if job[1] is not None]
     pooled = parallel_map(_apply, [job for job in runnable if _thread_safe(job[1])])
-    with LayerProgress(len(runnable), "bounding layers", progress) as bar, closing(pooled):
+    with (progress or _Silent)(len(runnable), "bounding layers") as bar, closing(pooled):
         for node, rule, ctx in plan:
             if rule is None:
                 missing.append(node)
@@ -88,21 +95,23 @@ def _apply(job: tuple[fx.Node, Rule, OpContext]) -> tuple[Transfer | Exception, 
     _, rule, ctx = job
     start = time.perf_counter()
     try:
-        outcome: Transfer | Exception = rule.apply(ctx)
+        with layer_label(ctx.path):
+            outcome: Transfer | Exception = rule.apply(ctx)
     except Exception as exc:  # noqa: BLE001 - reported by annotate, in graph order
         outcome = exc
     return outcome, time.perf_counter() - start
 
 
-def _prefetch_fused_norms(lg: LipGraph, norm: float, bar: LayerProgress) -> None:
+def _prefetch_fused_norms(lg: LipGraph, norm: float, bar: Ticker) -> None:
     """Compute the norms of the folded affine chains now, in the pool (see :func:`annotate`)."""
-    from .fuse import affine_chains, folded_structure, fused_bound  # fuse imports this module
+    from .fuse import affine_chains, folded_structure, fused_bound  # fusion runs after this pass
 
     def prefetch(chain: list[fx.Node]) -> float:
         start = time.perf_counter()
         try:
             if folded_structure(chain) is not None:
-                fused_bound(lg, chain, norm)
+                with layer_label(f"the fused chain ending at {chain[-1].meta['lip.path']}"):
+                    fused_bound(lg, chain, norm)
         except Exception:  # noqa: BLE001 - fusion itself will meet the same error and handle it
             pass
         return time.perf_counter() - start
@@ -114,21 +123,23 @@ def _prefetch_fused_norms(lg: LipGraph, norm: float, bar: LayerProgress) -> None
         bar.advance(chain[-1].meta["lip.path"])
 
 
-def context(lg: LipGraph, node: fx.Node, norm: float) -> OpContext:
-    """What the rule of ``node`` sees: constants as values, input-dependent arguments as :class:`Var`."""
-    counter = iter(range(len(node.meta["lip.inputs"])))
+class _Silent:
+    """The progress of a caller that wants none."""
 
-    def value(arg: fx.Node):
-        if arg.meta.get("lip.dep"):
-            info = arg.meta["lip.info"]
-            return Var(info.shape, info.dtype, next(counter), parts=info.parts)
-        return arg.meta.get("lip.value")
+    def __init__(self, total: int, description: str) -> None:
+        pass
 
-    args, kwargs = map_args(node, value)
-    module = lg.gm.get_submodule(node.target) if node.op == "call_module" else None
-    return OpContext(key=node.meta["lip.key"], target=lg.target_of(node), module=module, args=args,
-                     kwargs=kwargs, output=node.meta["lip.info"], norm=norm, name=node.name,
-                     path=node.meta["lip.path"])
+    def __enter__(self) -> "_Silent":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def advance(self, label: str = "") -> None:
+        pass
+
+    def extend(self, more: int) -> None:
+        pass
 
 
 def _at(node: fx.Node) -> str:

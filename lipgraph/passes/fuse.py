@@ -18,7 +18,7 @@ from torch import fx
 from ..bound import Bound, Kind, certified
 from ..linalg import conv_norm, dense_is_cheap, dense_norm, matrix_norm
 from ..ir import LipGraph
-from .annotate import context
+from .context import context
 from .autolip import add_shortcut
 
 

@@ -7,7 +7,8 @@ vector v of its last step, √‖AᵀA v‖ ≤ ‖AᵀA‖^{1/2} = ‖A‖₂: 
 bound on the layer's norm (kind ``lower``, method ``power-iteration``), less a relative rounding allowance
 (``ROUNDING``). The certified gain is
 ≥ it; the pair shows how tight each certified number is (exact methods such as ``dense-svd`` coincide up to
-convergence, ``fft-circular`` sits slightly above). A lower value above a certified gain proves that rule wrong.
+convergence, ``fft-circular`` sits slightly above). A lower value above a certified gain proves that rule wrong:
+the analysis fails with :class:`~lipgraph.errors.UnsoundBoundError` naming every such layer.
 
 Measured: every single-input affine op with a certified gain that is not the exact constant 1 (isometries and
 projections have nothing to measure), and every fused chain (``lip.chain``, :mod:`lipgraph.passes.fuse`). A chain's
@@ -22,6 +23,7 @@ from __future__ import annotations
 from torch import fx
 
 from ..bound import Bound, lower
+from ..errors import UnsoundBoundError
 from ..ir import LipGraph
 from ..linalg import power_iteration
 from .fuse import fused_members, is_affine_link, linear_part
@@ -34,24 +36,28 @@ ITERATIONS, TOLERANCE = 100, 1e-6
 
 
 def layer_lower_bounds(lg: LipGraph, norm: float, *, iters: int = ITERATIONS, tol: float = TOLERANCE) -> list[str]:
-    """Record power-iteration lower bounds on the layers' ℓ2 norms; returns notes for the report (a certified gain
-    below its lower bound, i.e. an unsound rule). Records nothing for ℓ1/ℓ∞."""
+    """Record power-iteration lower bounds on the layers' ℓ2 norms; returns notes for the report. Records nothing
+    for ℓ1/ℓ∞. Raises :class:`UnsoundBoundError` when a certified gain is below its lower bound."""
     if norm != 2:
         return ["layer lower bounds are computed for ℓ2 only: the ℓ1/ℓ∞ layer norms are exact (abs row/column sums)"]
-    notes: list[str] = []
+    wrong: dict[str, str] = {}  # where -> what power iteration attains there
     for node in lg.ops():
         if is_affine_link(node) and not _isometry(gain := node.meta["lip.transfer"].gains[0]):
             found = _power_lower(lg, [node], iters, tol)
             if found is not None:
                 node.meta["lip.layer_lower"] = found
-                notes += _check(node.meta["lip.path"], found, gain)
+                wrong.update(_check(node.meta["lip.path"], found, gain))
         if "lip.chain" in node.meta:
             _first, fused, _product = node.meta["lip.chain"]
             found = _power_lower(lg, fused_members(node), iters, tol)
             if found is not None:
                 node.meta["lip.chain_lower"] = found
-                notes += _check(f"the fused chain ending at {node.meta['lip.path']}", found, fused)
-    return notes
+                wrong.update(_check(f"the fused chain ending at {node.meta['lip.path']}", found, fused))
+    if wrong:
+        listed = "\n".join(f"  - {where}: {what}" for where, what in wrong.items())
+        raise UnsoundBoundError(f"unsound bound: power iteration attains more than the certified norm of "
+                                f"{len(wrong)} layer(s):\n{listed}", list(wrong))
+    return []
 
 
 def _isometry(gain: Bound) -> bool:
@@ -71,8 +77,7 @@ def _power_lower(lg: LipGraph, nodes: list[fx.Node], iters: int, tol: float) -> 
     return lower(estimate.value * (1 - ROUNDING), METHOD)
 
 
-def _check(where: str, found: Bound, certified: Bound) -> list[str]:
+def _check(where: str, found: Bound, certified: Bound) -> dict[str, str]:
     if found.value <= certified.value:
-        return []
-    return [f"UNSOUND: power iteration attains {found.value:.6g} on {where}, above its certified bound "
-            f"{certified.value:.6g} ({certified.method}); the rule is wrong, please report this model"]
+        return {}
+    return {where: f"{found.value:.6g} > certified {certified.value:.6g} ({certified.method})"}

@@ -3,9 +3,11 @@
 For each chain W_K ∘ φ ∘ ⋯ ∘ φ ∘ W_1 (:mod:`lipgraph.passes.chains`) the pass computes:
 
 - ``autolip``: the product of the runs' certified gains (fused where tighter) and the activations' slopes;
-- when every run is small enough to materialise (``DENSE_LIMIT``), its exact float64 matrix, and every chain
-  estimator asked for (:data:`lipgraph.estimators.CHAIN_ESTIMATORS`: ``cp``, ``seqlip``, ``seqlip-greedy``,
-  and the SDP family when installed) on that :class:`DenseChain`;
+- for each estimator asked for that takes a conv chain (:data:`lipgraph.estimators.ESTIMATORS`, ``input="conv"``:
+  DCP), the chain's :class:`~lipgraph.estimators.dcp.ConvChain` when it is one;
+- when every run is small enough to materialise (``DENSE_LIMIT``), its exact float64 matrix, and every dense
+  estimator asked for (``cp``, ``seqlip``, ``seqlip-greedy``, and the SDP family when installed) on that
+  :class:`DenseChain`;
 - otherwise ``cp`` with the certified norm of each partial product W_k⋯W_j where fusion can bound it (folded
   structure or a dense operator) and the product of the runs' gains where not (still certified, never worse
   than AutoLip), and the greedy SeqLip *estimate* on top-k singular vectors (randomised SVD of each run).
@@ -24,8 +26,8 @@ from typing import Sequence
 from torch import fx
 
 from ..bound import Bound, Kind, certified, exact
-from ..estimators import CHAIN_ESTIMATORS, DenseChain
-from ..estimators.cp import cp, cp_value
+from ..estimators import ESTIMATORS, ChainEstimator, DenseChain, EstimatorCatalogue
+from ..estimators.cp import cp_value
 from ..estimators.seqlip import Factors, greedy_bound
 from ..ir import LipGraph
 from ..linalg import dense_is_cheap, materialize
@@ -60,20 +62,20 @@ class ChainResult:
         return {"autolip": self.product, **{k: b for k, b in self.results.items() if b.kind is Kind.CERTIFIED}}
 
 
-#: Estimators of whole chains that are not dense-chain estimators: DCP builds its own pieces (algorithms.md §8).
-GRAPH_ESTIMATORS = ("dcp",)
-#: Time budget (seconds) of DCP's partition search per chain.
-DCP_SECONDS = 20.0
+#: The former list of estimators that are not dense-chain estimators (now ``ESTIMATORS.of_input("conv")``).
+GRAPH_ESTIMATORS = tuple(ESTIMATORS.of_input("conv"))
 
 
-def tighten_chains(lg: LipGraph, norm: float, estimators: Sequence[str], top_k: int = TOP_K) -> list[ChainResult]:
-    """Run ``estimators`` on every chain of ``lg`` and record shortcuts where they beat AutoLip."""
-    unknown = [e for e in estimators if e not in CHAIN_ESTIMATORS and e not in GRAPH_ESTIMATORS]
+def tighten_chains(lg: LipGraph, norm: float, estimators: Sequence[str], top_k: int = TOP_K,
+                   catalogue: EstimatorCatalogue = ESTIMATORS) -> list[ChainResult]:
+    """Run ``estimators`` (names in ``catalogue``) on every chain of ``lg`` and record shortcuts where they beat
+    AutoLip."""
+    unknown = [e for e in estimators if e not in catalogue]
     if unknown:
-        raise ValueError(f"unknown chain estimators {unknown}; available: {sorted(CHAIN_ESTIMATORS)}")
+        raise ValueError(f"unknown chain estimators {unknown}; available: {sorted(catalogue)}")
     results = []
     for chain in sequential_chains(lg):
-        result = bound_chain(lg, chain, norm, estimators, top_k)
+        result = bound_chain(lg, chain, norm, estimators, top_k, catalogue)
         chain.last.meta["lip.seqlip"] = result
         if result.best.value < result.product.value * (1 - 1e-9):
             add_shortcut(chain.last, chain.first, result.best, result.winner)
@@ -85,16 +87,17 @@ def tighten_chains(lg: LipGraph, norm: float, estimators: Sequence[str], top_k: 
 
 
 def bound_chain(lg: LipGraph, chain: SeqChain, norm: float, estimators: Sequence[str],
-                top_k: int = TOP_K) -> ChainResult:
+                top_k: int = TOP_K, catalogue: EstimatorCatalogue = ESTIMATORS) -> ChainResult:
     """All requested bounds of one chain (see the module docstring)."""
     gains = [run_gain(run) for run in chain.runs]
     product = _product(gains + [exact(max(abs(lo), abs(hi)), "slope") for lo, hi in chain.slopes])
     result = ChainResult(chain, Bound(product.value, product.kind, "autolip"))
     parts = [linear_part(lg, list(run), norm) for run in chain.runs]
-    if "dcp" in estimators:
-        _dcp(result, chain, norm)
+    conv = [e for e in estimators if catalogue[e].input == "conv"]
+    if conv:
+        _conv_estimators(result, chain, norm, [catalogue[e] for e in conv])
     if all(p is not None and dense_is_cheap(*p.size) for p in parts):
-        _dense_estimators(result, parts, norm, [e for e in estimators if e not in GRAPH_ESTIMATORS])
+        _dense_estimators(result, parts, norm, [catalogue[e] for e in estimators if catalogue[e].input == "dense"])
     else:
         result.notes.append("layers too large to materialise: chain estimators other than cp and the "
                             "truncated greedy SeqLip are skipped")
@@ -115,20 +118,25 @@ def run_gain(run: Sequence[fx.Node]) -> Bound:
     return product
 
 
-def _dcp(result: ChainResult, chain: SeqChain, norm: float) -> None:
-    """DCP on a chain of 2-D zero-padded convolutions (BN folded in) and linear layers, when it is one."""
-    from ..estimators.dcp import ConvChain, dcp
+def _conv_estimators(result: ChainResult, chain: SeqChain, norm: float, estimators: list[ChainEstimator]) -> None:
+    """Estimators of conv chains (DCP) on the chain as a :class:`ConvChain` of 2-D zero-padded convolutions (BN
+    folded in) and linear layers, when it is one."""
+    from ..estimators.dcp import ConvChain
 
-    why = "ℓ2 only" if norm != 2 else None
-    layers = [] if why else [_dcp_layer(run) for run in chain.runs]
-    if why is None and any(layer is None for layer in layers):
-        why = "only chains of 2-D zero-padded convolutions (BatchNorm folded in) and linear layers"
-    if why is not None:
-        result.notes.append(f"dcp: {why}")
-        return
-    info = chain.runs[0][0].meta["lip.inputs"][0].meta["lip.info"]
-    shape = tuple(info.shape[1:]) if len(info.shape) == 4 else (math.prod(info.shape[1:]), 1, 1)
-    _timed(result, "dcp", lambda: dcp(ConvChain(tuple(layers), chain.slopes, shape), seconds=DCP_SECONDS))
+    layers = [_dcp_layer(run) for run in chain.runs]
+    conv = None
+    if all(layer is not None for layer in layers):
+        info = chain.runs[0][0].meta["lip.inputs"][0].meta["lip.info"]
+        shape = tuple(info.shape[1:]) if len(info.shape) == 4 else (math.prod(info.shape[1:]), 1, 1)
+        conv = ConvChain(tuple(layers), chain.slopes, shape)
+    for est in estimators:
+        why = ("ℓ2 only" if not est.supports(norm) else
+               "only chains of 2-D zero-padded convolutions (BatchNorm folded in) and linear layers" if conv is None
+               else est.applies(conv))
+        if why is not None:
+            result.notes.append(f"{est.name}: {why}")
+            continue
+        _timed(result, est.name, lambda: est.run(conv, norm))
 
 
 def _dcp_layer(run: Sequence[fx.Node]):
@@ -137,6 +145,8 @@ def _dcp_layer(run: Sequence[fx.Node]):
 
     nodes = [n for n in run if n.meta["lip.key"] not in ("flatten", "reshape")] if run[-1].meta["lip.key"] == "linear" \
         else list(run)
+    while len(nodes) > 1 and nodes[-1].meta["lip.key"] == "flatten":  # conv → flatten: the same vector (C·H·W)
+        nodes.pop()
     structure = folded_structure(nodes)
     if structure is None:
         return None
@@ -163,23 +173,16 @@ def _product(gains: Sequence[Bound]) -> Bound:
 
 
 def _dense_estimators(result: ChainResult, parts: list[LinearPart], norm: float,
-                      estimators: Sequence[str]) -> None:
+                      estimators: Sequence[ChainEstimator]) -> None:
     start = time.perf_counter()
     chain = DenseChain.of([materialize(p.fn, p.in_shape) for p in parts], result.chain.slopes)
     result.seconds["materialise"] = time.perf_counter() - start
-    for name in estimators:
-        est = CHAIN_ESTIMATORS[name]
-        if norm != 2:
-            if name == "cp":
-                _timed(result, name, lambda: cp(chain, norm))
-            else:
-                result.notes.append(f"{name}: ℓ2 only")
-            continue
-        why = est.applies(chain)
+    for est in estimators:
+        why = "ℓ2 only" if not est.supports(norm) else est.applies(chain)
         if why is not None:
-            result.notes.append(f"{name}: {why}")
+            result.notes.append(f"{est.name}: {why}")
             continue
-        _timed(result, name, lambda: est.fn(chain))
+        _timed(result, est.name, lambda: est.run(chain, norm))
 
 
 def _timed(result: ChainResult, name: str, compute) -> None:

@@ -1,6 +1,8 @@
 """``Comparison`` as a rich table: each node's bound before and after, and the ratio (red when it grew)."""
 from __future__ import annotations
 
+from typing import IO, Any
+
 from rich.console import Console
 from rich.table import Table
 
@@ -37,3 +39,10 @@ def print_comparison(comparison: Comparison, *, console: Console | None = None, 
 
 def _ratio(row: ComparisonRow) -> str:
     return "-" if row.ratio is None else f"{row.ratio:.4g}"
+
+
+def write_comparison(comparison: Comparison, file: IO[str] | None = None, **options: Any) -> None:
+    """The ``table`` format of a comparison: :func:`print_comparison` onto ``file``."""
+    if file is not None and options.get("console") is None:
+        options["console"] = make_console(file, ascii_only=options.get("ascii_only", False), width=options.get("width"))
+    print_comparison(comparison, **options)

@@ -8,7 +8,7 @@ follows its gain (``L ≤ 2.934  certified · fft-circular (power iteration ≥ 
 from __future__ import annotations
 
 import sys
-from typing import IO, Callable
+from typing import IO, Any, Callable
 
 from rich.console import Console
 from rich.text import Text
@@ -171,3 +171,16 @@ def _print(report: Report, console: Console, depth: int | None, formulas: bool, 
     for note in report.notes:
         console.print(f"note: {note}", style="italic")
     console.print(f"{report.seconds:.2f} s · frontend {report.frontend}", style="dim")
+
+
+def write_tree(report: Report, file: IO[str] | None = None, **options: Any) -> None:
+    """The ``tree`` format: :func:`print_report` onto ``file`` (options: ``depth``, ``ascii_only``, ``width``,
+    ``formulas``, ``latex``, ``top``, ``console``)."""
+    if file is not None and options.get("console") is None:
+        options["console"] = make_console(file, ascii_only=options.get("ascii_only", False), width=options.get("width"))
+    print_report(report, **options)
+
+
+def write_latex(report: Report, file: IO[str] | None = None, **options: Any) -> None:
+    """The ``latex`` format: the formulas as a LaTeX ``align*`` block (``depth``: down to that depth)."""
+    write_tree(report, file, **{**options, "latex": True})

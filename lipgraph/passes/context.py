@@ -1,0 +1,25 @@
+"""What a rule sees of its op: the :class:`~lipgraph.ruleapi.OpContext` of a graph node (used by the annotate and
+fuse passes)."""
+from __future__ import annotations
+
+from torch import fx
+
+from ..ir import LipGraph, map_args
+from ..ruleapi import OpContext, Var
+
+
+def context(lg: LipGraph, node: fx.Node, norm: float) -> OpContext:
+    """What the rule of ``node`` sees: constants as values, input-dependent arguments as :class:`Var`."""
+    counter = iter(range(len(node.meta["lip.inputs"])))
+
+    def value(arg: fx.Node):
+        if arg.meta.get("lip.dep"):
+            info = arg.meta["lip.info"]
+            return Var(info.shape, info.dtype, next(counter), parts=info.parts)
+        return arg.meta.get("lip.value")
+
+    args, kwargs = map_args(node, value)
+    module = lg.gm.get_submodule(node.target) if node.op == "call_module" else None
+    return OpContext(key=node.meta["lip.key"], target=lg.target_of(node), module=module, args=args,
+                     kwargs=kwargs, output=node.meta["lip.info"], norm=norm, name=node.name,
+                     path=node.meta["lip.path"])
