@@ -26,7 +26,8 @@ from .bound import Bound, Kind, certified, estimate, exact, lower, unbounded
 from .errors import (InputError, LipgraphError, NormNotSupported, NotLipschitzError, RuleError, TraceError,
                      UnsoundBoundError, UnsupportedOpsError)
 from .penalty import lipschitz_penalty
-from .registry import Registry, default_registry, register, rule
+from .registry import Registry, default_registry, register, register_named, register_pattern, rule
+from .patternapi import Chain, GraphView, Match, Pattern
 from .comparison import Comparison
 from .formula import Attribution, Formulas
 from .report import Report, ReportNode
@@ -45,4 +46,5 @@ __all__ = [
     "Registry", "default_registry", "register", "rule", "Report", "ReportNode", "OpContext", "Rule",
     "Transfer", "Var", "elementwise", "isometry", "not_lipschitz", "scale", "__version__",
     "OutputFormat", "default_formats", "register_format",
+    "register_named", "register_pattern", "Pattern", "Match", "GraphView", "Chain",
 ]

@@ -259,6 +259,8 @@ def _rules(args: argparse.Namespace) -> int:
         table.add_column(column, overflow="fold")
     for key, rule in registry.items():
         names = registry.aliases_of(key) + spellings.get(key, [])
+        if key in registry.patterns:  # a subgraph pattern: its matches show as one node of this type
+            names.insert(0, f"pattern {registry.patterns[key].title}")
         table.add_row(key, "exact" if rule.exact else "upper bound", rule.description,
                       ", ".join(names[:6]) + (" …" if len(names) > 6 else ""), rule.source)
     make_console().print(table)

@@ -18,7 +18,8 @@ from typing import Any, Callable
 import networkx as nx
 from torch import fx, nn
 
-from .frontend.opkeys import display_name, function_key, method_key, module_key
+from .frontend.opkeys import display_name, node_key
+from .frontend.patterns import rewrite
 from .frontend.propagate import propagate
 from .frontend.trace import _LIPGRAPH_DIR, _TORCH_DIR, trace
 from .registry import Registry
@@ -57,6 +58,7 @@ def build(model: nn.Module, inputs: tuple, registry: Registry, frontend: str = "
     """Trace, run once for shapes and constants, and annotate keys, scopes, paths and sources."""
     gm, used = trace(model, inputs, registry, frontend, concrete_args)
     propagate(gm, inputs)
+    rewrite(gm, registry.patterns.values(), registry.alias)
     lg = LipGraph(model=model, gm=gm, frontend=used, inputs=inputs,
                   module_types={name: type(m).__name__ for name, m in model.named_modules()})
     taken = set(lg.module_types)  # module paths: a functional op must not take one (torch.relu vs self.relu)
@@ -77,15 +79,7 @@ def build(model: nn.Module, inputs: tuple, registry: Registry, frontend: str = "
 
 def op_key(lg: LipGraph, node: fx.Node, registry: Registry) -> str | None:
     """Canonical key of an op node (see :mod:`lipgraph.frontend.opkeys`)."""
-    if node.op == "call_module":
-        return module_key(type(lg.gm.get_submodule(node.target)), registry.alias)
-    if node.op == "call_method":
-        return method_key(node.target)
-    if node.op == "call_function" and node.target is getattr:  # x.T, x.mT: attributes computing tensors
-        return method_key(node.args[1])
-    if node.op == "call_function":
-        return registry.alias(node.target) or function_key(node.target)
-    return None
+    return node_key(lg.gm, node, registry.alias)
 
 
 def op_spelling(lg: LipGraph, node: fx.Node) -> str:

@@ -54,7 +54,7 @@ from torch.func import functional_call, jvp, vjp
 
 from .bound import Bound, lower
 from .errors import InputError, LipgraphError
-from .frontend.prepare import as_inputs, eval_mode, to_model_device, unwrap
+from .frontend.prepare import as_inputs, eval_mode, frozen_parametrizations, to_model_device, unwrap
 from .norms import parse_norm
 
 METHOD = "jacobian-ascent"
@@ -424,6 +424,7 @@ def search(model: nn.Module, x: Any, *, norm: Any = 2, starts: int = 8, steps: i
     gen = torch.Generator().manual_seed(seed)
     with eval_mode(model, []), torch.random.fork_rng(devices=[]), _threads(model, inputs):
         torch.manual_seed(seed)
+        model = frozen_parametrizations(model)
         try:
             fn = _Net(model, inputs, None)
         except LipgraphError:

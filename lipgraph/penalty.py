@@ -280,6 +280,8 @@ def _has_weights(lg: LipGraph, node: fx.Node) -> bool:
     """A module with parameters, or an op reading a constant computed from parameters."""
     if node.op == "call_module":
         return any(True for _ in lg.gm.get_submodule(node.target).parameters())
+    if isinstance(getattr(node.target, "module", None), nn.Module):  # a pattern's compound (frontend/patterns.py)
+        return any(True for _ in node.target.module.parameters())
     return any(n.op == "get_attr" and isinstance(reduce(getattr, n.target.split("."), lg.gm), nn.Parameter)
                for n in _live_constants([node]))
 

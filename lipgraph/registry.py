@@ -30,6 +30,8 @@ class Registry:
     def __init__(self) -> None:
         self._rules: dict[str, Rule] = {}
         self._aliases: dict[Any, str] = {}
+        self._named: dict[str, str] = {}  # "package.module.Class" -> key, for libraries lipgraph never imports
+        self.patterns: dict[str, Any] = {}  # name -> lipgraph.Pattern, matched before annotation
         self.packs: list[str] = []  # what was loaded, for `lipgraph doctor`
 
     # -- registration ------------------------------------------------------------------------------
@@ -70,6 +72,25 @@ class Registry:
         self._rules[key] = rule
         return rule
 
+    def register_named(self, qualified_name: str, rule: Rule | RuleFn, *, exact: bool = False,
+                       override: bool = False) -> Rule:
+        """Register ``rule`` for the module class whose fully qualified name (``cls.__module__ + "." +
+        cls.__qualname__``) is ``qualified_name``, without importing it: a layer library's classes get rules that
+        apply once the user imports that library. The name is the rule's op key."""
+        made = self.register(qualified_name, rule, exact=exact, override=override)
+        self._named[qualified_name] = qualified_name
+        return made
+
+    def register_pattern(self, pattern: Any, *, override: bool = False) -> Rule:
+        """Register a subgraph pattern (:class:`lipgraph.Pattern`): its matches become one op
+        with key ``pattern.name``, bounded by ``pattern.rule``."""
+        if pattern.name in self.patterns and not override:
+            raise RuleError(f"a pattern named {pattern.name!r} is already registered; pass override=True to replace it")
+        made = self.register(pattern.name, pattern.rule, exact=pattern.exact, override=override)
+        made.description = made.description or pattern.description
+        self.patterns[pattern.name] = pattern
+        return made
+
     def rule(self, *targets: str | type | Callable, exact: bool = False, override: bool = False):
         """Decorator form: ``@registry.rule(nn.Conv2d, "conv2d")`` on ``def conv(ctx) -> Bound | Transfer``.
 
@@ -96,12 +117,16 @@ class Registry:
     def alias(self, target: Any) -> str | None:
         """The op key a user-registered module class or function stands for."""
         try:
-            return self._aliases.get(target)
+            key = self._aliases.get(target)
         except TypeError:  # unhashable target
             return None
+        if key is None and isinstance(target, type) and self._named:
+            key = self._named.get(_display_name(target))
+        return key
 
     def aliases_of(self, key: str) -> list[str]:
-        return sorted(_display_name(t) for t, k in self._aliases.items() if k == key)
+        return sorted([_display_name(t) for t, k in self._aliases.items() if k == key]
+                      + [name for name, k in self._named.items() if k == key and name != key])
 
     @property
     def functions(self) -> tuple[Callable, ...]:
@@ -116,6 +141,8 @@ class Registry:
         new = Registry()
         new._rules = dict(self._rules)
         new._aliases = dict(self._aliases)
+        new._named = dict(self._named)
+        new.patterns = dict(self.patterns)
         new.packs = list(self.packs)
         return new
 
@@ -193,6 +220,17 @@ def register(target: str | type | Callable, rule: Rule | RuleFn, *, key: str | N
              override: bool = False, exact: bool = False) -> Rule:
     """Register a rule, e.g. ``lipgraph.register(MyAct, lipgraph.elementwise(slope=(0, 1)))``."""
     return current_registry().register(target, rule, key=key, override=override, exact=exact)
+
+
+def register_named(qualified_name: str, rule: Rule | RuleFn, *, exact: bool = False, override: bool = False) -> Rule:
+    """Register a rule for a module class by its fully qualified name, without importing it (see
+    :meth:`Registry.register_named`)."""
+    return current_registry().register_named(qualified_name, rule, exact=exact, override=override)
+
+
+def register_pattern(pattern: Any, *, override: bool = False) -> Rule:
+    """Register a subgraph pattern (:class:`lipgraph.Pattern`) and its rule (see :mod:`lipgraph.patternapi`)."""
+    return current_registry().register_pattern(pattern, override=override)
 
 
 def rule(*targets: str | type | Callable, exact: bool = False, override: bool = False):

@@ -48,6 +48,10 @@ class Transfer:
     as one composed operator (algorithms.md §4). ``structure`` optionally describes A for exact folding:
     ``("matrix", W)`` (y = W x on the last dim), ``("conv", weight, options)`` (``conv_norm`` keywords),
     ``("channel_scale", s)`` (y_c = s_c x_c along dim 1, e.g. eval BatchNorm).
+
+    ``joint`` declares the op ``max(gains)``-Lipschitz in its inputs *jointly*, ‖Δy‖_p ≤ max_i g_i·‖(Δx_1, …,
+    Δx_m)‖_p (implied by ``combine = p``: cat/stack, elementwise max/min, clamp). AutoLip then bounds y by
+    max_i g_i·L(s) when the inputs are disjoint selections of one tensor s (the two halves of a split: 1, not √2).
     """
 
     gains: tuple[Bound, ...]
@@ -56,6 +60,7 @@ class Transfer:
     notes: tuple[str, ...] = ()
     affine: bool = False
     structure: tuple | None = None
+    joint: bool = False
 
 
 RuleFn = Callable[["OpContext"], Union[Transfer, Bound]]

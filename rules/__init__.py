@@ -5,4 +5,4 @@ Each module below has a ``register(registry)`` function, the same protocol as th
 """
 
 MODULES = ("activations", "structural", "arithmetic", "linear", "conv", "normalization", "pooling", "softmax", "extra",
-           "recurrent")
+           "recurrent", "deel", "orthogonium", "pattern_sorting", "pattern_lp_pool", "pattern_residual")

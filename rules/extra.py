@@ -90,7 +90,7 @@ def _branches(ctx: OpContext) -> Transfer:
     """Elementwise max/min/clamp of several input-dependent operands: per-operand copy gains, ℓp combination."""
     out = ctx.output_shape
     gains = tuple(copies_gain(broadcast_copies(v, out), ctx.norm, "max-branch") for v in ctx.inputs)
-    return Transfer(gains=gains, combine=ctx.norm)
+    return Transfer(gains=gains, combine=ctx.norm, joint=True)
 
 
 # -- clamp, maximum, minimum ------------------------------------------------------------------------------

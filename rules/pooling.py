@@ -5,14 +5,19 @@ number of windows covering pixel i: L₂ = √(max c), L₁ = max c, L∞ = 1 (3
 Average pooling and upsampling are linear with nonnegative entries and act on each channel alike: their norm
 is that of the single-channel operator, exact (dense SVD) when small, else the Schur bound √(‖A‖₁‖A‖∞);
 ℓ1/ℓ∞ norms are exact column/row sums.
+
+Power-average pooling (``nn.LPPool1d/2d/3d``, ``F.lp_pool*``; see :func:`lp_window_gain` for the proof): each output
+is a weighted ℓp norm of its window, y_w = s·(Σ_{i∈w} a_wi |x_i|^p)^{1/p}; in ℓ2 with p = 2 and s = 1 the constant
+is √(max number of windows covering one input), 1 for non-overlapping windows.
 """
+
 from __future__ import annotations
 
 import math
 
 import torch
 
-from lipgraph.bound import Bound
+from lipgraph.bound import Bound, certified
 from lipgraph.linalg import col_sum_max, dense_is_cheap, dense_norm, row_sum_max, schur_bound
 from lipgraph.errors import NormNotSupported
 from lipgraph.registry import Registry
@@ -90,8 +95,78 @@ def per_channel_linear(ctx: OpContext) -> Bound:
     return schur_bound(fn, in_shape)
 
 
+def window_lengths(n: int, kernel: int, stride: int, n_out: int) -> list[int]:
+    """In-bounds lengths of the 1-D windows [o·stride, o·stride + kernel) ∩ [0, n), o < n_out (no padding)."""
+    return [max(0, min(o * stride + kernel, n) - o * stride) for o in range(n_out)]
+
+
+def lp_window_gain(n_in: tuple[int, ...], n_out: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...],
+                   inner: tuple[float, ...], p: float, r: float, method: str) -> Bound:
+    """Lipschitz constant in ℓr of y_w = (Σ_{i∈w} a_wi |x_i|^p)^{1/p} over separable windows (no padding), with
+    a_wi = Π_d inner_d / len_d(w) (``inner_d = kernel_d``: ``LPPool``'s (Σ x^p)^{1/p}; ``inner_d = 1``: the root of
+    an average).
+
+    Proof. y_w is a weighted ℓp norm, so |Δy_w| ≤ ‖u_w‖_p with u_wi = a_wi^{1/p}|Δx_i| (reverse triangle
+    inequality). For r ≤ p, ‖u‖_p ≤ ‖u‖_r, hence Σ_w |Δy_w|^r ≤ Σ_i (Σ_w a_wi^{r/p}) |Δx_i|^r and
+    L_r ≤ (max_i Σ_w a_wi^{r/p})^{1/r}. For r = ∞, |Δy_w| ≤ (Σ_i a_wi)^{1/p} ‖Δx‖_∞. For r = 2 > p = 1, Cauchy–
+    Schwarz gives (Σ_i a_wi |Δx_i|)² ≤ (Σ_i a_wi)(Σ_i a_wi Δx_i²), hence L_2 ≤ √(max row sum · max column sum).
+    The a_wi factor over dimensions, so the sums are products of 1-D sums. For a = 1 (LPPool, full windows) this
+    is c^{1/r}·n^{max(0, 1/p − 1/r)} with c the max window coverage and n the window size (Hölder), attained by
+    one coordinate at a most-covered position (p ≥ r) or a constant window (c = 1): exact there.
+    """
+    col_r, row, col_1 = 1.0, 1.0, 1.0  # max_i Σ_w a^{r/p};  max_w Σ_i a;  max_i Σ_w a
+    full, coverage = True, 1
+    for n, m, k, s, c in zip(n_in, n_out, kernel, stride, inner):
+        lengths = window_lengths(n, k, s, m)
+        full = full and all(length == k for length in lengths)
+        weights = torch.tensor([c / length if length else 0.0 for length in lengths], dtype=torch.float64)
+        starts = torch.arange(m) * s
+        member = (torch.arange(n)[:, None] >= starts[None, :]) & (torch.arange(n)[:, None] < starts[None, :] + k)
+        power = 1.0 if math.isinf(r) else r / p
+        col_r *= float((member * weights.pow(power)).sum(1).max()) if m else 0.0
+        col_1 *= float((member * weights).sum(1).max()) if m else 0.0
+        row *= float((weights * torch.tensor(lengths, dtype=torch.float64)).max()) if m else 0.0
+        coverage *= int(member.sum(1).max()) if m else 0
+    if math.isinf(r):
+        value = row ** (1.0 / p)
+    elif r <= p:
+        value = col_r ** (1.0 / r)
+    else:
+        value = math.sqrt(row * col_1)
+    tight = full and all(c == k for c, k in zip(inner, kernel)) and (math.isinf(r) or p >= r or coverage == 1)
+    return certified(value, method, exact=tight, margin=0.0 if tight else 1e-12)
+
+
+def lp_order(ctx: OpContext, p: float) -> float:
+    """The order p of a power-average pooling, refused where the op is not globally Lipschitz."""
+    if math.isinf(p) and p > 0:
+        return p
+    if p <= 0 or p != int(p):
+        raise ctx.not_lipschitz(f"x**{p:g} is undefined (NaN) for negative x or unbounded in slope near 0")
+    if p > 1 and int(p) % 2 == 1:
+        raise ctx.not_lipschitz(f"with odd p = {p:g} the signed sum of x**p makes (Σ x**p)^(1/p) steep near 0 "
+                                "(e.g. (a³ + b³)^(1/3) near a = −b)")
+    return float(p)
+
+
+def lp_pool(ctx: OpContext) -> Bound:
+    """(Σ_{i∈w} x_i^p)^{1/p} per window: c^{1/r}·n^{max(0, 1/p − 1/r)} (c = max window coverage, n = window size)."""
+    return lp_pool_gain(ctx, _dims(ctx.key))
+
+
+def lp_pool_gain(ctx: OpContext, d: int) -> Bound:
+    """:func:`lp_pool` for a ``d``-dimensional LPPool module or ``F.lp_pool{d}d`` call."""
+    p = lp_order(ctx, float(ctx.arg("norm_type", 1)))
+    k = ntuple(ctx.arg("kernel_size", 2), d)
+    stride = ctx.arg("stride", 3, None)
+    s = ntuple(stride if stride not in (None, [], ()) else k, d)
+    return lp_window_gain(tuple(ctx.input.shape[-d:]), tuple(ctx.output_shape[-d:]), k, s, tuple(map(float, k)), p,
+                          ctx.norm, f"ℓ{p:g}-pooling windows")
+
+
 def register(registry: Registry) -> None:
     for d in (1, 2, 3):
+        registry.register(f"lp_pool{d}d", lp_pool, exact=True)
         registry.register(f"max_pool{d}d", max_pool)
         registry.register(f"adaptive_max_pool{d}d", adaptive_max_pool)
         registry.register(f"avg_pool{d}d", per_channel_linear, affine=True)

@@ -40,7 +40,7 @@ def gather(ctx: OpContext) -> Transfer:
 def concatenate(ctx: OpContext) -> Transfer:
     """cat/stack: ‖(Δa, Δb)‖_p = (‖Δa‖_p^p + ‖Δb‖_p^p)^{1/p}, so the branch bounds combine in ℓp."""
     return Transfer(gains=tuple(exact(1.0, "concat") for _ in ctx.inputs), combine=ctx.norm,
-                    affine=len(ctx.inputs) == 1)
+                    affine=len(ctx.inputs) == 1, joint=True)
 
 
 def reduce(ctx: OpContext) -> Transfer:

@@ -4,7 +4,8 @@ session, about 2 s) so that lipgraph finds it through its entry point like any i
 clear error naming the pack.
 
 The layer is GroupSort/MaxMin, 1-Lipschitz in every ℓp by construction; traced op by op AutoLip bounds it by 2
-(max, min, concatenation, ℓ2). On Linear → MaxMin → Linear the bound with a rule is therefore exactly
+(max, min, concatenation, ℓ2) — the local copy below negates one half twice, so that lipgraph's own MaxMin pattern
+(docs/by-construction.md), which would find 1, does not recognise it. On Linear → MaxMin → Linear the bound with a rule is therefore exactly
 ‖W2‖·‖W1‖ (exact singular values, float64), and twice that without.
 """
 from __future__ import annotations
@@ -39,6 +40,7 @@ from torch import nn
 class MaxMin(nn.Module):
     def forward(self, x):
         a, b = x.chunk(2, dim=1)
+        b = -(-b)  # hides the split from lipgraph's MaxMin pattern (see the module docstring)
         return torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=1)
 '''
 

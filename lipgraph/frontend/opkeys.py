@@ -69,6 +69,9 @@ _SPELLINGS: dict[str, list[Any]] = {
     "adaptive_avg_pool1d": [nn.AdaptiveAvgPool1d, F.adaptive_avg_pool1d, "adaptive_avg_pool1d"],
     "adaptive_avg_pool2d": [nn.AdaptiveAvgPool2d, F.adaptive_avg_pool2d, "adaptive_avg_pool2d"],
     "adaptive_avg_pool3d": [nn.AdaptiveAvgPool3d, F.adaptive_avg_pool3d, "adaptive_avg_pool3d"],
+    "lp_pool1d": [nn.LPPool1d, F.lp_pool1d],
+    "lp_pool2d": [nn.LPPool2d, F.lp_pool2d],
+    "lp_pool3d": [nn.LPPool3d, F.lp_pool3d],
     "adaptive_max_pool1d": [nn.AdaptiveMaxPool1d, F.adaptive_max_pool1d, "adaptive_max_pool1d",
                             "adaptive_max_pool1d_with_indices"],
     "adaptive_max_pool2d": [nn.AdaptiveMaxPool2d, F.adaptive_max_pool2d, "adaptive_max_pool2d",
@@ -199,6 +202,21 @@ def module_key(cls: type, alias_of) -> str | None:
         key = alias_of(base) or MODULE_KEYS.get(base)
         if key is not None:
             return key if base is cls or getattr(cls, "forward", None) is getattr(base, "forward", None) else None
+    return None
+
+
+def node_key(gm: Any, node: Any, alias_of) -> str | None:
+    """Canonical key of an fx op node of ``gm`` (module, method, function, ``x.T``-style attribute, or a pattern's
+    compound, which carries its key); ``alias_of`` looks up user registrations."""
+    if node.op == "call_module":
+        return module_key(type(gm.get_submodule(node.target)), alias_of)
+    if node.op == "call_method":
+        return method_key(node.target)
+    if node.op == "call_function" and node.target is getattr:  # x.T, x.mT: attributes computing tensors
+        return method_key(node.args[1])
+    if node.op == "call_function":
+        compound = getattr(node.target, "lipgraph_op_key", None)
+        return compound if isinstance(compound, str) else alias_of(node.target) or function_key(node.target)
     return None
 
 

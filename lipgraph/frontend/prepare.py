@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -35,6 +36,28 @@ def eval_mode(model: nn.Module, notes: list[str]) -> Iterator[None]:
     finally:
         for module, training in modes.items():
             module.train(training)
+
+
+def frozen_parametrizations(model: nn.Module) -> nn.Module:
+    """``model`` itself when no submodule has ``torch.nn.utils.parametrize`` parametrizations; else a deep copy in
+    which every parametrized tensor is replaced by the value it computes now (``remove_parametrizations(...,
+    leave_parametrized=True)``): the same function, without the parametrizations' code, which ``torch.func``
+    transforms cannot always run (their in-place ``set_`` on cached tensors). Call it in eval mode."""
+    from torch.nn.utils import parametrize
+
+    if not any(parametrize.is_parametrized(m) for m in model.modules()):
+        return model
+    frozen = copy.deepcopy(model)
+    with torch.no_grad():
+        for module in list(frozen.modules()):
+            if parametrize.is_parametrized(module):
+                # the copy shares the original's generated class, whose properties removal deletes: give it its own
+                cls = type(module)
+                module.__class__ = type(cls.__name__, cls.__bases__, {k: v for k, v in cls.__dict__.items()
+                                                                      if k not in ("__dict__", "__weakref__")})
+                for name in list(module.parametrizations.keys()):
+                    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    return frozen
 
 
 def check_finite_weights(model: nn.Module) -> None:

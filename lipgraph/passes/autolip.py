@@ -12,6 +12,7 @@ from typing import Iterable, Mapping
 from torch import fx
 
 from ..bound import Bound, Kind, exact, join_kinds
+from ..patternapi import injective_selection, selection_root
 from ..ir import LipGraph
 
 
@@ -44,10 +45,36 @@ def propagate(nodes: Iterable[fx.Node], entry: Mapping[fx.Node, Bound], *, estim
         transfer = node.meta["lip.transfer"]
         terms = list(zip(transfer.gains, (bounds[a] for a in node.meta["lip.inputs"])))
         bounds[node] = combine(terms, transfer.combine)
+        if transfer.joint and len(terms) > 1:
+            bounds[node] = _joint(node, transfer, bounds)
         for shortcut in node.meta.get("lip.shortcuts", ()):
             if estimates or shortcut.bound.kind is not Kind.ESTIMATE:
                 bounds[node] = through_shortcut(shortcut, bounds[node], bounds, entry)
     return bounds
+
+
+def joint_source(node: fx.Node) -> fx.Node | None:
+    """The tensor whose disjoint selections are all the inputs of ``node`` (the halves of a split), if any;
+    cached in ``lip.joint_source``."""
+    if "lip.joint_source" not in node.meta:
+        pieces = node.meta["lip.inputs"]
+        key = lambda n: n.meta.get("lip.key")  # noqa: E731
+        roots = {selection_root(p, key) for p in pieces}
+        root = roots.pop() if len(roots) == 1 else None
+        found = root is not None and injective_selection(node.graph.owning_module, root, pieces, key) is not None
+        node.meta["lip.joint_source"] = root if found else None
+    return node.meta["lip.joint_source"]
+
+
+def _joint(node: fx.Node, transfer, bounds: dict[fx.Node, Bound]) -> Bound:
+    """A joint op (``Transfer.joint``) on disjoint selections of one tensor s: L ≤ max_i g_i · L(s), when smaller."""
+    current = bounds[node]
+    source = joint_source(node)
+    if source is None or source not in bounds:
+        return current
+    gain = max(transfer.gains, key=lambda g: g.value)
+    via = combine([(gain, bounds[source])], 1, method="autolip+joint")
+    return via if via.value < current.value else current
 
 
 @dataclass(frozen=True)

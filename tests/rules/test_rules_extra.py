@@ -102,7 +102,8 @@ CASES: list[Case] = [
     nonlin("clamp-broadcast-x-3", fn(lambda m, x: x.clamp(max=m.hi), hi=lambda: torch.zeros(3, 1, 1)), (1, 2)),
     nonlin("clamp-empty-interval", fn(lambda m, x: torch.clamp(x, m.lo, m.hi), lo=const([[0.0], [2.0]]),
                                       hi=const([[1.0], [3.0]])), (1, 3), UPPER_L12),
-    nonlin("clamp-by-branch", fn(lambda m, x: torch.clamp(x[:, :2], min=x[:, 2:])), (1, 4), UPPER_L12),
+    # disjoint slices of one tensor: a joint transfer, bounded by that tensor (docs/by-construction.md): exact
+    nonlin("clamp-by-branch", fn(lambda m, x: torch.clamp(x[:, :2], min=x[:, 2:])), (1, 4)),
     nonlin("clamp-branch-broadcast", fn(lambda m, x: torch.clamp(x, min=x[:, :1])), (1, 3), UPPER_L12),
     # ---- elementwise max/min of two tensors ------------------------------------------------------------------
     nonlin("maximum-const", fn(lambda m, x: torch.maximum(x, m.c), c=const([0.1, -0.5, 2.0])), (1, 3)),
@@ -111,8 +112,8 @@ CASES: list[Case] = [
     nonlin("max-binary-const", fn(lambda m, x: torch.max(x, m.c), c=const([0.0, 1.0])), (1, 2)),
     nonlin("min-binary-const-method", fn(lambda m, x: x.min(m.c), c=const([0.0, 1.0])), (1, 2)),
     nonlin("fmax-const", fn(lambda m, x: torch.fmax(x, m.c), c=const([0.5])), (1, 3)),
-    nonlin("maximum-branches", fn(lambda m, x: torch.maximum(x[:, :2], x[:, 2:])), (1, 4), UPPER_L12),
-    nonlin("max-binary-branches", fn(lambda m, x: torch.max(x[:, :2], x[:, 2:])), (1, 4), UPPER_L12),
+    nonlin("maximum-branches", fn(lambda m, x: torch.maximum(x[:, :2], x[:, 2:])), (1, 4)),  # joint: exact
+    nonlin("max-binary-branches", fn(lambda m, x: torch.max(x[:, :2], x[:, 2:])), (1, 4)),
     nonlin("minimum-x-2x", fn(lambda m, x: torch.minimum(x, 2 * x)), (1, 3), UPPER_L12),
     nonlin("fmin-branch-broadcast", fn(lambda m, x: torch.fmin(x, x[:, :1])), (1, 3), UPPER_L12),
     # ---- max/min reductions (values) -------------------------------------------------------------------------
