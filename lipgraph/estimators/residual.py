@@ -188,9 +188,9 @@ def residual_fast(block: ResidualBlock) -> Bound:
 
 def residual_lipsdp(block: ResidualBlock, solver: str | None = None) -> Bound:
     """LipSDP-Neuron on the whole block (cvxpy), re-certified, never above :func:`residual_fast`'s candidates."""
-    from lipgraph.estimators.sdp import _attempts, _cvxpy, _cvxpy_ops
+    from lipgraph.estimators.lmi import _attempts, _cvxpy_ops, require_cvxpy
 
-    cp = _cvxpy()
+    cp = require_cvxpy()
     branch = block.branch
     norms = [float(torch.linalg.matrix_norm(W, 2)) or 1.0 for W in branch.weights]
     scale = max(math.prod(norms), block.shortcut_norm)  # ρ in units of scale² keeps the solver well scaled
@@ -245,7 +245,7 @@ RESIDUAL_ESTIMATORS: dict[str, tuple[Callable[[ResidualBlock], Bound], Callable[
 
 
 def _lipsdp_applies(block: ResidualBlock) -> str | None:
-    from lipgraph.estimators.sdp import cvxpy_missing
+    from lipgraph.estimators.lmi import cvxpy_missing
 
     if block.lmi_size > MAX_SDP:
         return f"LMI of size {block.lmi_size} above {MAX_SDP}"

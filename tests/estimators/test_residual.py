@@ -15,7 +15,7 @@ from lipgraph.estimators.eclipse import eclipse_fast, fast_multipliers
 from lipgraph.estimators.recertify import InfeasibleMultipliers
 from lipgraph.estimators.residual import (ResidualBlock, recertify_residual, residual_cp, residual_fast,
                                           residual_lipsdp)
-from lipgraph.estimators.sdp import cvxpy_missing
+from lipgraph.estimators.lmi import cvxpy_missing
 from lipgraph.linalg import materialize, matrix_norm
 
 RELU = (0.0, 1.0)
