@@ -65,3 +65,20 @@ def test_bad_blocks_are_refused() -> None:
         ConvResidualBlock(spec.conv0, spec.conv1, (0.0, 1.0), (2, 6, 6), None)
     with pytest.raises(InputError, match="stride-1 last conv"):
         ConvResidualBlock(spec.conv0, Conv2dSpec(spec.conv1.weight, (2, 2), (1, 1)), (0.0, 1.0), (2, 6, 6), None)
+
+
+def test_frequency_certificate_rejects_infeasible_multipliers_and_low_rho() -> None:
+    """λ below ‖C̃_1‖²/2 makes −H(ω) indefinite (rejected); a ρ below ρ*(λ) fails the per-frequency proof."""
+    from lipgraph.estimators.recertify import InfeasibleMultipliers, verified_psd
+    from lipgraph.estimators.residual_conv import _lmi, _schur, spectra
+
+    _, spec = _block(2, 3, 2, 6, 0)
+    sp = spectra(spec)
+    lam0 = float(torch.linalg.matrix_norm(sp.C1, 2).max()) ** 2 / 2
+    with pytest.raises(InfeasibleMultipliers, match="not positive definite"):
+        _schur(sp, 0.9 * lam0, 0.0, 1.0)
+    lam = 2 * lam0
+    rho = float(torch.linalg.eigvalsh(_schur(sp, lam, 0.0, 1.0))[:, -1].max())
+    frequencies = range(sp.C0.shape[0])
+    assert all(verified_psd(*_lmi(sp, k, lam, rho * 1.01, 0.0, 1.0)) for k in frequencies)
+    assert not all(verified_psd(*_lmi(sp, k, lam, rho * 0.99, 0.0, 1.0)) for k in frequencies)
