@@ -15,6 +15,14 @@ full size. The ResNet example has no tiny variant: ``zoo/tiny_resnet`` stands fo
 - upper/lower: each certified method's bound divided by best (≥ 1; the gap is what neither side knows).
 
 The table replaces this script's section of ``benchmarks/RESULTS.md`` (the rest of the file is left alone).
+
+    python benchmarks/lower.py --report [--only tiny_mlp,resnet] [--no-write]
+
+compares the report's search (``REPORT_BUDGET``, what ``analyze`` runs by default) with the schedule it replaced
+(``FORMER_BUDGET``: 16 candidates × 2 power steps, 5 ascent steps at the best 4, a 64-point sampling round, for
+every network), in the same process, on the certifiable zoo fixtures, ``examples/resnet.py`` (CIFAR ResNet-18) and
+a torchvision ResNet-18 at 112×112: each one's lower bound and seconds, and their seconds over the certified upper
+bound's (``analyze(lower=False)``, no disk cache).
 """
 from __future__ import annotations
 
@@ -56,6 +64,79 @@ def models() -> dict[str, Callable]:
         if build is not None:
             out[f"examples/{path.stem}" + ("" if path.name in FULL_SIZE else ":tiny")] = build
     return out
+
+
+#: the report's search before issue #19 (the same schedule for every network)
+FORMER_BUDGET = {"starts": 4, "steps": 5, "power_steps": 2, "screen": 4, "verify": 1}
+REPORT_ZOO = ("tiny_mlp", "tiny_cnn", "tiny_resnet", "tiny_densenet", "tiny_mobilenet", "tiny_vgg",
+              "tiny_alexnet_like", "shared_weights", "multi_output")
+
+
+def report_models() -> dict[str, Callable]:
+    from tests.fixtures.zoo import ZOO
+
+    resnet = importlib.util.spec_from_file_location("_lower_bench_resnet", ROOT / "examples" / "resnet.py")
+    module = importlib.util.module_from_spec(resnet)
+    resnet.loader.exec_module(module)
+    def imagenet_112():
+        import torch
+
+        return module.imagenet_resnet18(), torch.randn(1, 3, 112, 112, generator=torch.Generator().manual_seed(0))
+
+    out = {f"zoo/{name}": ZOO[name] for name in REPORT_ZOO}
+    out["examples/resnet (CIFAR ResNet-18)"] = lambda: (module.build_model().eval(), module.example_input())
+    out["ResNet-18 112x112, BN"] = imagenet_112
+    return out
+
+
+def run_report(only: list[str] | None) -> list[dict]:
+    import torch
+
+    import lipgraph
+    from lipgraph.lower import REPORT_BUDGET
+
+    torch.set_num_threads(1)
+    warm = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Tanh())
+    lipgraph.lower_search(warm, torch.randn(1, 3), **FORMER_BUDGET)
+    lipgraph.lower_search(warm, torch.randn(1, 3), **REPORT_BUDGET)
+    rows = []
+    for name, build in report_models().items():
+        if only and not any(o in name for o in only):
+            continue
+        model, x = build()
+        _, t_upper = timed(lambda: lipgraph.analyze(model, x, lower=False, cache=False, quiet=True).bound.value)
+        former, t_former = timed(lambda: lipgraph.lower_search(model, x, **FORMER_BUDGET).value)
+        new, t_new = timed(lambda: lipgraph.lower_search(model, x, **REPORT_BUDGET).value)
+        row = dict(model=name, upper_s=t_upper, former=former, former_s=t_former, new=new, new_s=t_new)
+        rows.append(row)
+        print(f"{name:36s} upper {t_upper:.2f}s  former {former:.5g} in {t_former:.2f}s  new {new:.5g} in "
+              f"{t_new:.2f}s  new/former {new / former:.3f}  new s / upper s {t_new / t_upper:.2f}", flush=True)
+    return rows
+
+
+def report_table(rows: list[dict]) -> str:
+    from lipgraph.lower import REPORT_BUDGET
+
+    head = ["model", "upper bound s", "former search: lower", "s", "s / upper s", "report search: lower", "s",
+            "s / upper s", "lower: report / former"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["model"], f"{r['upper_s']:.2f}", f"{r['former']:.5g}", f"{r['former_s']:.2f}",
+                 f"{r['former_s'] / r['upper_s']:.2f}", f"{r['new']:.5g}", f"{r['new_s']:.2f}",
+                 f"{r['new_s'] / r['upper_s']:.2f}", f"{r['new'] / r['former']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    former = ", ".join(f"{k}={v}" for k, v in FORMER_BUDGET.items())
+    return "\n".join([
+        "## The report's lower-bound search against the upper bound (`python benchmarks/lower.py --report`)",
+        "",
+        f"*upper bound s*: `analyze(model, x, lower=False, cache=False)`; *former search*: the report's search "
+        f"before issue #19 ({former}, for every network); *report search*: `REPORT_BUDGET` ({REPORT_BUDGET}), a "
+        "fixed amount of work in multiply-adds (small networks keep the former schedule, large ones run the ascent "
+        "from 1–4 starts). Same process, one run each, 1 thread, after a warm-up. "
+        f"Machine: {machine()}.",
+        "",
+        *lines,
+    ])
 
 
 def time_to(history: list[tuple[float, float]], target: float) -> float:
@@ -135,7 +216,15 @@ def main() -> int:
     parser.add_argument("--long", type=float, default=30.0, help="seconds of the long run per model (default 30)")
     parser.add_argument("--only", help="comma-separated substrings of model names")
     parser.add_argument("--no-write", action="store_true", help="print the table, leave RESULTS.md alone")
+    parser.add_argument("--report", action="store_true",
+                        help="the report's search against the former one and the upper bound's time")
     args = parser.parse_args()
+    if args.report:
+        section = report_table(run_report(args.only.split(",") if args.only else None))
+        print(section)
+        if not args.no_write:
+            write_section("lower-report", section)
+        return 0
     rows = run(args.long, args.only.split(",") if args.only else None)
     section = table(rows, args.long)
     print(section)

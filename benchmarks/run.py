@@ -25,6 +25,10 @@ Columns (ℓ2):
   (v ← ∇_v ½‖A v‖², normalised); BatchNorm, pooling and activations count as 1. An estimate, and on residual
   networks not an upper bound at all (algorithms.md §1, §3). ``speed-up``: reference seconds / certified seconds.
 
+- ``default``: ``lipgraph.analyze(model, x)`` as a user runs it: the certified bound *and* its proven lower bound
+  (``lipgraph.lower.REPORT_BUDGET``), without the disk cache; the lower bound found, the median seconds and the
+  speed-up against the same reference run (``lower=False`` is the ``certified`` column).
+
 ``--device cuda`` runs the certified analysis's norms and the reference's power iterations on the GPU (the
 section name gets the suffix ``-cuda``). ``--imagenet`` runs the 224×224 set instead (ResNet-50, ResNet-152, VGG-19, DenseNet-121; one run each, no
 power-iteration AutoLip): there the reference runs ``--imagenet-iterations`` power steps per layer and its time is
@@ -69,7 +73,9 @@ NOTE = ("certified: lipgraph.analyze (graph AutoLip + fusion); s: median wall se
         "AutoLip: the same graph with 500-step power-iteration layer norms, no fusion (an estimate). reference: "
         "product over modules (registration order) of 500-step power-method norms of each Linear/Conv layer, "
         "BN/pool/activations = 1 (an estimate, unsound on residual graphs). certified / reference: the bounds' "
-        "ratio; speed-up: reference seconds / certified seconds, same model, same worker.")
+        "ratio; speed-up: reference seconds / certified seconds, same model, same worker. default: "
+        "lipgraph.analyze(model, x) as a user runs it (certified bound and its proven lower bound, no disk "
+        "cache): the lower bound found and the wall seconds; its speed-up against the same reference run.")
 
 
 # -- models ---------------------------------------------------------------------------------------------------
@@ -99,6 +105,13 @@ def _imagenet_image() -> torch.Tensor:
     return torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
 
 
+def _resnet18_112() -> tuple[nn.Module, torch.Tensor]:
+    """torchvision's ResNet-18 (stride-2 stem and max-pool, randomised BatchNorm) on a 112×112 image."""
+    resnet = _load("resnet.py")
+    return (resnet.imagenet_resnet18(),
+            torch.randn(1, 3, 112, 112, generator=torch.Generator().manual_seed(0)))
+
+
 def _resnet(blocks: list[int]):
     def build():
         resnet = _load("resnet.py")
@@ -120,6 +133,7 @@ def models() -> list[Model]:
         Model("mlp (64-128-128-10)", _example("mlp.py")),
         Model("cnn (28x28)", _example("cnn.py")),
         Model("resnet18 (CIFAR 32x32)", _example("resnet.py"), repeats=1, slow=True),
+        Model("resnet18 (ImageNet-style, 112x112, BN)", _resnet18_112, repeats=1, slow=True),
     ]
     found += [Model(f"zoo/{name}", fixture) for name, fixture in ZOO.items()]
     return found
@@ -234,6 +248,8 @@ class Row:
     power_s: float | None
     reference: float | None  # None when the reference ran fewer iterations (its time extrapolated)
     reference_s: float
+    default_s: float | None  # the default analysis: certified bound and its lower-bound search, no disk cache
+    lower: float | None
 
 
 def timed(fn: Callable[[], float], runs: int) -> tuple[float, float]:
@@ -269,11 +285,15 @@ def run_model(spec: Model, repeats: int, iterations: int, reference_iterations: 
         power_value, power_s = timed(
             lambda: lipgraph.analyze(model, x, lower=False, rules=rules, cache=False, quiet=True, device=device)
             .bound.value, runs)
+    default_s = lower_value = None
+    if power:  # not on the 224×224 set: its lower-bound search runs where the model is, on the CPU
+        default, default_s = timed(lambda: lipgraph.analyze(model, x, quiet=True, cache=False, device=device), runs)
+        lower_value = default.lower.value if default.lower is not None else None
     reference_value, reference_s = timed(lambda: reference(model, x, reference_iterations, device), runs)
     if reference_iterations != iterations:
         reference_value, reference_s = None, reference_s * iterations / reference_iterations
     return Row(spec.name, runs, report.bound.value, certified_s, peak_mb, warm_s, *naive_product(report),
-               power_value, power_s, reference_value, reference_s)
+               power_value, power_s, reference_value, reference_s, default_s, lower_value)
 
 
 def measure(spec: Model, args: argparse.Namespace) -> Row:
@@ -301,7 +321,8 @@ def worker(name: str, args: argparse.Namespace) -> int:
 
 # -- output ------------------------------------------------------------------------------------------------
 HEADER = ("model", "runs", "certified", "s", "peak MB", "cache 2nd run s", "2nd / 1st", "naive product",
-          "power-iteration AutoLip", "s", "reference", "s", "certified / reference", "speed-up")
+          "power-iteration AutoLip", "s", "reference", "s", "certified / reference", "speed-up",
+          "default: lower", "default: s", "default: speed-up")
 
 
 def _num(value: float | None, fmt: str) -> str:
@@ -314,7 +335,8 @@ def cells(r: Row) -> tuple[str, ...]:
             f"{r.naive:.5g}" + (" †" if r.branched else ""), _num(r.power, ".5g"), _num(r.power_s, ".3g"),
             _num(r.reference, ".5g"), f"{r.reference_s:.3g}" + ("*" if r.reference is None else ""),
             _num(None if r.reference is None else r.certified / r.reference, ".3g"),
-            f"{r.reference_s / r.certified_s:.3g}×")
+            f"{r.reference_s / r.certified_s:.3g}×", _num(r.lower, ".5g"), _num(r.default_s, ".3g"),
+            "—" if r.default_s is None else f"{r.reference_s / r.default_s:.3g}×")
 
 
 def print_table(rows: list[Row], plain: bool, note: str) -> None:

@@ -13,30 +13,61 @@
     lipgraph.register(MyAct, lipgraph.elementwise(slope=(0, 1)))   # a custom op in one line
 """
 import importlib as _importlib
+import sys as _sys
+import types as _types
 import warnings as _warnings
 
 with _warnings.catch_warnings():  # torch warns on loading functorch when numpy is absent; lipgraph never needs it
     _warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)
     _importlib.import_module("torch.func")  # loaded once, here, for the modules below
 
-from .api import analyze
-from .certify import Certificate, certify
-from .lower import LowerResult, lower_bound, search as lower_search
+from . import formats as _formats
 from .bound import Bound, Kind, certified, estimate, exact, lower, unbounded
 from .errors import (InputError, LipgraphError, NormNotSupported, NotLipschitzError, RuleError, TraceError,
                      UnsoundBoundError, UnsupportedOpsError)
-from .penalty import lipschitz_penalty
-from .registry import Registry, default_registry, register, register_named, register_pattern, rule
-from .patternapi import Chain, GraphView, Match, Pattern
-from .comparison import Comparison
-from .formula import Attribution, Formulas
-from .report import Report, ReportNode
-from .submodel import analyze_slice, capture_input
-from .ruleapi import OpContext, Rule, Transfer, Var, elementwise, isometry, not_lipschitz, scale
-from .formats import OutputFormat, default_formats, register_format
-from . import render  # noqa: F401 - registers the built-in output formats
-
 from .version import __version__
+
+#: the rest of the API, imported on first use (PEP 562): ``import lipgraph`` loads neither sympy nor rich
+_LAZY = {
+    "analyze": "api", "certify": "certify", "Certificate": "certify", "lipschitz_penalty": "penalty",
+    "LowerResult": "lower", "lower_bound": "lower", "lower_search": ("lower", "search"),
+    "Registry": "registry", "default_registry": "registry", "register": "registry", "rule": "registry",
+    "register_named": "registry", "register_pattern": "registry", "Chain": "patternapi", "GraphView": "patternapi",
+    "Match": "patternapi", "Pattern": "patternapi", "OutputFormat": "formats", "default_formats": "formats",
+    "register_format": "formats",
+    "Comparison": "comparison", "Attribution": "formula", "Formulas": "formula", "Report": "report",
+    "ReportNode": "report", "analyze_slice": "submodel", "capture_input": "submodel",
+    **{name: "ruleapi" for name in ("OpContext", "Rule", "Transfer", "Var", "elementwise", "isometry",
+                                    "not_lipschitz", "scale")},
+}
+
+
+def __getattr__(name: str):
+    where = _LAZY.get(name)
+    if where is None:
+        raise AttributeError(f"module 'lipgraph' has no attribute {name!r}")
+    module, attr = where if isinstance(where, tuple) else (where, name)
+    value = getattr(_importlib.import_module(f".{module}", __name__), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+class _Package(_types.ModuleType):
+    """Keeps ``lipgraph.lower`` and ``lipgraph.certify`` the API's functions when their submodules are first
+    imported (the import system sets a package attribute per submodule; they stay in ``sys.modules``)."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in ("lower", "certify") and isinstance(value, _types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package
+_formats.BUILTINS.append(lambda: _importlib.import_module(".render", __name__).register_builtins())
 
 __all__ = [
     "certify", "Certificate", "lipschitz_penalty",

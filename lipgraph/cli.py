@@ -110,8 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--depth", type=int, help="collapse the tree below this depth")
     explain.add_argument("--ascii", action="store_true", help="plain ASCII output")
     explain.add_argument("--width", type=int, help="terminal width")
-    explain.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own; 1 is fastest on a "
-                                                      "machine whose cores are busy with other work)")
+    explain.add_argument("--threads", type=int, help="torch CPU threads (default: the cores other processes "
+                                                      "leave idle, by the load average; at least 1)")
     explain.add_argument("--lower", action=argparse.BooleanOptionalAction, default=True,
                          help="search for a proven lower bound and show lower <= L <= upper (default: on, with a "
                               "small fixed budget; --no-lower skips it)")
@@ -178,10 +178,19 @@ def _load_rule_files(files: list[str]) -> None:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    if args.threads:
-        import torch
+    import torch
 
-        torch.set_num_threads(args.threads)
+    from .threads import idle_threads
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(args.threads or idle_threads())
+    try:
+        return _explain_model(args)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _explain_model(args: argparse.Namespace) -> int:
     _load_rule_files(args.rules)
     model, example = load_model(args.model, args.input_shape)
     if args.weights:

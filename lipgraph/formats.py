@@ -119,8 +119,16 @@ def register_format(fmt: OutputFormat, *, override: bool = False) -> OutputForma
     return FORMATS.register(fmt, override=override)
 
 
+#: what registers the built-in formats (``lipgraph.render.register_builtins``, installed by ``lipgraph/__init__``:
+#: this module sits below ``lipgraph.render`` and cannot import it), run before every lookup
+BUILTINS: list[Callable[[], None]] = []
+
+
 def default_formats() -> Formats:
-    """:data:`FORMATS`, with the formats of installed packages (entry points) loaded on first use."""
+    """:data:`FORMATS`, with the built-in formats and those of installed packages (entry points) loaded on first
+    use."""
+    for register_builtins in BUILTINS:
+        register_builtins()
     if not _ENTRY_POINTS_LOADED:
         _ENTRY_POINTS_LOADED.append(True)
         FORMATS.load_entry_points()

@@ -19,8 +19,9 @@ ascent itself used and a few random nearby pairs. Where f is differentiable at x
 
 - starts: the example input's rows, rows of ``data``, scaled copies of them, Gaussian and uniform points at
   the data's scale, and (in later rounds) perturbations of the best point so far;
-- at each point, the dual power method for ‖J‖_{p→p} (Higham): u = J v (``torch.func.jvp``),
-  g = Jᵀ dual_p(u) (``torch.func.vjp``), v ← argmax_{‖v‖_p=1} ⟨g, v⟩. ℓ2: power iteration on JᵀJ. ℓ∞: v is a sign
+- at each point, the dual power method for ‖J‖_{p→p} (Higham): u = J v, g = Jᵀ dual_p(u),
+  v ← argmax_{‖v‖_p=1} ⟨g, v⟩, on one forward pass kept per batch of points: Jᵀu by a backward pass, J v by a
+  double backward (J v = ∂/∂w ⟨Jᵀw, v⟩); ℓ2: power iteration on JᵀJ. ℓ∞: v is a sign
   vector and dual_∞(u) picks the largest output coordinate, so g is a Jacobian *row* and ‖J v‖_∞ its abs-sum
   (‖J‖_{∞→∞} = max row abs-sum). ℓ1: dual_1(u) = sign(u) and v becomes the best coordinate vector e_j, so
   ‖J v‖_1 is a Jacobian *column* abs-sum (‖J‖_{1→1} = max column abs-sum). Each ‖J v‖_p/‖v‖_p is a lower bound
@@ -33,7 +34,10 @@ ascent itself used and a few random nearby pairs. Where f is differentiable at x
   iteration alone at many fresh points (Gaussian at 0.3–30× the data's scale, half of them around the best point
   so far), sized to cost about as much as an ascent round. The ascent climbs within and across linear regions;
   sampling finds regions it cannot reach (on ReLU networks the best activation pattern can be a thin cone).
-  Without ``seconds``: one round of each; with ``seconds``: rounds until the budget is spent;
+  Without ``seconds``: one round of each; with ``seconds``: rounds until the budget is spent, checked after
+  every step, the verification below included (its optional parts run only when they fit);
+- the report's search (``REPORT_BUDGET``) is a fixed amount of work in multiply-adds, deterministic: small
+  networks get the schedule above, large ones only the ascent from 1–4 starts (:func:`_schedule`);
 - at the end, the best candidates are re-examined in float64: the exact local norm from the full Jacobian
   when it is small (ℓ2: its top singular vector; ℓ∞: its largest row; ℓ1: its largest column), else a few
   float64 power steps, then the difference quotients above.
@@ -50,7 +54,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, jvp, vjp
+from torch.func import functional_call, jvp
 
 from .bound import Bound, lower
 from .errors import InputError, LipgraphError
@@ -64,10 +68,17 @@ ROUNDING = 1e-12
 DENSE_JACOBIAN = 1 << 21
 #: h for the final difference quotients (largest step of a coordinate, relative to the input's size)
 STEP_SIZES = (1e-2, 1e-3, 1e-4, 1e-6)
-#: the fixed budget of the search every report runs (``analyze``, ``lipgraph explain``): deterministic (no clock),
-#: so reports and golden files are reproducible. 0.02–0.5 s per tiny model (1 thread), median 66 % of the best lower
-#: bound a 20 s search finds (benchmarks/RESULTS.md); +8 s on the CIFAR ResNet-18 (whose analysis takes ~26 s)
-REPORT_BUDGET = {"starts": 4, "steps": 5, "power_steps": 2, "screen": 4, "verify": 1}
+#: the budget of the search every report runs (``analyze``, ``lipgraph explain``): an amount of work in
+#: multiply-adds of forward passes, deterministic (no clock), so reports and golden files are reproducible. Sized so
+#: that on large networks the search costs a small fraction of the certified bound's norms (benchmarks/RESULTS.md)
+REPORT_BUDGET = {"work": 2e10}
+#: the report search's full schedule (small networks: a budget of at least FULL_WORK point-steps, about what it
+#: costs; 0.02–0.5 s per tiny model, median 66 % of the best lower bound a 20 s search finds) and its lean one
+FULL = {"starts": 4, "steps": 5, "power_steps": 2, "screen": 4, "verify": 1, "sample": 64}
+FULL_WORK = 250
+LEAN = {"starts": 4, "steps": 5, "power_steps": 2, "screen": 2}
+#: the share of a ``seconds`` budget the search may use before the float64 verification
+SEARCH_SHARE = 0.8
 #: the ascent: ε from eps0 to eps1 (× the data's scale per coordinate), Adam learning rate lr (× the scale)
 ASCENT = {"eps0": 0.3, "eps1": 3e-4, "lr": 0.05}
 
@@ -138,7 +149,7 @@ class _Net:
     """
 
     def __init__(self, model: nn.Module, inputs: tuple[Tensor, ...], dtype: torch.dtype | None,
-                 deep: bool = False) -> None:
+                 deep: bool = False, like: "_Net | None" = None) -> None:
         self.device = inputs[0].device
         self.dtype = dtype or inputs[0].dtype
         if deep:
@@ -149,8 +160,11 @@ class _Net:
             self.state = {k: (v.detach().to(self.dtype) if v.is_floating_point() else v)
                           for k, v in [*model.named_parameters(), *model.named_buffers()]}
         self.example = tuple(x.detach().to(self.dtype) for x in inputs)
-        self.mode, self.jvp_mode = "batched", "forward"
+        self.mode, self.jvp_mode = "batched", "double-vjp"
         self.shapes = [tuple(x.shape[1:]) for x in self.example]
+        if like is not None:  # the same function in another dtype: no need to probe how it runs
+            self.mode, self.shapes, self.m = like.mode, like.shapes, like.m
+            return
         rows = self.pack(self.example)
         try:
             single = [self(rows[i:i + 1], mode="loop") for i in range(min(len(rows), 2))]
@@ -210,21 +224,14 @@ class _Net:
 
 
 def _jvp(fn: _Net, z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    """(f(z), J(z) v): forward-mode AD; else the transpose of a vjp (double backward); else, for ops with neither
+    """(f(z), J(z) v) for ops without a double backward: forward-mode AD; else, for ops without that either
     (e.g. hardsigmoid, some dilated max-pools), a central difference. Only the search uses it: a poor J v makes the
     search weaker, never the returned bound wrong (that one is a float64 difference quotient)."""
-    if fn.jvp_mode == "forward":
+    if fn.jvp_mode != "difference":
         try:
             with warnings.catch_warnings():  # torch's first jvp registers decompositions with torch.jit.script
                 warnings.simplefilter("ignore", DeprecationWarning)
                 return jvp(fn, (z,), (v,))
-        except Exception:  # noqa: BLE001
-            fn.jvp_mode = "double-vjp"
-    if fn.jvp_mode == "double-vjp":
-        try:
-            y, pullback = vjp(fn, z)
-            _, push = vjp(lambda u: pullback(u)[0], torch.zeros_like(y))
-            return y, push(v)[0]
         except Exception:  # noqa: BLE001
             fn.jvp_mode = "difference"
     with torch.no_grad():
@@ -270,18 +277,68 @@ def _unit_in(g: Tensor, p: float) -> Tensor:
     return g / _norm(g, 2).clamp_min(torch.finfo(g.dtype).tiny)[:, None]
 
 
-def _power_step(fn: _Net, z: Tensor, v: Tensor, p: float) -> tuple[Tensor, Tensor]:
-    """(‖J v‖_p / ‖v‖_p per row, the next direction) at the points z."""
-    _, u = _jvp(fn, z, v)
-    value = _norm(u, p) / _norm(v, p)
-    value = torch.where(v.abs().amax(1) > 0, value, torch.zeros_like(value))
-    _, pullback = vjp(fn, z)
-    g = pullback(_dual_out(u, p))[0]
-    dead = ~(g.abs().amax(1) > 0)  # J = 0 there (or exactly orthogonal): try a fresh random direction
-    nxt = _unit_in(g, p)
-    if bool(dead.any()):
-        nxt[dead] = _unit_in(torch.randn_like(g[dead]), p)
-    return value.detach(), nxt.detach()
+class _Linearized:
+    """J(z) and J(z)ᵀ at fixed points z, with one forward pass whose graph is kept: Jᵀu is a backward pass, J v
+    the double-backward trick (J v = ∂/∂w ⟨Jᵀw, v⟩, Jᵀw being linear in w), so that power steps at the same
+    points rerun no forward pass and need no forward-mode AD. Ops without a double backward fall back to
+    :func:`_jvp` (forward mode, else a central difference)."""
+
+    def __init__(self, fn: _Net, z: Tensor) -> None:
+        self.fn = fn
+        self.z = z.detach().requires_grad_(True)
+        with torch.enable_grad():
+            self.y = fn(self.z)
+        self.w: Tensor | None = None
+        self.jtw: Tensor | None = None
+
+    def _grad(self, out: Tensor, wrt: Tensor, seed: Tensor, create_graph: bool = False) -> Tensor:
+        if not out.requires_grad:
+            return torch.zeros_like(wrt)
+        (g,) = torch.autograd.grad(out, wrt, seed, retain_graph=True, create_graph=create_graph, allow_unused=True)
+        return torch.zeros_like(wrt) if g is None else g
+
+    def transposed(self, u: Tensor) -> Tensor:
+        """Jᵀ u, row by row."""
+        return self._grad(self.y, self.z, u).detach()
+
+    def forward(self, v: Tensor) -> Tensor:
+        """J v, row by row."""
+        if self.fn.jvp_mode == "double-vjp":
+            try:
+                if self.jtw is None:
+                    self.w = torch.zeros_like(self.y, requires_grad=True)
+                    with torch.enable_grad():
+                        self.jtw = self._grad(self.y, self.z, self.w, create_graph=True)
+                if not self.y.requires_grad:  # f is constant
+                    return torch.zeros_like(self.y)
+                if self.jtw.requires_grad:
+                    return self._grad(self.jtw, self.w, v).detach()
+                self.fn.jvp_mode = "forward"  # a backward that autograd cannot differentiate
+            except Exception:  # noqa: BLE001 - an op without a double backward
+                self.fn.jvp_mode = "forward"
+        return _jvp(self.fn, self.z.detach(), v)[1].detach()
+
+
+def _power_steps(fn: _Net, z: Tensor, v: Tensor, p: float, steps: int,
+                 record: Callable[[Tensor, Tensor], bool] | None = None) -> tuple[Tensor, Tensor]:
+    """``steps`` steps of the dual power method at the points z: (‖J v‖_p / ‖v‖_p per row at the last step,
+    the next direction). ``record(value, v)`` sees every step and stops the iteration by returning True."""
+    lin = _Linearized(fn, z)
+    value = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
+    for _ in range(steps):
+        u = lin.forward(v)
+        value = _norm(u, p) / _norm(v, p)
+        value = torch.where(v.abs().amax(1) > 0, value, torch.zeros_like(value))
+        g = lin.transposed(_dual_out(u, p))
+        dead = ~(g.abs().amax(1) > 0)  # J = 0 there (or exactly orthogonal): try a fresh random direction
+        nxt = _unit_in(g, p)
+        if bool(dead.any()):
+            nxt[dead] = _unit_in(torch.randn_like(g[dead]), p)
+        stop = record is not None and record(value.detach(), v)
+        v = nxt.detach()
+        if stop:
+            break
+    return value.detach(), v
 
 
 # -- starting points -----------------------------------------------------------------------------------
@@ -393,11 +450,14 @@ class _Progress:
 @contextlib.contextmanager
 def _threads(model: nn.Module, inputs: tuple[Tensor, ...]) -> Iterator[None]:
     """One CPU thread for small networks: their ops are too small to split, and on a busy machine OpenMP's
-    spinning threads make the many tiny calls of the search an order of magnitude slower."""
+    spinning threads make the many tiny calls of the search an order of magnitude slower; for larger ones no more
+    than the cores other processes leave idle (:func:`lipgraph.threads.idle_threads`)."""
+    from .threads import idle_threads
+
     small = sum(p.numel() for p in model.parameters()) <= 2_000_000 and sum(x.numel() for x in inputs) <= 20_000
     saved = torch.get_num_threads()
-    if small and inputs[0].device.type == "cpu" and saved > 1:
-        torch.set_num_threads(1)
+    if inputs[0].device.type == "cpu" and saved > 1:
+        torch.set_num_threads(1 if small else min(saved, idle_threads()))
     try:
         yield
     finally:
@@ -405,22 +465,112 @@ def _threads(model: nn.Module, inputs: tuple[Tensor, ...]) -> Iterator[None]:
             torch.set_num_threads(saved)
 
 
+@dataclass(frozen=True)
+class _Schedule:
+    """How much the search does: ``starts·screen`` first candidates, ``power_steps`` power steps at each point,
+    ``steps`` ascent steps at the ``starts`` best, ``sample`` fresh points per sampling round, ``rounds`` rounds
+    (without a clock), ``verify`` candidates re-examined in float64, with float64 power steps and random pairs when
+    ``polish``."""
+
+    starts: int
+    steps: int
+    power_steps: int
+    screen: int
+    verify: int
+    sample: int
+    rounds: int = 2
+    polish: bool = True
+
+
+def _schedule(cost: float, work: float | None, starts: int, steps: int, power_steps: int, screen: int,
+              verify: int) -> _Schedule:
+    """The explicit sizes, or, for a ``work`` budget (multiply-adds of forward passes), sizes that fit it: a power
+    step at one point costs about four forward passes (forward, backward, double backward, backward); ``cost``: the
+    multiply-adds of one forward pass at one point (:func:`_forward_cost`). Small
+    networks, whose steps cost their per-call overhead more than their arithmetic, get the full schedule (ascent and
+    a sampling round, ``FULL``); larger ones the ascent alone (``LEAN``) from as many starts as the budget pays for
+    (1 to ``LEAN["starts"]``), no sampling round, no float64 power steps: on ResNet-18 the ascent is what climbs
+    (from ‖J(x)‖ ≈ 0.068 at the example to 0.107 in five steps), the sampling round adds nothing."""
+    if work is None:
+        return _Schedule(starts, steps, power_steps, screen, verify, sample=min(4096, starts * screen * 4))
+    point_steps = work / (4.0 * cost)
+    if point_steps >= FULL_WORK:
+        return _Schedule(**FULL)
+    ascended = int(min(LEAN["starts"], max(1, point_steps // _lean_cost())))
+    return _Schedule(starts=ascended, steps=LEAN["steps"], power_steps=LEAN["power_steps"], screen=LEAN["screen"],
+                     verify=1, sample=0, rounds=1, polish=False)
+
+
+def _lean_cost() -> float:
+    """Point-steps of the lean schedule per ascended start: its candidates' power steps, then per ascent step a
+    power step and a difference quotient with its gradient (about 1.5 power steps)."""
+    return LEAN["screen"] * LEAN["power_steps"] + LEAN["steps"] * 2.5
+
+
+def _forward_cost(fn: _Net, z: Tensor) -> tuple[float, Tensor]:
+    """(multiply-adds of the forward pass at the points z, f(z)), the cost from the leaf modules' outputs: a module
+    with a weight of ≥ 2 dimensions (linear, conv) costs its output size × its weight's fan-in, any other leaf its
+    output size. Deterministic (no clock); ops called as functions count nothing, so this can only err low."""
+    total = [0.0]
+
+    def hook(module: nn.Module, _args: Any, out: Any) -> None:
+        weight = getattr(module, "weight", None)
+        fan_in = weight[0].numel() if isinstance(weight, Tensor) and weight.dim() >= 2 else 1
+        total[0] += sum(t.numel() for t in _flatten_outputs(out, None)) * fan_in
+
+    leaves = [m for m in fn.module.modules() if not any(True for _ in m.children())]
+    hooks = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.no_grad():
+            out = fn(z)
+    finally:
+        for h in hooks:
+            h.remove()
+    return max(total[0], float(len(z) * (fn.n + fn.m))), out
+
+
+class _Clock:
+    """The wall-time budget (``seconds``): the search stops at ``SEARCH_SHARE`` of it, or earlier to leave the
+    float64 verification the time its difference quotients take (``reserve``); the verification does its optional
+    parts only when they fit, and always its first candidate's difference quotients."""
+
+    def __init__(self, t0: float, seconds: float | None) -> None:
+        self.t0, self.seconds, self.reserve = t0, seconds, 0.0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def search_over(self) -> bool:
+        return (self.seconds is not None
+                and self.elapsed() >= min(SEARCH_SHARE * self.seconds, self.seconds - self.reserve))
+
+    def fits(self, seconds: float) -> bool:
+        return self.seconds is None or self.elapsed() + seconds <= self.seconds
+
+
 def search(model: nn.Module, x: Any, *, norm: Any = 2, starts: int = 8, steps: int = 50,
            seconds: float | None = None, data: Any = None, seed: int = 0, power_steps: int = 8, screen: int = 4,
-           verify: int = 3, progress: bool | Callable[[float, float], None] = False) -> LowerResult:
+           verify: int = 3, work: float | None = None,
+           progress: bool | Callable[[float, float], None] = False) -> LowerResult:
     """The lower-bound search of :func:`lower_bound`, returning the witness pair and the search history.
 
     ``power_steps``: power-iteration steps at each candidate point; ``screen``: candidates per ascended start in
-    the first round; ``verify``: best candidates re-examined in float64 at the end.
+    the first round; ``verify``: best candidates re-examined in float64 at the end. ``work`` (multiply-adds of
+    forward passes, e.g. ``REPORT_BUDGET``) replaces all of these by sizes that fit it (:func:`_schedule`).
+    ``seconds`` caps the wall time, the final verification included (it returns after at most one batch of
+    Jacobian products past the budget).
     """
     p = parse_norm(norm)
     if starts < 1 or steps < 0 or power_steps < 1 or screen < 1 or verify < 1:
         raise InputError("starts, power_steps, screen and verify must be >= 1 and steps >= 0")
     if seconds is not None and seconds <= 0:
         raise InputError("seconds must be positive")
+    if work is not None and work <= 0:
+        raise InputError("work must be positive")
     model = unwrap(model)
     inputs = to_model_device(model, as_inputs(x))
     t0 = time.perf_counter()
+    clock = _Clock(t0, seconds)
     gen = torch.Generator().manual_seed(seed)
     with eval_mode(model, []), torch.random.fork_rng(devices=[]), _threads(model, inputs):
         torch.manual_seed(seed)
@@ -432,9 +582,16 @@ def search(model: nn.Module, x: Any, *, norm: Any = 2, starts: int = 8, steps: i
         except Exception as exc:  # noqa: BLE001
             raise InputError(f"the model does not run on the example input: {type(exc).__name__}: {exc}") from None
         example = fn.pack(fn.example)
-        with torch.no_grad():
-            if not bool(torch.isfinite(fn(example)).all()):
-                raise InputError("the model's output is not finite (NaN or Inf) at the example input: no lower bound")
+        started = time.perf_counter()
+        cost, out = _forward_cost(fn, example)
+        if not bool(torch.isfinite(out).all()):
+            raise InputError("the model's output is not finite (NaN or Inf) at the example input: no lower bound")
+        forward_seconds = (time.perf_counter() - started) / len(example)
+        plan = _schedule(cost / len(example), work, starts, steps, power_steps, screen, verify)
+        started = time.perf_counter()
+        exact = _float64_net(model, inputs, fn)
+        exact_seconds = time.perf_counter() - started  # one float64 forward pass at one point (its check)
+        clock.reserve = _pairs_seconds(plan.polish, exact_seconds)
         rows = _data_rows(fn, data)
         ref = rows if rows is not None else example
         scale = float(ref.std()) if ref.numel() > 1 else 0.0
@@ -442,38 +599,40 @@ def search(model: nn.Module, x: Any, *, norm: Any = 2, starts: int = 8, steps: i
         mean, lo, hi = float(ref.mean()), float(ref.min()), float(ref.max())
         if hi - lo < 1e-6:
             lo, hi = mean - scale, mean + scale
-        budget = seconds
-        pool = _Pool(size=max(4, starts))
+        first = plan.starts * plan.screen
+        if seconds is not None:  # the first round's power steps fit in a quarter of the budget
+            first = int(min(first, max(1, 0.25 * seconds / (4 * plan.power_steps * max(forward_seconds, 1e-9)))))
+        pool = _Pool(size=max(4, plan.starts))
         history: list[tuple[float, float]] = []
-        bar = _Progress(progress, 2 * (steps + power_steps), seconds)
+        bar = _Progress(progress, 2 * (plan.steps + plan.power_steps), seconds)
         # rounds alternate: ascent (the best `starts` of `starts·screen` candidates, `steps` Adam steps) and
         # sampling (power iteration only, at as many fresh points as an ascent round costs): the ascent climbs
         # within and across linear regions, the sampling finds regions the ascent does not reach
         # (the sample size adapts so that both kinds take about as long; small networks are dominated by the
         # per-call overhead, so a batch of thousands of points costs little more than a batch of 8)
-        cap = max(starts, min(4096, (1 << 22) // max(1, fn.n)))
-        sample, spent = min(cap, starts * screen * 4), [0.0, 0.0]
+        cap = max(plan.starts, min(4096, (1 << 22) // max(1, fn.n)))
+        sample, spent = min(cap, plan.sample), [0.0, 0.0]
         evaluations, round_ = 0, 0
         try:
             while True:
-                kind = round_ % 2 if steps else 1  # 0: ascent, 1: sampling
+                kind = round_ % 2 if plan.steps else 1  # 0: ascent, 1: sampling
                 best_z = pool.items[0][1][None] if pool.items else None
                 started = time.perf_counter()
                 if round_ == 0:
-                    z0 = _first_starts(fn, example, rows, starts * screen, scale, mean, lo, hi, gen)
+                    z0 = _first_starts(fn, example, rows, first, scale, mean, lo, hi, gen)
                 else:
-                    z0 = _later_starts(fn, best_z, starts * screen if kind == 0 else sample, scale, mean, gen,
-                                       round_)
-                evaluations += _ascend(fn, z0, starts, p, steps if kind == 0 else 0, power_steps, scale, pool,
-                                       history, t0, budget, bar, gen, round_)
-                if round_ > 0:
+                    z0 = _later_starts(fn, best_z, plan.starts * plan.screen if kind == 0 else sample, scale, mean,
+                                       gen, round_)
+                evaluations += _ascend(fn, z0, plan.starts, p, plan.steps if kind == 0 else 0, plan.power_steps,
+                                       scale, pool, history, clock, bar, gen)
+                if round_ > 0 and seconds is not None:
                     spent[kind] = time.perf_counter() - started
                     if kind == 1 and spent[0] > 0 and spent[1] > 0:
-                        sample = int(min(cap, max(starts, sample * min(4.0, max(0.25, spent[0] / spent[1])))))
+                        sample = int(min(cap, max(plan.starts, sample * min(4.0, max(0.25, spent[0] / spent[1])))))
                 round_ += 1
-                if budget is None and round_ >= 2 or budget is not None and time.perf_counter() - t0 >= budget:
+                if seconds is None and round_ >= plan.rounds or clock.search_over():
                     break
-            verified = _verify(model, inputs, fn, pool.items[:verify], p, scale)
+            verified = _verify(exact, fn, pool.items[:plan.verify], p, scale, plan.polish, clock, exact_seconds)
         finally:
             bar.close()
     value, a, b, z, v, jac = verified
@@ -486,37 +645,36 @@ def search(model: nn.Module, x: Any, *, norm: Any = 2, starts: int = 8, steps: i
 
 
 def _ascend(fn: _Net, z0: Tensor, keep: int, p: float, steps: int, power_steps: int, scale: float, pool: _Pool,
-            history: list[tuple[float, float]], t0: float, budget: float | None, bar: _Progress,
-            gen: torch.Generator, round_: int) -> int:
+            history: list[tuple[float, float]], clock: _Clock, bar: _Progress, gen: torch.Generator) -> int:
     """Power iteration at all the candidate points, then Adam on the ``keep`` best ones with their power-iterated
-    directions."""
+    directions. Stops as soon as the clock's search share is spent."""
     b, n = z0.shape
     v = _unit_in(torch.randn(b, n, generator=gen, dtype=fn.dtype).to(fn.device), p)
     z = z0.detach().clone()
     no_eps = torch.zeros(b, dtype=fn.dtype, device=fn.device)
-    evaluations = 0
+    evaluations = [0]
 
     def record(values: Tensor, pts: Tensor, dirs: Tensor, eps: Tensor) -> bool:
         values = torch.nan_to_num(values, nan=0.0, posinf=0.0)
         pool.offer(values, pts, dirs, eps)
-        elapsed = time.perf_counter() - t0
+        elapsed = clock.elapsed()
         # the history follows the Jacobian values (float32 difference quotients at small ε can be inflated by
         # cancellation; the final float64 check decides what is reported)
         jac = float(values.max()) if not bool((eps > 0).any()) and len(values) else 0.0
         best = max(jac, history[-1][1] if history else 0.0)
         history.append((elapsed, best))
         bar.update(elapsed, best)
-        return budget is not None and elapsed >= budget
+        return clock.search_over()
 
-    for i in range(power_steps):
-        value, v_next = _power_step(fn, z, v, p)
-        evaluations += b
-        # the first round's power iteration always completes (torch.func's first call alone can take ~1 s)
-        if record(value, z, v, no_eps) and round_ > 0:
-            return evaluations
-        v = v_next
-    if steps == 0:
-        return evaluations
+    def power_record(at: Tensor, eps: Tensor) -> Callable[[Tensor, Tensor], bool]:
+        def seen(values: Tensor, dirs: Tensor) -> bool:
+            evaluations[0] += len(values)
+            return record(values, at, dirs, eps)
+        return seen
+
+    value, v = _power_steps(fn, z, v, p, power_steps, power_record(z, no_eps))
+    if steps == 0 or clock.search_over():
+        return evaluations[0]
     top = torch.argsort(torch.nan_to_num(value, nan=0.0), descending=True)[:keep]
     z, v, b = z[top], v[top], len(top)
     no_eps = no_eps[:b]
@@ -524,36 +682,59 @@ def _ascend(fn: _Net, z0: Tensor, keep: int, p: float, steps: int, power_steps: 
     width = scale * math.sqrt(n) if p == 2 else scale  # ℓ2: v is spread out; ℓ∞: signs; ℓ1: e_j
     eps0, eps1 = ASCENT['eps0'] * width, ASCENT['eps1'] * width
     zp = z.clone().requires_grad_(True)
-    opt = torch.optim.Adam([zp], lr=ASCENT['lr'] * scale)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps), eta_min=0.002 * scale)
+    opt = _Adam(zp, ASCENT['lr'] * scale, max(1, steps), 0.002 * scale)
     for t in range(steps):
         eps = eps0 * (eps1 / eps0) ** (t / max(1, steps - 1))
         d = eps * v
         q = _norm(fn(zp + d) - fn(zp - d), p, smooth=True) / (2 * eps * _norm(v, p))
         q = torch.nan_to_num(q, nan=0.0, posinf=0.0)
-        record(q.detach(), zp.detach(), v, torch.full((b,), eps, dtype=fn.dtype, device=fn.device))
-        opt.zero_grad(set_to_none=True)
+        if record(q.detach(), zp.detach(), v, torch.full((b,), eps, dtype=fn.dtype, device=fn.device)):
+            break
+        zp.grad = None
         (-q.sum()).backward()
         if zp.grad is not None:
-            torch.nan_to_num_(zp.grad, nan=0.0, posinf=0.0, neginf=0.0)
-        opt.step()
-        sched.step()
-        value, v_next = _power_step(fn, zp.detach(), v, p)
-        evaluations += b
-        if record(value, zp.detach(), v, no_eps):
+            opt.step(torch.nan_to_num(zp.grad, nan=0.0, posinf=0.0, neginf=0.0))
+        at = zp.detach().clone()
+        _, v_next = _power_steps(fn, at, v, p, 1, power_record(at, no_eps))
+        if clock.search_over():
             break
         v = v_next
-    return evaluations
+    return evaluations[0]
+
+
+class _Adam:
+    """Adam (Kingma & Ba 2015, torch's default β = (0.9, 0.999), ε = 1e-8) with a cosine-annealed learning rate
+    (Loshchilov & Hutter 2017; torch's recursive form), the same arithmetic as ``torch.optim.Adam`` with
+    ``CosineAnnealingLR``, whose first use imports torch._dynamo (seconds on a fresh process)."""
+
+    BETAS, EPS = (0.9, 0.999), 1e-8
+
+    def __init__(self, param: Tensor, lr: float, t_max: int, eta_min: float) -> None:
+        self.param, self.lr, self.t_max, self.eta_min = param, lr, t_max, eta_min
+        self.avg, self.avg_sq, self.t = torch.zeros_like(param), torch.zeros_like(param), 0
+
+    @torch.no_grad()
+    def step(self, grad: Tensor) -> None:
+        (beta1, beta2), self.t = self.BETAS, self.t + 1
+        self.avg.lerp_(grad, 1 - beta1)
+        self.avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        denom = (self.avg_sq.sqrt() / (1 - beta2 ** self.t) ** 0.5).add_(self.EPS)
+        self.param.addcdiv_(self.avg, denom, value=-self.lr / (1 - beta1 ** self.t))
+        t, t_max = self.t, self.t_max
+        self.lr = ((1 + math.cos(math.pi * t / t_max)) / (1 + math.cos(math.pi * (t - 1) / t_max))
+                   * (self.lr - self.eta_min) + self.eta_min)
 
 
 # -- float64 verification: the returned value is an explicit difference quotient ---------------------------
 def _float64_net(model: nn.Module, inputs: tuple[Tensor, ...], fn: _Net) -> tuple[_Net, float]:
-    """f in float64 (the parameters cast for the call, else a float64 copy); float32 as the last resort."""
+    """f in float64 (the parameters cast for the call, else a float64 copy), checked on one point; float32 as the
+    last resort."""
     for deep in (False, True):
         try:
-            net = _Net(model, inputs, torch.float64, deep=deep)
-            if net.mode == fn.mode and net.shapes == fn.shapes:
-                return net, ROUNDING
+            net = _Net(model, inputs, torch.float64, deep=deep, like=fn)
+            with torch.no_grad():
+                if net(net.pack(net.example)[:1]).shape[1] == fn.m:
+                    return net, ROUNDING
         except Exception:  # noqa: BLE001
             continue
     return fn, 1e-5  # the model does not run in float64: a much larger allowance for float32 rounding
@@ -593,37 +774,49 @@ def _dense_direction(net: _Net, z: Tensor, p: float) -> tuple[Tensor, float] | N
     return vh[0], float(s[0])
 
 
-def _verify(model: nn.Module, inputs: tuple[Tensor, ...], fn: _Net, candidates: list, p: float,
-            scale: float) -> tuple[float, Tensor, Tensor, Tensor, Tensor, float | None]:
-    net, rounding = _float64_net(model, inputs, fn)
+def _pairs_seconds(polish: bool, exact_seconds: float) -> float:
+    """Wall time of one candidate's float64 difference quotients: the pairs (a, b) of :func:`_verify`."""
+    return 2 * (len(STEP_SIZES) + 3 if polish else len(STEP_SIZES) // 2 + 1) * exact_seconds
+
+
+def _verify(exact: tuple[_Net, float], fn: _Net, candidates: list, p: float, scale: float, polish: bool,
+            clock: _Clock, exact_seconds: float) -> tuple[float, Tensor, Tensor, Tensor, Tensor, float | None]:
+    """The candidates' difference quotients in float64 (after ``polish``: the exact local direction from a small
+    dense Jacobian, else float64 power steps), each part only when the clock says it fits (``exact_seconds``:
+    one float64 forward pass at one point); the first candidate's quotients always (at its smallest)."""
+    net, rounding = exact
     best: tuple[float, Tensor, Tensor, Tensor, Tensor, float | None] | None = None
     gen = torch.Generator().manual_seed(12345)
+    pairs_seconds = _pairs_seconds(polish, exact_seconds)
     for _, z32, v32, eps in candidates:
+        if best is not None and not clock.fits(pairs_seconds):
+            break
+        polish = polish and clock.fits(pairs_seconds)
         z, v = z32.to(net.dtype), v32.to(net.dtype)
         jac_value = None
-        dense = _dense_direction(net, z, p)
+        dense = (_dense_direction(net, z, p)
+                 if polish and clock.fits(pairs_seconds + 2 * net.m * exact_seconds) else None)
         if dense is not None:
             v, jac_value = dense
-        else:
+        elif polish and clock.fits(pairs_seconds + 4 * 4 * exact_seconds):
             try:
-                for _ in range(4):
-                    value, v_next = _power_step(net, z[None], v[None], p)
-                    jac_value = float(value[0])
-                    v = v_next[0]
+                value, v = _power_steps(net, z[None], v[None], p, 4,
+                                        lambda *_: not clock.fits(pairs_seconds + 4 * exact_seconds))
+                jac_value, v = float(value[0]), v[0]
             except Exception:  # noqa: BLE001
                 pass
         v = v / _norm(v[None], p)[0]
         vmax = float(v.abs().max())
         size = max(float(z.abs().max()), scale, 1e-3)
         a_rows, b_rows = [], []
-        for h in STEP_SIZES:
+        for h in STEP_SIZES if polish else STEP_SIZES[1::2]:
             step = (h * size / vmax) * v
             a_rows.append(z + step)
             b_rows.append(z - step)
         if eps > 0:  # the ascent's own (wider) pair at this point
             a_rows.append(z + eps * v32.to(net.dtype))
             b_rows.append(z - eps * v32.to(net.dtype))
-        for r in (1e-1, 1e-2):  # a few random nearby pairs
+        for r in (1e-1, 1e-2) if polish else ():  # a few random nearby pairs
             xi = torch.randn(z.shape, generator=gen, dtype=net.dtype).to(z.device)
             a_rows.append(z + r * scale * xi)
             b_rows.append(z.clone())

@@ -412,3 +412,50 @@ def test_softplus_threshold_jump() -> None:
     with pytest.raises(lipgraph.NotLipschitzError, match="jumps"):
         _certified(model, torch.tensor([[5.0]]))
     assert _certified(nn.Softplus(), torch.tensor([[5.0]])) == 1.0  # default threshold: a jump below rounding
+
+
+# -- `seconds` is a wall-time budget, the final verification included (issue #18, item 3) --------------------
+def test_seconds_budget_caps_the_whole_search() -> None:
+    """A search that takes a minute without a clock (8 starts × 50 steps on six 32×32 conv layers) returns within
+    its 0.5 s budget plus a generous slack for a loaded machine, with an attained ratio."""
+    import time
+
+    torch.manual_seed(0)
+    convs = [nn.Conv2d(3, 32, 3, padding=1)] + [nn.Conv2d(32, 32, 3, padding=1) for _ in range(5)]
+    model = nn.Sequential(*[m for c in convs for m in (c, nn.ReLU())], nn.Flatten(), nn.Linear(32 * 32 * 32, 10))
+    x = torch.randn(1, 3, 32, 32)
+    lipgraph.lower_search(model, x, seconds=0.1)  # the process's one-time start-up (autograd, float64 kernels)
+    start = time.perf_counter()
+    res = lipgraph.lower_search(model.eval(), x, seconds=0.5)
+    assert time.perf_counter() - start < 0.5 + 1.5
+    assert res.bound.kind is Kind.LOWER and res.value > 0
+
+
+# -- the report's budget: a fixed amount of work, lean on large networks (issue #19) --------------------------
+def test_report_schedule_is_full_on_small_and_lean_on_large_networks() -> None:
+    from lipgraph.lower import FULL, LEAN, REPORT_BUDGET, _schedule
+
+    small = _schedule(1e4, REPORT_BUDGET["work"], 8, 50, 8, 4, 3)
+    assert (small.starts, small.steps, small.power_steps, small.screen, small.sample, small.rounds) == (
+        FULL["starts"], FULL["steps"], FULL["power_steps"], FULL["screen"], FULL["sample"], 2) and small.polish
+    large = _schedule(5e8, REPORT_BUDGET["work"], 8, 50, 8, 4, 3)
+    assert large.starts == 1 and large.rounds == 1 and large.steps == LEAN["steps"] and not large.polish
+    assert _schedule(5e8, 1e-3 * REPORT_BUDGET["work"], 8, 50, 8, 4, 3).starts == 1  # never fewer than one start
+    explicit = _schedule(5e8, None, 8, 50, 8, 4, 3)
+    assert (explicit.starts, explicit.steps, explicit.power_steps, explicit.rounds) == (8, 50, 8, 2)
+
+
+def test_lean_search_is_sound() -> None:
+    """The lean schedule (a work budget below the full schedule's) returns an attained ratio ≤ the certified bound."""
+    from lipgraph.lower import FULL_WORK, _Net, _forward_cost
+
+    torch.manual_seed(0)
+    convs = [nn.Conv2d(3, 8, 3, padding=1)] + [nn.Conv2d(8, 8, 3, padding=1) for _ in range(2)]
+    model = nn.Sequential(*[m for c in convs for m in (c, nn.BatchNorm2d(8), nn.ReLU())], nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 4)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    fn = _Net(model, (x,), None)
+    cost, _ = _forward_cost(fn, fn.pack(fn.example))
+    res = lipgraph.lower_search(model, x, work=4 * cost * FULL_WORK / 10)
+    assert res.rounds == 1 and res.bound.kind is Kind.LOWER
+    assert 0 < res.value <= lipgraph.analyze(model, x, lower=False, cache=False).bound.value

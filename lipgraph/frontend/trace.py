@@ -31,13 +31,25 @@ class LipTracer(fx.Tracer):
     def __init__(self, registry: Registry) -> None:
         super().__init__(autowrap_functions=registry.functions)
         self.registry = registry
-        self.record_stack_traces = True
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         key = module_key(type(m), self.registry.alias)
         if key is not None and self.registry.get(key) is not None:
             return True
         return type(m).__module__.startswith("torch.nn") and not isinstance(m, CONTAINERS)
+
+    def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
+        """fx's node, with the user's stack trace recorded by :mod:`traceback` (fx's own recording imports
+        torch._dynamo and torch._inductor, over a second at the first trace): the frames from the first
+        ``forward`` on, without torch's files."""
+        node = super().create_node(*args, **kwargs)
+        if not node.stack_trace:
+            frames = traceback.extract_stack()[:-1]
+            first = next((i for i, f in enumerate(frames) if f.name == "forward"), len(frames))
+            user = [f for f in frames[first:] if not f.filename.startswith(_TORCH_DIR)]
+            if user:
+                node.stack_trace = "".join(traceback.StackSummary.from_list(user).format()).strip()
+        return node
 
 
 def trace(model: nn.Module, inputs: tuple, registry: Registry, frontend: str = "auto",

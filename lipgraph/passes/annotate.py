@@ -9,14 +9,15 @@ from __future__ import annotations
 import math
 import time
 from contextlib import closing
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import fx
 
 from ..bound import unbounded
 from ..cache import layer_label
 from ..errors import LipgraphError, NormNotSupported, NotLipschitzError, RuleError, UnsupportedOpsError
-from ..ir import LipGraph, op_spelling
+from ..ir import LipGraph, map_args, op_spelling
 from ..linalg.parallel import parallel_map
 from ..registry import Registry
 from ..ruleapi import OpContext, Rule, Transfer
@@ -49,14 +50,21 @@ def annotate(lg: LipGraph, registry: Registry, norm: float = 2, unsupported: str
         key = node.meta["lip.key"]
         rule = registry.get(key) if key else None
         plan.append((node, rule, context(lg, node, norm) if rule is not None else None))
+    # fail fast: the rules of ops without weights (activations, products, reshapes: no norm to compute) run
+    # first, so that missing rules and ops that are not Lipschitz are reported before any layer norm
+    early = {node: _apply((node, rule, ctx)) for node, rule, ctx in plan if rule is not None and _weightless(lg, node)}
+    _check_coverage(lg, plan, early, unsupported, norm)
     runnable = [job for job in plan if job[1] is not None]
-    pooled = parallel_map(_apply, [job for job in runnable if _thread_safe(job[1])])
+    pooled = parallel_map(_apply, [job for job in runnable if _thread_safe(job[1]) and job[0] not in early])
     with (progress or _Silent)(len(runnable), "bounding layers") as bar, closing(pooled):
         for node, rule, ctx in plan:
             if rule is None:
                 missing.append(node)
                 continue
-            outcome, node.meta["lip.seconds"] = next(pooled) if _thread_safe(rule) else _apply((node, rule, ctx))
+            if node in early:
+                outcome, node.meta["lip.seconds"] = early[node]
+            else:
+                outcome, node.meta["lip.seconds"] = next(pooled) if _thread_safe(rule) else _apply((node, rule, ctx))
             bar.advance(node.meta["lip.path"])
             if isinstance(outcome, NotLipschitzError):
                 not_lipschitz.append(f"  - {outcome}{_at(node)}")
@@ -70,19 +78,48 @@ def annotate(lg: LipGraph, registry: Registry, norm: float = 2, unsupported: str
             else:
                 node.meta["lip.transfer"] = outcome
                 node.meta["lip.rule"] = rule
-        if not_lipschitz:
-            raise NotLipschitzError(
-                "the network is not globally Lipschitz, so no finite bound exists:\n" + "\n".join(not_lipschitz)
-                + "\nA product or quotient of two input-dependent tensors (gating, dot-product attention, "
-                  "normalising by a branch) can grow without limit; bound the input domain or replace the op "
-                  "by a Lipschitz variant (e.g. L2 attention, Kim et al. 2021).")
-        if missing and unsupported == "error":
-            raise UnsupportedOpsError(_unsupported_message(lg, missing, norm), missing)
+        _raise_problems(lg, not_lipschitz, missing, unsupported, norm)
         for node in missing:
             node.meta["lip.transfer"] = Transfer(gains=(unbounded("no rule"),) * len(node.meta["lip.inputs"]))
             node.meta["lip.seconds"] = 0.0
         if fusion:
             _prefetch_fused_norms(lg, norm, bar)
+
+
+def _raise_problems(lg: LipGraph, not_lipschitz: list[str], missing: list[fx.Node], unsupported: str,
+                    norm: float) -> None:
+    if not_lipschitz:
+        raise NotLipschitzError(
+            "the network is not globally Lipschitz, so no finite bound exists:\n" + "\n".join(not_lipschitz)
+            + "\nA product or quotient of two input-dependent tensors (gating, dot-product attention, "
+              "normalising by a branch) can grow without limit; bound the input domain or replace the op "
+              "by a Lipschitz variant (e.g. L2 attention, Kim et al. 2021).")
+    if missing and unsupported == "error":
+        raise UnsupportedOpsError(_unsupported_message(lg, missing, norm), missing)
+
+
+def _check_coverage(lg: LipGraph, plan: list, early: dict, unsupported: str, norm: float) -> None:
+    """Raise the errors :func:`annotate` would raise at the end, from what is known before any weighted op's rule
+    runs: ops without a rule, and the weightless ops whose rules say not Lipschitz or not for this norm."""
+    missing = [node for node, rule, _ in plan if rule is None]
+    not_lipschitz = []
+    for node, (outcome, _) in early.items():
+        if isinstance(outcome, NotLipschitzError):
+            not_lipschitz.append(f"  - {outcome}{_at(node)}")
+        elif isinstance(outcome, NormNotSupported):
+            missing.append(node)
+    order = {node: i for i, (node, _, _) in enumerate(plan)}
+    _raise_problems(lg, not_lipschitz, sorted(missing, key=order.__getitem__), unsupported, norm)
+
+
+def _weightless(lg: LipGraph, node: fx.Node) -> bool:
+    """The op has no parameters, buffers or tensor constants (a module's, or arguments of a function call)."""
+    if node.op == "call_module":
+        module = lg.gm.get_submodule(node.target)
+        return next(iter(module.parameters()), None) is None and next(iter(module.buffers()), None) is None
+    constants: list[Any] = []
+    map_args(node, lambda a: constants.append(a.meta.get("lip.value")) if not a.meta.get("lip.dep") else None)
+    return not any(isinstance(c, torch.Tensor) and c.numel() > 1 for c in constants)
 
 
 def _thread_safe(rule: Rule) -> bool:
