@@ -11,6 +11,7 @@
     lipgraph.analyze_slice(model, x, "layer2", "layer3")  # part of a model, at its input size inside the model
 
     lipgraph.register(MyAct, lipgraph.elementwise(slope=(0, 1)))   # a custom op in one line
+    lipgraph.analyze(model, x, region=lipgraph.Ball(None, 0.05))    # local bound on a region (docs/local.md)
 """
 import importlib as _importlib
 import sys as _sys
@@ -34,7 +35,8 @@ _LAZY = {
     "Registry": "registry", "default_registry": "registry", "register": "registry", "rule": "registry",
     "register_named": "registry", "register_pattern": "registry", "Chain": "patternapi", "GraphView": "patternapi",
     "Match": "patternapi", "Pattern": "patternapi", "OutputFormat": "formats", "default_formats": "formats",
-    "register_format": "formats",
+    "register_format": "formats", "Box": "region", "Ball": "region", "interval_rule": "registry",
+    "local_rule": "registry",
     "Comparison": "comparison", "Attribution": "formula", "Formulas": "formula", "Report": "report",
     "ReportNode": "report", "analyze_slice": "submodel", "capture_input": "submodel",
     **{name: "ruleapi" for name in ("OpContext", "Rule", "Transfer", "Var", "elementwise", "isometry",
@@ -78,4 +80,5 @@ __all__ = [
     "Transfer", "Var", "elementwise", "isometry", "not_lipschitz", "scale", "__version__",
     "OutputFormat", "default_formats", "register_format",
     "register_named", "register_pattern", "Pattern", "Match", "GraphView", "Chain",
+    "Box", "Ball", "interval_rule", "local_rule",
 ]

@@ -20,11 +20,16 @@ from .linalg.device import on_device
 from .norms import NORMS, parse_norm  # noqa: F401 - part of this module's API
 from .passes.annotate import annotate
 from .passes.autolip import autolip, network_estimate
+from .passes.crown import refine_chains
 from .passes.fuse import fuse
+from .passes.interval import propagate_intervals
+from .passes.localchains import tighten_local_chains
 from .passes.layer_lower import layer_lower_bounds
 from .passes.residual import tighten_residuals
 from .passes.seqlip import tighten_chains
 from .progress import LayerProgress
+from .lower_region import region_lower
+from .region import check_region
 from .registry import Registry, default_registry
 from .report import Report, build_tree, output_bounds
 
@@ -54,6 +59,7 @@ def analyze(
     device: str | None = None,
     cache: bool | str | os.PathLike = True,
     quiet: bool = False,
+    region: Any = None,
 ) -> Report:
     """Certified upper bound on the Lipschitz constant of ``model`` (in eval mode) around its whole input space.
 
@@ -70,6 +76,10 @@ def analyze(
     ``$LIPGRAPH_CACHE_DIR`` or ``~/.cache/lipgraph``; a folder; ``False``: only within this call), so a second run
     of the same model is fast (:mod:`lipgraph.cache`). A long analysis shows a progress bar on a terminal's stderr
     unless ``quiet``; ``ReportNode.seconds`` says where the time went.
+
+    ``region`` (``lipgraph.Box(lo, hi)`` or ``lipgraph.Ball(center, radius, norm)``, example input of batch 1)
+    bounds the Lipschitz constant of the model restricted to that region instead (docs/local.md): intervals
+    over the region, local rules, per-neuron slopes; the lower bound is then searched inside the region.
     """
     start = time.perf_counter()
     estimators = chain_estimators(method)
@@ -84,16 +94,22 @@ def analyze(
     name = type(original).__name__
     model = traceable_root(model, registry)
     inputs = to_model_device(model, inputs)
+    if region is not None:
+        region = check_region(region, inputs)
     notes: list[str] = []
     with eval_mode(model, notes), norm_cache(cache) as disk, on_device(device):
         lg = annotated_graph(model, inputs, registry, p, frontend=frontend, unsupported=unsupported,
-                             concrete_args=concrete_args, notes=notes, progress=not quiet)
+                             concrete_args=concrete_args, notes=notes, progress=not quiet, region=region)
+        if region is not None:
+            refine_chains(lg, region, p)
         if layer_lower:
             with _failing_unsound(disk):
                 notes += layer_lower_bounds(lg, p)
         if estimators:
             tighten_chains(lg, p, estimators)
             tighten_residuals(lg, p, estimators)
+        if region is not None:
+            tighten_local_chains(lg, p, estimators)
         total = autolip(lg, p)
         estimate = network_estimate(lg, p) if estimators else None
         if estimators and total.kind is Kind.CERTIFIED:
@@ -103,12 +119,15 @@ def analyze(
         notes.append("some ops have no rule: the bound is unbounded (see the ops marked in the tree)")
     notes += disk.notes
     with _failing_unsound(disk):
-        found = _lower(unwrap(original), inputs, p, data, lower_options, total, notes) if lower else None
+        if region is not None:
+            found = region_lower(unwrap(original), inputs[0], region, p, total) if lower else None
+        else:
+            found = _lower(unwrap(original), inputs, p, data, lower_options, total, notes) if lower else None
     return Report(bound=total, norm=p, model=name,
                   input_shape=[list(x.shape) for x in inputs], seconds=time.perf_counter() - start,
                   frontend=lg.frontend, tree=tree, outputs=output_bounds(lg), notes=notes,
                   lower=found.bound if found else None, lower_input=found.point if found else None, estimate=estimate,
-                  formulas=formulas)
+                  formulas=formulas, region=region.describe(inputs[0]) if region is not None else None)
 
 
 def traceable_root(model: nn.Module, registry: Registry) -> nn.Module:
@@ -123,10 +142,17 @@ def traceable_root(model: nn.Module, registry: Registry) -> nn.Module:
 
 def annotated_graph(model: nn.Module, inputs: tuple, registry: Registry, norm: float, *, frontend: str = "auto",
                     unsupported: str = "error", concrete_args: dict[str, Any] | None = None,
-                    notes: list[str] | None = None, progress: bool = False) -> ir.LipGraph:
-    """Trace, rules and fusion — the graph every later pass works on. Call it under ``eval_mode``."""
+                    notes: list[str] | None = None, progress: bool = False, region: Any = None) -> ir.LipGraph:
+    """Trace, rules and fusion — the graph every later pass works on. Call it under ``eval_mode``. With a
+    ``region``: intervals over it first, then the local rules where an op has one (docs/local.md)."""
     check_runs(model, inputs)
+    if region is not None:  # compound-op patterns have no interval rules: a region analysis bounds their parts
+        registry = registry.copy()
+        registry.patterns = {}
     lg = ir.build(model, inputs, registry, frontend, concrete_args)
+    if region is not None:
+        propagate_intervals(lg, registry, region, norm)
+        registry = registry.localized()
     if lg.frontend == "export" and notes is not None:
         notes.append(("torch.fx could not trace the model; " if frontend == "auto" else "")
                      + "the export frontend traces into every module, so rules registered for module classes "

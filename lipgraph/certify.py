@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,7 +30,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from .bound import FLOAT_MARGIN, Bound, Kind, join_kinds
-from .errors import InputError
+from .errors import InputError, LipgraphError
 from .formats import default_formats
 from .frontend.prepare import check_runs, eval_mode, unwrap
 from .ir import LipGraph
@@ -62,6 +64,7 @@ class Certificate:
     margins: Tensor  # f_y − max_{j≠y} f_j at the predicted class y
     grid: tuple[float, ...]
     pair_bounds: Tensor | None = None  # (C, C) L_ij used (diagonal 0), None when only the global bound was used
+    local_radii: Tensor | None = None  # (N,) radii from local bounds L(B(x, r)) (``local=True``), 0 if misclassified
     tail: tuple[str, Bound] | None = None  # the affine tail's input h and its bound L(h), when pairs were used
     notes: list[str] = field(default_factory=list)
 
@@ -95,6 +98,7 @@ class Certificate:
             "radius": _finite(self.radii.tolist()), "prediction": self.predictions.tolist(),
             "label": self.labels.tolist(),
             "notes": list(self.notes),
+            **({"local_radius": _finite(self.local_radii.tolist())} if self.local_radii is not None else {}),
         }
 
     def plot(self, path: str | Path) -> None:
@@ -110,7 +114,8 @@ def _finite(values: list[float]) -> list[float | None]:
 
 def certify(model: nn.Module, x: Tensor, y: Tensor, *, norm: Any = 2, report: Report | None = None,
             radii: Sequence[float] | None = None, pairwise: bool = True, unsupported: str = "error",
-            batch_size: int = 1024) -> Certificate:
+            batch_size: int = 1024, local: bool = False, executor: Executor | None = None,
+            workers: int | None = None, progress: bool = False) -> Certificate:
     """Certified radii of ``model`` (a classifier returning logits (N, C), evaluated in eval mode) at inputs ``x``
     (N, ...) with integer labels ``y`` (N,); see the module docstring for the maths.
 
@@ -118,6 +123,12 @@ def certify(model: nn.Module, x: Tensor, y: Tensor, *, norm: Any = 2, report: Re
     (an ``analyze`` result for the same norm, e.g. another method) to use its bound instead. ``pairwise=False``
     uses the global bound alone. ``radii``: where to report certified accuracy (default: 5 steps up to the largest
     radius).
+
+    ``local=True`` also computes, per correctly classified input, the local radius: for the class pairs (y, j)
+    that limit the radius, the largest r (bisection, :func:`pair_radius`) with f_y(x) − f_j(x) > L_j(B_p(x, r))·r,
+    L_j the local bound of f_y − f_j on the ball (docs/local.md). One analysis per bisection step and point: the points run on ``executor`` (any
+    ``concurrent.futures.Executor``, e.g. dask.distributed's ``Client.get_executor()``), else on a local process
+    pool of ``workers`` processes (in this process when ``workers`` is 1 or None).
     """
     p = parse_norm(norm)
     x, y = check_labelled(x, y)
@@ -151,10 +162,120 @@ def certify(model: nn.Module, x: Tensor, y: Tensor, *, norm: Any = 2, report: Re
     predictions = logits.argmax(1)
     radius, margins = _radii(logits, predictions, pairs)
     radius[predictions != y.cpu()] = 0.0
+    local_radii = None
+    if local:
+        if kind is not Kind.CERTIFIED:
+            raise InputError("local radii need a certified global bound to start from")
+        local_radii = local_radii_of(model, x, logits, predictions, pairs, predictions == y.cpu(), p, executor,
+                                     workers, progress)
     return Certificate(model=type(model).__name__, norm=p, bound=bound, kind=kind, radii=radius,
                        predictions=predictions, labels=y.cpu(), margins=margins,
                        grid=tuple(float(r) for r in radii) if radii is not None else default_grid(radius),
-                       pair_bounds=pairs if tail else None, tail=tail, notes=notes)
+                       pair_bounds=pairs if tail else None, tail=tail, notes=notes, local_radii=local_radii)
+
+
+_TRACING = threading.Lock()
+#: bisection steps of :func:`pair_radius` (each one a region analysis)
+BISECTION_STEPS = 10
+#: class pairs (y, j) refined with local bounds per input, closest first
+LOCAL_PAIRS = 3
+
+
+class _Margin(nn.Module):
+    """x ↦ f_y(x) − f_j(x): the logit difference whose sign decides between classes y and j."""
+
+    def __init__(self, model: nn.Module, y: int, j: int, classes: int) -> None:
+        super().__init__()
+        self.model = model
+        row = torch.zeros(1, classes)
+        row[0, y], row[0, j] = 1.0, -1.0
+        self.register_buffer("row", row)  # a linear map: it folds into the network's last affine ops
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.nn.functional.linear(self.model(x), self.row)
+
+
+def pair_radius(model: nn.Module, x: Tensor, y: int, j: int, classes: int, margin: float, start: float, p: float,
+                steps: int = BISECTION_STEPS) -> float:
+    """Largest r found by bisection with d(x) > L(B_p(x, r)) · r for d = f_y − f_j, never below ``start`` (a
+    radius already certified for this pair). Sound: B_p(x, r) is convex, so for ‖δ‖_p < r, |d(x + δ) − d(x)| ≤
+    L(B)·‖δ‖_p < d(x) (mean-value inequality along the segment; d is scalar, so its ℓp norm is |d|).
+    L(B(x, r)) grows with r (the intervals are inclusion-monotone), so the test is monotone in r; the search
+    ends at d(x) / L(B(x, start)), beyond which it fails."""
+    from .api import analyze
+    from .region import Ball
+
+    net = _Margin(model, y, j, classes)
+
+    def bound(r: float) -> float:
+        with _TRACING:  # torch.fx patches module-level functions while tracing: one trace at a time per process
+            return analyze(net, x, region=Ball(None, r, norm=p), lower=False, quiet=True).bound.value
+
+    def holds(r: float) -> bool:
+        try:
+            return margin > bound(r) * r
+        except LipgraphError:  # e.g. a divisor reaching 0 on a larger ball: not certified at r
+            return False
+
+    if margin <= 0:
+        return 0.0
+    lo = start
+    try:
+        hi = margin / bound(max(start, 1e-12))
+    except LipgraphError:
+        return start
+    if hi <= lo:
+        return lo
+    if holds(hi * (1 - 1e-9)):
+        return hi * (1 - 1e-9)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if holds(mid) else (lo, mid)
+    return lo
+
+
+def local_radius(model: nn.Module, x: Tensor, y: int, gaps: Tensor, starts: Tensor, p: float) -> float:
+    """min over classes j ≠ y of the certified radius of the pair (y, j): ``starts[j]`` (from the global bounds)
+    for every j, refined by :func:`pair_radius` for the pair that limits the radius, up to ``LOCAL_PAIRS`` times."""
+    radii = {j: float(starts[j]) for j in range(len(gaps)) if j != y}
+    refined: set[int] = set()
+    while radii:
+        j = min(radii, key=radii.get)
+        if j in refined or len(refined) >= LOCAL_PAIRS:
+            break
+        radii[j] = pair_radius(model, x, y, j, len(gaps), float(gaps[j]), radii[j], p)
+        refined.add(j)
+    return min(radii.values(), default=math.inf)
+
+
+def _local_job(job: tuple) -> float:
+    return local_radius(*job)
+
+
+def local_radii_of(model: nn.Module, x: Tensor, logits: Tensor, predicted: Tensor, pairs: Tensor, correct: Tensor,
+                   p: float, executor: Executor | None, workers: int | None, progress: bool) -> Tensor:
+    """:func:`local_radius` of every correctly classified input, run on ``executor`` (see :func:`certify`)."""
+    from .progress import LayerProgress
+
+    gaps = logits.gather(1, predicted[:, None]) - logits
+    limits = pairs[predicted]
+    starts = torch.where(limits > 0, gaps / limits.clamp_min(1e-300), torch.full_like(gaps, math.inf)).clamp_min(0)
+    out = torch.zeros(len(x), dtype=torch.float64)
+    index = [k for k in range(len(x)) if bool(correct[k])]
+    jobs = [(model, x[k:k + 1], int(predicted[k]), gaps[k], starts[k], p) for k in index]
+    own = None
+    if executor is None and workers is not None and workers > 1:
+        own = executor = ProcessPoolExecutor(workers)
+    try:
+        results = executor.map(_local_job, jobs) if executor is not None else map(_local_job, jobs)
+        with LayerProgress(len(jobs), "local radii", progress) as bar:
+            for k, r in zip(index, results):
+                out[k] = r
+                bar.advance(f"input {k}")
+    finally:
+        if own is not None:
+            own.shutdown()
+    return out
 
 
 def check_labelled(x: Any, y: Any) -> tuple[Tensor, Tensor]:

@@ -134,6 +134,10 @@ def _parser() -> argparse.ArgumentParser:
                          help="keep per-layer norms on disk ($LIPGRAPH_CACHE_DIR or ~/.cache/lipgraph) so a second "
                               "run of the same model is fast (default: on; --no-cache skips it)")
     explain.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
+    explain.add_argument("--box", metavar="LO,HI", help="local bound on the box [LO, HI]^d (docs/local.md)")
+    explain.add_argument("--ball", type=float, metavar="EPS", help="local bound on the ball of radius EPS (in --norm) "
+                         "around --center (default: the example input)")
+    explain.add_argument("--center", metavar="FILE", help="torch.save'd tensor: the centre of --ball")
     explain.add_argument("--timings", action="store_true", help="list the layers that took longest to bound")
     explain.set_defaults(run=_explain)
 
@@ -164,6 +168,9 @@ def _parser() -> argparse.ArgumentParser:
     certify.add_argument("--ascii", action="store_true", help="plain ASCII output")
     certify.add_argument("--width", type=int, help="terminal width")
     certify.add_argument("--threads", type=int, help="torch CPU threads")
+    certify.add_argument("--local", action="store_true", help="also radii from local bounds on balls (docs/local.md)")
+    certify.add_argument("--workers", type=int, metavar="N", help="--local: processes of the local pool")
+    certify.add_argument("--dask", metavar="ADDRESS", help="--local: run the points on a dask.distributed scheduler")
     certify.set_defaults(run=_certify)
 
     doctor = sub.add_parser("doctor", help="versions and loaded rule packs")
@@ -206,7 +213,7 @@ def _explain_model(args: argparse.Namespace) -> int:
                      unsupported=args.unsupported, lower=args.lower,
                      data=_load_data(args.data) if args.data else None, lower_options=options,
                      layer_lower=args.layer_lower, device=args.device, cache=args.cache,
-                     quiet=quiet)
+                     quiet=quiet, region=_region(args))
     if args.save_lower_input and report.lower_input is not None:
         import torch
 
@@ -216,6 +223,25 @@ def _explain_model(args: argparse.Namespace) -> int:
     if args.timings and fmt in ("tree", "latex"):  # the formats read on a terminal
         print_timings(report, make_console(ascii_only=args.ascii, width=args.width))
     return 0
+
+
+def _region(args: argparse.Namespace):
+    """``--box LO,HI`` or ``--ball EPS [--center FILE]`` as a lipgraph region (None without either)."""
+    from .region import Ball, Box
+
+    if args.box and args.ball is not None:
+        raise InputError("give --box or --ball, not both")
+    if args.center and args.ball is None:
+        raise InputError("--center needs --ball EPS")
+    if args.box:
+        try:
+            lo, hi = (float(v) for v in args.box.split(","))
+        except ValueError:
+            raise InputError(f"--box {args.box!r} must be two numbers LO,HI") from None
+        return Box(lo, hi)
+    if args.ball is None:
+        return None
+    return Ball(_load_data(args.center) if args.center else None, args.ball, norm=args.norm)
 
 
 def _format(args: argparse.Namespace, subject: str, aliases: dict[str, bool], default: str) -> str:
@@ -323,12 +349,24 @@ def _certify(args: argparse.Namespace) -> int:
     except ValueError:
         raise InputError(f"--radii {args.radii!r} is not a comma-separated list of numbers") from None
     cert = certify(model, x, y, norm=args.norm, radii=radii, pairwise=not args.global_bound,
-                   unsupported=args.unsupported)
+                   unsupported=args.unsupported, local=args.local, executor=_dask_executor(args.dask),
+                   workers=args.workers, progress=not args.json and sys.stderr.isatty())
     if args.plot:
         cert.plot(args.plot)
     fmt = _format(args, "certificate", {"json": args.json}, default="table")
     default_formats().write(cert, "certificate", fmt, ascii_only=args.ascii, width=args.width)
     return 0
+
+
+def _dask_executor(address: str | None):
+    """dask.distributed's ``Client(address).get_executor()`` for ``--dask``; None without it."""
+    if address is None:
+        return None
+    try:
+        from dask.distributed import Client
+    except ImportError:
+        raise InputError("--dask needs dask.distributed: pip install 'dask[distributed]'") from None
+    return Client(address).get_executor()
 
 
 def _version(dist: str) -> str:

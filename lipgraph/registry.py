@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Mapping
 from torch import nn
 
 from .errors import RuleError
-from .ruleapi import Rule, RuleFn, make_rule
+from .ruleapi import IntervalFn, Rule, RuleFn, make_rule
 from .userfile import run_user_file
 
 ENTRY_POINT_GROUP = "lipgraph.rules"
@@ -32,6 +32,8 @@ class Registry:
         self._aliases: dict[Any, str] = {}
         self._named: dict[str, str] = {}  # "package.module.Class" -> key, for libraries lipgraph never imports
         self.patterns: dict[str, Any] = {}  # name -> lipgraph.Pattern, matched before annotation
+        self._intervals: dict[str, IntervalFn] = {}  # op key -> interval rule (region analyses, docs/local.md)
+        self._local: dict[str, Rule] = {}  # op key -> local Lipschitz rule, valid on the region only
         self.packs: list[str] = []  # what was loaded, for `lipgraph doctor`
 
     # -- registration ------------------------------------------------------------------------------
@@ -110,6 +112,33 @@ class Registry:
 
         return decorate
 
+    def register_interval(self, key: str, fn: IntervalFn, *, override: bool = False) -> IntervalFn:
+        """Register the interval rule of op ``key``: ``fn(ctx)`` maps the input intervals ``ctx.bounds`` to the
+        output's interval (lo, hi) — a tuple of them for a tuple output — containing every value the op takes."""
+        if key in self._intervals and self._intervals[key] is not fn and not override:
+            raise RuleError(f"an interval rule for op {key!r} is already registered; pass override=True to replace it")
+        self._intervals[key] = fn
+        return fn
+
+    def register_local(self, key: str, rule: Rule | RuleFn, *, override: bool = False) -> Rule:
+        """Register a local Lipschitz rule for op ``key``: like a Lipschitz rule, but it may read the input
+        intervals ``ctx.bounds`` and is used only in region analyses (its constant holds on the region only)."""
+        if key in self._local and not override:
+            raise RuleError(f"a local rule for op {key!r} is already registered; pass override=True to replace it")
+        made = make_rule(rule, name=key)
+        made.source = made.source or _loading_source() or _caller_module()
+        self._local[key] = made
+        return made
+
+    def interval(self, key: str) -> IntervalFn | None:
+        return self._intervals.get(key)
+
+    def localized(self) -> "Registry":
+        """A copy whose Lipschitz rules are replaced by the local rules where an op has one."""
+        new = self.copy()
+        new._rules.update(self._local)
+        return new
+
     # -- lookup ------------------------------------------------------------------------------------
     def get(self, key: str) -> Rule | None:
         return self._rules.get(key)
@@ -143,6 +172,8 @@ class Registry:
         new._aliases = dict(self._aliases)
         new._named = dict(self._named)
         new.patterns = dict(self.patterns)
+        new._intervals = dict(self._intervals)
+        new._local = dict(self._local)
         new.packs = list(self.packs)
         return new
 
@@ -236,6 +267,28 @@ def register_pattern(pattern: Any, *, override: bool = False) -> Rule:
 def rule(*targets: str | type | Callable, exact: bool = False, override: bool = False):
     """Decorator: ``@lipgraph.rule(MyBlock)`` on ``def my_rule(ctx) -> lipgraph.Bound | lipgraph.Transfer``."""
     return current_registry().rule(*targets, exact=exact, override=override)
+
+
+def interval_rule(*keys: str, override: bool = False):
+    """Decorator: ``@lipgraph.interval_rule("my_op")`` on ``def f(ctx) -> (lo, hi)`` (see Registry.register_interval)."""
+
+    def decorate(fn: IntervalFn) -> IntervalFn:
+        for key in keys:
+            current_registry().register_interval(key, fn, override=override)
+        return fn
+
+    return decorate
+
+
+def local_rule(*keys: str, override: bool = False):
+    """Decorator: ``@lipgraph.local_rule("my_op")`` on ``def f(ctx) -> Bound | Transfer`` reading ``ctx.bounds``."""
+
+    def decorate(fn: RuleFn) -> RuleFn:
+        for key in keys:
+            current_registry().register_local(key, fn, override=override)
+        return fn
+
+    return decorate
 
 
 # -- helpers ---------------------------------------------------------------------------------------------

@@ -122,6 +122,7 @@ class Report:
     lower_input: Any = None  # the input (batch 1) at which it is attained
     estimate: Bound | None = None  # the network with each chain's estimate (greedy SeqLip), when computed
     formulas: Formulas | None = None  # every node's bound as a formula over constants (what-if, attribution)
+    region: str | None = None  # the input region of a local analysis (docs/local.md), None for a global one
 
     @property
     def chains(self) -> list[ChainInfo]:
@@ -240,8 +241,9 @@ class Report:
         return compare(self, other)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON contract of ``lipgraph explain --json``."""
+        """The JSON contract of ``lipgraph explain --json`` (``region`` only in a local analysis)."""
         return {
+            **({"region": self.region} if self.region is not None else {}),
             **bound_dict(self.bound),
             "lower": lower_value(self.lower),
             "ratio": self.ratio,

@@ -61,9 +61,12 @@ class Transfer:
     affine: bool = False
     structure: tuple | None = None
     joint: bool = False
+    neuron_slopes: tuple[torch.Tensor, torch.Tensor] | None = None  # local: per-coordinate [α, β] (docs/local.md)
 
 
 RuleFn = Callable[["OpContext"], Union[Transfer, Bound]]
+#: an interval rule: the op's input intervals ``ctx.bounds`` -> its output interval (lo, hi) (docs/local.md)
+IntervalFn = Callable[["OpContext"], Any]
 
 
 @dataclass
@@ -117,6 +120,7 @@ class OpContext:
         norm: float,
         name: str,
         path: str,
+        bounds: tuple | None = None,
     ) -> None:
         self.key = key
         self.target = target
@@ -128,6 +132,9 @@ class OpContext:
         self.name = name
         self.path = path
         self.inputs: tuple[Var, ...] = tuple(_vars_in((args, kwargs)))
+        #: in a region analysis, ``bounds[i]`` is the interval (lo, hi) of ``inputs[i]`` over the region (a tuple
+        #: of intervals for a tuple-valued input), float64; None in a global analysis (docs/local.md)
+        self.bounds = bounds
 
     # -- argument access ---------------------------------------------------------------------------
     def arg(self, name: str, index: int | None = None, default: Any = _MISSING) -> Any:

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from ..progress import ProgressFactory, Ticker
 
 UNSUPPORTED_MODES = ("error", "inf")
+#: how to bound a network that is not globally Lipschitz (docs/local.md): the last line of that error
+REGION_HINT = ("To bound it on the inputs that matter: lipgraph explain MODEL --box 0,1 (or --ball EPS around the "
+               "example input), or lipgraph.analyze(model, x, region=lipgraph.Box(0, 1)).")
 
 
 def annotate(lg: LipGraph, registry: Registry, norm: float = 2, unsupported: str = "error", *,
@@ -93,7 +96,7 @@ def _raise_problems(lg: LipGraph, not_lipschitz: list[str], missing: list[fx.Nod
             "the network is not globally Lipschitz, so no finite bound exists:\n" + "\n".join(not_lipschitz)
             + "\nA product or quotient of two input-dependent tensors (gating, dot-product attention, "
               "normalising by a branch) can grow without limit; bound the input domain or replace the op "
-              "by a Lipschitz variant (e.g. L2 attention, Kim et al. 2021).")
+              "by a Lipschitz variant (e.g. L2 attention, Kim et al. 2021).\n" + REGION_HINT)
     if missing and unsupported == "error":
         raise UnsupportedOpsError(_unsupported_message(lg, missing, norm), missing)
 

@@ -65,7 +65,7 @@ def is_activation(n: fx.Node) -> bool:
     """A single-input elementwise op with a slope interval (and not affine: lo < hi)."""
     t = n.meta.get("lip.transfer")
     return (n.op not in ("placeholder", "output") and t is not None and t.slope is not None and not t.affine
-            and len(n.meta["lip.inputs"]) == 1 and t.slope[0] < t.slope[1])
+            and len(n.meta["lip.inputs"]) == 1 and (t.slope[0] < t.slope[1] or t.neuron_slopes is not None))
 
 
 def sequential_chains(lg: LipGraph) -> list[SeqChain]:

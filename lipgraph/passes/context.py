@@ -20,6 +20,7 @@ def context(lg: LipGraph, node: fx.Node, norm: float) -> OpContext:
 
     args, kwargs = map_args(node, value)
     module = lg.gm.get_submodule(node.target) if node.op == "call_module" else None
+    bounds = [a.meta.get("lip.interval") for a in node.meta["lip.inputs"]]  # set by passes/interval.py
     return OpContext(key=node.meta["lip.key"], target=lg.target_of(node), module=module, args=args,
                      kwargs=kwargs, output=node.meta["lip.info"], norm=norm, name=node.name,
-                     path=node.meta["lip.path"])
+                     path=node.meta["lip.path"], bounds=tuple(bounds) if any(b is not None for b in bounds) else None)

@@ -35,11 +35,19 @@ def certificate_table(cert: Certificate) -> Any:
     if len(correct):
         lines.append(Text(f"certified radius of correct inputs: median {correct.median().item():.4g}, "
                           f"max {correct.max().item():.4g}", style="dim"))
+        if cert.local_radii is not None:
+            local = cert.local_radii[cert.correct]
+            lines.append(Text("local radius (f_y − f_j > L_j(B(x, r))·r for the limiting pairs, docs/local.md): "
+                              f"median {local.median().item():.4g}, max {local.max().item():.4g}", style="dim"))
     table = Table(title=f"certified accuracy ({ell} radius)")
-    for column in ("radius", "certified accuracy", "certified"):
+    local_columns = ("local accuracy", "local") if cert.local_radii is not None else ()
+    for column in ("radius", "certified accuracy", "certified", *local_columns):
         table.add_column(column, justify="right")
     for r, acc, count in cert.summary():
-        table.add_row(f"{r:.4g}", f"{acc:.1%}", f"{count}/{n}")
+        local = [] if cert.local_radii is None else \
+            [f"{(cert.correct & (cert.local_radii >= r)).double().mean().item():.1%}",
+             f"{int((cert.correct & (cert.local_radii >= r)).sum())}/{n}"]
+        table.add_row(f"{r:.4g}", f"{acc:.1%}", f"{count}/{n}", *local)
     lines.append(table)
     for note in cert.notes:
         lines.append(Text(f"note: {note}", style="bold red" if "NOT" in note else "italic"))

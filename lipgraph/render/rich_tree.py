@@ -94,6 +94,8 @@ def build_rich_tree(report: Report, depth: int | None = None, *, formulas: bool 
     b = report.bound
     title = Text()
     title.append(f"{report.model}", style="bold")
+    if report.region is not None:
+        title.append(f"  on the {report.region}", style="bold")
     if report.lower is not None:  # tightness: lower ≤ L ≤ upper
         title.append(f"  {report.lower.value:.4g} ≤", style="bold " + KIND_STYLE[Kind.LOWER])
         title.append(f" L {format_bound(b) if b.kind is not Kind.UNBOUNDED else '≤ ∞'}", style="bold " + KIND_STYLE[b.kind])
