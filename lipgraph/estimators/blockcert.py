@@ -20,12 +20,12 @@ of forming D_k, E_k and D_k − X_k from the weights (γ_{p+5}|·|, p the longes
 1e-12 of ‖X‖ upwards) makes each piece strictly definite so that the shifted Cholesky can succeed; it only costs
 tightness. A failing Cholesky at any step means *not certified* (:class:`InfeasibleMultipliers`), never a bound.
 
-**Cost** Σ_k (n_{k−1} + n_k)³/3 flops and memory for one piece: the piece, its error matrix and the Cholesky
-factor, 3 · 8 · (n_{k−1} + n_k)² bytes, plus the dense layers W_k (8 n_k n_{k+1} bytes each). Measured on the
-shared 2-core, 24 GB machine (benchmarks/RESULTS.md, "CNN"): 4-conv 16-channel 16×16 CNN (three hidden layers of
-4,096 neurons, pieces of 8,192): see the table. The largest chain it certifies there is bounded by memory at
-pieces of about 2·10⁴ (hidden layers of ~10⁴ neurons: 3 × 3.2 GB per piece + 0.8 GB per layer), at roughly
-2–3 minutes of Cholesky per piece; hidden layers of 4,096 are what was measured.
+**Cost** Σ_k (n_{k−1} + n_k)³/3 flops; memory for one piece ≈ 4 · 8 · (n_{k−1} + n_k)² bytes (the piece, its error
+matrix, the scaled copy and the Cholesky factor), plus the dense layers W_k (8 n_k n_{k+1} bytes each). Measured on
+the shared, loaded 2-core, 24 GB machine (benchmarks/RESULTS.md, section "cnn"): the 4-conv 16-channel 16×16 CNN,
+three hidden layers of 4,096 neurons (pieces of 8,192, ~2 GB each), ECLipsE-Fast's multipliers and their block
+certificate in 267 s. That is the largest chain certified there; by the memory count above, hidden layers of
+~10⁴ neurons (pieces of 2·10⁴: ~13 GB) are the ceiling of a 24 GB machine — not run.
 """
 from __future__ import annotations
 

@@ -253,6 +253,8 @@ def lipsdp_conv(conv, seconds: float = PASS_SECONDS) -> Bound:
 def _conv_applies(conv) -> str | None:
     from lipgraph.linalg import dense_is_cheap
 
+    if not hasattr(conv, "shapes"):
+        return "takes a conv chain (ConvChain), not a dense one"
     sizes = [math.prod(s) for s in conv.shapes]
     if all(dense_is_cheap(a, b) for a, b in zip(sizes, sizes[1:])):
         return "small enough for the dense estimators (lipsdp-neuron runs there)"
