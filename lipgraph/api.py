@@ -25,6 +25,7 @@ from .passes.fuse import fuse
 from .passes.interval import propagate_intervals
 from .passes.localchains import tighten_local_chains
 from .passes.layer_lower import layer_lower_bounds
+from .passes.residual import tighten_residuals
 from .passes.seqlip import tighten_chains
 from .progress import LayerProgress
 from .lower_region import region_lower
@@ -106,6 +107,7 @@ def analyze(
                 notes += layer_lower_bounds(lg, p)
         if estimators:
             tighten_chains(lg, p, estimators)
+            tighten_residuals(lg, p, estimators)
         if region is not None:
             tighten_local_chains(lg, p, estimators)
         total = autolip(lg, p)
