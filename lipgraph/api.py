@@ -25,6 +25,7 @@ from .passes.fuse import fuse
 from .passes.interval import propagate_intervals
 from .passes.localchains import tighten_local_chains
 from .passes.layer_lower import layer_lower_bounds
+from .passes.residual import tighten_residuals
 from .passes.seqlip import tighten_chains
 from .progress import LayerProgress
 from .lower_region import region_lower
@@ -87,7 +88,7 @@ def analyze(
         if input_shape is None:
             raise InputError("give example_input (a tensor with a batch dimension) or input_shape")
         example_input = torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))
-    inputs = as_inputs(example_input)
+    inputs = as_inputs(example_input, model)
     registry = default_registry().with_overrides(rules)
     original = unwrap(model)
     name = type(original).__name__
@@ -106,6 +107,7 @@ def analyze(
                 notes += layer_lower_bounds(lg, p)
         if estimators:
             tighten_chains(lg, p, estimators)
+            tighten_residuals(lg, p, estimators)
         if region is not None:
             tighten_local_chains(lg, p, estimators)
         total = autolip(lg, p)

@@ -21,9 +21,11 @@ from .passes.annotate import UNSUPPORTED_MODES
 from .formats import default_formats
 from .linalg.parallel import POLL
 from .progress import stop_all_bars
-from .registry import default_registry
+from .registry import Registry, default_registry
 from .render.rich_tree import make_console
 from .render.timings import print_timings
+from .ruleapi import Rule
+from .submodel import analyze_slice
 from .version import __version__
 
 
@@ -95,7 +97,10 @@ def _parser() -> argparse.ArgumentParser:
     explain = sub.add_parser("explain", help="bound a model's Lipschitz constant and show where it comes from",
                              description="Executes MODEL (a Python file) to build the model, then analyses it.")
     explain.add_argument("model", help="model.py or model.py:factory (the file is executed)")
-    explain.add_argument("--input-shape", help="input shape with batch dimension, e.g. 1,3,32,32")
+    explain.add_argument("--input-shape", help="input shape, batch dimension first (required), e.g. 1,3,32,32")
+    explain.add_argument("--from", dest="start", metavar="MODULE[:END]",
+                         help="analyse only submodule MODULE, or the consecutive siblings MODULE to END, on the input "
+                              "they receive (e.g. the layers after an nn.Embedding, which takes integer ids)")
     explain.add_argument("--weights", help="state dict to load (torch.load with weights_only=True)")
     explain.add_argument("--norm", default="2", choices=["1", "2", "inf"], help="ℓp norm (default 2)")
     explain.add_argument("--method", default="autolip", metavar="METHOD",
@@ -143,7 +148,9 @@ def _parser() -> argparse.ArgumentParser:
     explain.set_defaults(run=_explain)
 
     rules = sub.add_parser("rules", help="list every rule, its op keys, kind and source")
-    rules.add_argument("--rules", action="append", default=[], metavar="FILE")
+    rules.add_argument("--rules", action="append", default=[], metavar="FILE",
+                       help="also load this rules file (repeatable), as explain --rules does")
+    rules.add_argument("--op", metavar="KEY", help="show one op key (or a spelling: relu, nn.ReLU, F.relu) in full")
     rules.add_argument("--estimators", action="store_true",
                        help="list the chain estimators (for explain --method) instead of the op rules")
     rules.add_argument("--formats", action="store_true", help="list the output formats (explain --format)")
@@ -174,7 +181,9 @@ def _parser() -> argparse.ArgumentParser:
     certify.add_argument("--dask", metavar="ADDRESS", help="--local: run the points on a dask.distributed scheduler")
     certify.set_defaults(run=_certify)
 
-    doctor = sub.add_parser("doctor", help="versions and loaded rule packs")
+    doctor = sub.add_parser("doctor", help="versions and loaded rule packs",
+                            description="Print the versions of lipgraph, Python, torch and its dependencies, and "
+                                        "where the loaded rules come from (for bug reports).")
     doctor.set_defaults(run=_doctor)
     return parser
 
@@ -210,11 +219,15 @@ def _explain_model(args: argparse.Namespace) -> int:
     options: dict = {"progress": not quiet and sys.stderr.isatty()}
     if args.lower_seconds:
         options["seconds"] = args.lower_seconds
-    report = analyze(model, example, norm=args.norm, method=args.method, frontend=args.frontend,
-                     unsupported=args.unsupported, lower=args.lower,
-                     data=_load_data(args.data) if args.data else None, lower_options=options,
-                     layer_lower=args.layer_lower, device=args.device, cache=args.cache,
-                     quiet=quiet, region=_region(args))
+    kwargs = dict(norm=args.norm, method=args.method, frontend=args.frontend, unsupported=args.unsupported,
+                  lower=args.lower, data=_load_data(args.data) if args.data else None, lower_options=options,
+                  layer_lower=args.layer_lower, device=args.device, cache=args.cache, quiet=quiet,
+                  region=_region(args))
+    if args.start:
+        start, _, end = args.start.partition(":")
+        report = analyze_slice(model, example, start, end or None, **kwargs)
+    else:
+        report = analyze(model, example, **kwargs)
     if args.save_lower_input and report.lower_input is not None:
         import torch
 
@@ -276,6 +289,7 @@ def _load_data(path: str):
 
 
 def _rules(args: argparse.Namespace) -> int:
+    """Every rule grouped by where it comes from (built-in family, file, pack); ``--op`` shows one in full."""
     from rich.table import Table
 
     if args.estimators:
@@ -290,20 +304,59 @@ def _rules(args: argparse.Namespace) -> int:
     for name, key in NAME_KEYS.items():
         if name != key:
             spellings.setdefault(key, []).append(name)
-    table = Table(title=f"{len(registry.items())} rules")
-    for column in ("op key", "kind", "description", "spellings", "on a region", "source"):
-        table.add_column(column, overflow="fold")
-    for key, rule in registry.items():
-        region = [name for name, found in (("interval", registry.interval(key)), ("local", registry.local(key)))
-                  if found is not None]
+    console = make_console()
+    if args.op:
+        key = _op_key(args.op, registry)
+        rule = registry.get(key)
         names = registry.aliases_of(key) + spellings.get(key, [])
         if key in registry.patterns:  # a subgraph pattern: its matches show as one node of this type
             names.insert(0, f"pattern {registry.patterns[key].title}")
-        table.add_row(key, "exact" if rule.exact else "upper bound", rule.description,
-                      ", ".join(names[:6]) + (" …" if len(names) > 6 else ""),
-                      " + ".join(region) or "no interval rule", rule.source)
-    make_console().print(table)
+        for field, value in (("op key", key), ("kind", _rule_kind(rule)),
+                             ("description", rule.description), ("spellings", ", ".join(names) or "(the key only)"),
+                             ("on a region", _region_rules(registry, key)), ("source", rule.source)):
+            console.print(f"{field + ':':<13}{value}", markup=False, highlight=False)
+        return 0
+    families: dict[str, list[tuple[str, Rule]]] = {}
+    for key, rule in registry.items():
+        family = rule.source.removeprefix("builtin (lipgraph.rules.").removesuffix(")") \
+            if rule.source.startswith("builtin (lipgraph.rules.") else rule.source
+        families.setdefault(family, []).append((key, rule))
+    console.print(f"{len(registry.items())} rules in {len(families)} families; lipgraph rules --op KEY shows one "
+                  "with all its spellings", markup=False, highlight=False)
+    for family, rules in sorted(families.items(), key=lambda item: (" " in item[0], item[0])):  # built-ins first
+        console.print(f"\n{family}", style="bold", markup=False, highlight=False)
+        table = Table()
+        for column in ("op key", "kind", "description", "on a region"):
+            table.add_column(column, overflow="fold")
+        for key, rule in rules:
+            table.add_row(key, _rule_kind(rule), rule.description, _region_rules(registry, key))
+        console.print(table)
     return 0
+
+
+def _rule_kind(rule: Rule) -> str:
+    if rule.description.startswith("not globally Lipschitz"):
+        return "refused"
+    return "exact" if rule.exact else "upper bound"
+
+
+def _op_key(text: str, registry: Registry) -> str:
+    """The op key of ``--op``: a key, or a spelling (``nn.ReLU``, ``F.relu``, ``torch.relu``, ``Tensor.relu_``)."""
+    name = text.rsplit(".", 1)[-1]
+    candidates = [text, name, NAME_KEYS.get(name), *(k for cls, k in MODULE_KEYS.items() if cls.__name__ == name),
+                  *(k for k, _ in registry.items() if any(a == text or a.endswith(f".{name}")  # library classes
+                                                          for a in (k, *registry.aliases_of(k))))]
+    key = next((k for k in candidates if k and registry.get(k) is not None), None)
+    if key is None:
+        raise InputError(f"no rule for op {text!r}; `lipgraph rules` lists every op key")
+    return key
+
+
+def _region_rules(registry, key: str) -> str:
+    """Which rules a region analysis has for op ``key`` (docs/local.md): interval and/or local."""
+    found = [name for name, rule in (("interval", registry.interval(key)), ("local", registry.local(key)))
+             if rule is not None]
+    return " + ".join(found) or "no interval rule"
 
 
 def _estimators() -> int:

@@ -58,6 +58,7 @@ def build(model: nn.Module, inputs: tuple, registry: Registry, frontend: str = "
     """Trace, run once for shapes and constants, and annotate keys, scopes, paths and sources."""
     gm, used = trace(model, inputs, registry, frontend, concrete_args)
     propagate(gm, inputs)
+    _unpack_returned_namedtuples(gm.graph)
     rewrite(gm, registry.patterns.values(), registry.alias)
     lg = LipGraph(model=model, gm=gm, frontend=used, inputs=inputs,
                   module_types={name: type(m).__name__ for name, m in model.named_modules()})
@@ -75,6 +76,68 @@ def build(model: nn.Module, inputs: tuple, registry: Registry, frontend: str = "
     # ops whose results never reach an output (an unused max-pool index, a debug tensor) cannot change L
     lg.graph = lg.graph.subgraph(nx.ancestors(lg.graph, lg.output) | {lg.output}).copy()
     return lg
+
+
+def _unpack_returned_namedtuples(graph: fx.Graph) -> None:
+    """``return Out(a, b)``: fx records building the namedtuple as a call. Return the namedtuple of its arguments
+    instead, so that each field is an output of its own, named by its field (:func:`output_names`)."""
+    output = next(n for n in reversed(graph.nodes) if n.op == "output")
+    packs: list[fx.Node] = []
+
+    def unpack(obj: Any) -> Any:
+        if isinstance(obj, fx.Node) and obj.op == "call_function" and _is_namedtuple(obj.target) \
+                and len(obj.users) == 1 and not obj.kwargs:
+            packs.append(obj)
+            return obj.target(*(unpack(a) for a in obj.args))
+        if isinstance(obj, dict):
+            return {k: unpack(v) for k, v in obj.items()}
+        if isinstance(obj, (tuple, list)):
+            return type(obj)(*map(unpack, obj)) if hasattr(obj, "_fields") else type(obj)(map(unpack, obj))
+        return obj
+
+    output.args = tuple(unpack(a) for a in output.args)
+    for node in reversed(packs):
+        graph.erase_node(node)
+
+
+def _is_namedtuple(target: Any) -> bool:
+    return isinstance(target, type) and issubclass(target, tuple) and hasattr(target, "_fields")
+
+
+def output_names(lg: LipGraph) -> list[str]:
+    """A name per input-dependent output (``lip.inputs`` of the output node, in order): its keys in the returned
+    dicts and namedtuples (``logits``, ``aux.feat``), or its node path when no dict or namedtuple holds it."""
+    names: list[str] = []
+
+    def walk(obj: Any, keys: tuple[str, ...], keyed: bool) -> None:
+        if isinstance(obj, fx.Node):
+            if obj.meta.get("lip.dep"):
+                names.append(".".join(keys) if keyed else obj.meta["lip.path"])
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(v, (*keys, str(k)), True)
+        elif isinstance(obj, (tuple, list)):
+            fields = getattr(obj, "_fields", None)
+            for i, v in enumerate(obj):
+                walk(v, (*keys, fields[i] if fields else str(i)), keyed or bool(fields))
+
+    walk(_returned(lg), (), False)
+    return names
+
+
+def _returned(lg: LipGraph) -> Any:
+    """What the model returns, as a structure of nodes: the export frontend flattens it (its output node holds a
+    flat tuple), and keeps the structure in the graph's pytree spec."""
+    flat = lg.output.args[0] if len(lg.output.args) == 1 else lg.output.args
+    spec = getattr(getattr(lg.gm.graph._codegen, "pytree_info", None), "out_spec", None)
+    if spec is None or not isinstance(flat, (tuple, list)):
+        return flat
+    import torch.utils._pytree as pytree
+
+    try:
+        return pytree.tree_unflatten(list(flat), spec)
+    except Exception:  # noqa: BLE001 - a spec that does not match: the flat outputs, named by their paths
+        return flat
 
 
 def op_key(lg: LipGraph, node: fx.Node, registry: Registry) -> str | None:

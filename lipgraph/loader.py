@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
-from .frontend.prepare import parse_shape
+from .frontend.prepare import embedding_hint, first_layer, parse_shape, suggested_shape
 from .userfile import run_user_file
 
 
@@ -20,6 +20,9 @@ def load_model(spec: str, input_shape: str | None = None) -> tuple[nn.Module, An
     """
     path, _, factory = spec.partition(":")
     file = Path(path)
+    if file.is_dir():
+        raise InputError(f"model file {file} is a directory; give the Python file that builds the model "
+                         "(model.py or model.py:factory)")
     if not file.is_file():
         raise InputError(f"model file {file} does not exist")
     try:
@@ -29,7 +32,7 @@ def load_model(spec: str, input_shape: str | None = None) -> tuple[nn.Module, An
     model = _model(namespace, factory or None, file)
     if input_shape:
         return model, torch.randn(*parse_shape(input_shape), generator=torch.Generator().manual_seed(0))
-    return model, _example_input(namespace, factory or None, file)
+    return model, _example_input(namespace, factory or None, file, model)
 
 
 def _model(ns: dict, factory: str | None, file: Path) -> nn.Module:
@@ -45,15 +48,32 @@ def _model(ns: dict, factory: str | None, file: Path) -> nn.Module:
             if not isinstance(obj, nn.Module):
                 raise InputError(f"{file}:{name} is a {type(obj).__name__}, not an nn.Module")
             return obj
-    want = f"a factory named {factory!r}" if factory else "build_model() or a module-level `model`"
+    want = f"factory named {factory!r}" if factory else "build_model() or a module-level `model`"
     raise InputError(f"{file} defines no {want}")
 
 
-def _example_input(ns: dict, factory: str | None, file: Path) -> Any:
+def _example_input(ns: dict, factory: str | None, file: Path, model: nn.Module) -> Any:
     for name in ([f"{factory}_input"] if factory else []) + ["example_input"]:
         if callable(ns.get(name)):
             return ns[name]()
     if "input_shape" in ns:
         shape = ns["input_shape"]
         return torch.randn(*shape, generator=torch.Generator().manual_seed(0))
-    raise InputError(f"{file} defines neither example_input() nor input_shape; pass --input-shape 1,3,32,32")
+    raise InputError(f"{file} defines neither example_input() nor input_shape; {_shape_advice(model)}")
+
+
+def _shape_advice(model: nn.Module) -> str:
+    """What to pass for the input, inferred from the model's first layer."""
+    first = first_layer(model)
+    if first is None:
+        return "pass --input-shape N,... with the batch dimension first (e.g. 1,3,32,32 for a batch of one image)"
+    name, layer = first
+    if isinstance(layer, (nn.Embedding, nn.EmbeddingBag)):
+        return f"define example_input() returning integer token ids.\nhint: {embedding_hint(model, first)}"
+    shape = ",".join(map(str, suggested_shape(layer)))
+    if isinstance(layer, nn.modules.conv._ConvNd):
+        return (f"the first layer {name} is {type(layer).__name__} with in_channels={layer.in_channels}, so pass "
+                f"e.g. --input-shape {shape} (batch 1; the spatial size is an example: use your data's, as "
+                "convolution norms depend on it)")
+    return (f"the first layer {name} is {type(layer).__name__} with in_features={suggested_shape(layer)[1]}, so "
+            f"pass --input-shape {shape} (batch 1)")

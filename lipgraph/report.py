@@ -20,7 +20,7 @@ from .bound import Bound, Kind, exact, join_kinds
 from .errors import InputError
 from .formats import default_formats
 from .formula import Attribution, Formulas
-from .ir import LipGraph, Scope
+from .ir import LipGraph, Scope, output_names
 from .passes.autolip import propagate
 from .passes.fuse import fused_members
 from .symbolic import build_formulas, call_bound, chain_path, joined_name, module_entries
@@ -258,6 +258,17 @@ class Report:
             "tree": self.tree.to_dict((lambda n: self.formulas.text(n.expr, n.path)) if self.formulas else None),
         }
 
+    def __repr__(self) -> str:
+        """One line: the bound, its kind and method, the lower bound, the model and input (``report.print()`` for
+        the tree)."""
+        lower = f"{self.lower.value:.4g} ≤ " if self.lower is not None else ""
+        bound = "∞" if math.isinf(self.bound.value) else f"{self.bound.value:.4g}"
+        return (f"<lipgraph.Report {self.model}: {lower}L ≤ {bound} {self.kind.value} · {self.method} · "
+                f"ℓ{norm_name(self.norm)} · input {' + '.join('×'.join(map(str, s)) for s in self.input_shape)} · "
+                f"{len(list(self.tree.walk()))} nodes; .print() shows the tree>")
+
+    __str__ = __repr__
+
     def print(self, format: str = "tree", file: IO | None = None, **options: Any) -> None:
         """Render in an output format (:mod:`lipgraph.formats`; default the rich tree) onto ``file`` (default
         standard output); ``options`` go to the renderer (tree: ``depth``, ``ascii_only``, ``width``,
@@ -440,5 +451,5 @@ def _reevaluated_bound(old: Bound, value: float, method: str = "what-if") -> Bou
 
 
 def output_bounds(lg: LipGraph) -> list[tuple[str, Bound]]:
-    return [(n.meta["lip.path"], b) for n, b in lg.output.meta["lip.outputs"]]
+    return [(name, b) for name, (_, b) in zip(output_names(lg), lg.output.meta["lip.outputs"])]
 

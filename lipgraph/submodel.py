@@ -108,7 +108,7 @@ def _capture(model: nn.Module, path: str, example_input: Any) -> tuple[tuple, An
     handle = module.register_forward_hook(hook)
     try:
         with eval_mode(model, []), torch.no_grad():
-            model(*as_inputs(example_input))
+            model(*as_inputs(example_input, floating=False))  # integer ids for an embedding
     finally:
         handle.remove()
     if not seen:

@@ -147,6 +147,7 @@ class _Builder:
         self.leaf: dict[fx.Node, sympy.Symbol] = {}
         self.fused: dict[fx.Node, sympy.Symbol] = {}
         self.chain: dict[fx.Node, sympy.Symbol] = {}
+        self.joint: dict[fx.Node, sympy.Symbol] = {}  # residual adds bounded as whole blocks (docs/residual.md)
         self.call: dict[Scope, sympy.Symbol] = {}  # module calls that are units of their parent's formula
         # tree path -> its formula (one per call), for module and chain nodes and for op nodes
         self.terms: dict[str, list[sympy.Expr]] = defaultdict(list)
@@ -235,6 +236,26 @@ class _Builder:
                     path, result.best.value, tuple(m.meta["lip.path"] for m in chain.nodes),
                     any(_weighted(self.lg, m) for m in chain.nodes), self.order[n], sympy.Mul(*parts))
                 self.terms[path].append(self.chain[n])
+            if "lip.residual" in n.meta and n.meta["lip.residual"].best is not None:
+                self._joint(n, n.meta["lip.residual"])
+
+    def _joint(self, n: fx.Node, result) -> None:
+        """A residual add bounded as a whole block: one constant ``L(<add>(joint))``, whose fallback is the
+        separate bound ‖P‖ + L(branch) over the members' constants."""
+        def run_expr(run) -> sympy.Expr:
+            last = run[-1]
+            if last in self.fused and fused_members(last)[0] is run[0]:
+                return self.fused[last]
+            return sympy.Mul(*[self.leaf[m] for m in run])
+
+        chain = result.chain.chain
+        branch = self.chain.get(chain.last) or sympy.Mul(*[run_expr(r) for r in chain.runs],
+                                                         *[self.leaf[a] for acts in chain.activations for a in acts])
+        separate = (run_expr(result.shortcut) if result.shortcut else sympy.Integer(1)) + branch
+        members = [*chain.nodes, *result.shortcut, n]
+        self.joint[n] = self._constant(f"{n.meta['lip.path']}(joint)", result.best.value,
+                                       tuple(m.meta["lip.path"] for m in members),
+                                       any(_weighted(self.lg, m) for m in members), self.order[n], separate)
 
     def _name_calls(self) -> None:
         """A symbol per module call made of several ops: ``L(path)``, or ``L(path#k)`` per call when the calls'
@@ -280,6 +301,11 @@ class _Builder:
                 if n is not out:
                     continue
                 e = _Product(self.call[child], values[src])
+            elif n in taken and taken[n].label == "residual":  # min(joint · L(x), ‖P‖-path + branch): both shown
+                source = values[taken[n].first.meta["lip.inputs"][0]]
+                e = sympy.Min(_Product(self.joint[n], source).expr(), _expr(self._op(n, values)))
+                if n.meta["lip.scope"] == scope:
+                    self.merges.setdefault(n.meta["lip.path"], (e, scope[-1][0] if scope else ""))
             elif n in taken:
                 shortcut = taken[n]
                 via = self.fused[n] if shortcut.label == "fusion" else self.chain[n]

@@ -24,7 +24,7 @@ from lipgraph.bound import certified
 from lipgraph.errors import NormNotSupported
 from lipgraph.linalg import matrix_norm
 from lipgraph.registry import Registry
-from lipgraph.ruleapi import OpContext, Transfer, Var, not_lipschitz
+from lipgraph.ruleapi import OpContext, Transfer, Var
 
 from .intervals import softmax_interval
 
@@ -172,8 +172,6 @@ def local(ctx: OpContext) -> Transfer:
 
 
 def register(registry: Registry) -> None:
-    registry.register("multihead_attention", not_lipschitz(
-        "dot-product attention multiplies input-dependent tensors (Kim, Papamakarios & Mnih 2021)",
-        name="multihead_attention"))
+    # the global rule (refused where attention is not Lipschitz) is rules/nonlipschitz.py's
     registry.register_interval("multihead_attention", interval)
     registry.register_local("multihead_attention", local)

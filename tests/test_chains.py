@@ -70,8 +70,9 @@ def test_report_shows_each_chain_with_every_estimator_and_labels_greedy_an_estim
                                   key=lambda b: b.value)
     assert report.estimate.kind is Kind.ESTIMATE and report.estimate.value <= report.bound.value
     assert report.bound.method == "autolip+seqlip"
-    block = report.find("layer1")  # the residual block uses the chain inside 1 + L(branch)
-    assert block.bound.value == pytest.approx(1 + report.chains[0].bound.value, rel=1e-12)
+    block = report.find("layer1")  # the residual block: min(1 + L(branch), joint bound), docs/residual.md
+    assert block.bound.value < 1 + report.chains[0].bound.value
+    assert report.find("layer1.add").formula.startswith("min(1 + L(chain(conv1+bn1)), L(add(joint)))")
     data = report.to_dict()
     assert data["estimate"] == report.estimate.value
     chain_json = next(c["chain"] for c in data["tree"]["children"][3]["children"] if c["chain"])

@@ -336,11 +336,16 @@ def test_rules_lists_relu_as_exact_builtin(capsys, monkeypatch) -> None:
     assert code == 0
     row = _table_row(out, "relu")
     assert row[1] == "exact"
-    assert row[-1].startswith("builtin")
-    assert "nn.ReLU" in row[3]
-    linear = _table_row(out, "linear")
-    assert linear[-1].startswith("builtin")
-    assert re.search(r"\d+ rules", out)
+    families = [line.strip() for line in out.splitlines() if line.strip() and line.strip()[0].isalpha()]
+    assert "activations" in families and "linear" in families  # grouped by family, not one long table
+    assert out.index("\nactivations\n") < out.index("│ relu ") < out.index("\narithmetic\n")
+    assert re.search(r"\d+ rules in \d+ families", out)
+    code, out, _ = run(capsys, "rules", "--op", "nn.ReLU")  # one op in full: every spelling and the source
+    assert code == 0 and "op key:      relu" in out and "nn.ReLU" in out and "builtin (lipgraph.rules.activations)" in out
+    code, out, _ = run(capsys, "rules", "--op", "matmul")
+    assert code == 0 and "__matmul__" in out and "nn.ReLU" not in out
+    code, _, err = run(capsys, "rules", "--op", "no_such_op")
+    assert code == 2 and "no rule for op 'no_such_op'" in err
 
 
 def test_rules_show_which_ops_a_region_analysis_can_bound(capsys, monkeypatch) -> None:
@@ -355,7 +360,9 @@ def test_rules_show_which_ops_a_region_analysis_can_bound(capsys, monkeypatch) -
         has = (registry.interval(key) is not None, registry.local(key) is not None)
         assert has == {"interval + local": (True, True), "interval": (True, False),
                        "no interval rule": (False, False)}[expected], key
-        assert _table_row(out, key)[4] == expected, key
+        assert _table_row(out, key)[3] == expected, key
+    code, out, _ = run(capsys, "rules", "--op", "nn.ReLU")
+    assert code == 0 and "on a region: interval + local" in out
 
 
 def test_doctor(capsys) -> None:
@@ -442,8 +449,9 @@ def test_rules_command_shows_the_file_as_source(custom_files: Path, capsys, monk
     code, out, err = run(capsys, "rules", "--rules", str(custom_files / "my_rules.py"))
     assert code == 0, err
     row = _table_row(out, "ClippedSine")
-    assert "my_rules.py" in row[-1].replace(" ", "") and row[-1].startswith("file")  # rich folds long paths
     assert row[1] == "upper bound" and "0.5·sin" in row[2]
+    family = out[:out.index("│ ClippedSine")].rstrip().rsplit("\n┏", 1)[0].rsplit("\n", 1)[1]
+    assert family.startswith("file ") and family.endswith("my_rules.py")  # the file is the rule's family
 
 
 def test_untraceable_model_is_one_clean_message(tmp_path: Path, capsys) -> None:

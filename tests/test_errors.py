@@ -62,23 +62,28 @@ def test_unsupported_ops_are_all_listed_in_one_error() -> None:
     assert "unsupported='inf'" in msg and "--rules" in msg
 
 
-def test_unsupported_ops_stub_is_runnable_python() -> None:
+def stub_of(message: str) -> str:
+    """The rules file an unsupported-ops message proposes (the indented block after its introduction)."""
+    lines = message.split("proven constant):\n\n", 1)[1].splitlines()
+    block = [line for line in lines[:next(i for i, line in enumerate(lines) if line and not line.startswith("    "))]]
+    return textwrap.dedent("\n".join(block))
+
+
+def test_unsupported_ops_stub_is_a_rules_file_that_refuses() -> None:
     err = _unsupported_error()
-    msg = str(err)
-    assert "@lipgraph.rule(" in msg
-    stub = textwrap.dedent(msg.split("replace the constant by a proven one):")[1].split("Load it with")[0])
-    code = compile(stub, "<stub>", "exec")  # valid Python in any case
+    stub = stub_of(str(err))
+    assert "@lipgraph.rule(" in stub and "certified(1.0" not in stub
+    code = compile(stub, "<stub>", "exec")
     first = err.nodes[0].meta["lip.key"]
-    if first is None:  # a function without an op key: the stub names it and the user imports it
-        return
     registry = default_registry().copy()
     with registry._loading("stub test"):
         exec(code, {})  # registers into the copy, not the default registry
     assert registry.get(first) is not None and default_registry().get(first) is None
-    # with the stub's rule that op is bounded; the others still are not
-    again = _unsupported_error(rules={first: registry.get(first)})
-    assert first not in {n.meta["lip.key"] for n in again.nodes}
-    assert len(again.nodes) == len(err.nodes) - 1
+    # with the stub's rules every op has one, and they refuse until a proven constant replaces each raise
+    stubbed = {n.meta["lip.key"]: registry.get(n.meta["lip.key"]) for n in err.nodes}
+    assert all(stubbed.values()), stubbed
+    with pytest.raises(lipgraph.RuleError, match="replace this stub by a proven Lipschitz constant"):
+        _unsupported_error(rules=stubbed)
 
 
 def test_unsupported_inf_gives_an_unbounded_report_with_marked_nodes() -> None:

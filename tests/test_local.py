@@ -431,15 +431,15 @@ def test_a_rules_file_registers_all_three_kinds_for_a_custom_op(restore_default_
     registry = restore_default_registry
     saved = (dict(registry._intervals), dict(registry._local))
     try:
-        lipgraph.register(Square, lipgraph.not_lipschitz("x² grows quadratically"), key="square")
+        lipgraph.register(Square, lipgraph.not_lipschitz("x² grows quadratically"), key="my_square")  # torch.square has a built-in key
 
-        @lipgraph.interval_rule("square")
+        @lipgraph.interval_rule("my_square")
         def square_interval(ctx):
             lo, hi = ctx.bounds[0]
             low = torch.where((lo <= 0) & (hi >= 0), torch.zeros_like(lo), torch.minimum(lo * lo, hi * hi))
             return low, torch.maximum(lo * lo, hi * hi)
 
-        @lipgraph.local_rule("square")
+        @lipgraph.local_rule("my_square")
         def square_local(ctx):
             """|d(x²)/dx| = 2|x| ≤ 2 max|x| on the region."""
             lo, hi = ctx.bounds[0]

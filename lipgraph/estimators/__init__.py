@@ -151,7 +151,8 @@ class EstimatorCatalogue(dict):
             return tuple(self)
         if method in self:
             return (method,)
-        raise InputError(f"unknown method {method!r}; available: {', '.join([*self.method_names(), *self])}")
+        available = dict.fromkeys([*self.method_names(), *self])  # cp and seqlip are both: list each once
+        raise InputError(f"unknown method {method!r}; available: {', '.join(available)}")
 
     def of_input(self, kind: str) -> list[str]:
         """Names of the estimators whose ``fn`` takes that form of chain (:data:`INPUTS`)."""
@@ -175,8 +176,9 @@ def register_estimator(estimator: ChainEstimator) -> ChainEstimator:
 
 def _load_builtin_estimators() -> None:
     """Import the modules that register the built-in estimators (after the names above exist)."""
-    from lipgraph.estimators import cp, eclipse, sdp, seqlip  # noqa: F401
+    from lipgraph.estimators import cp, eclipse, lipsdp_fo, sdp, seqlip  # noqa: F401
 
 
 _load_builtin_estimators()
 from lipgraph.estimators import dcp  # noqa: E402,F401 - registers "dcp" (conv chains), which uses the others
+from lipgraph.estimators import lipsdp_fo  # noqa: E402,F401 - registers "lipsdp-conv" (large conv chains)

@@ -24,7 +24,11 @@ restrictions (P_iᵀP_i diagonal 0/1, hence Σ_i L_i² P_iᵀP_i is the diagonal
 **Dynamic search.** Every block of consecutive layers is tiled with the coarsest t×t grid whose pieces fit an LMI
 of side ``max_piece`` (more tiles: smaller pieces, but more overlap); identical pieces (interior tiles are
 translates) are solved once, in a process pool. Blocks are evaluated shortest first until ``seconds`` is spent;
-the best cut into evaluated blocks is then found by dynamic programming over the product above.
+the best cut into evaluated blocks is then found by dynamic programming over the product above. Blocks whose maps
+are small (≤ ``WHOLE_MAX`` neurons each; the whole chain first) are also bounded untiled by the cheap certified
+chain estimators ECLipsE-Fast and CP, and the smaller value is kept (labelled ``untiled <estimator>``): the tiles'
+overlap costs up to √c per block, so on small CNNs the untiled cheap bound often wins, and DCP is then never
+looser than ECLipsE-Fast or CP on the whole chain.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ import hashlib
 import math
 import multiprocessing
 import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -251,6 +256,7 @@ class BlockBound:
     tiles: int  # t of the t×t grid (0: one layer, operator norm)
     pieces: int
     distinct: int
+    whole: str = ""  # the cheap estimator that bounded the untiled block (then tiles = 1), if it won
 
 
 def _key(piece: DenseChain) -> bytes:
@@ -270,10 +276,21 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
+def spawn_can_start() -> bool:
+    """Whether spawned workers can re-create ``__main__``: they import it by name (``python -m``) or run its file.
+    A main program read from stdin (``python - <<EOF``) or from a file that is gone has neither; its workers would
+    die with FileNotFoundError tracebacks, so the pieces are solved in this process instead."""
+    main = sys.modules.get("__main__")
+    if getattr(getattr(main, "__spec__", None), "name", None):
+        return True
+    path = getattr(main, "__file__", None)
+    return path is None or os.path.isfile(path)
+
+
 def solve_pieces(pieces: Sequence[DenseChain], estimator: str, workers: int) -> list[float]:
     """Certified bounds of the pieces, in a process pool of ``workers`` (serial when 1, or if the pool fails)."""
     jobs = [(p.weights, p.slopes, estimator) for p in pieces]
-    if workers > 1 and len(jobs) > 1:
+    if workers > 1 and len(jobs) > 1 and spawn_can_start():
         try:
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_init_worker) as pool:
@@ -302,6 +319,26 @@ def block_bound(chain: ConvChain, i: int, j: int, *, estimator: str, max_piece: 
     return BlockBound(i, j, value, t, len(pieces), len(uniques))
 
 
+#: blocks whose maps all have at most this many neurons are also bounded untiled by :data:`WHOLE_ESTIMATORS`
+WHOLE_MAX = 2048
+#: cheap certified chain estimators run on untiled blocks: DCP is never looser than them where they run
+WHOLE_ESTIMATORS = ("eclipse-fast", "cp")
+
+
+def whole_block_bound(chain: ConvChain, i: int, j: int) -> BlockBound | None:
+    """The best of :data:`WHOLE_ESTIMATORS` on layers [i, j) unrolled on their whole maps (no spatial cut, so no
+    overlap loss); None above :data:`WHOLE_MAX` neurons per map."""
+    if max(math.prod(shape) for shape in chain.shapes[i:j + 1]) > WHOLE_MAX:
+        return None
+    dense = _piece(chain, i, j, _whole(chain.shapes[j]))[0]
+    name, bound = min(((n, CHAIN_ESTIMATORS[n].fn(dense)) for n in WHOLE_ESTIMATORS), key=lambda nb: nb[1].value)
+    return BlockBound(i, j, bound.value, 1, 1, 1, whole=name)
+
+
+def _smaller(a: BlockBound | None, b: BlockBound | None) -> BlockBound | None:
+    return min((x for x in (a, b) if x is not None), key=lambda x: x.value, default=None)
+
+
 def _default_estimator() -> str:
     return "eclipse-fast" if cvxpy_missing() else "lipsdp-neuron"
 
@@ -323,11 +360,18 @@ def dcp(chain: ConvChain, *, estimator: str | None = None, max_piece: int = MAX_
     K = len(chain.layers)
     start = time.perf_counter()
     blocks: dict[tuple[int, int], BlockBound] = {}
+    if K > 1 and (max_block or K) >= K:  # the whole chain untiled first: cheap, and often the best single block
+        whole = whole_block_bound(chain, 0, K)
+        if whole is not None:
+            blocks[0, K] = whole
     for length in range(1, min(K, max_block or K) + 1):
         if length > 1 and time.perf_counter() - start > seconds:
             break
         for i in range(K - length + 1):
             block = block_bound(chain, i, i + length, estimator=estimator, max_piece=max_piece, workers=workers)
+            if length > 1:
+                block = _smaller(block, whole_block_bound(chain, i, i + length))
+            block = _smaller(block, blocks.get((i, i + length)))
             if block is not None:
                 blocks[i, i + length] = block
     return _best_cut(chain, blocks, estimator)
@@ -346,7 +390,8 @@ def _best_cut(chain: ConvChain, blocks: dict[tuple[int, int], BlockBound], estim
                     best[j] = (value, best[i][1] + [blocks[i, j]])
     value, used = best[K]
     value *= 1 + 2 * (2 * len(used) + 1) * UNIT_ROUNDOFF
-    parts = " ".join(f"[{b.start}:{b.stop}]" + (f"{b.tiles}x{b.tiles}" if b.tiles else "") for b in used)
+    parts = " ".join(f"[{b.start}:{b.stop}]" + (f" untiled {b.whole}" if b.whole else
+                                                 f"{b.tiles}x{b.tiles}" if b.tiles else "") for b in used)
     return certified(value, f"dcp ({estimator}; blocks {parts})")
 
 

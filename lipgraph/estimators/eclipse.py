@@ -14,7 +14,9 @@ public package applies the a = 0 formulas to GELU/SiLU too, which gives invalid 
   λ_min(Y_k) ≥ (2t − 4m²t²/(1 + 2at)) / k_max, maximised at t = 1 / (2r(|m| + r)) (for a = 0: the paper's
   λ = 1/(4m² k_max) in our scaling, T_ours = Λ_paper / 2).
 - **ECLipsE** (one small SDP per layer, size n_{k−1} + n_k): maximise s subject to Y_k ⪰ s W_kᵀW_k over diagonal
-  Λ_k ≥ 0 — the same block LMI as LipSDP on the two-matrix chain (W_{k−1}, W_k) with input Gram Y_{k−1}.
+  Λ_k ≥ 0 — the same block LMI as LipSDP on the two-matrix chain (W_{k−1}, W_k) with input Gram Y_{k−1}: by cvxpy
+  for small stages, by the first-order LipSDP solver for large ones (convolutions: layers of thousands of
+  neurons), certified on the whole chain by :func:`~.lipsdp_fo.certify_multipliers`.
 """
 from __future__ import annotations
 
@@ -22,118 +24,73 @@ import torch
 
 from lipgraph.bound import Bound
 from lipgraph.estimators import ChainEstimator, DenseChain, register_estimator
-from lipgraph.estimators.lmi import MAX_LMI, SolverFailed, cvxpy_missing, solve_lmi, stage_limit_reason
-from lipgraph.estimators.recertify import InfeasibleMultipliers, best_recertified, reduce_input
+from lipgraph.estimators.lmi import MAX_LMI, SolverFailed, cvxpy_missing, solve_lmi
+from lipgraph.estimators.eclipse_fast import (fast_multipliers, fast_stage, next_stage, normalised_to_multipliers,
+                                              reduced_weights)
+from lipgraph.estimators.recertify import InfeasibleMultipliers, reduce_input
 
-#: t is capped so that 1 + 2at ≥ 1 − 0.99 (a < 0) and r ≥ 1e-3·|m| (a linear activation would give t = ∞)
-SAFETY = 0.99
-MIN_SPREAD = 1e-3
-#: relative slack that makes ECLipsE's last stage strictly feasible
-STRICT = 1e-6
-
-
-def _inverse_quadratic(Y: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    """W Y⁻¹ Wᵀ by a Cholesky factorisation of Y ≻ 0."""
-    L, info = torch.linalg.cholesky_ex(Y)
-    if int(info) != 0:
-        raise InfeasibleMultipliers("ECLipsE: the stage matrix lost positive definiteness")
-    Z = torch.linalg.solve_triangular(L, W.T, upper=False)
-    G = Z.T @ Z
-    return (G + G.T) / 2
-
-
-def next_stage(Y: torch.Tensor, W: torch.Tensor, lam: torch.Tensor, slope: tuple[float, float]) -> torch.Tensor:
-    """Y_k = 2Λ − 4m²ΛW X⁻¹WᵀΛ with X = Y_{k−1} + 2a WᵀΛW (module docstring)."""
-    lo, hi = slope
-    m, a = (lo + hi) / 2, lo * hi
-    X = Y + 2 * a * (W.T * lam) @ W
-    return torch.diag(2 * lam) - 4 * m * m * lam[:, None] * _inverse_quadratic(X, W) * lam[None, :]
-
-
-def fast_spread(slope: tuple[float, float]) -> float:
-    """t = λ·k_max of ECLipsE-Fast for slopes [α, β]: 1/(2r(|m| + r)), with the caps of :data:`SAFETY`."""
-    lo, hi = slope
-    m, r, a = abs(lo + hi) / 2, (hi - lo) / 2, lo * hi
-    if m == 0 and r == 0:
-        return 1.0
-    r = max(r, MIN_SPREAD * m)
-    t = 1.0 / (2 * r * (m + r))
-    return min(t, SAFETY / (-2 * a)) if a < 0 else t
-
-
-def _top_eig(G: torch.Tensor) -> float:
-    return float(torch.linalg.eigvalsh(G)[-1]) if G.numel() else 0.0
-
-
-def _normalised_to_multipliers(weights: tuple[torch.Tensor, ...], Y: torch.Tensor,
-                               lams: list[torch.Tensor]) -> list[torch.Tensor]:
-    """T_k = (1 + δ)ρΛ_k with ρ = λ_max(W_l Y_l⁻¹ W_lᵀ), the last stage's requirement Y_l ⪰ W_lᵀW_l / ρ. At
-    δ = 0 that requirement is tight, so the hidden block H of M is singular and nothing can be verified; δ =
-    :data:`STRICT` makes it strict, at a cost of at most a factor √(1 + δ) on the bound."""
-    rho = max(_top_eig(_inverse_quadratic(Y, weights[-1])), torch.finfo(torch.float64).tiny)
-    return [(1 + STRICT) * rho * lam for lam in lams]
-
-
-def _reduced_weights(chain: DenseChain) -> tuple[torch.Tensor, ...]:
-    return (reduce_input(chain.weights[0]).weight,) + tuple(chain.weights[1:])
-
-
-def fast_multipliers(chain: DenseChain) -> list[torch.Tensor]:
-    """ECLipsE-Fast's multipliers T_k = ρλ_k I (closed form, module docstring)."""
-    weights = _reduced_weights(chain)
-    Y = torch.eye(weights[0].shape[1], dtype=torch.float64)
-    lams = []
-    for W, slope in zip(weights, chain.slopes):
-        lams.append(_fast_stage(Y, W, slope))
-        Y = next_stage(Y, W, lams[-1], slope)
-    return _normalised_to_multipliers(weights, Y, lams)
-
-
-def _fast_stage(Y: torch.Tensor, W: torch.Tensor, slope: tuple[float, float]) -> torch.Tensor:
-    """Λ = λI with λ = t / λ_max(W Y⁻¹ Wᵀ)."""
-    k_max = _top_eig(_inverse_quadratic(Y, W))
-    return torch.full((W.shape[0],), fast_spread(slope) / k_max if k_max > 0 else 1.0, dtype=torch.float64)
-
-
-def eclipse_multipliers(chain: DenseChain, solver: str | None = None) -> list[torch.Tensor]:
-    """ECLipsE's multipliers: per hidden layer, the small SDP of the module docstring (cvxpy, lazily imported);
+def eclipse_multipliers(chain: DenseChain, solver: str | None = None, seconds: float = 60.0) -> list[torch.Tensor]:
+    """ECLipsE's multipliers: per hidden layer, the small SDP of the module docstring, by cvxpy when its LMI has
+    side ≤ ``lmi.MAX_LMI`` and cvxpy is installed, else by the first-order solver (:func:`stage_first_order`);
     a stage whose solve fails, or whose Λ breaks X ≻ 0, takes Fast's Λ instead."""
-    weights = _reduced_weights(chain)
-    Y = torch.eye(weights[0].shape[1], dtype=torch.float64)
+    weights = reduced_weights(chain)
+    Y = torch.eye(weights[0].shape[1], dtype=torch.float64, device=weights[0].device)
     lams = []
     for k, slope in enumerate(chain.slopes):
         try:
-            rho, (lam,) = solve_lmi(weights[k:k + 2], (slope,), per_neuron=True, input_gram=Y, solver=solver)
-            lam = lam.clamp(min=0) / rho
+            if cvxpy_missing() or Y.shape[0] + weights[k].shape[0] > MAX_LMI:
+                lam = stage_first_order(Y, weights[k], weights[k + 1], slope, seconds / len(chain.slopes))
+            else:
+                rho, (lam,) = solve_lmi(weights[k:k + 2], (slope,), per_neuron=True, input_gram=Y, solver=solver)
+                lam = lam.clamp(min=0) / rho
             Y_next = next_stage(Y, weights[k], lam, slope)
             if int(torch.linalg.cholesky_ex(Y_next).info) != 0:
                 raise InfeasibleMultipliers("stage matrix not positive definite")
         except (SolverFailed, InfeasibleMultipliers):
-            lam = _fast_stage(Y, weights[k], slope)
+            lam = fast_stage(Y, weights[k], slope)
             Y_next = next_stage(Y, weights[k], lam, slope)
         lams.append(lam)
         Y = Y_next
-    return _normalised_to_multipliers(weights, Y, lams)
+    return normalised_to_multipliers(weights, Y, lams)
+
+
+def stage_first_order(Y: torch.Tensor, W: torch.Tensor, W_next: torch.Tensor, slope: tuple[float, float],
+                      seconds: float) -> torch.Tensor:
+    """One ECLipsE stage by the first-order LipSDP solver: with Y = LLᵀ (Cholesky), the stage LMI with input
+    Gram Y is LipSDP on the two-matrix chain (W L⁻ᵀ, W_next) (substitute x = L⁻ᵀx'); its T divided by its ρ*(T)
+    is the stage's Λ (unverified here: the whole chain is certified at the end)."""
+    from lipgraph.estimators.blockcert import schur_rho
+    from lipgraph.estimators.lipsdp_fo import first_order_multipliers
+
+    L = torch.linalg.cholesky(Y)
+    stage = DenseChain((torch.linalg.solve_triangular(L, W.T, upper=False).T, W_next), (slope,))
+    start = fast_multipliers(stage)
+    (T,) = first_order_multipliers(stage, start, seconds=seconds)
+    rho = float(schur_rho((reduce_input(stage.weights[0]).weight, W_next), (slope,), [T]))
+    return T / rho
 
 
 def eclipse_fast(chain: DenseChain) -> Bound:
     """ECLipsE-Fast, re-certified: √ρ*(T_fast), valid for every slope interval."""
-    return best_recertified(chain, [fast_multipliers(chain)], "eclipse-fast")
+    from lipgraph.estimators.lipsdp_fo import certify_multipliers
+
+    return certify_multipliers(chain, [fast_multipliers(chain)], "eclipse-fast")
 
 
 def eclipse(chain: DenseChain) -> Bound:
-    """ECLipsE (per-layer SDPs), re-certified; a stage T that does not verify is repaired towards Fast's T."""
-    return best_recertified(chain, [eclipse_multipliers(chain)], "eclipse", fallback=fast_multipliers(chain))
+    """ECLipsE (per-layer SDPs), re-certified (dense or block-tridiagonal certificate); a T that does not verify
+    is repaired towards Fast's T (dense) or replaced by it."""
+    from lipgraph.estimators.lipsdp_fo import certify_multipliers
 
-
-def _eclipse_applies(chain: DenseChain) -> str | None:
-    return cvxpy_missing() or stage_limit_reason(chain)
+    fast = fast_multipliers(chain)
+    return certify_multipliers(chain, [eclipse_multipliers(chain), fast], "eclipse", fallback=fast)
 
 
 register_estimator(ChainEstimator(
     name="eclipse-fast", fn=eclipse_fast, certified=True,
     description="ECLipsE-Fast (Xu & Sivaranjani 2024): closed-form layer-wise multipliers, re-certified"))
 register_estimator(ChainEstimator(
-    name="eclipse", fn=eclipse, certified=True, applies=_eclipse_applies,
-    limits=f"largest stage LMI ≤ {MAX_LMI}; needs cvxpy (extra sdp)",
-    description="ECLipsE (Xu & Sivaranjani 2024): one small SDP per layer (cvxpy), re-certified"))
+    name="eclipse", fn=eclipse, certified=True,
+    limits=f"cvxpy for stage LMIs ≤ {MAX_LMI}, the first-order solver above or without cvxpy",
+    description="ECLipsE (Xu & Sivaranjani 2024): one small SDP per layer (cvxpy, or the first-order solver for "
+                "large layers), re-certified"))

@@ -115,12 +115,19 @@ def verified_psd(A: torch.Tensor, error: torch.Tensor) -> bool:
     if not bool(torch.isfinite(A).all()) or bool((diag <= 0).any()):
         return False
     d = diag.sqrt()
-    outer = d[:, None] * d[None, :]
-    scaled = A / outer
-    c = 1.01 * (float(torch.linalg.matrix_norm(error / outer + 3 * UNIT_ROUNDOFF * scaled.abs(), "fro"))
-                + 2.0 * (n + 2) * UNIT_ROUNDOFF * n)
-    shifted = scaled - c * torch.eye(n, dtype=torch.float64)
-    return int(torch.linalg.cholesky_ex(shifted).info) == 0
+    scaled = A / d[:, None]
+    scaled /= d[None, :]
+    frobenius_sq = 0.0
+    for i in range(0, n, _ROWS):  # ‖D⁻¹(error)D⁻¹ + 3u|Ã|‖_F by row blocks: no second n × n temporary
+        rows = error[i:i + _ROWS] / d[i:i + _ROWS, None] / d[None, :] + 3 * UNIT_ROUNDOFF * scaled[i:i + _ROWS].abs()
+        frobenius_sq += float((rows * rows).sum())
+    c = 1.01 * (math.sqrt(frobenius_sq) + 2.0 * (n + 2) * UNIT_ROUNDOFF * n)
+    scaled.diagonal().sub_(c)
+    return int(torch.linalg.cholesky_ex(scaled).info) == 0
+
+
+#: rows per block when bounding the shift of :func:`verified_psd`
+_ROWS = 1024
 
 
 def _forming_error(absolute: torch.Tensor, inner: int) -> torch.Tensor:
@@ -175,8 +182,12 @@ def _check_multipliers(chain: DenseChain, multipliers: Sequence[torch.Tensor]) -
 def schur_rho(weights: Sequence[torch.Tensor], slopes: Sequence[tuple[float, float]],
               multipliers: Sequence[torch.Tensor]) -> float:
     """ρ*(T) = λ_max(A + Bᵀ(−H)⁻¹B) in float64 (unverified); raises :class:`InfeasibleMultipliers` if −H ⊁ 0."""
-    M = lmi_blocks(weights, slopes, multipliers, 0.0, TORCH_OPS)
-    n0 = weights[0].shape[1]
+    return schur_rho_of(lmi_blocks(weights, slopes, multipliers, 0.0, TORCH_OPS), weights[0].shape[1])
+
+
+def schur_rho_of(M: torch.Tensor, n0: int) -> float:
+    """ρ*(T) = λ_max(A + Bᵀ(−H)⁻¹B) of an LMI matrix M at ρ = 0 whose first ``n0`` rows are the input block
+    (float64, unverified); raises :class:`InfeasibleMultipliers` if −H ⊁ 0."""
     A, B, H = M[:n0, :n0], M[n0:, :n0], M[n0:, n0:]
     if H.shape[0] == 0:
         return max(float(torch.linalg.eigvalsh(A)[-1]), 0.0)

@@ -14,7 +14,8 @@ point method on the m×m Schur system (m = number of multipliers): accurate (re-
 scales better above that. Clarabel, cvxpy's default, stores the PSD cone's dense (N(N+1)/2)² scaling block: never.
 Without CVXOPT, SCS is used throughout.
 
-**Size.** The LMI has side N = min(n_0, n_1) + Σ hidden widths (exact input reduction). Above ``max_lmi`` the
+**Size.** The LMI has side N = min(n_0, n_1) + Σ hidden widths (exact input reduction). Above ``max_lmi``
+LipSDP-Neuron is solved by the first-order solver (:mod:`.lipsdp_fo`, also used without cvxpy); LipSDP-Layer's
 chain is split into consecutive sub-chains that fit, each bounded on its own, and L ≤ Π L_part · Π L(φ) over the
 activations at the cuts (split mode: certified, looser). A hidden layer whose own stage n_{k−1} + n_k exceeds
 the limit cannot be split further: refused with the sizes in the message.
@@ -26,7 +27,7 @@ import math
 from lipgraph.bound import Bound, certified
 from lipgraph.errors import LipgraphError
 from lipgraph.estimators import ChainEstimator, DenseChain, register_estimator
-from lipgraph.estimators.eclipse import fast_multipliers
+from lipgraph.estimators.eclipse_fast import fast_multipliers
 from lipgraph.estimators.lmi import (CVXOPT_MAX, CVXOPT_OPTIONS, INSTALL, SCS_OPTIONS,  # noqa: F401 - re-exported:
                                      SolverFailed, largest_stage)  # these lived here before estimators/lmi.py
 from lipgraph.estimators.lmi import MAX_LMI, cvxpy_missing, lmi_size, require_cvxpy, solve_lmi, stage_limit_reason
@@ -57,8 +58,16 @@ def _solve_part(chain: DenseChain, per_neuron: bool, solver: str | None, method:
 
 
 def lipsdp(chain: DenseChain, *, per_neuron: bool = True, max_lmi: int = MAX_LMI, solver: str | None = None) -> Bound:
-    """LipSDP-Neuron (``per_neuron``) or LipSDP-Layer on a chain, re-certified; split mode above ``max_lmi``."""
+    """LipSDP-Neuron (``per_neuron``) or LipSDP-Layer on a chain, re-certified.
+
+    Neuron: interior point (cvxpy) when the LMI has side ≤ ``max_lmi`` and cvxpy is installed, else the
+    first-order solver of :mod:`.lipsdp_fo` on the whole chain (same problem; dense or block-tridiagonal
+    certificate). Layer: interior point only, split mode above ``max_lmi``."""
     method = "lipsdp-neuron" if per_neuron else "lipsdp-layer"
+    if per_neuron and (lmi_size(chain.widths) > max_lmi or cvxpy_missing()):
+        from lipgraph.estimators.lipsdp_fo import lipsdp_first_order
+
+        return lipsdp_first_order(chain)
     reason = stage_limit_reason(chain, max_lmi)
     if reason:
         raise LipgraphError(f"{method}: {reason}")
@@ -78,9 +87,10 @@ def _applies(chain: DenseChain) -> str | None:
 
 
 register_estimator(ChainEstimator(
-    name="lipsdp-neuron", fn=lambda chain: lipsdp(chain, per_neuron=True), certified=True, applies=_applies,
-    limits=f"largest stage LMI ≤ {MAX_LMI} (longer chains split); needs cvxpy (extra sdp)",
-    description="LipSDP-Neuron (Fazlyab et al. 2019): one multiplier per neuron, cvxpy, re-certified"))
+    name="lipsdp-neuron", fn=lambda chain: lipsdp(chain, per_neuron=True), certified=True,
+    limits=f"cvxpy up to LMI side {MAX_LMI}; the first-order solver above or without cvxpy",
+    description="LipSDP-Neuron (Fazlyab et al. 2019): one multiplier per neuron; interior point (cvxpy) on small "
+                "chains, first-order (lipsdp_fo) on large ones; re-certified"))
 register_estimator(ChainEstimator(
     name="lipsdp-layer", fn=lambda chain: lipsdp(chain, per_neuron=False), certified=True, applies=_applies,
     limits=f"largest stage LMI ≤ {MAX_LMI} (longer chains split); needs cvxpy (extra sdp)",

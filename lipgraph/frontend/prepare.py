@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
+import re
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -23,11 +27,17 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+#: torch.nn layers that compute something else in train mode (batch statistics, random masks)
+_MODE_DEPENDENT = (nn.modules.batchnorm._NormBase, nn.modules.dropout._DropoutNd, nn.RReLU, nn.MultiheadAttention,
+                   nn.modules.rnn.RNNBase, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+
+
 @contextlib.contextmanager
 def eval_mode(model: nn.Module, notes: list[str]) -> Iterator[None]:
-    """Analyse in eval mode (BatchNorm on running statistics, Dropout off); restore the user's mode after."""
+    """Analyse in eval mode (BatchNorm on running statistics, Dropout off); restore the user's mode after. The
+    report says so when a layer in train mode behaves differently in eval mode."""
     modes = {m: m.training for m in model.modules()}
-    if any(modes.values()):
+    if any(training and _mode_dependent(m) for m, training in modes.items()):
         notes.append("model was in train mode: analysed in eval mode (BatchNorm uses running statistics, "
                      "Dropout is the identity)")
     model.eval()
@@ -36,6 +46,18 @@ def eval_mode(model: nn.Module, notes: list[str]) -> Iterator[None]:
     finally:
         for module, training in modes.items():
             module.train(training)
+
+
+def _mode_dependent(module: nn.Module) -> bool:
+    """A torch layer with train/eval behaviour, or a user module whose ``forward`` reads ``self.training``."""
+    if isinstance(module, _MODE_DEPENDENT):
+        return True
+    if type(module).__module__.startswith("torch.nn"):
+        return False
+    try:
+        return "training" in inspect.getsource(type(module).forward)
+    except (OSError, TypeError):  # no source (defined in a REPL): assume it may depend on the mode
+        return True
 
 
 def frozen_parametrizations(model: nn.Module) -> nn.Module:
@@ -69,8 +91,10 @@ def check_finite_weights(model: nn.Module) -> None:
         raise InputError(f"the model has NaN or Inf values in {len(bad)} tensor(s): {shown}")
 
 
-def as_inputs(example_input: Any) -> tuple:
-    """The example input as a tuple of positional arguments; tensors must be finite floats."""
+def as_inputs(example_input: Any, model: nn.Module | None = None, *, floating: bool = True) -> tuple:
+    """The example input as a tuple of positional arguments; tensors must be finite floats (``floating=False``:
+    integer ids too, for running a model up to a submodule). ``model``, when given, names its embedding in the
+    message for integer inputs."""
     if isinstance(example_input, torch.Tensor):
         inputs = (example_input,)
     elif isinstance(example_input, (tuple, list)) and example_input:
@@ -80,9 +104,11 @@ def as_inputs(example_input: Any) -> tuple:
     for i, x in enumerate(inputs):
         if not isinstance(x, torch.Tensor):
             raise InputError(f"example input {i} is a {type(x).__name__}, not a tensor")
-        if not x.is_floating_point():
-            raise InputError(f"example input {i} has dtype {x.dtype}; a Lipschitz bound needs a floating input")
-        if not bool(torch.isfinite(x).all()):
+        if floating and not x.is_floating_point():
+            hint = embedding_hint(model) if model is not None else None
+            raise InputError(f"example input {i} has dtype {x.dtype}; a Lipschitz bound needs a floating input"
+                             + (f"\nhint: {hint}" if hint else ""))
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
             raise InputError(f"example input {i} contains NaN or Inf")
     return inputs
 
@@ -98,31 +124,84 @@ def to_model_device(model: nn.Module, inputs: tuple) -> tuple:
 
 
 def check_runs(model: nn.Module, inputs: tuple) -> None:
-    """Run the model once so a wrong input shape fails here, with the shape the model seems to expect."""
+    """Run the model once so a wrong input shape fails here, with the shape its first layer expects."""
+    called: list[tuple[str, nn.Module]] = []
+    names = {m: name for name, m in model.named_modules()}
+    hooks = [m.register_forward_pre_hook(lambda m, _: called.append((names[m], m)))
+             for m in model.modules() if isinstance(m, _INPUT_LAYERS)]
     try:
         with torch.no_grad():
             model(*inputs)
     except Exception as exc:  # noqa: BLE001 - any failure means the example input does not fit
         shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
-        hint = expected_input_hint(model)
+        first = called[0] if called else first_layer(model)
+        hint = expected_input_hint(model, first)
         raise InputError(
             f"the model does not run on the example input of shape {shapes}: {type(exc).__name__}: {exc}"
             + (f"\nhint: {hint}" if hint else "")
-            + "\nPass an input that the model accepts, including the batch dimension (e.g. --input-shape 1,3,32,32)."
+            + "\nPass an input that the model accepts, including the batch dimension"
+            + (f" (e.g. --input-shape {','.join(map(str, suggested_shape(first[1])))})." if first
+               and not isinstance(first[1], _EMBEDDINGS) else ".")
         ) from None
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
-def expected_input_hint(model: nn.Module) -> str | None:
-    """What the first layer suggests about the input (channels or features)."""
-    for name, m in model.named_modules():
-        if isinstance(m, nn.modules.conv._ConvNd):
-            dims = len(m.kernel_size)
-            return (f"the first layer {name or type(m).__name__} is {type(m).__name__} with in_channels="
-                    f"{m.in_channels}: input shape (N, {m.in_channels}, {', '.join(['H', 'W', 'D'][:dims])})")
-        if isinstance(m, nn.Linear):
-            return (f"the first layer {name or 'Linear'} is Linear with in_features={m.in_features}: "
-                    f"input shape (N, {m.in_features})")
-    return None
+_EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
+_INPUT_LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.Bilinear, *_EMBEDDINGS)
+_EXAMPLE_SIDE = {1: 32, 2: 32, 3: 16}  # spatial size of a suggested convolution input, per spatial dimension
+
+
+def first_layer(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """The first convolution, linear or embedding layer in registration order (usually the input layer)."""
+    return next(((name or type(m).__name__, m) for name, m in model.named_modules() if isinstance(m, _INPUT_LAYERS)),
+                None)
+
+
+def suggested_shape(layer: nn.Module) -> tuple[int, ...]:
+    """An input shape (batch 1) the layer accepts: (1, in_features), or (1, in_channels, 32, 32) for a 2-d
+    convolution, the spatial size being only an example (convolution norms depend on it)."""
+    if isinstance(layer, nn.modules.conv._ConvNd):
+        dims = len(layer.kernel_size)
+        return (1, layer.in_channels, *(_EXAMPLE_SIDE[dims],) * dims)
+    if isinstance(layer, nn.Bilinear):
+        return (1, layer.in1_features)
+    if isinstance(layer, _EMBEDDINGS):
+        return (1, 16)
+    return (1, layer.in_features)
+
+
+def expected_input_hint(model: nn.Module, first: tuple[str, nn.Module] | None = None) -> str | None:
+    """What the first layer (``first``, else :func:`first_layer`) says about the input (channels or features)."""
+    name, m = first or first_layer(model) or (None, None)
+    if m is None:
+        return None
+    if isinstance(m, _EMBEDDINGS):
+        return embedding_hint(model, (name, m))
+    if isinstance(m, nn.modules.conv._ConvNd):
+        dims = len(m.kernel_size)
+        return (f"the first layer {name} is {type(m).__name__} with in_channels={m.in_channels}: input shape "
+                f"(N, {m.in_channels}, {', '.join(['H', 'W', 'D'][:dims])})")
+    features = m.in1_features if isinstance(m, nn.Bilinear) else m.in_features
+    return f"the first layer {name} is {type(m).__name__} with in_features={features}: input shape (N, {features})"
+
+
+def embedding_hint(model: nn.Module, first: tuple[str, nn.Module] | None = None) -> str | None:
+    """For a model that starts with an embedding: it takes integer ids, so analyse from its output on."""
+    name, m = first or first_layer(model) or (None, None)
+    if not isinstance(m, _EMBEDDINGS):
+        return None
+    parent_path, _, leaf = name.rpartition(".")
+    siblings = [n for n, _ in (model.get_submodule(parent_path) if parent_path else model).named_children()]
+    after = siblings[siblings.index(leaf) + 1:] if leaf in siblings else []
+    prefix = f"{parent_path}." if parent_path else ""
+    span = f"{prefix}{after[0]}" + (f":{prefix}{after[-1]}" if len(after) > 1 else "") if after else None
+    how = (f"analyse the modules after it on the embeddings: lipgraph explain MODEL --from {span} (Python: "
+           f"lipgraph.analyze_slice(model, tokens, {', '.join(repr(s) for s in span.split(':'))}))"
+           if span else "analyse the modules after it with lipgraph.analyze_slice(model, tokens, START, END)")
+    return (f"the first layer {name} is {type(m).__name__}({m.num_embeddings}, {m.embedding_dim}): it takes "
+            f"integer token ids, a lookup that has no Lipschitz constant in them; {how}")
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -133,26 +212,24 @@ def parse_shape(text: str) -> tuple[int, ...]:
         raise InputError(f"input shape {text!r} is not a comma-separated list of integers") from None
     if not shape or any(d <= 0 for d in shape):
         raise InputError(f"input shape {text!r} must have positive dimensions")
+    if len(shape) < 2:
+        raise InputError(f"input shape {text!r} has no batch dimension: dim 0 is the batch, e.g. 1,{text.strip()}")
     return shape
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load a checkpoint with ``weights_only=True`` (no code runs); accepts a state dict or common wrappers."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"weights file {path} is a directory; give the file written by torch.save")
     if not path.is_file():
         raise InputError(f"weights file {path} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols, naming its own file: our message says it
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        # torch's message suggests weights_only=False (arbitrary code execution) and carries ANSI codes:
-        # keep only its reason, e.g. "Unsupported global: GLOBAL torch.nn.modules.container.Sequential ..."
-        reason = next((line.strip() for line in str(exc).splitlines() if "WeightsUnpickler error" in line),
-                      str(exc).strip())
-        raise InputError(
-            f"could not load {path} with weights_only=True (it may hold a pickled object such as a whole "
-            f"nn.Module, which is never unpickled): {reason}\n"
-            "lipgraph only loads tensors (a state_dict); save one with torch.save(model.state_dict(), path)"
-        ) from None
+        raise InputError(_unreadable_checkpoint(path, exc)) from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -165,3 +242,19 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     except RuntimeError as exc:
         raise InputError(f"the weights in {path} do not fit the model: {exc}") from None
 
+
+def _unreadable_checkpoint(path: Path, exc: Exception) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, without torch's advice to unpickle arbitrary code."""
+    text = str(exc)
+    unsupported = re.search(r"Unsupported global: GLOBAL [\w.]+", text)
+    if unsupported:  # a pickled Python object (a whole nn.Module, a custom class): never unpickled
+        return (f"could not load {path} with weights_only=True: it holds a pickled Python object, which lipgraph "
+                f"never unpickles ({unsupported.group(0)})\n"
+                "lipgraph only loads tensors (a state_dict); save one with torch.save(model.state_dict(), path)")
+    head = path.read_bytes()[:2] if path.stat().st_size else b""
+    if not zipfile.is_zipfile(path) and len(head) == 2 and head[0] == 0x80 and head[1] >= 3:
+        return (f"could not load {path}: it is a plain pickle file (pickle.dump), not a torch.save checkpoint; "
+                "save the weights with torch.save(model.state_dict(), path)")
+    reason = "the file is empty" if not head else (text.split(". ")[0].strip() if isinstance(exc, RuntimeError) else "")
+    return (f"could not load {path}: it is not a checkpoint torch.load can read (corrupt or truncated, or not "
+            f"written by torch.save){': ' + reason if reason else ''}")

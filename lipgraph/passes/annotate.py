@@ -17,19 +17,18 @@ from torch import fx
 from ..bound import unbounded
 from ..cache import layer_label
 from ..errors import LipgraphError, NormNotSupported, NotLipschitzError, RuleError, UnsupportedOpsError
+from ..hints import REGION_HINT
 from ..ir import LipGraph, map_args, op_spelling
 from ..linalg.parallel import parallel_map
 from ..registry import Registry
 from ..ruleapi import OpContext, Rule, Transfer
 from .context import context
+from .stubs import rule_stub
 
 if TYPE_CHECKING:
     from ..progress import ProgressFactory, Ticker
 
 UNSUPPORTED_MODES = ("error", "inf")
-#: how to bound a network that is not globally Lipschitz (docs/local.md): the last line of that error
-REGION_HINT = ("To bound it on the inputs that matter: lipgraph explain MODEL --box 0,1 (or --ball EPS around the "
-               "example input), or lipgraph.analyze(model, x, region=lipgraph.Box(0, 1)).")
 
 
 def annotate(lg: LipGraph, registry: Registry, norm: float = 2, unsupported: str = "error", *,
@@ -56,7 +55,7 @@ def annotate(lg: LipGraph, registry: Registry, norm: float = 2, unsupported: str
     # fail fast: the rules of ops without weights (activations, products, reshapes: no norm to compute) run
     # first, so that missing rules and ops that are not Lipschitz are reported before any layer norm
     early = {node: _apply((node, rule, ctx)) for node, rule, ctx in plan if rule is not None and _weightless(lg, node)}
-    _check_coverage(lg, plan, early, unsupported, norm)
+    _check_coverage(lg, plan, early, unsupported, norm, registry)
     runnable = [job for job in plan if job[1] is not None]
     pooled = parallel_map(_apply, [job for job in runnable if _thread_safe(job[1]) and job[0] not in early])
     with (progress or _Silent)(len(runnable), "bounding layers") as bar, closing(pooled):
@@ -81,7 +80,7 @@ def annotate(lg: LipGraph, registry: Registry, norm: float = 2, unsupported: str
             else:
                 node.meta["lip.transfer"] = outcome
                 node.meta["lip.rule"] = rule
-        _raise_problems(lg, not_lipschitz, missing, unsupported, norm)
+        _raise_problems(lg, not_lipschitz, missing, unsupported, norm, registry)
         for node in missing:
             node.meta["lip.transfer"] = Transfer(gains=(unbounded("no rule"),) * len(node.meta["lip.inputs"]))
             node.meta["lip.seconds"] = 0.0
@@ -90,7 +89,7 @@ def annotate(lg: LipGraph, registry: Registry, norm: float = 2, unsupported: str
 
 
 def _raise_problems(lg: LipGraph, not_lipschitz: list[str], missing: list[fx.Node], unsupported: str,
-                    norm: float) -> None:
+                    norm: float, registry: Registry) -> None:
     if not_lipschitz:
         raise NotLipschitzError(
             "the network is not globally Lipschitz, so no finite bound exists:\n" + "\n".join(not_lipschitz)
@@ -98,10 +97,11 @@ def _raise_problems(lg: LipGraph, not_lipschitz: list[str], missing: list[fx.Nod
               "normalising by a branch) can grow without limit; bound the input domain or replace the op "
               "by a Lipschitz variant (e.g. L2 attention, Kim et al. 2021).\n" + REGION_HINT)
     if missing and unsupported == "error":
-        raise UnsupportedOpsError(_unsupported_message(lg, missing, norm), missing)
+        raise UnsupportedOpsError(_unsupported_message(lg, missing, norm, registry), missing)
 
 
-def _check_coverage(lg: LipGraph, plan: list, early: dict, unsupported: str, norm: float) -> None:
+def _check_coverage(lg: LipGraph, plan: list, early: dict, unsupported: str, norm: float,
+                    registry: Registry) -> None:
     """Raise the errors :func:`annotate` would raise at the end, from what is known before any weighted op's rule
     runs: ops without a rule, and the weightless ops whose rules say not Lipschitz or not for this norm."""
     missing = [node for node, rule, _ in plan if rule is None]
@@ -112,7 +112,7 @@ def _check_coverage(lg: LipGraph, plan: list, early: dict, unsupported: str, nor
         elif isinstance(outcome, NormNotSupported):
             missing.append(node)
     order = {node: i for i, (node, _, _) in enumerate(plan)}
-    _raise_problems(lg, not_lipschitz, sorted(missing, key=order.__getitem__), unsupported, norm)
+    _raise_problems(lg, not_lipschitz, sorted(missing, key=order.__getitem__), unsupported, norm, registry)
 
 
 def _weightless(lg: LipGraph, node: fx.Node) -> bool:
@@ -187,31 +187,16 @@ def _at(node: fx.Node) -> str:
     return f"\n      at {source}" if source else ""
 
 
-def _unsupported_message(lg: LipGraph, nodes: list[fx.Node], norm: float) -> str:
+def _unsupported_message(lg: LipGraph, nodes: list[fx.Node], norm: float, registry: Registry) -> str:
     rows = []
     for n in nodes:
         key = n.meta["lip.key"] or "(no key)"
         rows.append(f"  - {key:<16} {op_spelling(lg, n):<40} at {n.meta['lip.path']}{_at(n)}")
-    first = nodes[0]
-    spelling = op_spelling(lg, first)
-    # an op key covers every spelling and is always valid Python; torch functions' display names may not be
-    # (torch.fft.fft displays as torch.fft_fft, torch.cumsum as torch._VariableFunctionsClass.cumsum)
-    key = first.meta["lip.key"]
-    target = f'"{key}"' if key and first.op != "call_module" else spelling
     norm_text = "inf" if math.isinf(norm) else f"{norm:g}"
     return (
         f"lipgraph has no rule (for the ℓ{norm_text} norm) for {len(nodes)} op(s); an op without a rule is never "
         "treated as the identity:\n" + "\n".join(rows) + "\n\n"
-        "Register a rule for each, e.g. (copy, paste, and replace the constant by a proven one):\n\n"
-        "    import lipgraph\n\n"
-        f"    @lipgraph.rule({target})\n"
-        f"    def {_identifier(first.meta['lip.key'] or 'my_op')}_rule(ctx):\n"
-        '        """Lipschitz constant of this op in its input (state the proof or source)."""\n'
-        "        return lipgraph.certified(1.0, \"my derivation\")  # or lipgraph.elementwise(slope=(lo, hi))\n\n"
-        "Load it with --rules my_rules.py (CLI) or by importing it before lipgraph.analyze(...); "
-        "or pass unsupported='inf' (--unsupported inf) for a partial tree with these ops unbounded."
+        "Register a rule for each. A rules file to start from (it refuses until you replace each raise by a "
+        "proven constant):\n\n" + rule_stub(lg, nodes, registry) + "\n"
+        "Or pass unsupported='inf' (--unsupported inf) for a partial tree with these ops unbounded."
     )
-
-
-def _identifier(text: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in text).strip("_").lower() or "my_op"

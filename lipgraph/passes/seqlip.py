@@ -145,6 +145,8 @@ def _dcp_layer(run: Sequence[fx.Node]):
 
     nodes = [n for n in run if n.meta["lip.key"] not in ("flatten", "reshape")] if run[-1].meta["lip.key"] == "linear" \
         else list(run)
+    while len(nodes) > 1 and nodes[-1].meta["lip.key"] == "flatten":  # conv → flatten: the same vector (C·H·W)
+        nodes.pop()
     structure = folded_structure(nodes)
     if structure is None:
         return None

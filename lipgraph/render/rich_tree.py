@@ -7,6 +7,7 @@ follows its gain (``L ≤ 2.934  certified · fft-circular (power iteration ≥ 
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import IO, Any, Callable
 
@@ -16,6 +17,7 @@ from rich.tree import Tree
 
 from ..bound import Bound, Kind
 from ..formula import Formulas
+from ..hints import loose_bound_hint
 from ..report import ChainInfo, Report, ReportNode, norm_name
 from .formulas import latex_block, top_marks, top_table
 
@@ -30,11 +32,27 @@ class _AsciiConsole(Console):
         return "ascii"
 
 
+#: width of output that goes to a file or a pipe: lines are not wrapped (a reader or `less -S` does that)
+UNWRAPPED_WIDTH = 10_000
+
+
 def make_console(file: IO[str] | None = None, *, ascii_only: bool = False, width: int | None = None,
                  color: bool | None = None) -> Console:
+    """A console on ``file`` (stdout); ``width`` None: the terminal's, or unwrapped lines when the output is not a
+    terminal (piped, redirected) and ``$COLUMNS`` is not set."""
     cls = _AsciiConsole if ascii_only else Console
-    return cls(file=file or sys.stdout, width=width, color_system="auto" if color is not False else None,
+    file = file or sys.stdout
+    if width is None and "COLUMNS" not in os.environ and not _is_terminal(file):
+        width = UNWRAPPED_WIDTH
+    return cls(file=file, width=width, color_system="auto" if color is not False else None,
                no_color=color is False, highlight=False, emoji=False)
+
+
+def _is_terminal(file: IO[str]) -> bool:
+    try:
+        return file.isatty()
+    except (AttributeError, ValueError):  # closed or not a real file
+        return False
 
 
 def format_bound(b: Bound) -> str:
@@ -172,6 +190,9 @@ def _print(report: Report, console: Console, depth: int | None, formulas: bool, 
                       f"|f(x) - f(y)| / |x - y|)", style=KIND_STYLE[Kind.LOWER])
     for note in report.notes:
         console.print(f"note: {note}", style="italic")
+    hint = loose_bound_hint(report.ratio, report.method)
+    if hint:
+        console.print(f"hint: {hint}", style="italic")
     console.print(f"{report.seconds:.2f} s · frontend {report.frontend}", style="dim")
 
 

@@ -111,3 +111,19 @@ def test_from_sequential_refuses_what_it_cannot_unroll():
         ConvChain.from_sequential(nn.Sequential(nn.Conv2d(1, 1, 3), nn.BatchNorm2d(1)), (1, 5, 5))
     with pytest.raises(InputError, match="zero padding"):
         ConvChain.from_sequential(nn.Sequential(nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect")), (1, 5, 5))
+
+
+@pytest.mark.parametrize("convs,head,shape,seed", [(SMALL, None, (1, 6, 6), 0), (SMALL, 3, (1, 6, 6), 1),
+                                                   (ODD, None, (2, 7, 8), 2)])
+def test_dcp_between_attained_and_the_cheap_whole_chain_bounds(convs, head, shape, seed):
+    """DCP ≥ the attained Jacobian norm, ≤ AutoLip's product, and never looser than ECLipsE-Fast or CP on the
+    whole chain (untiled blocks are bounded by them too)."""
+    model = cnn(*convs, head=head, in_shape=shape, seed=seed)
+    chain = ConvChain.from_sequential(model, shape)
+    dense = chain.to_dense()
+    bound = dcp(chain, estimator="eclipse-fast", max_piece=40, workers=1, seconds=5)
+    product = math.prod(layer.norm(s).value for layer, s in zip(chain.layers, chain.shapes))
+    assert lower(model, shape) <= bound.value * (1 + 1e-9)
+    assert bound.value <= product * (1 + 1e-9)
+    for name in ("eclipse-fast", "cp"):
+        assert bound.value <= CHAIN_ESTIMATORS[name].fn(dense).value * (1 + 1e-9), name

@@ -74,22 +74,31 @@ def test_gelu_silu_bounds_dominate_linear_beta_network(act, slope):
 def test_split_mode_is_a_looser_certified_bound():
     model = mlp((6, 8, 8, 8, 8, 2), "relu", seed=5)
     chain = chain_of(model, 6)
-    whole = lipsdp(chain)
-    split = lipsdp(chain, max_lmi=20)
+    whole = lipsdp(chain, per_neuron=False)
+    split = lipsdp(chain, per_neuron=False, max_lmi=20)
     assert lmi_size(chain.widths) > 20 and "split into" in split.method
     assert whole.value <= split.value * (1 + 1e-7)
     assert split.value >= lower(model, (6,))
+
+
+def test_neuron_above_the_limit_runs_the_first_order_solver():
+    model = mlp((6, 8, 8, 8, 8, 2), "relu", seed=5)
+    chain = chain_of(model, 6)
+    big = lipsdp(chain, max_lmi=20)
+    assert "first-order" in big.method
+    assert lower(model, (6,)) <= big.value <= lipsdp(chain).value * (1 + 1e-3)
 
 
 def test_too_large_chain_is_refused_with_its_size():
     gen = torch.Generator().manual_seed(0)
     chain = DenseChain.of([torch.randn(300, 10, generator=gen), torch.randn(300, 300, generator=gen),
                            torch.randn(2, 300, generator=gen)], [(0.0, 1.0)] * 2)
-    reason = CHAIN_ESTIMATORS["lipsdp-neuron"].applies(chain)
+    reason = CHAIN_ESTIMATORS["lipsdp-layer"].applies(chain)
     assert reason is not None and "600" in reason and "limit" in reason
-    assert CHAIN_ESTIMATORS["eclipse"].applies(chain) is not None
+    assert CHAIN_ESTIMATORS["lipsdp-neuron"].applies(chain) is None  # first-order above the limit
+    assert CHAIN_ESTIMATORS["eclipse"].applies(chain) is None
     with pytest.raises(LipgraphError, match="600"):
-        lipsdp(chain)
+        lipsdp(chain, per_neuron=False)
 
 
 def test_missing_cvxpy_names_the_extra(monkeypatch):
@@ -97,5 +106,6 @@ def test_missing_cvxpy_names_the_extra(monkeypatch):
     chain = DenseChain.of([[[1.0], [1.0]], [[1.0, -1.0]]], [(0.0, 1.0)])
     assert "lipgraph[sdp]" in CHAIN_ESTIMATORS["lipsdp-layer"].applies(chain)
     with pytest.raises(LipgraphError, match=r"lipgraph\[sdp\]"):
-        lipsdp(chain)
+        lipsdp(chain, per_neuron=False)
+    assert "first-order" in lipsdp(chain).method and lipsdp(chain).value >= 1.0
     assert CHAIN_ESTIMATORS["eclipse-fast"].fn(chain).value >= 1.0  # needs no solver

@@ -1,0 +1,167 @@
+"""Whole residual blocks (docs/residual.md): y = P x + branch(x) bounded jointly, used by AutoLip where tighter.
+
+A block is an ``add`` of two tensors computed from one tensor x: a sequential chain (:mod:`.chains`) starting at x
+and ending at the add, and either x itself (identity shortcut) or an affine run from x (a projection shortcut,
+e.g. 1×1 conv + BN). A post-add activation (BasicBlock's ``relu(x + branch)``) stays outside: AutoLip multiplies
+by its slope. The joint estimators (:data:`lipgraph.estimators.residual.RESIDUAL_ESTIMATORS`) run on the block's
+explicit float64 matrices when they are small enough, else (conv → activation → conv branches, BatchNorm folded)
+the frequency-domain LipSDP of :mod:`lipgraph.estimators.residual_conv`; the smallest certified value becomes a shortcut
+``L(add) ≤ joint · L(x)`` (:func:`.autolip.add_shortcut`), compared by AutoLip with ``‖P‖-path + L(branch)``.
+Writes ``lip.residual`` (a :class:`ResidualResult`) on the add node.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from torch import fx
+
+from ..bound import Bound, Kind
+from ..estimators import DenseChain
+from ..errors import InputError
+from ..estimators.dcp import Conv2dSpec
+from ..estimators.residual import RESIDUAL_ESTIMATORS, ResidualBlock
+from ..estimators.residual_conv import ConvResidualBlock, residual_fft
+from ..ir import LipGraph
+from ..linalg import dense_is_cheap, materialize
+from .autolip import add_shortcut
+from .fuse import affine_runs, linear_part
+from .seqlip import ChainResult
+
+#: largest LipSDP side (n_0 + hidden widths) of a block bounded with dense matrices
+MAX_DENSE_LMI = 1200
+#: chain estimators whose request also runs the joint LipSDP of the block (an interior-point solve)
+SDP_TRIGGERS = ("lipsdp-neuron", "lipsdp-layer", "eclipse")
+
+
+@dataclass
+class ResidualResult:
+    """The joint bounds of one block; ``separate`` is ‖P‖ + L(branch) with the chain's best certified value."""
+
+    chain: ChainResult
+    shortcut: tuple[fx.Node, ...]  # the affine run of a projection shortcut; () for the identity
+    separate: float
+    results: dict[str, Bound] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def best(self) -> Bound | None:
+        certified = [b for b in self.results.values() if b.kind is Kind.CERTIFIED]
+        return min(certified, key=lambda b: b.value, default=None)
+
+
+def residual_blocks(lg: LipGraph) -> list[tuple[fx.Node, ChainResult, tuple[fx.Node, ...]]]:
+    """(add node, chain result of its branch, shortcut run) for every residual add whose branch is a chain that
+    :func:`.seqlip.tighten_chains` bounded."""
+    run_ending = {run[-1]: tuple(run) for run in affine_runs(lg)}
+    blocks = []
+    for node in lg.ops():
+        if node.meta.get("lip.key") != "add" or len(node.meta["lip.inputs"]) != 2:
+            continue
+        for branch_end, other in (node.meta["lip.inputs"], node.meta["lip.inputs"][::-1]):
+            result = branch_end.meta.get("lip.seqlip")
+            if result is None or list(lg.graph.successors(branch_end)) != [node]:
+                continue
+            x = result.chain.first.meta["lip.inputs"][0]
+            if other is x:
+                blocks.append((node, result, ()))
+                break
+            run = run_ending.get(other)
+            if run is not None and run[0].meta["lip.inputs"][0] is x:
+                blocks.append((node, result, run))
+                break
+    return blocks
+
+
+def tighten_residuals(lg: LipGraph, norm: float, estimators: Sequence[str]) -> list[ResidualResult]:
+    """Bound every residual block jointly (ℓ2) and record a shortcut where it beats the separate bound."""
+    if norm != 2:
+        return []
+    out = []
+    for node, chain, shortcut in residual_blocks(lg):
+        result = bound_block(lg, chain, shortcut, estimators)
+        node.meta["lip.residual"] = result
+        best = result.best
+        if best is not None and best.value < result.separate * (1 - 1e-9):
+            add_shortcut(node, chain.chain.first, best, "residual")
+        out.append(result)
+    return out
+
+
+def bound_block(lg: LipGraph, chain: ChainResult, shortcut: tuple[fx.Node, ...],
+                estimators: Sequence[str]) -> ResidualResult:
+    """The joint estimators on one block's dense matrices (a note says why when they cannot run)."""
+    shortcut_gain = _shortcut_gain(shortcut)
+    result = ResidualResult(chain, shortcut, shortcut_gain + chain.best.value)
+    block = _dense_block(lg, chain, shortcut, result)
+    if block is None:
+        conv = _conv_block(chain, shortcut, result)
+        if conv is not None:
+            _timed(result, "residual-fft-layer", lambda: residual_fft(conv))
+        return result
+    wanted = [name for name in RESIDUAL_ESTIMATORS
+              if name != "residual-lipsdp" or any(e in estimators for e in SDP_TRIGGERS)]
+    for name in wanted:
+        estimator, applies = RESIDUAL_ESTIMATORS[name]
+        why = applies(block)
+        if why is not None:
+            result.notes.append(f"{name}: {why}")
+            continue
+        _timed(result, name, lambda: estimator(block))
+    return result
+
+
+def _timed(result: ResidualResult, name: str, compute) -> None:
+    start = time.perf_counter()
+    try:
+        result.results[name] = compute()
+    except Exception as exc:  # noqa: BLE001 - a failed estimator (solver error) leaves the others
+        result.notes.append(f"{name} failed: {type(exc).__name__}: {exc}")
+        return
+    result.seconds[name] = time.perf_counter() - start
+
+
+def _conv_block(chain: ChainResult, shortcut: tuple[fx.Node, ...], result: ResidualResult) -> ConvResidualBlock | None:
+    """The block as convolutions (BN folded) for the frequency-domain bound, or None (with a note)."""
+    from .seqlip import _dcp_layer
+
+    layers = [_dcp_layer(run) for run in chain.chain.runs]
+    projection = _dcp_layer(shortcut) if shortcut else None
+    shape = chain.chain.first.meta["lip.inputs"][0].meta["lip.info"].shape
+    if (len(layers) != 2 or not all(isinstance(c, Conv2dSpec) for c in layers) or len(shape) != 4
+            or (shortcut and not isinstance(projection, Conv2dSpec))):
+        result.notes.append("residual-fft-layer: only conv → activation → conv branches (BN folded) with an identity "
+                            "or convolutional shortcut")
+        return None
+    try:
+        return ConvResidualBlock(layers[0], layers[1], chain.chain.slopes[0], tuple(shape[1:]), projection)
+    except InputError as err:
+        result.notes.append(f"residual-fft-layer: {err}")
+        return None
+
+
+def _shortcut_gain(shortcut: tuple[fx.Node, ...]) -> float:
+    """Certified gain of the shortcut path as AutoLip sees it (1 for the identity; the fused run's bound)."""
+    from .seqlip import run_gain
+
+    return run_gain(shortcut).value if shortcut else 1.0
+
+
+def _dense_block(lg: LipGraph, chain: ChainResult, shortcut: tuple[fx.Node, ...],
+                 result: ResidualResult) -> ResidualBlock | None:
+    """The block's explicit float64 matrices, or None (with a note) when they are too large or not replayable."""
+    runs = [list(run) for run in chain.chain.runs] + ([list(shortcut)] if shortcut else [])
+    parts = [linear_part(lg, run) for run in runs]
+    if any(p is None for p in parts):
+        result.notes.append("residual: a layer cannot be replayed per sample")
+        return None
+    widths = [parts[0].size[0]] + [p.size[1] for p in parts[:len(chain.chain.runs)]]
+    if not all(dense_is_cheap(*p.size) for p in parts) or sum(widths[:-1]) > MAX_DENSE_LMI:
+        result.notes.append(f"residual: block too large for dense matrices (LipSDP side {sum(widths[:-1])}, "
+                            f"limit {MAX_DENSE_LMI})")
+        return None
+    mats = [materialize(p.fn, p.in_shape) for p in parts]
+    branch = DenseChain.of(mats[:len(chain.chain.runs)], chain.chain.slopes)
+    return ResidualBlock(branch, mats[-1] if shortcut else None)
