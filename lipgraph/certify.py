@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import copy
 import math
+import multiprocessing
+import pickle
 import threading
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -248,8 +250,23 @@ def local_radius(model: nn.Module, x: Tensor, y: int, gaps: Tensor, starts: Tens
     return min(radii.values(), default=math.inf)
 
 
+def _shippable(model: nn.Module) -> bytes:
+    """``model`` pickled for worker processes. The classes of a model file are not importable by name there:
+    cloudpickle (a dependency of dask) pickles them by value; plain pickle refuses them."""
+    try:
+        import cloudpickle as pickler  # type: ignore[import-not-found]
+    except ImportError:
+        pickler = pickle
+    try:
+        return pickler.dumps(model)
+    except (pickle.PicklingError, AttributeError, TypeError) as exc:
+        raise InputError(f"cannot send {type(model).__name__} to worker processes ({exc}): pip install cloudpickle, "
+                         "or run the points in this process (workers=1, no executor)") from None
+
+
 def _local_job(job: tuple) -> float:
-    return local_radius(*job)
+    model, *rest = job
+    return local_radius(pickle.loads(model) if isinstance(model, bytes) else model, *rest)
 
 
 def local_radii_of(model: nn.Module, x: Tensor, logits: Tensor, predicted: Tensor, pairs: Tensor, correct: Tensor,
@@ -262,10 +279,11 @@ def local_radii_of(model: nn.Module, x: Tensor, logits: Tensor, predicted: Tenso
     starts = torch.where(limits > 0, gaps / limits.clamp_min(1e-300), torch.full_like(gaps, math.inf)).clamp_min(0)
     out = torch.zeros(len(x), dtype=torch.float64)
     index = [k for k in range(len(x)) if bool(correct[k])]
-    jobs = [(model, x[k:k + 1], int(predicted[k]), gaps[k], starts[k], p) for k in index]
     own = None
-    if executor is None and workers is not None and workers > 1:
-        own = executor = ProcessPoolExecutor(workers)
+    if executor is None and workers is not None and workers > 1:  # spawned: torch's thread pools do not survive fork
+        own = executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    sent = _shippable(model) if executor is not None and not isinstance(executor, ThreadPoolExecutor) else model
+    jobs = [(sent, x[k:k + 1], int(predicted[k]), gaps[k], starts[k], p) for k in index]
     try:
         results = executor.map(_local_job, jobs) if executor is not None else map(_local_job, jobs)
         with LayerProgress(len(jobs), "local radii", progress) as bar:

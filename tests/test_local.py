@@ -454,6 +454,33 @@ def test_a_rules_file_registers_all_three_kinds_for_a_custom_op(restore_default_
         registry._intervals, registry._local = saved
 
 
+def _certify_args(tmp_path, x, y) -> list[str]:
+    """``lipgraph certify MODEL --data FILE --json`` for :func:`_classifier`'s network written as a model file."""
+    model_file = tmp_path / "clf.py"
+    model_file.write_text("import torch\nfrom torch import nn\n\n\nclass Net(nn.Sequential):  # a class of the file\n"
+                          "    pass\n\n\ndef build_model():\n    torch.manual_seed(0)\n"
+                          "    return Net(nn.Linear(4, 12), nn.ReLU(), nn.Linear(12, 3)).eval()\n\n\n"
+                          "def example_input():\n    return torch.zeros(1, 4)\n")
+    torch.save((x, y), tmp_path / "data.pt")
+    return ["certify", str(model_file), "--data", str(tmp_path / "data.pt"), "--json"]
+
+
+def test_cli_certify_local_on_spawned_workers(tmp_path, capsys):
+    """`--workers 2`: spawned processes (torch's thread pools do not survive fork) get the model file's class by
+    value (cloudpickle) and find the serial local radii."""
+    import json
+
+    pytest.importorskip("cloudpickle")
+    from lipgraph.cli import main
+
+    model, x, y = _classifier()
+    code = main([*_certify_args(tmp_path, x, y), "--local", "--workers", "2"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    serial = lipgraph.certify(model, x, y, local=True).local_radii
+    assert json.loads(captured.out)["local_radius"] == pytest.approx(serial.tolist())
+
+
 def test_cli_certify_local_on_a_dask_scheduler(tmp_path, capsys):
     """`lipgraph certify --local --dask ADDRESS` against an in-process LocalCluster: the serial local radii."""
     import json
@@ -462,12 +489,7 @@ def test_cli_certify_local_on_a_dask_scheduler(tmp_path, capsys):
     from lipgraph.cli import main
 
     model, x, y = _classifier()
-    model_file = tmp_path / "clf.py"
-    model_file.write_text("import torch\nfrom torch import nn\n\ndef build_model():\n    torch.manual_seed(0)\n"
-                          "    return nn.Sequential(nn.Linear(4, 12), nn.ReLU(), nn.Linear(12, 3)).eval()\n\n"
-                          "def example_input():\n    return torch.zeros(1, 4)\n")
-    torch.save((x, y), tmp_path / "data.pt")
-    args = ["certify", str(model_file), "--data", str(tmp_path / "data.pt"), "--json"]
+    args = _certify_args(tmp_path, x, y)
     with distributed.LocalCluster(processes=False, n_workers=1, threads_per_worker=1) as cluster:
         code = main([*args, "--local", "--dask", cluster.scheduler_address])
     captured = capsys.readouterr()
