@@ -15,7 +15,7 @@ import torch
 from lipgraph.bound import Bound, exact, join_kinds
 from lipgraph.linalg import conv_norm
 from lipgraph.registry import Registry
-from lipgraph.ruleapi import OpContext
+from lipgraph.ruleapi import OpContext, elementwise
 
 from ._by_construction import centering, householder, householder_order_2, permutation_pieces, sll_conv, sll_dense
 
@@ -91,10 +91,14 @@ def sll_aoc_residual_block(ctx: OpContext) -> Bound:
     return Bound(a.value + 2 * b.value * c.value, join_kinds([a.kind, b.kind, c.kind]), "‖A‖ + ‖B‖‖C‖ (fused kernels)")
 
 
+#: SoftHuber: δ(√(1 + (z/δ)²) − 1) elementwise, derivative (z/δ)/√(1 + (z/δ)²) ∈ (−1, 1) for any δ ≠ 0: 1, exact (sup)
+SOFT_HUBER = elementwise((-1.0, 1.0), name="soft Huber")
+
 RULES = {
     "custom_activations.MaxMin": max_min,
     "custom_activations.HouseHolder": householder_activation,
     "custom_activations.HouseHolder_Order_2": householder_order_2_activation,
+    "custom_activations.SoftHuber": SOFT_HUBER,
     "normalization.LayerCentering2D": layer_centering,
     "normalization.BatchCentering2D": batch_centering,
     "conv.SLL.sll_layer.SDPBasedLipschitzDense": sll_dense_layer,

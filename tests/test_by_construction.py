@@ -168,6 +168,7 @@ def _orthogonium_layers():
     from orthogonium.layers.conv.AOC import AdaptiveOrthoConv2d
     from orthogonium.layers.conv.SLL.sll_layer import (AOCLipschitzResBlock, SDPBasedLipschitzDense,
                                                        SDPBasedLipschitzResBlock)
+    from orthogonium.layers.custom_activations import SoftHuber
 
     torch.manual_seed(0)
     x4 = torch.randn(1, 4, 6, 6)
@@ -184,10 +185,11 @@ def _orthogonium_layers():
         (_trained(layers.BatchCentering2D(4)), x4, 1.0, True),
         (AOCLipschitzResBlock(4, 2, 3), x4, 1.0, False),
         (AOCLipschitzResBlock(4, 2, 3, padding_mode="zeros"), x4, 1.0, False),
+        (SoftHuber(0.05), 10 * x4, 1.0, False),  # slope → ±1 as |z| → ∞, never attained
     ]
 
 
-@pytest.mark.parametrize("index", range(12))
+@pytest.mark.parametrize("index", range(13))
 def test_orthogonium_layer_against_jacobian_and_construction(index):
     layer, x, construction, exact = _orthogonium_layers()[index]
     check_layer(nn.Sequential(layer), x, construction, exact=exact)
