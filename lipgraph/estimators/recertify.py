@@ -182,8 +182,12 @@ def _check_multipliers(chain: DenseChain, multipliers: Sequence[torch.Tensor]) -
 def schur_rho(weights: Sequence[torch.Tensor], slopes: Sequence[tuple[float, float]],
               multipliers: Sequence[torch.Tensor]) -> float:
     """ρ*(T) = λ_max(A + Bᵀ(−H)⁻¹B) in float64 (unverified); raises :class:`InfeasibleMultipliers` if −H ⊁ 0."""
-    M = lmi_blocks(weights, slopes, multipliers, 0.0, TORCH_OPS)
-    n0 = weights[0].shape[1]
+    return schur_rho_of(lmi_blocks(weights, slopes, multipliers, 0.0, TORCH_OPS), weights[0].shape[1])
+
+
+def schur_rho_of(M: torch.Tensor, n0: int) -> float:
+    """ρ*(T) = λ_max(A + Bᵀ(−H)⁻¹B) of an LMI matrix M at ρ = 0 whose first ``n0`` rows are the input block
+    (float64, unverified); raises :class:`InfeasibleMultipliers` if −H ⊁ 0."""
     A, B, H = M[:n0, :n0], M[n0:, :n0], M[n0:, n0:]
     if H.shape[0] == 0:
         return max(float(torch.linalg.eigvalsh(A)[-1]), 0.0)

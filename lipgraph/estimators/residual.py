@@ -36,7 +36,7 @@ from lipgraph.estimators.cp import cp_value, partial_product_norms
 from lipgraph.estimators.eclipse import fast_multipliers
 from lipgraph.estimators.recertify import (RHO_MARGINS, TORCH_OPS, UNIT_ROUNDOFF, InfeasibleMultipliers,
                                            MatrixOps, _check_multipliers, _forming_error, lmi_blocks,
-                                           schur_rho, verified_psd)
+                                           schur_rho, schur_rho_of, verified_psd)
 from lipgraph.linalg import matrix_norm
 
 #: scales c of the branch multipliers tried around the Young scale (module docstring), then refined
@@ -105,16 +105,7 @@ def residual_lmi(block: ResidualBlock, multipliers: Sequence, rho, ops: MatrixOp
 def residual_rho(block: ResidualBlock, multipliers: Sequence[torch.Tensor]) -> float:
     """ρ*(T) = λ_max(A + Bᵀ(−H)⁻¹B) of :func:`residual_lmi`, float64, unverified; raises
     :class:`InfeasibleMultipliers` when −H ⊁ 0."""
-    M = residual_lmi(block, multipliers, 0.0)
-    n0 = block.branch.widths[0]
-    A, B, H = M[:n0, :n0], M[n0:, :n0], M[n0:, n0:]
-    L, info = torch.linalg.cholesky_ex(-H)
-    if int(info) != 0:
-        raise InfeasibleMultipliers("the multipliers are not feasible: the hidden block of the residual LipSDP "
-                                    f"matrix is not negative definite (Cholesky of −H failed at row {int(info)})")
-    C = torch.linalg.solve_triangular(L, B, upper=False)
-    S = A + C.T @ C
-    return max(float(torch.linalg.eigvalsh((S + S.T) / 2)[-1]), 0.0)
+    return schur_rho_of(residual_lmi(block, multipliers, 0.0), block.branch.widths[0])
 
 
 def recertify_residual(block: ResidualBlock, multipliers: Sequence[torch.Tensor],
