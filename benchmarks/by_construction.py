@@ -29,10 +29,11 @@ NEW_RULES = ("lipgraph.rules.deel", "lipgraph.rules.orthogonium", "lipgraph.rule
 
 
 def library_networks() -> list[tuple[str, nn.Module, torch.Tensor, float]]:
-    """The three networks of issue #16 (deel-torchlip, orthogonium), seeded."""
+    """The three networks of issue #16 (deel-torchlip, orthogonium), and two of their other layers, seeded."""
     from deel import torchlip
     import orthogonium.layers as ol
     from orthogonium.layers.conv.AOC import AdaptiveOrthoConv2d
+    from orthogonium.layers.conv.SLL.sll_layer import AOCLipschitzResBlock, SLLxAOCLipschitzResBlock
 
     torch.manual_seed(0)
     mlp = nn.Sequential(torchlip.SpectralLinear(16, 32), torchlip.GroupSort2(), torchlip.SpectralLinear(32, 32),
@@ -41,9 +42,16 @@ def library_networks() -> list[tuple[str, nn.Module, torch.Tensor, float]]:
                         torchlip.ScaledL2NormPool2d(2), nn.Flatten(), torchlip.SpectralLinear(8 * 4 * 4, 4))
     ortho = nn.Sequential(AdaptiveOrthoConv2d(3, 8, 3, padding=1), ol.MaxMin(), AdaptiveOrthoConv2d(8, 8, 3, padding=1),
                           ol.MaxMin(), nn.Flatten(), ol.OrthoLinear(8 * 8 * 8, 4))
+    mixed = nn.Sequential(ol.LayerCentering2D(4), ol.HouseHolder_Order_2(4), AOCLipschitzResBlock(4, 2, 3),
+                          torchlip.LPReLU(4, init=0.3), torchlip.BatchCentering(4), torchlip.LayerCentering(4),
+                          torchlip.HouseHolder(4), ol.MaxMin())
+    sll_aoc = nn.Sequential(SLLxAOCLipschitzResBlock(4, 8, 2, kernel_size=3, stride=2), ol.MaxMin())
     return [("deel-torchlip MLP (SpectralLinear + GroupSort2)", mlp, torch.randn(1, 16), 1.0),
             ("deel-torchlip CNN (ScaledL2NormPool2d)", cnn, torch.randn(1, 3, 8, 8), 1.0),
-            ("orthogonium CNN (AdaptiveOrthoConv2d + MaxMin + OrthoLinear)", ortho, torch.randn(1, 3, 8, 8), 1.0)]
+            ("orthogonium CNN (AdaptiveOrthoConv2d + MaxMin + OrthoLinear)", ortho, torch.randn(1, 3, 8, 8), 1.0),
+            ("centering + HouseHolder(_Order_2) + AOCLipschitzResBlock + LPReLU", mixed, torch.randn(1, 4, 6, 6),
+             2 ** -0.5),
+            ("orthogonium SLLxAOCLipschitzResBlock (stride 2) + MaxMin", sll_aoc, torch.randn(1, 4, 8, 8), 1.0)]
 
 
 def baseline_registry() -> lipgraph.Registry:

@@ -4,7 +4,7 @@ seconds (issue #7, item 5).
 
     python benchmarks/estimators.py [--only digits] [--lower 5] [--no-write]
 
-Cases: random nonnegative-weight MLPs (exact L = ‖ΠW‖, algorithms.md §10); digits MLPs 64-n-n-10 trained with
+Cases: random nonnegative-weight MLPs (exact L = ‖ΠW‖, docs/mathematics.md §10); digits MLPs 64-n-n-10 trained with
 ``examples/digits.py`` (reference: the best lower bound ``lipgraph.lower_bound`` finds in ``--lower`` seconds,
 data rows as starts); a small digits CNN (conv chain) for DCP. The table is written into
 ``benchmarks/RESULTS.md`` between the markers of its own section.

@@ -23,7 +23,7 @@ Columns (ℓ2):
 - ``reference``: what the AutoLip reference code does: the product, over the model's modules in registration
   order, of per-layer norms from 500 iterations of the autograd power method on every Linear/Conv layer
   (v ← ∇_v ½‖A v‖², normalised); BatchNorm, pooling and activations count as 1. An estimate, and on residual
-  networks not an upper bound at all (algorithms.md §1, §3). ``speed-up``: reference seconds / certified seconds.
+  networks not an upper bound at all (docs/mathematics.md §1, §3). ``speed-up``: reference seconds / certified seconds.
 
 - ``default``: ``lipgraph.analyze(model, x)`` as a user runs it: the certified bound *and* its proven lower bound
   (``lipgraph.lower.REPORT_BUDGET``), without the disk cache; the lower bound found, the median seconds and the

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         "enumeration with the rest relaxed). Greedy is the network *estimate* with greedy SeqLip in every chain "
         "(the paper's reported quantity for CNNs and AlexNet); on layers too large to materialise it uses the "
         "top-32 singular vectors of each layer, which drops most of the spectrum of a random convolution and "
-        "falls far below the truth (algorithms.md §5): treat AutoLip/greedy there as the truncation's artefact, "
+        "falls far below the truth (docs/mathematics.md §5): treat AutoLip/greedy there as the truncation's artefact, "
         "not a tightness.",
         "Paper (MNIST, its own training): AutoLip/SeqLip 1.54–7.81 on MLPs, 2.0–5.4 on CNNs (greedy), 6.64 on "
         "AlexNet (greedy). Here (digits 8×8, narrow layers so that exact enumeration is feasible) the certified "

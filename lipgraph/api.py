@@ -33,7 +33,7 @@ from .region import check_region
 from .registry import Registry, default_registry
 from .report import Report, build_tree, output_bounds
 
-#: method -> chain estimators run on every sequential chain (algorithms.md §5–§8); "autolip" runs none. The same
+#: method -> chain estimators run on every sequential chain (docs/mathematics.md §5–§8); "autolip" runs none. The same
 #: dict as the catalogue's ``ESTIMATORS.methods`` (register a method with ``ESTIMATORS.register_method``).
 CHAIN_METHODS = ESTIMATORS.methods
 METHODS = ESTIMATORS.method_names()

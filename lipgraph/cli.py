@@ -360,7 +360,7 @@ def _region_rules(registry, key: str) -> str:
 
 
 def _estimators() -> int:
-    """The methods of ``explain --method`` and the chain estimators they run (algorithms.md §5–§8)."""
+    """The methods of ``explain --method`` and the chain estimators they run (docs/mathematics.md §5–§8)."""
     from rich.table import Table
 
     table = Table(title="chain estimators (explain --method NAME runs one; methods below run several)")

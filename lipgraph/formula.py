@@ -1,7 +1,7 @@
 """Bound formulas: the report's tree as equations ``L(node) = f(L(children))``, in sympy.
 
 A *constant* is a symbol whose value was computed from the weights: a layer's norm, an activation's slope bound,
-a fused affine run (algorithms.md §4), a sequential chain bounded as a whole (§5–§6). Every other symbol is
+a fused affine run (docs/mathematics.md §4), a sequential chain bounded as a whole (§5–§6). Every other symbol is
 *defined* by a formula over symbols one level down, built like AutoLip (Scaman & Virmaux 2018, §4):
 ``L_k = ||(l_{k,i} L_i)_i||_q`` — sums for residual additions, roots of squares for ℓ2 concatenations, products
 along paths. Formulas stay local (one per tree node), so evaluating them all is linear in the size of the tree.

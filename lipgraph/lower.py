@@ -1,4 +1,4 @@
-"""Lower bounds on the Lipschitz constant: the largest ratio we can actually exhibit (algorithms.md §9).
+"""Lower bounds on the Lipschitz constant: the largest ratio we can actually exhibit (docs/mathematics.md §9).
 
     bound = lipgraph.lower_bound(model, x)                  # Bound(kind=LOWER, method="jacobian-ascent")
     bound, x_star = lipgraph.lower_bound(model, x, return_input=True)

@@ -14,7 +14,7 @@ residual additions sum, concatenations take the ℓ2 root of squares).
 ``method="cp"`` also tightens every sequential chain W_K ∘ φ_{K−1} ∘ ⋯ ∘ φ_1 ∘ W_1 of the graph
 (:func:`lipgraph.passes.chains.sequential_chains`: affine runs alternating with elementwise activations of slopes
 in [α, β]), as ``analyze(method="cp")`` does: the chain's constant becomes min(AutoLip's product along it,
-CP/LipLT) (Combettes & Pesquet 2020, Prop. 3.6; Fazlyab et al. 2023; algorithms.md §6, the DP of
+CP/LipLT) (Combettes & Pesquet 2020, Prop. 3.6; Fazlyab et al. 2023; docs/mathematics.md §6, the DP of
 :func:`lipgraph.estimators.cp.cp_value`), whose K(K+1)/2 partial-product norms ‖W_k⋯W_j‖ are power-iteration
 values of the composed linear maps (runs j..k, activations skipped), each with its own persistent vector (a
 single run that is already a layer's operator shares that operator). CP is monotone in these norms and ≤ the
@@ -171,7 +171,7 @@ class _CpChain:
         self.products = {(j, k): _stored(store, chain.runs[j:k + 1]) for k in range(K) for j in range(k + 1)}
 
     def value(self, norms: dict[_Operator, Tensor]) -> Tensor:
-        """CP/LipLT (``estimators.cp.cp_value``, algorithms.md §6) on the partial products' estimated norms."""
+        """CP/LipLT (``estimators.cp.cp_value``, docs/mathematics.md §6) on the partial products' estimated norms."""
         return cp_value(lambda j, k: norms[self.products[j, k]], self.chain.slopes)
 
 

@@ -45,7 +45,7 @@ class FusedChain:
 
 @dataclass
 class ChainInfo:
-    """A sequential chain W_K ∘ φ ∘ ⋯ ∘ φ ∘ W_1 bounded as a whole (``method="seqlip"`` etc., algorithms.md §5–§8):
+    """A sequential chain W_K ∘ φ ∘ ⋯ ∘ φ ∘ W_1 bounded as a whole (``method="seqlip"`` etc., docs/mathematics.md §5–§8):
     ``bound`` is the smallest certified value, found by ``winner``; ``results`` has every estimator's value
     (certified or estimate) and ``product`` is AutoLip along the chain."""
 

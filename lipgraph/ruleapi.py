@@ -45,7 +45,7 @@ class Transfer:
     elementwise activation, for chain passes (SeqLip, SDP) that need more than the constant.
 
     ``affine`` declares the op affine in its input (x ↦ A x + b, A fixed): chains of affine ops are bounded
-    as one composed operator (algorithms.md §4). ``structure`` optionally describes A for exact folding:
+    as one composed operator (docs/mathematics.md §4). ``structure`` optionally describes A for exact folding:
     ``("matrix", W)`` (y = W x on the last dim), ``("conv", weight, options)`` (``conv_norm`` keywords),
     ``("channel_scale", s)`` (y_c = s_c x_c along dim 1, e.g. eval BatchNorm).
 

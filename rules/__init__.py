@@ -1,7 +1,7 @@
 """lipgraph's built-in rule library, installed as ``lipgraph.rules``.
 
 Each module below has a ``register(registry)`` function, the same protocol as third-party packs
-(entry-point group ``lipgraph.rules``). Constants and their sources: ``shared/docs/algorithms.md`` §2.
+(entry-point group ``lipgraph.rules``). Constants and their sources: ``docs/mathematics.md`` §2.
 """
 
 MODULES = ("activations", "structural", "arithmetic", "linear", "conv", "normalization", "pooling", "softmax", "extra",

@@ -34,9 +34,8 @@ def householder(theta: torch.Tensor, scale: float, p: float) -> Bound:
     s = abs(float(scale))
     if p == 2:
         return exact(s, "householder (piecewise orthogonal)")
-    t = theta.detach().to(torch.float64).reshape(-1)
-    worst = float((t.cos().abs() + t.sin().abs()).max()) if t.numel() else 1.0
-    return certified(s * max(1.0, worst), "householder (piecewise I / reflection)", exact=True, margin=1e-15)
+    return certified(s * max(1.0, _rotation_reflection_norm(theta, p)), "householder (piecewise I / reflection)",
+                     exact=True, margin=1e-15)
 
 
 def symmetric_residual(inner: Bound, p: float, outer: Bound | None = None) -> Bound:
@@ -71,3 +70,41 @@ def sll_conv(kernel: torch.Tensor, padding: int, groups: int, in_spatial: tuple[
     adjoint = conv_norm(k, in_spatial, p=1.0 if math.isinf(p) else math.inf, **options)
     return symmetric_residual(conv_norm(k, in_spatial, p=p, **options), p,
                               outer=Bound(2 * adjoint.value, adjoint.kind, adjoint.method))
+
+
+def _rotation_reflection_norm(angles: torch.Tensor, p: float) -> float:
+    """max over the 2×2 rotations/reflections by ``angles`` of their ℓp operator norm: 1 in ℓ2 (orthogonal),
+    |cos α| + |sin α| in ℓ1 and ℓ∞ (the largest absolute column/row sum)."""
+    if p == 2:
+        return 1.0
+    a = angles.detach().to(torch.float64).reshape(-1)
+    return float((a.cos().abs() + a.sin().abs()).max()) if a.numel() else 1.0
+
+
+def householder_order_2(theta0: torch.Tensor, theta1: torch.Tensor, theta2: torch.Tensor, scale: float,
+                        p: float) -> Bound:
+    """Householder activation of order 2 (Singla, Singla & Feizi 2022, §5) on each pair (x, y), angles clamped to
+    [0, 2π]: by the polar angle φ − θ₀/2 it applies on four consecutive sectors the identity, the reflection
+    R(θ₀+θ₁), the rotation by −θ₂ and the reflection R(θ₀) (R(α) fixes the line at angle α/2). On each sector
+    boundary the two neighbours agree (R(θ₀) and I fix the ray at θ₀/2; I and R(θ₀+θ₁) the ray at (θ₀+θ₁)/2;
+    R(θ₀+θ₁) and the rotation both send the ray at (θ₀+θ₁+θ₂)/2 to (θ₀+θ₁−θ₂)/2; the rotation and R(θ₀) both send
+    π + (θ₀+θ₂)/2 to π + (θ₀−θ₂)/2), so the map is continuous and piecewise linear: L ≤ |s|·max of the four
+    pieces' norms, exactly |s| in ℓ2 (every piece orthogonal); in ℓ1/ℓ∞ the max of |cos α| + |sin α| over the
+    pieces' angles (an upper bound: a piece of zero width does not occur)."""
+    clamp = [t.detach().to(torch.float64).clamp(0.0, 2 * math.pi) for t in (theta0, theta1, theta2)]
+    angles = torch.cat([clamp[0] + clamp[1], clamp[2], clamp[0]])
+    s = abs(float(scale))
+    if p == 2:
+        return exact(s, "householder order 2 (piecewise orthogonal)")
+    return certified(s * max(1.0, _rotation_reflection_norm(angles, p)), "householder order 2 (piecewise)",
+                     margin=1e-15)
+
+
+def centering(count: int, p: float) -> Bound:
+    """x ↦ x − mean(x) over groups of ``count`` coordinates (plus a constant): the projection P = I − 11ᵀ/n on each
+    group, orthogonal, so 1 in ℓ2 (exact for n > 1; n = 1 gives a constant map); its largest absolute row/column
+    sum is (1 − 1/n) + (n − 1)/n = 2(n − 1)/n in ℓ1 and ℓ∞ (exact: the row of one coordinate)."""
+    if count <= 1:
+        return certified(0.0, "centering a single value: constant", exact=True)
+    value = 1.0 if p == 2 else 2.0 * (count - 1) / count
+    return certified(value, f"centering over {count} values (projection I − 11ᵀ/n)", exact=True, margin=1e-15)

@@ -1,6 +1,6 @@
 """Elementwise activations: Lipschitz constant = max |slope|, the same in every ℓp norm.
 
-Slope intervals are the exact ranges of the derivative (algorithms.md §2), rounded outward; chain passes
+Slope intervals are the exact ranges of the derivative (docs/mathematics.md §2), rounded outward; chain passes
 (SeqLip, SDP) use the interval, AutoLip only its largest magnitude.
 """
 from __future__ import annotations

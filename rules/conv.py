@@ -1,7 +1,7 @@
 """Convolutions and transposed convolutions (1-D/2-D/3-D): certified operator norms at the real input size.
 
 ``lipgraph.linalg.conv_norm`` picks the method: the exact dense operator when small, else the circular
-(FFT) norm on a grid large enough to contain the zero-padded operator (algorithms.md §3).
+(FFT) norm on a grid large enough to contain the zero-padded operator (docs/mathematics.md §3).
 """
 from __future__ import annotations
 

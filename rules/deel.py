@@ -11,11 +11,14 @@ compute something the traced ops would bound loosely (or refuse: the ``x ** 2`` 
 """
 from __future__ import annotations
 
-from lipgraph.bound import Bound
-from lipgraph.registry import Registry
-from lipgraph.ruleapi import OpContext
+import math
 
-from ._by_construction import householder, permutation_pieces, positive_negative_parts
+from lipgraph.bound import Bound, certified
+from lipgraph.errors import RuleError
+from lipgraph.registry import Registry
+from lipgraph.ruleapi import OpContext, Transfer
+
+from ._by_construction import centering, householder, permutation_pieces, positive_negative_parts
 from .pooling import lp_pool_gain, lp_window_gain
 
 PACKAGE = "deel.torchlip.modules"
@@ -41,6 +44,34 @@ def householder_activation(ctx: OpContext) -> Bound:
     return householder(ctx.module.theta, 1.0, ctx.norm)
 
 
+def lipschitz_prelu(ctx: OpContext) -> Transfer:
+    """LPReLU: PReLU with its slopes clamped to [−k, k] (``F.lipschitz_prelu``): slopes 1 on x ≥ 0 and a'_c on
+    x < 0, both on every coordinate: max(1, max_c |a'_c|) in every ℓp, exact."""
+    k = _scale(ctx)
+    a = ctx.module.weight.detach().clamp(-k, k)
+    lo, hi = min(float(a.min()), 1.0), max(float(a.max()), 1.0)
+    return Transfer(gains=(certified(max(abs(lo), abs(hi)), "clamped PReLU slopes", exact=True),), slope=(lo, hi))
+
+
+def layer_centering(ctx: OpContext) -> Bound:
+    """LayerCentering: x − mean over ``dim`` + β, per sample and channel: the centering projection
+    (``centering``), 1 in ℓ2. Centering across the batch dimension couples samples: refused."""
+    shape = ctx.input.shape
+    dims = {d % len(shape) for d in ctx.module.dim}
+    if 0 in dims:
+        raise RuleError(f"{ctx.describe()} centers over the batch dimension: one sample's output depends on the "
+                        "others; lipgraph bounds per-sample maps")
+    return centering(math.prod(shape[d] for d in dims), ctx.norm)
+
+
+def batch_lip_norm(ctx: OpContext) -> Bound:
+    """BatchLipNorm / BatchCentering in eval mode (lipgraph's): (x − μ)·s + β with the running mean μ and the single
+    factor s = 1/√(max_c Var_c) from the running statistics (1 when ``normalize=False``): a translation times s,
+    |s| in every ℓp, exact."""
+    return certified(abs(float(ctx.module.get_scaling(training=False))), "running-statistics scale", exact=True,
+                     margin=1e-7)
+
+
 def l2_norm_pool(ctx: OpContext) -> Bound:
     """ScaledL2NormPool2d = k·LPPool2d(2, ...): |k|·√(max window coverage) in ℓ2 (see ``rules.pooling``)."""
     gain = lp_pool_gain(ctx, 2)
@@ -61,6 +92,10 @@ RULES = {
     "activation.FullSort": group_sort,
     "activation.MaxMin": max_min,
     "activation.HouseHolder": householder_activation,
+    "activation.LPReLU": lipschitz_prelu,
+    "normalization.LayerCentering": layer_centering,
+    "normalization.BatchLipNorm": batch_lip_norm,
+    "normalization.BatchCentering": batch_lip_norm,
     "pooling.ScaledL2NormPool2d": l2_norm_pool,
     "pooling.ScaledAdaptativeL2NormPool2d": adaptive_l2_norm_pool,
 }

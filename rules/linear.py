@@ -1,4 +1,4 @@
-"""Dense linear maps: exact operator norms (algorithms.md §3: SVD for ℓ2, abs row/column sums for ℓ∞/ℓ1)."""
+"""Dense linear maps: exact operator norms (docs/mathematics.md §3: SVD for ℓ2, abs row/column sums for ℓ∞/ℓ1)."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""Normalisation layers in eval mode (algorithms.md §2, §4)."""
+"""Normalisation layers in eval mode (docs/mathematics.md §2, §4)."""
 from __future__ import annotations
 
 import math

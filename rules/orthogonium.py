@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import math
 
-from lipgraph.bound import Bound
-from lipgraph.registry import Registry
-from lipgraph.ruleapi import OpContext
+import torch
 
-from ._by_construction import householder, permutation_pieces, sll_conv, sll_dense
+from lipgraph.bound import Bound, exact, join_kinds
+from lipgraph.linalg import conv_norm
+from lipgraph.registry import Registry
+from lipgraph.ruleapi import OpContext, elementwise
+
+from ._by_construction import centering, householder, householder_order_2, permutation_pieces, sll_conv, sll_dense
 
 PACKAGE = "orthogonium.layers"
 
@@ -29,6 +32,22 @@ def householder_activation(ctx: OpContext) -> Bound:
     return householder(ctx.module.theta, 1.0 / math.sqrt(2.0), ctx.norm)
 
 
+def householder_order_2_activation(ctx: OpContext) -> Bound:
+    """HouseHolder_Order_2: four orthogonal pieces on each channel pair, continuous, divided by √2: 1/√2 in ℓ2."""
+    m = ctx.module
+    return householder_order_2(m.theta0, m.theta1, m.theta2, 1.0 / math.sqrt(2.0), ctx.norm)
+
+
+def layer_centering(ctx: OpContext) -> Bound:
+    """LayerCentering2D: x − mean over the spatial plane + β: the centering projection, 1 in ℓ2."""
+    return centering(math.prod(ctx.input.shape[-2:]), ctx.norm)
+
+
+def batch_centering(ctx: OpContext) -> Bound:
+    """BatchCentering2D in eval mode (lipgraph's): x − running mean + β, a translation: 1 in every ℓp, exact."""
+    return exact(1.0, "translation")
+
+
 def sll_dense_layer(ctx: OpContext) -> Bound:
     """SDPBasedLipschitzDense: y = x − 2 Wᵀ diag(t) relu(W x + b): max(1, ‖√(2t) ⊙ W‖₂² − 1) in ℓ2 (SLL, Thm 3)."""
     return sll_dense(ctx.module.weight, ctx.module.compute_t(), ctx.norm)
@@ -40,15 +59,58 @@ def sll_conv_block(ctx: OpContext) -> Bound:
     return sll_conv(m.kernel, m.padding, m.groups, tuple(ctx.input.shape[-2:]), ctx.norm)
 
 
+def aoc_residual_block(ctx: OpContext) -> Bound:
+    """AOCLipschitzResBlock: y = x − 2 Cᵀ relu(C x + b) with C the unpadded stride-1 convolution by the AOC kernel
+    (``forward`` pads by ``self.padding = 0`` in circular mode and passes ``padding=0`` in zeros mode, and its
+    ``conv_transpose2d`` by the same kernel is exactly Cᵀ): the SLL bound max(1, 2‖C‖₂² − 1) with ‖C‖₂ certified
+    from the actual kernel (≤ 1 up to the orthogonalisation's accuracy)."""
+    m = ctx.module
+    return sll_conv(m.in_conv.weight, 0, m.groups, tuple(ctx.input.shape[-2:]), ctx.norm)
+
+
+def sll_aoc_residual_block(ctx: OpContext) -> Bound:
+    """SLLxAOCLipschitzResBlock: y = A x − B relu(C x + b) with three zero-padded convolutions by the fused kernels
+    that ``forward`` computes: A by K_pre ⊛ K_post (stride s), C by K_pre ⊛ K, B by 2·(Kᵀ ⊛ K_post) (stride s).
+    With zero padding, A, B and C are the compositions P∘Q, 2P∘Kᵀ, K∘Q only away from the borders, so the SLL
+    argument (J = P(I − 2KᵀDK)Q, norm ≤ 1) does not apply to the computed map: the sound bound is
+    ‖A‖ + ‖B‖·‖C‖ (relu's slopes in [0, 1]), each norm certified from the fused kernel."""
+    m = ctx.module
+    fuse = type(m).forward.__globals__  # the kernel algebra ``forward`` itself calls (no import of orthogonium)
+    compose, transpose = fuse["fast_matrix_conv"], fuse["transpose_kernel"]
+    with torch.no_grad():
+        kernel, pre, post = m.kernel, m.pre_conv.weight, m.post_conv.weight
+        k_in, k_out = compose(pre, kernel, groups=m.groups), compose(transpose(kernel, groups=m.groups), post,
+                                                                     groups=m.groups)
+        k_skip = compose(pre, post, groups=m.groups)
+    spatial = tuple(ctx.input.shape[-2:])
+    inner = tuple(n + 2 * m.padding - k + 1 for n, k in zip(spatial, k_in.shape[-2:]))
+    common = dict(groups=m.groups, p=ctx.norm)
+    a = conv_norm(k_skip, spatial, stride=m.stride, padding=m.skip_kernel_size // 2, **common)
+    c = conv_norm(k_in, spatial, padding=m.padding, **common)
+    b = conv_norm(k_out, inner, stride=m.stride, padding=m.padding, **common)
+    return Bound(a.value + 2 * b.value * c.value, join_kinds([a.kind, b.kind, c.kind]), "‖A‖ + ‖B‖‖C‖ (fused kernels)")
+
+
+#: SoftHuber: δ(√(1 + (z/δ)²) − 1) elementwise, derivative (z/δ)/√(1 + (z/δ)²) ∈ (−1, 1) for any δ ≠ 0: 1, exact (sup)
+SOFT_HUBER = elementwise((-1.0, 1.0), name="soft Huber")
+
 RULES = {
     "custom_activations.MaxMin": max_min,
     "custom_activations.HouseHolder": householder_activation,
+    "custom_activations.HouseHolder_Order_2": householder_order_2_activation,
+    "custom_activations.SoftHuber": SOFT_HUBER,
+    "normalization.LayerCentering2D": layer_centering,
+    "normalization.BatchCentering2D": batch_centering,
     "conv.SLL.sll_layer.SDPBasedLipschitzDense": sll_dense_layer,
     "conv.SLL.sll_layer.SDPBasedLipschitzResBlock": sll_conv_block,
+    "conv.SLL.sll_layer.AOCLipschitzResBlock": aoc_residual_block,
+    "conv.SLL.sll_layer.SLLxAOCLipschitzResBlock": sll_aoc_residual_block,
 }
 
 
-UPPER_BOUNDS = {"conv.SLL.sll_layer.SDPBasedLipschitzDense", "conv.SLL.sll_layer.SDPBasedLipschitzResBlock"}
+UPPER_BOUNDS = {"conv.SLL.sll_layer.SDPBasedLipschitzDense", "conv.SLL.sll_layer.SDPBasedLipschitzResBlock",
+                "conv.SLL.sll_layer.AOCLipschitzResBlock", "conv.SLL.sll_layer.SLLxAOCLipschitzResBlock",
+                "custom_activations.HouseHolder_Order_2"}
 
 
 def register(registry: Registry) -> None:

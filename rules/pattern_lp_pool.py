@@ -1,4 +1,4 @@
-"""Pattern of power-average pooling written out: (m · avg_pool(x ** p))^(1/p) (algorithms.md §13).
+"""Pattern of power-average pooling written out: (m · avg_pool(x ** p))^(1/p) (docs/by-construction.md).
 
 ``F.lp_pool1d/2d`` trace to ``x.pow(p)`` → ``avg_pool`` → ``sign(o) · relu(|o|)`` → ``· (kernel size)`` →
 ``.pow(1/p)``; by hand people write ``sqrt(avg_pool(x ** 2))`` (times a scale, which stays its own op). ``x ** p``

@@ -1,4 +1,4 @@
-"""Patterns of sorting activations written with max/min (algorithms.md §13; Anil, Lucas & Grosse 2019).
+"""Patterns of sorting activations written with max/min (docs/by-construction.md; Anil, Lucas & Grosse 2019).
 
 - **maxmin**: two disjoint pieces a, b of one tensor z (split, chunk, slices: checked on the indices), then
   ``cat(max(a, b), min(a, b))`` in either order, along any dim (orthogonium's MaxMin, hand-written GroupSort-2).

@@ -1,4 +1,4 @@
-"""Pooling and resampling (algorithms.md §2).
+"""Pooling and resampling (docs/mathematics.md §2).
 
 Max pooling: |max_w x − max_w y| ≤ max_{i∈w} |x_i − y_i|, so ‖Δout‖₂² ≤ Σ_w ‖Δx_w‖₂² = Σ_i c_i Δx_i² with c_i the
 number of windows covering pixel i: L₂ = √(max c), L₁ = max c, L∞ = 1 (3×3 stride 2: c = 4, L₂ = 2).

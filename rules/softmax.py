@@ -1,4 +1,4 @@
-"""Softmax, softmin and log-softmax along one dimension (algorithms.md §2).
+"""Softmax, softmin and log-softmax along one dimension (docs/mathematics.md §2).
 
 Notation: along the softmax dimension the input is a vector x ∈ ℝ^d, s = softmax(x) lies in the open simplex
 (s_i > 0, Σ s_i = 1). The op acts on disjoint groups (one per position of the other dimensions), so its

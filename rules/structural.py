@@ -1,4 +1,4 @@
-"""Ops that move, copy, select, concatenate or average coordinates (algorithms.md §1–§2)."""
+"""Ops that move, copy, select, concatenate or average coordinates (docs/mathematics.md §1–§2)."""
 from __future__ import annotations
 
 import math

@@ -1,7 +1,7 @@
 """Soundness of the certified AutoLip bound: it must never fall below an attained Jacobian norm.
 
 Any ‖J_f(x)‖ at a point where f is differentiable is a proven lower bound of the Lipschitz constant
-(algorithms.md §9); exact oracles (§10) pin the value where AutoLip is exact.
+(docs/mathematics.md §9); exact oracles (§10) pin the value where AutoLip is exact.
 """
 from __future__ import annotations
 
@@ -136,7 +136,7 @@ def test_densenet_cat_is_root_of_squares() -> None:
     assert cat.bound.value == pytest.approx(math.hypot(1.0, branch), rel=1e-9)
 
 
-# -- exact oracles (algorithms.md §10) ---------------------------------------------------------------
+# -- exact oracles (docs/mathematics.md §10) ---------------------------------------------------------------
 def test_single_linear_layer_is_exact() -> None:
     torch.manual_seed(1)
     lin = nn.Linear(6, 4)
@@ -430,7 +430,7 @@ def test_autolip_is_exact_on_closed_form_graphs(name: str) -> None:
 
 @pytest.mark.parametrize("p", [1, math.inf], ids=["l1", "linf"])
 def test_cat_and_multi_output_combine_in_the_output_norm(p: float) -> None:
-    """ℓ1: ‖(a, b)‖₁ = ‖a‖₁ + ‖b‖₁ → sum; ℓ∞: max (algorithms.md §1)."""
+    """ℓ1: ‖(a, b)‖₁ = ‖a‖₁ + ‖b‖₁ → sum; ℓ∞: max (docs/mathematics.md §1)."""
     for name in ("cat_branches", "multi_output"):
         model, x, _ = _exact_case(name)
         expected = 3.0 if p == 1 else 2.0

@@ -138,10 +138,24 @@ def _deel_layers():
         (t.SpectralLinear(6, 5), torch.randn(1, 6), 1.0),
         (t.FrobeniusLinear(6, 1), torch.randn(1, 6), 1.0),
         (t.SpectralConv2d(4, 4, 3, padding=1), x4, 1.0),
+        (t.LPReLU(4, init=-1.7, k_coef_lip=1.5), x4, 1.5),         # slope clamped to −1.5
+        (t.LPReLU(1, init=0.3), x4, 1.0),
+        (t.LayerCentering(4), x4, 1.0),                            # ℓ1/ℓ∞: 2(n − 1)/n = 1.875
+        (t.LayerCentering(4, dim=(1, 2, 3), bias=False), x4, 1.0),
+        (_trained(t.BatchCentering(4)), x4, 1.0),
+        (_trained(t.BatchLipNorm(4)), x4, None),                   # 1/√(max variance) = 1/3 here
     ]
 
 
-@pytest.mark.parametrize("index", range(14))
+def _trained(layer: nn.Module) -> nn.Module:
+    """``layer`` after a few training batches (running statistics of mean 1, variance 9), in eval mode."""
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        layer(3 * torch.randn(8, 4, 4, 4, generator=g) + 1)
+    return layer.eval()
+
+
+@pytest.mark.parametrize("index", range(20))
 def test_deel_layer_against_jacobian_and_construction(index):
     layer, x, construction = _deel_layers()[index]
     exact = not isinstance(layer, (nn.Linear, nn.Conv2d))  # those: the certified norm of the computed weight
@@ -152,7 +166,9 @@ def test_deel_layer_against_jacobian_and_construction(index):
 def _orthogonium_layers():
     layers = pytest.importorskip("orthogonium.layers")
     from orthogonium.layers.conv.AOC import AdaptiveOrthoConv2d
-    from orthogonium.layers.conv.SLL.sll_layer import SDPBasedLipschitzDense, SDPBasedLipschitzResBlock
+    from orthogonium.layers.conv.SLL.sll_layer import (AOCLipschitzResBlock, SDPBasedLipschitzDense,
+                                                       SDPBasedLipschitzResBlock)
+    from orthogonium.layers.custom_activations import SoftHuber
 
     torch.manual_seed(0)
     x4 = torch.randn(1, 4, 6, 6)
@@ -164,13 +180,57 @@ def _orthogonium_layers():
         (AdaptiveOrthoConv2d(4, 4, 3), x4, 1.0, False),
         (SDPBasedLipschitzDense(6, 6, 8), torch.randn(1, 6), 1.0, False),
         (SDPBasedLipschitzResBlock(4, 2), x4, 1.0, False),
+        (layers.HouseHolder_Order_2(4), x4, 1 / math.sqrt(2), True),
+        (layers.LayerCentering2D(4), x4, 1.0, True),
+        (_trained(layers.BatchCentering2D(4)), x4, 1.0, True),
+        (AOCLipschitzResBlock(4, 2, 3), x4, 1.0, False),
+        (AOCLipschitzResBlock(4, 2, 3, padding_mode="zeros"), x4, 1.0, False),
+        (SoftHuber(0.05), 10 * x4, 1.0, False),  # slope → ±1 as |z| → ∞, never attained
     ]
 
 
-@pytest.mark.parametrize("index", range(7))
+@pytest.mark.parametrize("index", range(13))
 def test_orthogonium_layer_against_jacobian_and_construction(index):
     layer, x, construction, exact = _orthogonium_layers()[index]
     check_layer(nn.Sequential(layer), x, construction, exact=exact)
+
+
+def test_householder_order_2_is_exactly_one_over_root_two_in_l2_whatever_its_angles():
+    layers = pytest.importorskip("orthogonium.layers")
+    layer, x = layers.HouseHolder_Order_2(6), torch.randn(1, 6, 3, 3)
+    with torch.no_grad():  # out-of-range angles: forward clamps them to [0, 2π]
+        layer.theta0.copy_(torch.tensor([-1.0, 7.0, 2.0]))
+        layer.theta2.copy_(torch.tensor([0.0, 6.0, 9.0]))
+    check_layer(nn.Sequential(layer), x, 1 / math.sqrt(2), norms=(2,))
+
+
+def test_sll_aoc_block_is_bounded_soundly_from_its_fused_kernels():
+    """Its zero-padded fused convolutions are not exactly P·SLL_K·Q at the borders: a sound ‖A‖ + ‖B‖‖C‖, which
+    is above the construction's 1 (docs/by-construction.md)."""
+    pytest.importorskip("orthogonium.layers")
+    from orthogonium.layers.conv.SLL.sll_layer import SLLxAOCLipschitzResBlock
+
+    torch.manual_seed(0)
+    check_layer(nn.Sequential(SLLxAOCLipschitzResBlock(4, 4, 2, kernel_size=3, stride=2)),
+                torch.randn(1, 4, 8, 8), None, exact=False)
+
+
+def test_centering_over_the_batch_dimension_is_refused():
+    t = pytest.importorskip("deel.torchlip")
+    with pytest.raises(lipgraph.LipgraphError, match="batch dimension: one sample's output depends on the others"):
+        bound(nn.Sequential(t.LayerCentering(4, dim=(0, 2))), torch.randn(2, 4, 4, 4))
+
+
+def test_network_of_the_new_library_layers_is_certified_at_its_construction():
+    t = pytest.importorskip("deel.torchlip")
+    layers = pytest.importorskip("orthogonium.layers")
+    from orthogonium.layers.conv.SLL.sll_layer import AOCLipschitzResBlock
+
+    torch.manual_seed(0)
+    model = nn.Sequential(layers.LayerCentering2D(4), layers.HouseHolder_Order_2(4), AOCLipschitzResBlock(4, 2, 3),
+                          t.LPReLU(4, init=0.3), _trained(t.BatchCentering(4)), t.LayerCentering(4),
+                          t.HouseHolder(4), layers.MaxMin()).eval()
+    check_layer(model, torch.randn(1, 4, 6, 6), 1 / math.sqrt(2), norms=(2,), exact=False)
 
 
 def test_library_rules_are_keyed_by_qualified_names_not_imports():

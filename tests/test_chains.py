@@ -1,4 +1,4 @@
-"""Sequential chains in real graphs (algorithms.md §5): detection (golden) and the SeqLip/CP method end to end."""
+"""Sequential chains in real graphs (docs/mathematics.md §5): detection (golden) and the SeqLip/CP method end to end."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Lower bounds (``lipgraph.lower_bound``): exact oracles (algorithms.md §10), the witness, the API and the CLI.
+"""Lower bounds (``lipgraph.lower_bound``): exact oracles (docs/mathematics.md §10), the witness, the API and the CLI.
 
 Every value a lower bound returns must be ≤ the true constant; on networks whose constant is known exactly it
 must also reach it. The certified bound must be ≥ the same oracle.

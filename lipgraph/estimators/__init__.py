@@ -1,4 +1,4 @@
-"""Chain estimators: bounds on the Lipschitz constant of one sequential chain (algorithms.md §5–§8).
+"""Chain estimators: bounds on the Lipschitz constant of one sequential chain (docs/mathematics.md §5–§8).
 
 A chain is f(x) = W_K φ_{K−1}(W_{K−1} ⋯ φ_1(W_1 x + b_1) ⋯) + b_K where each φ_i acts elementwise with every
 slope in [α_i, β_i] (biases never change the constant). Most estimators take a :class:`DenseChain` (explicit

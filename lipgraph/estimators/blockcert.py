@@ -1,10 +1,10 @@
-"""Block-tridiagonal certificate of LipSDP multipliers for chains too large for one dense matrix (algorithms.md §11).
+"""Block-tridiagonal certificate of LipSDP multipliers for chains too large for one dense matrix (docs/sdp-conv.md).
 
 Stable interface: :func:`block_certificate` (chain, multipliers) → certified :class:`~lipgraph.bound.Bound` or
 :class:`~.recertify.InfeasibleMultipliers`; :func:`schur_rho` (the same recursion, unverified and differentiable,
 for optimisers).
 
-**The recursion.** −M(ρ, T) (algorithms.md §7) is block-tridiagonal over (Δx_0, …, Δx_l) with diagonal blocks
+**The recursion.** −M(ρ, T) (docs/mathematics.md §7) is block-tridiagonal over (Δx_0, …, Δx_l) with diagonal blocks
 D_0 = ρI + 2a_1 W_0ᵀT_1W_0, D_k = 2T_k + 2a_{k+1} W_kᵀT_{k+1}W_k (0 < k < l), D_l = 2T_l − W_lᵀW_l and couplings
 E_k = −s_k W_{k−1}ᵀT_k between blocks k−1 and k (a_k = α_kβ_k, s_k = α_k + β_k). Eliminating from the output
 (the ECLipsE recursion run backwards): Z_l = D_l, and for k = l … 1, with a Cholesky of Z_k,

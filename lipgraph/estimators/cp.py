@@ -1,5 +1,5 @@
 """Combettes–Pesquet / LipLT bound (Combettes & Pesquet 2020, Prop. 3.6; Fazlyab et al., LipLT, NeurIPS 2023;
-algorithms.md §6) — certified, any ℓp norm.
+docs/mathematics.md §6) — certified, any ℓp norm.
 
 Write each activation as φ_i = m_i·Id + r_i·N_i with N_i elementwise of slope in [−1, 1] (so 1-Lipschitz in
 every ℓp norm), m_i = (α_i + β_i)/2, r_i = (β_i − α_i)/2. Expanding f = W_K φ_{K−1} ⋯ φ_1 W_1 layer by layer,

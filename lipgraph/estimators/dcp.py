@@ -1,4 +1,4 @@
-"""DCP — Dynamic Convolutional Partition (Sulehman & Mu, arXiv 2403.18613), certified (algorithms.md §8).
+"""DCP — Dynamic Convolutional Partition (Sulehman & Mu, arXiv 2403.18613), certified (docs/mathematics.md §8).
 
 Dense estimators (LipSDP, ECLipsE) on convolutional chains, by cutting the chain into small dense pieces.
 
@@ -401,5 +401,5 @@ def _applies(chain: object) -> str | None:
 
 register_estimator(ChainEstimator(
     "dcp", lambda chain: dcp(chain, seconds=PASS_SECONDS), certified=True, applies=_applies, input="conv",
-    description="DCP: conv chains cut into small dense pieces (algorithms.md §8)",
+    description="DCP: conv chains cut into small dense pieces (docs/mathematics.md §8)",
     limits="2-D zero-padded convolutions (BatchNorm folded in) and linear layers, any size"))

@@ -7,7 +7,7 @@ slopes [α, β], m = (α+β)/2, r = (β−α)/2, a = αβ = m² − r²), a matr
     X = Y_{k−1} + 2a WᵀΛ_kW ≻ 0,     Y_k = 2Λ_k − 4m² Λ_k W X⁻¹ WᵀΛ_k ≻ 0,     ρ = λ_max(W_l Y_l⁻¹ W_lᵀ),
 
 and T_k = ρΛ_k are multipliers of the full LMI. The paper treats a = 0 only (ReLU-like slopes [0, β]); its
-public package applies the a = 0 formulas to GELU/SiLU too, which gives invalid bounds (algorithms.md §7). Here the
+public package applies the a = 0 formulas to GELU/SiLU too, which gives invalid bounds (docs/mathematics.md §7). Here the
 αβ term is kept exactly, and the resulting T always goes through :func:`~.recertify.recertify`.
 
 - **Fast** (closed form, Λ_k = λI): with k_max = λ_max(W Y⁻¹ Wᵀ) and t = λ k_max, the worst direction gives

@@ -1,4 +1,4 @@
-"""First-order LipSDP-Neuron for large chains (convolutions and dense layers), re-certified (algorithms.md §11).
+"""First-order LipSDP-Neuron for large chains (convolutions and dense layers), re-certified (docs/sdp-conv.md).
 
 The optimiser only has to find good multipliers T ≥ 0: the bound is √ρ*(T), proven afterwards by
 :func:`certify_multipliers` (dense shifted Cholesky, or the block-tridiagonal certificate of :mod:`.blockcert`).

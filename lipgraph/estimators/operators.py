@@ -1,4 +1,4 @@
-"""A chain's linear layers as operators, and the LipSDP matrix applied matrix-free (algorithms.md §7, §11).
+"""A chain's linear layers as operators, and the LipSDP matrix applied matrix-free (docs/mathematics.md §7, docs/sdp-conv.md).
 
 Stable interface (used by :mod:`.lipsdp_fo`, :mod:`.blockcert`, ECLipsE and DCP):
 
@@ -112,7 +112,7 @@ class OperatorChain:
 
 def lipsdp_apply(chain: OperatorChain, multipliers: Sequence[torch.Tensor], rho: float, z: torch.Tensor
                  ) -> torch.Tensor:
-    """M(ρ, T) z for the LipSDP-Neuron matrix (algorithms.md §7; Fazlyab et al. 2019, Thm 2), z of shape
+    """M(ρ, T) z for the LipSDP-Neuron matrix (docs/mathematics.md §7; Fazlyab et al. 2019, Thm 2), z of shape
     (batch, n_0 + … + n_l). With u_k = W_{k−1} z_{k−1}, T_k = diag(t_k), a_k = α_kβ_k, s_k = α_k + β_k:
 
         (Mz)_{k−1} += W_{k−1}ᵀ T_k (s_k z_k − 2a_k u_k),   (Mz)_k += T_k (s_k u_k − 2 z_k),

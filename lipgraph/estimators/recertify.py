@@ -1,4 +1,4 @@
-"""Re-certification of LipSDP multipliers: the exact, verified bound for one fixed choice of T (algorithms.md §7).
+"""Re-certification of LipSDP multipliers: the exact, verified bound for one fixed choice of T (docs/mathematics.md §7).
 
 For a chain x_1 = φ_1(W_0 x_0), …, y = W_l x_l with every slope of φ_k in [α_k, β_k] (any α_k ≤ β_k), each neuron
 obeys the incremental quadratic constraint (Δx − αΔz)(βΔz − Δx) ≥ 0, Δz = W Δx_{k−1} (Fazlyab et al., NeurIPS
@@ -66,7 +66,7 @@ TORCH_OPS = MatrixOps(
 
 def lmi_blocks(weights: Sequence[Any], slopes: Sequence[tuple[float, float]], multipliers: Sequence[Any],
                rho: Any, ops: MatrixOps, absolute: bool = False, input_gram: Any = None) -> Any:
-    """M(ρ, T) of LipSDP-Neuron in block-tridiagonal form (algorithms.md §7; Fazlyab et al. 2019, Theorem 2),
+    """M(ρ, T) of LipSDP-Neuron in block-tridiagonal form (docs/mathematics.md §7; Fazlyab et al. 2019, Theorem 2),
     variables (Δx_0, …, Δx_l), multipliers T_k = diag(multipliers[k−1]) for hidden layer k = 1…l:
 
         blk(k−1,k−1) += −2α_kβ_k W_{k−1}ᵀ T_k W_{k−1},  blk(k,k) += −2T_k,  blk(k−1,k) = (α_k+β_k) W_{k−1}ᵀ T_k,

@@ -1,4 +1,4 @@
-"""Whole residual blocks y = P x + W_l φ_l(⋯ φ_1(W_0 x)) bounded jointly (docs/residual.md; algorithms.md §11;
+"""Whole residual blocks y = P x + W_l φ_l(⋯ φ_1(W_0 x)) bounded jointly (docs/residual.md, docs/sdp-conv.md;
 Pauli, Gramlich & Allgöwer 2024) instead of by ‖P‖ + L(branch).
 
 **LipSDP with a shortcut.** The shortcut is one more linear path into the output quadratic form:

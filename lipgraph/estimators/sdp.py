@@ -1,6 +1,6 @@
 """LipSDP-Neuron and LipSDP-Layer (Fazlyab et al., NeurIPS 2019, Theorem 2), solved with cvxpy, re-certified.
 
-    minimise ρ  subject to  M(ρ, T) ⪯ 0,  T_k = diag(λ_k) ≥ 0 (Neuron) or λ_k I (Layer)      (algorithms.md §7)
+    minimise ρ  subject to  M(ρ, T) ⪯ 0,  T_k = diag(λ_k) ≥ 0 (Neuron) or λ_k I (Layer)      (docs/mathematics.md §7)
 
 The solver's T goes through :func:`~.recertify.recertify` (the reported value is √ρ*(T), verified, whatever the
 solver did), together with ECLipsE-Fast's T, which is feasible for the same LMI: LipSDP-Layer is therefore never

@@ -1,4 +1,4 @@
-"""SeqLip (Scaman & Virmaux, NeurIPS 2018, §6, eq. 8; algorithms.md §5).
+"""SeqLip (Scaman & Virmaux, NeurIPS 2018, §6, eq. 8; docs/mathematics.md §5).
 
 For f = W_K ∘ φ ∘ ⋯ ∘ φ ∘ W_1 with elementwise activations of slope in [α, β] and thin SVDs W_i = U_i Σ_i V_iᵀ:
 

@@ -1,4 +1,4 @@
-"""Certified ℓp operator norms of 1-D/2-D/3-D convolutions at their real input size (algorithms.md §3).
+"""Certified ℓp operator norms of 1-D/2-D/3-D convolutions at their real input size (docs/mathematics.md §3).
 
 Every strategy works on the *direct* convolution x ↦ conv(pad(x), w) (cross-correlation, torch layout). A
 ConvTranspose with weight w is the adjoint of the convolution with the same weight, stride, dilation and groups,

@@ -1,4 +1,4 @@
-"""Exact operator norms of explicitly materialised linear maps (algorithms.md §3, "Dense layers").
+"""Exact operator norms of explicitly materialised linear maps (docs/mathematics.md §3, "Dense layers").
 
 For a matrix W: ‖W‖₁ = max column abs sum, ‖W‖∞ = max row abs sum, ‖W‖₂ = σ_max(W) (standard, e.g.
 Horn & Johnson, *Matrix Analysis*, §5.6). All three are computed in float64 and certified with the relative

@@ -2,7 +2,7 @@
 
 Pooling (average/sum), nearest/bilinear upsampling and window-count operators have A ≥ 0 entrywise, so
 ‖A‖∞ = max row sum = max(A·1) and ‖A‖₁ = max column sum = max(Aᵀ·1): one forward pass and one vjp.
-For ℓ2, the Schur test / Riesz–Thorin interpolation gives ‖A‖₂ ≤ √(‖A‖₁‖A‖∞) (algorithms.md §2, AvgPool row;
+For ℓ2, the Schur test / Riesz–Thorin interpolation gives ‖A‖₂ ≤ √(‖A‖₁‖A‖∞) (docs/mathematics.md §2, AvgPool row;
 Horn & Johnson, *Matrix Analysis*, Cor. 5.6.14). The caller vouches for A ≥ 0: on a signed matrix the sums
 below are not the norms.
 """

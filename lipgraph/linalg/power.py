@@ -1,4 +1,4 @@
-"""Power iteration for the ℓ2 norm of a linear map (Scaman & Virmaux 2018, Alg. 1; algorithms.md §3).
+"""Power iteration for the ℓ2 norm of a linear map (Scaman & Virmaux 2018, Alg. 1; docs/mathematics.md §3).
 
 v ← ∇_v ½‖A v‖² = AᵀA v, normalised. For a unit v, √‖AᵀA v‖ ≤ ‖AᵀA‖^{1/2} = ‖A‖₂, so every iterate is a lower
 bound that converges to ‖A‖₂ **from below** (linearly, at rate (σ₂/σ₁)²). It is not a certificate: a finite

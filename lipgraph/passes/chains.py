@@ -1,4 +1,4 @@
-"""Sequential-chain detection (algorithms.md §5): the parts of the DAG shaped like W_K ∘ φ ∘ ⋯ ∘ φ ∘ W_1.
+"""Sequential-chain detection (docs/mathematics.md §5): the parts of the DAG shaped like W_K ∘ φ ∘ ⋯ ∘ φ ∘ W_1.
 
 A chain is a maximal path of the graph whose ops each feed only the next one, made of affine runs (see
 :func:`lipgraph.passes.fuse.affine_runs`: conv→BN, linear, flatten→linear… bounded as one operator) alternating

@@ -1,4 +1,4 @@
-"""Linear-chain fusion (algorithms.md §4): consecutive affine ops with nothing nonlinear between them are one
+"""Linear-chain fusion (docs/mathematics.md §4): consecutive affine ops with nothing nonlinear between them are one
 operator A_k⋯A_1. Its norm is bounded directly — ‖A_k⋯A_1‖ ≤ Π‖A_i‖ and is often much smaller (BatchNorm
 folded into the convolution before it is the common case).
 

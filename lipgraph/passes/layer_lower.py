@@ -1,4 +1,4 @@
-"""Per-layer lower bounds: power iteration next to each certified layer norm (ℓ2 only; algorithms.md §3).
+"""Per-layer lower bounds: power iteration next to each certified layer norm (ℓ2 only; docs/mathematics.md §3).
 
 For an affine op f(x) = A x + b (linear, conv, conv-transpose, BatchNorm, average pooling, …) the linear part
 A x = f(x) − f(0) is replayed per sample in float64 (:func:`lipgraph.passes.fuse.linear_part`) and power

@@ -1,4 +1,4 @@
-"""Tighten every sequential chain of the graph (algorithms.md §5–§7) and hand the result to AutoLip.
+"""Tighten every sequential chain of the graph (docs/mathematics.md §5–§7) and hand the result to AutoLip.
 
 For each chain W_K ∘ φ ∘ ⋯ ∘ φ ∘ W_1 (:mod:`lipgraph.passes.chains`) the pass computes:
 

@@ -1,4 +1,4 @@
-"""Small networks and oracles shared by the estimator tests (algorithms.md §10)."""
+"""Small networks and oracles shared by the estimator tests (docs/mathematics.md §10)."""
 from __future__ import annotations
 
 import torch

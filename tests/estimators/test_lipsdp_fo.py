@@ -1,4 +1,4 @@
-"""First-order LipSDP, the conv operators and the block-tridiagonal certificate (issue #14, algorithms.md §11).
+"""First-order LipSDP, the conv operators and the block-tridiagonal certificate (issue #14, docs/sdp-conv.md).
 
 Oracles: dense matrices of the operators (materialised by torch), the dense LipSDP matrix (``lmi_blocks``), the
 interior-point LipSDP-Neuron (cvxpy), lipgraph's proven lower bound, and feasibility of H decided by eigvalsh."""

@@ -87,7 +87,7 @@ def test_regression_two_relus_fast():
 
 
 def paper_fast(chain: DenseChain) -> float:
-    """ECLipsE-Fast exactly as published for slopes [0, 1] (algorithms.md §7): valid there."""
+    """ECLipsE-Fast exactly as published for slopes [0, 1] (docs/mathematics.md §7): valid there."""
     m = 0.5
     X = torch.eye(chain.weights[0].shape[1], dtype=torch.float64)
     for W in chain.weights[:-1]:

@@ -108,7 +108,7 @@ def test_infeasible_multipliers_are_rejected() -> None:
 
 
 def test_unsound_network_regression() -> None:
-    """The LipSDP-Network counterexample of algorithms.md §7 inside a block: y = x + ReLU(x + b_1) − ReLU(x + b_2)
+    """The LipSDP-Network counterexample of docs/mathematics.md §7 inside a block: y = x + ReLU(x + b_1) − ReLU(x + b_2)
     (W_0 = [[1], [1]], W_1 = [[1, −1]]). With b = (1, 0) the slope on (−1, 0) is 2; the estimators see no biases,
     so every bound must be ≥ 2."""
     block = ResidualBlock(DenseChain.of([torch.tensor([[1.0], [1.0]]), torch.tensor([[1.0, -1.0]])], [RELU]))

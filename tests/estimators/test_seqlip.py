@@ -1,4 +1,4 @@
-"""SeqLip and CP/LipLT on dense chains (algorithms.md §5–§6) against brute-force oracles and lower bounds."""
+"""SeqLip and CP/LipLT on dense chains (docs/mathematics.md §5–§6) against brute-force oracles and lower bounds."""
 from __future__ import annotations
 
 import itertools
@@ -66,7 +66,7 @@ def test_estimators_are_registered_with_their_kinds() -> None:
 @pytest.mark.parametrize("seed", range(10))
 def test_one_hidden_layer_seqlip_is_the_exact_constant(seed: int) -> None:
     """hidden ≤ input and W₁ of full row rank: every pattern is realisable, L = max_σ ‖W₂ diag(σ) W₁‖
-    (algorithms.md §10), and SeqLip eq. 8 with K = 2 is exactly that maximum."""
+    (docs/mathematics.md §10), and SeqLip eq. 8 with K = 2 is exactly that maximum."""
     chain = _chain(seed, [7, 5, 3], (0.0, 1.0))
     assert torch.linalg.matrix_rank(chain.weights[0]) == 5
     exact = _vertex_max(chain)
@@ -142,7 +142,7 @@ def test_reference_transposition_bug_would_be_caught() -> None:
 
 
 def test_cp_closed_form_for_one_hidden_relu_layer() -> None:
-    """(‖W₁W₀‖ + ‖W₁‖‖W₀‖)/2 for ReLU (algorithms.md §6), in every ℓp norm."""
+    """(‖W₁W₀‖ + ‖W₁‖‖W₀‖)/2 for ReLU (docs/mathematics.md §6), in every ℓp norm."""
     chain = _chain(3, [6, 5, 4], (0.0, 1.0))
     W0, W1 = chain.weights
     for p in (1, 2, math.inf):

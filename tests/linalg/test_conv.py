@@ -149,7 +149,7 @@ def test_circular_fft_exactness(name, exact):
     assert c.norm(m, 2, "auto").method == ("fft-circular" if exact else "dense-svd")
 
 
-# --- the zero-padding pitfall (algorithms.md §3) ----------------------------------------------------------------
+# --- the zero-padding pitfall (docs/mathematics.md §3) ----------------------------------------------------------------
 LAPLACE = torch.tensor([[[-1.0, 2.0, -1.0]]], dtype=torch.float64)
 
 

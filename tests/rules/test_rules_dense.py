@@ -444,7 +444,7 @@ def test_activation_slope_interval(case: Case):
 
 
 def test_max_pool_3x3_stride2_is_2():
-    """algorithms.md §2: 3×3 stride 2 max pooling has ℓ2 constant 2 (a pixel can win 4 windows)."""
+    """docs/mathematics.md §2: 3×3 stride 2 max pooling has ℓ2 constant 2 (a pixel can win 4 windows)."""
     case = next(c for c in CASES if c.id == "max_pool2d-3-s2")
     node = analysis(case, 2).tree
     (leaf,) = op_nodes(analysis(case, 2))
