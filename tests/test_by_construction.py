@@ -90,6 +90,34 @@ def test_parametrized_layers_use_the_weight_they_compute(make):
     model(x)  # the user's model is left intact (its parametrizations still compute their weight)
 
 
+class _SpectralNormalise(nn.Module):
+    def forward(self, W: torch.Tensor) -> torch.Tensor:
+        return W / torch.linalg.matrix_norm(W, 2)
+
+
+class _SelfParametrized(nn.Module):
+    """A user module that parametrizes its own weight: torch gives it a class of torch.nn.utils.parametrize."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(6, 6))
+        parametrize.register_parametrization(self, "weight", _SpectralNormalise())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
+def test_a_user_module_with_its_own_parametrization_is_traced_through():
+    """Its class lives in torch.nn.utils.parametrize, yet it is the user's code: traced into its ops (here a
+    linear map by the normalised weight), not refused as a torch layer without a rule."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 6), _SelfParametrized())
+    x = torch.randn(1, 6)
+    exact = worst_jacobian(model, x, 2)  # a linear map: its Jacobian norm is its constant
+    report = bound(model, x, lower=False)
+    assert exact <= report.bound.value <= exact * (1 + 1e-5)
+
+
 # -- the three networks of the issue ---------------------------------------------------------------------------
 def _issue_networks():
     torchlip = pytest.importorskip("deel.torchlip")

@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 import torch
 from torch import fx, nn
+from torch.nn.utils import parametrize
 
 from ..errors import TraceError
 from ..registry import Registry
@@ -36,7 +37,9 @@ class LipTracer(fx.Tracer):
         key = module_key(type(m), self.registry.alias)
         if key is not None and self.registry.get(key) is not None:
             return True
-        return type(m).__module__.startswith("torch.nn") and not isinstance(m, CONTAINERS)
+        # a module with parametrizations has a class made by torch.nn.utils.parametrize: judge its own class
+        return (parametrize.type_before_parametrizations(m).__module__.startswith("torch.nn")
+                and not isinstance(m, CONTAINERS))
 
     def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
         """fx's node, with the user's stack trace recorded by :mod:`traceback` (fx's own recording imports
