@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,18 @@ def restore_default_registry():
     saved = (dict(registry._rules), dict(registry._aliases), list(registry.packs))
     yield registry
     registry._rules, registry._aliases, registry.packs = dict(saved[0]), dict(saved[1]), list(saved[2])
+
+
+@pytest.fixture()
+def mlp_file(tmp_path: Path) -> Path:
+    """A model file for the CLI: a seeded 3-4-2 ReLU MLP with its input shape."""
+    path = tmp_path / "model.py"
+    path.write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+        def build_model():
+            torch.manual_seed(0)
+            return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+        input_shape = (1, 3)
+        """))
+    return path

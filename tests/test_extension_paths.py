@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import math
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -105,7 +104,7 @@ def write_markdown(report: lipgraph.Report, file, **_options) -> None:
         file.write(f"| {node.path} | {node.type} | {node.bound:.4g} |\n")
 
 
-def test_a_new_output_format(tmp_path: Path, capsys, monkeypatch) -> None:
+def test_a_new_output_format(mlp_file: Path, capsys, monkeypatch) -> None:
     """One line registers the format; ``Report.print(format=...)`` and ``lipgraph explain --format`` use it."""
     monkeypatch.setattr(formats_module, "FORMATS", formats_module.FORMATS.copy())  # scoped to this test
     lipgraph.register_format(lipgraph.OutputFormat("markdown", "report", write_markdown, "a markdown table"))
@@ -113,14 +112,7 @@ def test_a_new_output_format(tmp_path: Path, capsys, monkeypatch) -> None:
     out = io.StringIO()
     report.print(format="markdown", file=out)
     assert out.getvalue().splitlines()[2] == f"| 0 | Linear | {report.find('0').bound.value:.4g} |"
-    model_file = tmp_path / "model.py"
-    model_file.write_text(textwrap.dedent("""
-        from torch import nn
-        def build_model():
-            return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
-        input_shape = (1, 3)
-        """))
-    assert main(["explain", str(model_file), "--format", "markdown", "--no-lower"]) == 0
+    assert main(["explain", str(mlp_file), "--format", "markdown", "--no-lower"]) == 0
     assert capsys.readouterr().out.startswith("| node | type | L |\n|---|---|---|\n| 0 | Linear | ")
     assert main(["rules", "--formats"]) == 0
     assert "markdown" in capsys.readouterr().out

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.metadata
 import io
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -26,20 +25,6 @@ def _plain(report, file, **_options) -> None:
 PLAIN = OutputFormat("plain", "report", _plain, "one line", source="a test package")
 
 
-@pytest.fixture()
-def model_file(tmp_path: Path) -> Path:
-    path = tmp_path / "model.py"
-    path.write_text(textwrap.dedent("""
-        import torch
-        from torch import nn
-        def build_model():
-            torch.manual_seed(0)
-            return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
-        input_shape = (1, 3)
-        """))
-    return path
-
-
 def _timeless(obj):
     """A JSON report without its wall times."""
     if isinstance(obj, dict):
@@ -47,10 +32,10 @@ def _timeless(obj):
     return [_timeless(v) for v in obj] if isinstance(obj, list) else obj
 
 
-def test_format_names_and_their_older_switches_agree(model_file: Path, capsys) -> None:
+def test_format_names_and_their_older_switches_agree(mlp_file: Path, capsys) -> None:
     outputs = {}
     for argv in (["--latex"], ["--format", "latex"], ["--json"], ["--format", "json"], [], ["--format", "tree"]):
-        assert main(["explain", str(model_file), "--no-lower", "--width", "100", *argv]) == 0
+        assert main(["explain", str(mlp_file), "--no-lower", "--width", "100", *argv]) == 0
         outputs[" ".join(argv)] = capsys.readouterr().out
     assert outputs["--latex"] == outputs["--format latex"] and outputs["--latex"].startswith("\\begin{align*}")
     assert _timeless(json.loads(outputs["--json"])) == _timeless(json.loads(outputs["--format json"]))
@@ -86,7 +71,7 @@ def test_formats_from_entry_points(monkeypatch) -> None:
     assert formats.get("report", "plain").render(report) == f"Sequential {report.bound.value:.6g}\n"
 
 
-def test_a_broken_format_plugin_is_an_error_naming_it(monkeypatch, model_file: Path, capsys) -> None:
+def test_a_broken_format_plugin_is_an_error_naming_it(monkeypatch, mlp_file: Path, capsys) -> None:
     bad = importlib.metadata.EntryPoint("broken", "tests.test_formats:NOT_THERE", "lipgraph.formats")
     monkeypatch.setattr(importlib.metadata, "entry_points", _entry_points(bad))
     with pytest.raises(LipgraphError, match=r"output format entry point broken \(tests.test_formats:NOT_THERE\) "
@@ -94,7 +79,7 @@ def test_a_broken_format_plugin_is_an_error_naming_it(monkeypatch, model_file: P
         Formats().load_entry_points()
     monkeypatch.setattr(formats_module, "FORMATS", formats_module.FORMATS.copy())
     monkeypatch.setattr(formats_module, "_ENTRY_POINTS_LOADED", [])
-    assert main(["explain", str(model_file)]) == 2
+    assert main(["explain", str(mlp_file)]) == 2
     assert "output format entry point broken" in capsys.readouterr().err
 
 

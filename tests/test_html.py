@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import textwrap
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -98,20 +97,13 @@ def test_nodes_are_coloured_by_elasticity_and_show_formulas_on_hover(report, pag
     assert "L = " in by_path[""]["title"] and "elasticity" in by_path[""]["title"]
 
 
-def test_cli_format_html_and_unknown_formats(tmp_path: Path, capsys) -> None:
-    model_file = tmp_path / "model.py"
-    model_file.write_text(textwrap.dedent("""
-        from torch import nn
-        def build_model():
-            return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
-        input_shape = (1, 3)
-        """))
-    assert main(["explain", str(model_file), "--format", "html", "--no-lower"]) == 0
+def test_cli_format_html_and_unknown_formats(mlp_file: Path, capsys) -> None:
+    assert main(["explain", str(mlp_file), "--format", "html", "--no-lower"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("<!DOCTYPE html>") and out.rstrip().endswith("</html>")
-    assert main(["explain", str(model_file), "--format", "nope"]) == 2
+    assert main(["explain", str(mlp_file), "--format", "nope"]) == 2
     assert "unknown output format 'nope' for a report; available: tree, json, latex, html" in capsys.readouterr().err
-    assert main(["explain", str(model_file), "--json", "--format", "html"]) == 2
+    assert main(["explain", str(mlp_file), "--json", "--format", "html"]) == 2
     assert "choose one output format, not html and json" in capsys.readouterr().err
 
 
