@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "examples"))
 
 import lipgraph  # noqa: E402
-import lipgraph.api  # noqa: E402
+import lipgraph.pipeline  # noqa: E402
 from tests.fixtures.zoo import ZOO  # noqa: E402
 
 SECTION = "residual"
@@ -45,15 +45,15 @@ def resnet18() -> tuple[nn.Module, torch.Tensor]:
 
 
 def _analyze(model, x, method: str, residual: bool):
-    original = lipgraph.api.tighten_residuals
+    original = lipgraph.pipeline.tighten_residuals
     if not residual:
-        lipgraph.api.tighten_residuals = lambda *args, **kwargs: []
+        lipgraph.pipeline.tighten_residuals = lambda *args, **kwargs: []
     try:
         start = time.perf_counter()
         report = lipgraph.analyze(model, x, method=method, lower=False, quiet=True)
         return report, time.perf_counter() - start
     finally:
-        lipgraph.api.tighten_residuals = original
+        lipgraph.pipeline.tighten_residuals = original
 
 
 def _blocks(model: nn.Module, x: torch.Tensor, report) -> list[str]:

@@ -1,37 +1,29 @@
-"""``lipgraph.analyze``: trace -> rules -> AutoLip -> report."""
+"""``lipgraph.analyze``: the analysis recipe — the passes of :func:`lipgraph.pipeline.analysis_passes` (trace →
+rules → fusion → chains → AutoLip → tree) inside the analysis's contexts, then the lower-bound search."""
 from __future__ import annotations
 
 import os
 import time
-from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from . import ir
 from .bound import Bound, Kind
-from .cache import NormCache, norm_cache
+from .cache import norm_cache
 from .errors import InputError, UnsoundBoundError
-from .estimators import ESTIMATORS
-from .frontend.prepare import as_inputs, check_finite_weights, check_runs, eval_mode, to_model_device, unwrap
+from .estimators import ESTIMATORS, EstimatorCatalogue
+from .frontend.prepare import as_inputs, check_finite_weights, eval_mode, to_model_device, unwrap
 from .frontend.trace import LipTracer
 from .linalg.device import on_device
 from .norms import NORMS, parse_norm  # noqa: F401 - part of this module's API
-from .passes.annotate import annotate
-from .passes.autolip import autolip, network_estimate
-from .passes.crown import refine_chains
-from .passes.fuse import fuse
-from .passes.interval import propagate_intervals
-from .passes.localchains import tighten_local_chains
-from .passes.layer_lower import layer_lower_bounds
-from .passes.residual import tighten_residuals
-from .passes.seqlip import tighten_chains
+from .pipeline import Analysis, Pass, analysis_passes, failing_unsound, run_passes
 from .progress import LayerProgress
 from .lower_region import region_lower
 from .region import check_region
 from .registry import Registry, default_registry
-from .report import Report, build_tree, output_bounds
+from .report import Report
+from .tree import output_bounds
 
 #: method -> chain estimators run on every sequential chain (docs/mathematics.md §5–§8); "autolip" runs none. The same
 #: dict as the catalogue's ``ESTIMATORS.methods`` (register a method with ``ESTIMATORS.register_method``).
@@ -60,6 +52,8 @@ def analyze(
     cache: bool | str | os.PathLike = True,
     quiet: bool = False,
     region: Any = None,
+    estimators: EstimatorCatalogue | None = None,
+    passes: Sequence[Pass] = (),
 ) -> Report:
     """Certified upper bound on the Lipschitz constant of ``model`` (in eval mode) around its whole input space.
 
@@ -80,16 +74,23 @@ def analyze(
     ``region`` (``lipgraph.Box(lo, hi)`` or ``lipgraph.Ball(center, radius, norm)``, example input of batch 1)
     bounds the Lipschitz constant of the model restricted to that region instead (docs/local.md): intervals
     over the region, local rules, per-neuron slopes; the lower bound is then searched inside the region.
+
+    Scoped to this call: ``rules`` (a mapping of overrides, or a whole :class:`~lipgraph.registry.Registry`, e.g.
+    ``default_registry().copy()`` with patterns of its own), ``estimators`` (an
+    :class:`~lipgraph.estimators.EstimatorCatalogue`, e.g. ``ESTIMATORS.copy()`` with an estimator registered:
+    ``method`` is resolved in it) and ``passes`` (extra :class:`lipgraph.pipeline.Pass` objects, run after the
+    chain passes and before AutoLip: docs/architecture.md).
     """
     start = time.perf_counter()
-    estimators = chain_estimators(method)
+    catalogue = ESTIMATORS if estimators is None else estimators
+    catalogue.resolve(method)  # an unknown method fails before any work
     p = parse_norm(norm)
     if example_input is None:
         if input_shape is None:
             raise InputError("give example_input (a tensor with a batch dimension) or input_shape")
         example_input = torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))
     inputs = as_inputs(example_input, model)
-    registry = default_registry().with_overrides(rules)
+    registry = rules if isinstance(rules, Registry) else default_registry().with_overrides(rules)
     original = unwrap(model)
     name = type(original).__name__
     model = traceable_root(model, registry)
@@ -98,36 +99,24 @@ def analyze(
         region = check_region(region, inputs)
     notes: list[str] = []
     with eval_mode(model, notes), norm_cache(cache) as disk, on_device(device):
-        lg = annotated_graph(model, inputs, registry, p, frontend=frontend, unsupported=unsupported,
-                             concrete_args=concrete_args, notes=notes, progress=not quiet, region=region)
-        if region is not None:
-            refine_chains(lg, region, p)
-        if layer_lower:
-            with _failing_unsound(disk):
-                notes += layer_lower_bounds(lg, p)
-        if estimators:
-            tighten_chains(lg, p, estimators)
-            tighten_residuals(lg, p, estimators)
-        if region is not None:
-            tighten_local_chains(lg, p, estimators)
-        total = autolip(lg, p)
-        estimate = network_estimate(lg, p) if estimators else None
-        if estimators and total.kind is Kind.CERTIFIED:
-            total = Bound(total.value, total.kind, f"autolip+{method}", exact=total.exact)
-        tree, formulas = build_tree(lg, total, p)
+        state = Analysis(model, inputs, p, registry, catalogue, method, frontend, unsupported, concrete_args, region,
+                         progress=None if quiet else LayerProgress, cache=disk, notes=notes)
+        run_passes(analysis_passes(state, layer_lower=layer_lower, extra=passes), state)
+    total = state.total
     if total.kind is Kind.UNBOUNDED:
         notes.append("some ops have no rule: the bound is unbounded (see the ops marked in the tree)")
     notes += disk.notes
-    with _failing_unsound(disk):
+    with failing_unsound(disk):
         if region is not None:
             found = region_lower(unwrap(original), inputs[0], region, p, total) if lower else None
         else:
             found = _lower(unwrap(original), inputs, p, data, lower_options, total, notes) if lower else None
     return Report(bound=total, norm=p, model=name,
                   input_shape=[list(x.shape) for x in inputs], seconds=time.perf_counter() - start,
-                  frontend=lg.frontend, tree=tree, outputs=output_bounds(lg), notes=notes,
-                  lower=found.bound if found else None, lower_input=found.point if found else None, estimate=estimate,
-                  formulas=formulas, region=region.describe(inputs[0]) if region is not None else None)
+                  frontend=state.graph.frontend, tree=state.tree, outputs=output_bounds(state.graph), notes=notes,
+                  lower=found.bound if found else None, lower_input=found.point if found else None,
+                  estimate=state.estimate, formulas=state.formulas,
+                  region=region.describe(inputs[0]) if region is not None else None)
 
 
 def traceable_root(model: nn.Module, registry: Registry) -> nn.Module:
@@ -138,28 +127,6 @@ def traceable_root(model: nn.Module, registry: Registry) -> nn.Module:
         model = nn.Sequential(model)
     check_finite_weights(model)
     return model
-
-
-def annotated_graph(model: nn.Module, inputs: tuple, registry: Registry, norm: float, *, frontend: str = "auto",
-                    unsupported: str = "error", concrete_args: dict[str, Any] | None = None,
-                    notes: list[str] | None = None, progress: bool = False, region: Any = None) -> ir.LipGraph:
-    """Trace, rules and fusion — the graph every later pass works on. Call it under ``eval_mode``. With a
-    ``region``: intervals over it first, then the local rules where an op has one (docs/local.md)."""
-    check_runs(model, inputs)
-    if region is not None:  # compound-op patterns have no interval rules: a region analysis bounds their parts
-        registry = registry.copy()
-        registry.patterns = {}
-    lg = ir.build(model, inputs, registry, frontend, concrete_args)
-    if region is not None:
-        propagate_intervals(lg, registry, region, norm)
-        registry = registry.localized()
-    if lg.frontend == "export" and notes is not None:
-        notes.append(("torch.fx could not trace the model; " if frontend == "auto" else "")
-                     + "the export frontend traces into every module, so rules registered for module classes "
-                       "do not apply (ops are bounded one by one)")
-    annotate(lg, registry, norm, unsupported, fusion=True, progress=LayerProgress if progress else None)
-    fuse(lg, norm)
-    return lg
 
 
 def _lower(model: nn.Module, inputs: tuple, p: float, data: Any, options: Mapping[str, Any] | None, total: Bound,
@@ -182,21 +149,3 @@ def _lower(model: nn.Module, inputs: tuple, p: float, data: Any, options: Mappin
         raise UnsoundBoundError(f"unsound bound: the lower bound {found.bound.value:.6g} (a ratio attained at an "
                                 f"input) exceeds the certified bound {total.value:.6g}.")
     return found
-
-
-@contextmanager
-def _failing_unsound(disk: NormCache) -> Iterator[None]:
-    """An :class:`UnsoundBoundError` in the block removes every disk cache entry the analysis read and says whose
-    layers they served (a tampered or stale cache is the likely cause), or that a rule is wrong."""
-    try:
-        yield
-    except UnsoundBoundError as exc:
-        dropped = disk.drop_disk_hits()
-        if dropped:
-            shown = ", ".join(dropped[:8]) + (f" and {len(dropped) - 8} more" if len(dropped) > 8 else "")
-            tail = (f"\nNorms used by these layers came from the disk cache: {shown}. Those entries were removed; "
-                    "rerun to recompute them. If this error comes back (or with --no-cache), a rule is wrong: please "
-                    "report this model.")
-        else:
-            tail = "\nNo norm came from the disk cache: a rule is wrong, please report this model."
-        raise UnsoundBoundError(f"{exc}{tail}", [*exc.layers, *dropped]) from None

@@ -37,9 +37,10 @@ from .formats import default_formats
 from .frontend.prepare import check_runs, eval_mode, unwrap
 from .ir import LipGraph
 from .norms import parse_norm
-from .passes.autolip import autolip
 from .penalty import Replay, build_graph, is_linear_op
+from .pipeline import AutoLip
 from .report import Report, bound_dict, norm_name
+from .record import record
 
 _DUAL = {1.0: math.inf, 2.0: 2.0, math.inf: 1.0}
 INPUT_KEYS = ("x", "inputs", "input", "data", "images")
@@ -146,8 +147,8 @@ def certify(model: nn.Module, x: Tensor, y: Tensor, *, norm: Any = 2, report: Re
                          f"{type(model).__name__} returned {got} for {len(x)} inputs")
     if int(y.max()) >= logits.shape[1]:
         raise InputError(f"labels go up to {int(y.max())} but the model has {logits.shape[1]} classes")
-    lg = build_graph(model, (x[:1],), p, unsupported=unsupported)
-    total = autolip(lg, p)
+    state = build_graph(model, (x[:1],), p, unsupported=unsupported, then=[AutoLip()])
+    lg, total = state.graph, state.total
     bound = total if report is None else _report_bound(report, p)
     pairs = torch.full((logits.shape[1],) * 2, pair_constant(p) * bound.value, dtype=torch.float64)
     kinds, tail = [bound.kind], None
@@ -369,14 +370,14 @@ def _radii(logits: Tensor, predicted: Tensor, pairs: Tensor) -> tuple[Tensor, Te
 
 def _tail_pair_bounds(lg: LipGraph, p: float, classes: int, notes: list[str]) -> tuple[Tensor, tuple] | None:
     """L_ij = ‖(a_i − a_j)ᵀ‖_{p*} · L(h) over the network's affine tail f = A h + b, or None (with a note)."""
-    outputs = lg.output.meta["lip.inputs"]
+    outputs = record(lg.output).inputs
     if len(outputs) != 1:
         notes.append("per-class-pair bounds need a single output tensor: global bound used")
         return None
     tail, h = [], outputs[0]
     while h.op != "placeholder" and is_linear_op(h):
         tail.insert(0, h)
-        h = h.meta["lip.inputs"][0]
+        h = record(h).inputs[0]
     if not tail:
         notes.append("the network does not end with a linear layer: global bound used")
         return None
@@ -385,10 +386,10 @@ def _tail_pair_bounds(lg: LipGraph, p: float, classes: int, notes: list[str]) ->
     except Exception as exc:  # noqa: BLE001 - the global bound stands on its own
         notes.append(f"per-class-pair bounds unavailable ({type(exc).__name__}: {exc}): global bound used")
         return None
-    gain: Bound = h.meta["lip.L"]
+    gain: Bound = record(h).bound
     distances = torch.cdist(rows, rows, p=_DUAL[p], compute_mode="donot_use_mm_for_euclid_dist")
-    path = h.meta.get("lip.path", "input")
-    kind = lg.module_types.get(path) or h.meta.get("lip.key")
+    path = record(h).path or "input"
+    kind = lg.module_types.get(path) or record(h).key
     return distances * gain.value * (1 + FLOAT_MARGIN), (f"{path} ({kind})" if kind else path, gain)
 
 
@@ -397,7 +398,7 @@ def _tail_jacobian(lg: LipGraph, tail: list[fx.Node]) -> Tensor:
     gm = copy.deepcopy(lg.gm).double()
     replay = Replay(gm, [tail])
     constants = replay.constants()
-    info = tail[0].meta["lip.inputs"][0].meta["lip.info"]
+    info = record(record(tail[0]).inputs[0]).info
     device = next((t.device for t in [*gm.parameters(), *gm.buffers()]), torch.device("cpu"))
     zero = torch.zeros(info.shape, dtype=torch.float64, device=device)
     return torch.autograd.functional.jacobian(lambda h: replay.run(tail, h, constants), zero).cpu()

@@ -23,9 +23,7 @@ from .frontend.patterns import rewrite
 from .frontend.propagate import propagate
 from .frontend.trace import _LIPGRAPH_DIR, _TORCH_DIR, trace
 from .registry import Registry
-
-Scope = tuple[tuple[str, int], ...]
-
+from .record import Scope, record  # noqa: F401 - Scope is part of this module's API
 
 @dataclass
 class LipGraph:
@@ -38,7 +36,7 @@ class LipGraph:
 
     @property
     def placeholders(self) -> list[fx.Node]:
-        return [n for n in self.gm.graph.nodes if n.op == "placeholder" and n.meta.get("lip.dep")]
+        return [n for n in self.gm.graph.nodes if n.op == "placeholder" and record(n).dep]
 
     @property
     def output(self) -> fx.Node:
@@ -64,15 +62,15 @@ def build(model: nn.Module, inputs: tuple, registry: Registry, frontend: str = "
                   module_types={name: type(m).__name__ for name, m in model.named_modules()})
     taken = set(lg.module_types)  # module paths: a functional op must not take one (torch.relu vs self.relu)
     for n in gm.graph.nodes:
-        n.meta["lip.scope"] = _scope(n)
-        n.meta["lip.source"] = _source(n)
-        if n.op == "output" or n.meta.get("lip.dep"):
-            n.meta["lip.inputs"] = [a for a in arg_nodes(n) if a.meta.get("lip.dep")]
+        record(n).scope = _scope(n)
+        record(n).source = _source(n)
+        if n.op == "output" or record(n).dep:
+            record(n).inputs = [a for a in arg_nodes(n) if record(a).dep]
             lg.graph.add_node(n)
-            lg.graph.add_edges_from((a, n) for a in n.meta["lip.inputs"])
-        if n.meta.get("lip.dep") and n.op != "output":
-            n.meta["lip.key"] = op_key(lg, n, registry)
-            n.meta["lip.path"] = _unique(_path(n), taken) if n.op != "call_module" else _path(n)
+            lg.graph.add_edges_from((a, n) for a in record(n).inputs)
+        if record(n).dep and n.op != "output":
+            record(n).key = op_key(lg, n, registry)
+            record(n).path = _unique(_path(n), taken) if n.op != "call_module" else _path(n)
     # ops whose results never reach an output (an unused max-pool index, a debug tensor) cannot change L
     lg.graph = lg.graph.subgraph(nx.ancestors(lg.graph, lg.output) | {lg.output}).copy()
     return lg
@@ -111,8 +109,8 @@ def output_names(lg: LipGraph) -> list[str]:
 
     def walk(obj: Any, keys: tuple[str, ...], keyed: bool) -> None:
         if isinstance(obj, fx.Node):
-            if obj.meta.get("lip.dep"):
-                names.append(".".join(keys) if keyed else obj.meta["lip.path"])
+            if record(obj).dep:
+                names.append(".".join(keys) if keyed else record(obj).path)
         elif isinstance(obj, dict):
             for k, v in obj.items():
                 walk(v, (*keys, str(k)), True)
@@ -193,7 +191,7 @@ def _path(node: fx.Node) -> str:
         return f"<input {node.name}>"
     if node.op == "call_module":
         return str(node.target)
-    scope = node.meta["lip.scope"]
+    scope = record(node).scope
     return f"{scope[-1][0]}.{node.name}" if scope else node.name
 
 

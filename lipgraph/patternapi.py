@@ -19,6 +19,7 @@ import torch
 from torch import fx
 
 from .ruleapi import RuleFn, Var
+from .record import record
 
 # ops that only select coordinates of their tensor input (each output coordinate is one input coordinate)
 SELECTIONS = frozenset({"split", "chunk", "unbind", "getitem", "reshape", "flatten", "unflatten", "permute",
@@ -63,17 +64,17 @@ class GraphView:
 
     @staticmethod
     def dep(node: Any) -> bool:
-        return isinstance(node, fx.Node) and bool(node.meta.get("lip.dep"))
+        return isinstance(node, fx.Node) and bool(record(node).dep)
 
     @staticmethod
     def shape(node: fx.Node) -> tuple[int, ...] | None:
-        info = node.meta.get("lip.info")
+        info = record(node).info
         return info.shape if isinstance(info, Var) and info.parts is None else None
 
     @staticmethod
     def value(arg: Any) -> Any:
         """A constant argument's value (an fx node's recorded value, or the literal itself)."""
-        return arg.meta.get("lip.value") if isinstance(arg, fx.Node) else arg
+        return record(arg).value if isinstance(arg, fx.Node) else arg
 
     def module(self, node: fx.Node) -> torch.nn.Module | None:
         return self.gm.get_submodule(node.target) if node.op == "call_module" else None
@@ -89,7 +90,7 @@ class GraphView:
 def selection_root(node: fx.Node, key_of: Callable[[fx.Node], str | None]) -> fx.Node | None:
     """The first node up the chain of selections (:data:`SELECTIONS`) above ``node`` that is not one."""
     while key_of(node) in SELECTIONS:
-        deps = [a for a in node.all_input_nodes if a.meta.get("lip.dep")]
+        deps = [a for a in node.all_input_nodes if record(a).dep]
         if len(deps) != 1:
             return None
         node = deps[0]
@@ -107,13 +108,13 @@ def injective_selection(gm: fx.GraphModule, source: fx.Node, pieces: Sequence[fx
     def collect(node: fx.Node) -> bool:
         if node is source or node in path:
             return True
-        deps = [a for a in node.all_input_nodes if a.meta.get("lip.dep")]
+        deps = [a for a in node.all_input_nodes if record(a).dep]
         if key_of(node) not in SELECTIONS or len(deps) != 1 or not collect(deps[0]):
             return False
         path.append(node)
         return True
 
-    info = source.meta.get("lip.info")
+    info = record(source).info
     if not isinstance(info, Var) or info.parts is not None or not all(collect(p) for p in pieces):
         return None
     env: dict[fx.Node, Any] = {source: torch.arange(info.numel, dtype=torch.float64).reshape(info.shape)}
@@ -131,8 +132,8 @@ def injective_selection(gm: fx.GraphModule, source: fx.Node, pieces: Sequence[fx
 
 def _run(gm: fx.GraphModule, node: fx.Node, env: dict[fx.Node, Any]) -> Any:
     """Evaluate one node with its input-dependent arguments taken from ``env`` and constants from propagation."""
-    args = fx.node.map_arg(node.args, lambda a: env[a] if a in env else a.meta.get("lip.value"))
-    kwargs = fx.node.map_arg(node.kwargs, lambda a: env[a] if a in env else a.meta.get("lip.value"))
+    args = fx.node.map_arg(node.args, lambda a: env[a] if a in env else record(a).value)
+    kwargs = fx.node.map_arg(node.kwargs, lambda a: env[a] if a in env else record(a).value)
     if node.op == "call_method":
         return getattr(args[0], node.target)(*args[1:], **kwargs)
     if node.op == "call_module":
@@ -155,7 +156,7 @@ class Chain:
         self.steps = []
         for i, n in enumerate(nodes, 1):
             def value(a: fx.Node) -> Any:
-                return _Ref(index[a]) if a in index else a.meta.get("lip.value")
+                return _Ref(index[a]) if a in index else record(a).value
 
             module = gm.get_submodule(n.target) if n.op == "call_module" else None
             self.steps.append((n.op, n.target, fx.node.map_arg(n.args, value), fx.node.map_arg(n.kwargs, value), module))

@@ -45,16 +45,18 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor, fx, nn
 
-from .api import annotated_graph, traceable_root
+from .api import traceable_root
 from .errors import InputError
 from .estimators.cp import cp_value
 from .frontend.prepare import as_inputs, eval_mode, to_model_device, unwrap
 from .ir import LipGraph, map_args
 from .linalg import power_iteration
 from .norms import parse_norm
+from .pipeline import Analysis, Pass, graph_passes, run_passes
 from .passes.chains import SeqChain, sequential_chains
 from .passes.fuse import affine_chains
 from .registry import default_registry
+from .record import record
 
 #: Estimators the penalty implements: AutoLip, and AutoLip with CP/LipLT on every sequential chain.
 METHODS = ("autolip", "cp")
@@ -91,12 +93,15 @@ def lipschitz_penalty(model: nn.Module, example_input: Any, method: str = "autol
 
 
 def build_graph(model: nn.Module, inputs: tuple, norm: float, *, unsupported: str = "error",
-                frontend: str = "auto") -> LipGraph:
-    """The annotated graph of ``model`` as ``analyze`` builds it (trace, rules, fusion chains), before AutoLip."""
+                frontend: str = "auto", then: Sequence[Pass] = ()) -> Analysis:
+    """The recipe of the penalty and of ``certify``: the graph passes of ``analyze`` (trace, rules, fusion chains,
+    :func:`lipgraph.pipeline.graph_passes`) on ``model`` in eval mode with the built-in rules, then the passes
+    ``then`` (``certify``: AutoLip)."""
     registry = default_registry()
     model = traceable_root(model, registry)
     with eval_mode(model, []):
-        return annotated_graph(model, inputs, registry, norm, frontend=frontend, unsupported=unsupported)
+        state = Analysis(model, inputs, norm, registry, frontend=frontend, unsupported=unsupported)
+        return run_passes([*graph_passes(), *then], state)
 
 
 class Replay:
@@ -117,13 +122,13 @@ class Replay:
         return env
 
     def run(self, nodes: Sequence[fx.Node], x: Tensor, constants: dict[fx.Node, Any]) -> Tensor:
-        env = {**constants, nodes[0].meta["lip.inputs"][0]: x}
+        env = {**constants, record(nodes[0]).inputs[0]: x}
         for node in nodes:
             env[node] = self._op(node, env)
         return env[nodes[-1]]
 
     def _op(self, node: fx.Node, env: dict[fx.Node, Any]) -> Any:
-        args, kwargs = map_args(node, lambda a: env[a] if a in env else a.meta["lip.value"])
+        args, kwargs = map_args(node, lambda a: env[a] if a in env else record(a).value)
         return getattr(self.interpreter, node.op)(node.target, args, kwargs)
 
 
@@ -135,7 +140,7 @@ def _live_constants(nodes: Sequence[fx.Node]) -> list[fx.Node]:
     def visit(n: fx.Node) -> bool:
         if n in live or n in dead:
             return n in live
-        ok = n.op != "placeholder" and not n.meta.get("lip.dep") and (
+        ok = n.op != "placeholder" and not record(n).dep and (
             n.op == "get_attr" or all([visit(a) for a in n.all_input_nodes]))
         if ok:
             live[n] = None  # after its own inputs: a topological order
@@ -157,8 +162,8 @@ class _Operator:
     def __init__(self, runs: Iterable[Sequence[fx.Node]]) -> None:
         self.runs = tuple(tuple(run) for run in runs)
         self.nodes = [n for run in self.runs for n in run]
-        self.source = self.nodes[0].meta["lip.inputs"][0]
-        self.info = self.source.meta["lip.info"]
+        self.source = record(self.nodes[0]).inputs[0]
+        self.info = record(self.source).info
         self.vector: Tensor | None = None  # unit, float64, the shape of the operator's input
 
 
@@ -177,7 +182,7 @@ class _CpChain:
 
 def _replayable(chain: SeqChain) -> bool:
     """Every run of ``chain`` reads one tensor (not a tuple, e.g. the result of a split): its vector's shape."""
-    return all(run[0].meta["lip.inputs"][0].meta["lip.info"].parts is None for run in chain.runs)
+    return all(record(record(run[0]).inputs[0]).info.parts is None for run in chain.runs)
 
 
 def _stored(store: dict[tuple, _Operator], runs: Sequence[Sequence[fx.Node]]) -> _Operator:
@@ -191,7 +196,7 @@ class _Plan:
 
     def __init__(self, model: nn.Module, inputs: tuple, method: str) -> None:
         self.model = model
-        self.graph = build_graph(model, inputs, 2.0, frontend="fx")  # export copies parameters: no gradients
+        self.graph = build_graph(model, inputs, 2.0, frontend="fx").graph  # export copies parameters: no gradients
         store: dict[tuple, _Operator] = {}
         self.operators = [_stored(store, [run]) for run in _operator_runs(self.graph)]
         chains = sequential_chains(self.graph) if method == "cp" else []
@@ -245,16 +250,16 @@ class _Plan:
                 bounds[node] = norms[op] * bounds[op.source]
                 shortcuts = []
             else:
-                transfer = node.meta["lip.transfer"]
-                terms = [g.value * bounds[a] for g, a in zip(transfer.gains, node.meta["lip.inputs"])
+                transfer = record(node).transfer
+                terms = [g.value * bounds[a] for g, a in zip(transfer.gains, record(node).inputs)
                          if g.value != 0]
                 bounds[node] = self._qnorm(terms, transfer.combine)
-                shortcuts = [(s.first, s.bound.value) for s in node.meta.get("lip.shortcuts", ())]  # fusion
+                shortcuts = [(s.first, s.bound.value) for s in record(node).shortcuts]  # fusion
             for first, value in shortcuts + ([chains[node]] if node in chains else []):
-                source = first.meta["lip.inputs"][0]
+                source = record(first).inputs[0]
                 if source in bounds:  # as passes.autolip: min(AutoLip so far, shortcut · L(source))
                     bounds[node] = torch.minimum(bounds[node], value * bounds[source])
-        return self._qnorm([bounds[n] for n in lg.output.meta["lip.inputs"]], 2.0)
+        return self._qnorm([bounds[n] for n in record(lg.output).inputs], 2.0)
 
     def _qnorm(self, terms: list[Tensor], q: float) -> Tensor:
         """‖(t_i)_i‖_q, as ``passes.autolip.combine`` (q = 1: sum, 2: root of squares, ∞: max)."""
@@ -271,9 +276,9 @@ def _operator_runs(lg: LipGraph) -> list[list[fx.Node]]:
 
 def is_linear_op(node: fx.Node) -> bool:
     """An affine op (its rule says so) of one input-dependent tensor argument: x ↦ A x + b."""
-    transfer = node.meta.get("lip.transfer")
-    return (transfer is not None and transfer.affine and len(node.meta["lip.inputs"]) == 1
-            and node.meta["lip.inputs"][0].meta["lip.info"].parts is None)
+    transfer = record(node).transfer
+    return (transfer is not None and transfer.affine and len(record(node).inputs) == 1
+            and record(record(node).inputs[0]).info.parts is None)
 
 
 def _has_weights(lg: LipGraph, node: fx.Node) -> bool:

@@ -1,4 +1,5 @@
-"""The result of an analysis as a plain tree: no rich, no printing (renderers live in ``lipgraph.render``).
+"""The result of an analysis as plain dataclasses and their JSON: no rich, no printing (renderers live in
+``lipgraph.render``), no computation on the graph (the tree pass, :mod:`lipgraph.tree`, builds them).
 
 One node per module of the model's own hierarchy; its bound is the Lipschitz constant of the sub-network
 the module computes (AutoLip over its ops, inputs at 1). Functional ops appear as children of the module
@@ -14,16 +15,12 @@ from dataclasses import dataclass, field, replace
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 import sympy
-from torch import fx
 
-from .bound import Bound, Kind, exact, join_kinds
+from .bound import Bound, Kind
 from .errors import InputError
 from .formats import default_formats
 from .formula import Attribution, Formulas
-from .ir import LipGraph, Scope, output_names
-from .passes.autolip import propagate
-from .passes.fuse import fused_members
-from .symbolic import build_formulas, call_bound, chain_path, joined_name, module_entries
+from .symbolic import joined_name
 
 if TYPE_CHECKING:
     from .comparison import Comparison
@@ -289,145 +286,6 @@ def norm_name(norm: float) -> str:
     return "inf" if math.isinf(norm) else f"{norm:g}"
 
 
-# -- building the tree ----------------------------------------------------------------------------------
-def build_tree(lg: LipGraph, total: Bound, norm: float) -> tuple[ReportNode, Formulas]:
-    """The report's tree and its formulas (every node's ``expr``; merges also get their display formula)."""
-    order = {n: i for i, n in enumerate(lg.ops())}
-    instances: dict[Scope, list[fx.Node]] = {(): list(order)}
-    for node in order:
-        scope = node.meta["lip.scope"]
-        for depth in range(1, len(scope) + 1):
-            instances.setdefault(scope[:depth], []).append(node)
-
-    root = ReportNode(path="", type=type(lg.model).__name__, op=None, bound=total)
-    root.seconds = _op_seconds(order)
-    by_path: dict[str, ReportNode] = {"": root}
-    rank: dict[str, int] = {}  # children are listed in execution order of their first op
-    # the root scope has no op when the output does not depend on the input (L = 0)
-    for scope in sorted(instances, key=lambda s: (len(s), order[instances[s][0]] if instances[s] else -1)):
-        nodes = instances[scope]
-        parent = by_path[scope[-2][0] if len(scope) > 1 else ""] if scope else None
-        if scope:
-            bound = call_bound(nodes, norm)
-            path = scope[-1][0]
-            single = nodes[0] if len(nodes) == 1 and nodes[0].meta["lip.scope"] == scope else None
-            node = by_path.get(path)
-            if node is not None:  # another call of the same module: the bound covers every call
-                node.calls += 1
-                node.seconds += _op_seconds(nodes)
-                node.bound = _worst(node.bound, bound)
-                if single is not None:
-                    node.layer_lower = _best_lower(node.layer_lower, single.meta.get("lip.layer_lower"))
-                continue
-            node = ReportNode(path=path, type=lg.module_types.get(path, "?"),
-                              op=single.meta["lip.key"] if single else None, bound=bound)
-            by_path[path] = node
-            node.seconds = _op_seconds(nodes)
-            rank[path] = order[nodes[0]]
-            parent.children.append(node)
-            if single is not None:
-                node.notes.extend(_op_notes(single))
-                node.fused = _fused_chain(single)
-                node.layer_lower = single.meta.get("lip.layer_lower")
-                continue
-        _add_op_children(lg, by_path[scope[-1][0]] if scope else root, scope, nodes, norm)
-        rank.update((n.meta["lip.path"], order[n]) for n in nodes if n.meta["lip.scope"] == scope)
-    for n in order:
-        if "lip.seqlip" in n.meta:
-            chain = _chain_node(n.meta["lip.seqlip"])
-            by_path.get(n.meta["lip.seqlip"].chain.scope, root).children.append(chain)
-            rank[chain.path] = order[n]
-    symbolic = build_formulas(lg, instances, norm)
-    for node in root.walk():
-        node.children.sort(key=lambda c: rank[c.path])
-        if node.calls > 1:
-            node.notes.append(f"called ×{node.calls}")
-        node.expr = symbolic.expr(node.path, is_op=node.op is not None)
-        if node.path in symbolic.merges:  # shown in the tree: "1 + L(conv2+bn2)·L(relu)·L(conv1+bn1) = 1 + 8.99"
-            expr, module = symbolic.merges[node.path]
-            node.formula = symbolic.formulas.worked(expr, module)
-    return root, symbolic.formulas
-
-
-def _add_op_children(lg: LipGraph, parent: ReportNode, scope: Scope, nodes: list[fx.Node], norm: float) -> None:
-    """Functional ops called directly in this scope (not inside a child module)."""
-    inside = set(nodes)
-    local: dict[fx.Node, Bound] | None = None
-    for n in nodes:
-        if n.meta["lip.scope"] != scope:
-            continue
-        transfer = n.meta["lip.transfer"]
-        child = ReportNode(path=n.meta["lip.path"], type=_op_type(lg, n), op=n.meta["lip.key"],
-                           bound=_local_gain(transfer), notes=_op_notes(n), fused=_fused_chain(n),
-                           layer_lower=n.meta.get("lip.layer_lower"))
-        child.seconds = _op_seconds([n])
-        if len(transfer.gains) > 1:  # a merge: show its value inside the parent, and where it comes from
-            local = local or propagate(nodes, module_entries(nodes, inside))
-            child.bound = local[n]
-        parent.children.append(child)
-
-
-def _op_seconds(nodes: Iterable[fx.Node]) -> float:
-    """Time spent on these ops' rules and norms (``lip.seconds``, written by the annotate pass)."""
-    return math.fsum(n.meta.get("lip.seconds", 0.0) for n in nodes)
-
-
-def _local_gain(transfer) -> Bound:
-    """The op's own constant: its gain if it has one input, else the largest (all are shown in formulas)."""
-    gains = transfer.gains
-    if len(gains) == 1:
-        return gains[0]
-    if not gains:
-        return exact(0.0, "constant")
-    worst = max(gains, key=lambda g: g.value)
-    return Bound(worst.value, join_kinds(g.kind for g in gains), worst.method, exact=all(g.exact for g in gains))
-
-
-def _op_type(lg: LipGraph, node: fx.Node) -> str:
-    target = node.target
-    if node.op == "call_method":
-        return f"Tensor.{target}"
-    if node.op == "call_module":
-        return type(lg.gm.get_submodule(target)).__name__
-    return getattr(target, "__name__", None) or str(target)
-
-
-def _op_notes(node: fx.Node) -> list[str]:
-    transfer = node.meta["lip.transfer"]
-    notes = list(transfer.notes)
-    if any(g.kind is Kind.UNBOUNDED for g in transfer.gains):
-        notes.append("no rule for this op: treated as unbounded (unsupported='inf')")
-    return notes
-
-
-def _fused_chain(node: fx.Node) -> FusedChain | None:
-    if "lip.chain" not in node.meta:
-        return None
-    _first, fused, product = node.meta["lip.chain"]
-    return FusedChain(members=[m.meta["lip.path"] for m in fused_members(node)], bound=fused, product=product,
-                      lower=node.meta.get("lip.chain_lower"))
-
-
-def _chain_node(result) -> ReportNode:
-    """The tree node of a chain (a :class:`lipgraph.passes.seqlip.ChainResult`), placed in the module that
-    contains all its members, named ``<scope>.chain(<first member>)``."""
-    members = result.chain.members()
-    info = ChainInfo(members=members, bound=result.best, winner=result.winner, product=result.product.value,
-                     results=dict(result.results), seconds=dict(result.seconds), notes=list(result.notes))
-    return ReportNode(path=chain_path(result), type="chain", op=None, bound=result.best, chain=info,
-                      notes=list(info.notes))
-
-
-def _best_lower(a: Bound | None, b: Bound | None) -> Bound | None:
-    """Lower bounds of several calls of one module: the largest (each is ≤ its call's gain ≤ the worst)."""
-    return max((x for x in (a, b) if x is not None), key=lambda x: x.value, default=None)
-
-
-def _worst(a: Bound, b: Bound) -> Bound:
-    top = a if a.value >= b.value else b
-    return Bound(top.value, join_kinds([a.kind, b.kind]), top.method, exact=a.exact and b.exact)
-
-
 def _reevaluated(node: ReportNode, formulas: Formulas, module: str) -> ReportNode:
     """A copy of ``node``'s subtree with every bound evaluated from ``formulas`` (a what-if)."""
     copy = replace(node, bound=_reevaluated_bound(node.bound, formulas.evaluate(node.expr)), notes=list(node.notes),
@@ -448,8 +306,3 @@ def _reevaluated_bound(old: Bound, value: float, method: str = "what-if") -> Bou
     if math.isclose(value, old.value, rel_tol=1e-12) or value == old.value:  # inf == inf
         return old
     return Bound(value, Kind.ESTIMATE if old.kind is Kind.ESTIMATE else Kind.CERTIFIED, method)
-
-
-def output_bounds(lg: LipGraph) -> list[tuple[str, Bound]]:
-    return [(name, b) for name, (_, b) in zip(output_names(lg), lg.output.meta["lip.outputs"])]
-

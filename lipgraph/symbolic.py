@@ -1,7 +1,7 @@
 """Symbolic AutoLip: the formula of every node of the report's tree, over the constants of its children.
 
-A module call is bounded by AutoLip over its ops with its inputs at 1 (:func:`lipgraph.report.build_tree`);
-the same walk here builds a sympy expression. A child module call is one symbol ``L(child)`` when it is a *unit*
+A module call is bounded by AutoLip over its ops with its inputs at 1 (:mod:`lipgraph.passes.calls`, which
+also records the shortcuts AutoLip took there); the same walk here builds a sympy expression from those results. A child module call is one symbol ``L(child)`` when it is a *unit*
 of the walk — one input tensor, one output tensor, and no fused run or chain crossing its boundary — else its
 ops are walked in place, one level down. A fused run or chain is one symbol exactly where
 :func:`lipgraph.passes.autolip.propagate` uses it instead of the product. A tensor used by several units whose
@@ -18,11 +18,11 @@ from typing import Mapping
 import sympy
 from torch import fx
 
-from .bound import Bound, Kind, exact
 from .formula import Constant, Formulas, combine_expr, number, symbol
 from .ir import LipGraph, Scope, arg_nodes
-from .passes.autolip import Shortcut, combine, propagate, through_shortcut
+from .passes.calls import ModuleCall, module_outputs
 from .passes.fuse import fused_members
+from .record import Shortcut, record
 
 
 @dataclass
@@ -40,33 +40,13 @@ class TreeFormulas:
         return (self.ops if is_op else self.modules).get(path)
 
 
-def build_formulas(lg: LipGraph, instances: Mapping[Scope, list[fx.Node]], norm: float) -> TreeFormulas:
-    """Formulas of every module call in ``instances`` (scope -> its ops in execution order; ``()`` is the model)."""
-    return _Builder(lg, instances, norm).run()
+def build_formulas(lg: LipGraph, calls: Mapping[Scope, ModuleCall], norm: float) -> TreeFormulas:
+    """Formulas of every module call in ``calls`` (scope -> its ops and bounds, :func:`~lipgraph.passes.calls.
+    module_calls`; ``()`` is the model)."""
+    return _Builder(lg, calls, norm).run()
 
 
 # -- helpers shared with the report -------------------------------------------------------------------------
-def module_outputs(nodes: list[fx.Node], inside: set[fx.Node]) -> list[fx.Node]:
-    """The ops of a module call whose results are used outside it."""
-    return [n for n in nodes if any(u not in inside for u in n.users)]
-
-
-def module_entries(nodes: list[fx.Node], inside: set[fx.Node]) -> dict[fx.Node, Bound]:
-    """The tensors a module call reads from outside it, each at bound 1 (the call's own constant)."""
-    one = exact(1.0, "module input")
-    return {a: one for n in nodes for a in n.meta["lip.inputs"] if a not in inside}
-
-
-def call_bound(nodes: list[fx.Node], norm: float) -> Bound:
-    """AutoLip over one module call: its inputs at 1, its outputs joined as a concatenation."""
-    inside = set(nodes)
-    if len(nodes) == 1 and len(nodes[0].meta["lip.inputs"]) == 1:  # one op: its own constant and method
-        return nodes[0].meta["lip.transfer"].gains[0]
-    bounds = propagate(nodes, module_entries(nodes, inside))
-    one = exact(1.0, "output")
-    return combine([(one, bounds[n]) for n in module_outputs(nodes, inside)], norm)
-
-
 def joined_name(paths: list[str]) -> str:
     """``layer1.0.conv1+bn1`` for a run of ``layer1.0.conv1`` and ``layer1.0.bn1`` (common module prefix once)."""
     parts = [p.split(".") for p in paths]
@@ -88,31 +68,12 @@ def _weighted(lg: LipGraph, n: fx.Node) -> bool:
     if n.op == "call_module":
         module = lg.gm.get_submodule(n.target)
         return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
-    return any(a.op in ("get_attr", "placeholder") and not a.meta.get("lip.dep") for a in arg_nodes(n))
+    return any(a.op in ("get_attr", "placeholder") and not record(a).dep for a in arg_nodes(n))
 
 
 def _atomic(e: sympy.Expr) -> bool:
     return e.is_Symbol or e.is_Number or (e.is_Mul and len(e.args) == 2 and e.args[0].is_Number
                                           and e.args[1].is_Symbol)
-
-
-def taken_shortcuts(nodes: list[fx.Node], bounds: Mapping[fx.Node, Bound],
-                    entry: Mapping[fx.Node, Bound]) -> dict[fx.Node, Shortcut]:
-    """For each op where :func:`propagate` (with these results) replaced the AutoLip bound by a shortcut, the last
-    shortcut that won; replayed from the final bounds with the same comparison."""
-    taken = {}
-    for n in nodes:
-        shortcuts = [s for s in n.meta.get("lip.shortcuts", ()) if s.bound.kind is not Kind.ESTIMATE]
-        if not shortcuts or n in entry:
-            continue
-        transfer = n.meta["lip.transfer"]
-        current = combine(list(zip(transfer.gains, (bounds[a] for a in n.meta["lip.inputs"]))), transfer.combine)
-        for s in shortcuts:
-            after = through_shortcut(s, current, bounds, entry)
-            if after is not current:
-                taken[n] = s
-            current = after
-    return taken
 
 
 class _Product:
@@ -140,8 +101,9 @@ def _expr(value: "sympy.Expr | _Product") -> sympy.Expr:
 
 # -- the builder ----------------------------------------------------------------------------------------------
 class _Builder:
-    def __init__(self, lg: LipGraph, instances: Mapping[Scope, list[fx.Node]], norm: float) -> None:
-        self.lg, self.instances, self.norm = lg, instances, norm
+    def __init__(self, lg: LipGraph, calls: Mapping[Scope, ModuleCall], norm: float) -> None:
+        self.lg, self.calls, self.norm = lg, calls, norm
+        self.instances = {scope: call.nodes for scope, call in calls.items()}
         self.order = {n: i for i, n in enumerate(lg.ops())}
         self.f = Formulas(constants={}, definitions={}, names={}, rank={})
         self.leaf: dict[fx.Node, sympy.Symbol] = {}
@@ -170,13 +132,13 @@ class _Builder:
             else:  # calls with equal bounds share one symbol, defined by the first
                 definition, _ = self._walk(scope, nodes, module_outputs(nodes, set(nodes)))
                 self.f.definitions.setdefault(self.call[scope], definition)
-        outs = self.lg.output.meta["lip.inputs"]
+        outs = record(self.lg.output).inputs
         root, values = self._walk((), self.instances.get((), []), outs)
         modules = {path: self._node_formula(terms) for path, terms in self.terms.items()}
         modules[""] = root
         ops = {path: self._node_formula(terms) for path, terms in self.op_terms.items()}
         ops.update({path: e for path, (e, _) in self.merges.items()})
-        self.f.outputs = [(n.meta["lip.path"], _expr(values[n])) for n, _ in self.lg.output.meta["lip.outputs"]]
+        self.f.outputs = [(record(n).path, _expr(values[n])) for n, _ in record(self.lg.output).outputs]
         return TreeFormulas(self.f, modules, ops, self.merges)
 
     def _first(self, scope: Scope) -> int:
@@ -204,10 +166,10 @@ class _Builder:
         input size) gets one per call, ``path#k``."""
         by_path: dict[str, list[fx.Node]] = defaultdict(list)
         for n in self.order:
-            if len(n.meta["lip.transfer"].gains) == 1:
-                by_path[n.meta["lip.path"]].append(n)
+            if len(record(n).transfer.gains) == 1:
+                by_path[record(n).path].append(n)
         for path, nodes in by_path.items():
-            gains = [n.meta["lip.transfer"].gains[0].value for n in nodes]
+            gains = [record(n).transfer.gains[0].value for n in nodes]
             per_call = any(not math.isclose(g, gains[0], rel_tol=1e-12) for g in gains)
             for k, (n, gain) in enumerate(zip(nodes, gains)):
                 key = f"{path}#{k + 1}" if per_call else path
@@ -218,26 +180,26 @@ class _Builder:
         """Fused runs (``lip.chain``) and chains bounded as a whole (``lip.seqlip``): one constant each, whose
         fallback is the product of its members."""
         for n in self.order:
-            if "lip.chain" in n.meta:
+            if record(n).fused is not None:
                 members = fused_members(n)
-                paths = tuple(m.meta["lip.path"] for m in members)
+                paths = tuple(record(m).path for m in members)
                 self.fused[n] = self._constant(
-                    joined_name(list(paths)), n.meta["lip.chain"][1].value, paths,
+                    joined_name(list(paths)), record(n).fused.bound.value, paths,
                     any(_weighted(self.lg, m) for m in members), self.order[n],
                     sympy.Mul(*[self.leaf[m] for m in members]))
-            if "lip.seqlip" in n.meta:
-                result = n.meta["lip.seqlip"]
+            if record(n).chain is not None:
+                result = record(n).chain
                 chain = result.chain
                 parts = [self.fused[run[-1]] if run[-1] in self.fused and fused_members(run[-1])[0] is run[0]
                          else sympy.Mul(*[self.leaf[m] for m in run]) for run in chain.runs]
                 parts += [self.leaf[a] for acts in chain.activations for a in acts]
                 path = chain_path(result)
                 self.chain[n] = self._constant(
-                    path, result.best.value, tuple(m.meta["lip.path"] for m in chain.nodes),
+                    path, result.best.value, tuple(record(m).path for m in chain.nodes),
                     any(_weighted(self.lg, m) for m in chain.nodes), self.order[n], sympy.Mul(*parts))
                 self.terms[path].append(self.chain[n])
-            if "lip.residual" in n.meta and n.meta["lip.residual"].best is not None:
-                self._joint(n, n.meta["lip.residual"])
+            if record(n).residual is not None and record(n).residual.best is not None:
+                self._joint(n, record(n).residual)
 
     def _joint(self, n: fx.Node, result) -> None:
         """A residual add bounded as a whole block: one constant ``L(<add>(joint))``, whose fallback is the
@@ -253,21 +215,21 @@ class _Builder:
                                                          *[self.leaf[a] for acts in chain.activations for a in acts])
         separate = (run_expr(result.shortcut) if result.shortcut else sympy.Integer(1)) + branch
         members = [*chain.nodes, *result.shortcut, n]
-        self.joint[n] = self._constant(f"{n.meta['lip.path']}(joint)", result.best.value,
-                                       tuple(m.meta["lip.path"] for m in members),
+        self.joint[n] = self._constant(f"{record(n).path}(joint)", result.best.value,
+                                       tuple(record(m).path for m in members),
                                        any(_weighted(self.lg, m) for m in members), self.order[n], separate)
 
     def _name_calls(self) -> None:
         """A symbol per module call made of several ops: ``L(path)``, or ``L(path#k)`` per call when the calls'
         bounds differ."""
         groups: dict[str, list[Scope]] = defaultdict(list)
-        ops = {n.meta["lip.path"] for n in self.order}  # fx may file an op under the next module's call
+        ops = {record(n).path for n in self.order}  # fx may file an op under the next module's call
         for scope, nodes in self.instances.items():
-            if scope and not (len(nodes) == 1 and nodes[0].meta["lip.scope"] == scope):
+            if scope and not (len(nodes) == 1 and record(nodes[0]).scope == scope):
                 groups[scope[-1][0]].append(scope)
         for path, scopes in groups.items():
             scopes.sort(key=self._first)
-            values = [call_bound(self.instances[s], self.norm).value for s in scopes]
+            values = [self.calls[s].bound.value for s in scopes]
             per_call = any(not math.isclose(v, values[0], rel_tol=1e-12) for v in values)
             name = f"{path}(module)" if path in ops else path
             for k, scope in enumerate(scopes):
@@ -282,14 +244,13 @@ class _Builder:
               ) -> tuple[sympy.Expr, dict[fx.Node, sympy.Expr | _Product]]:
         """The formula of one module call (inputs at 1, outputs joined as a concatenation) and the expression
         reached at each of its tensors (see :func:`_expr`)."""
-        inside = set(nodes)
-        entry = module_entries(nodes, inside)
-        taken = taken_shortcuts(nodes, propagate(nodes, entry), entry)
+        call = self.calls[scope]
+        entry, taken = call.entries, call.taken
         units: dict[Scope, tuple[fx.Node, fx.Node] | None] = {}
         unit_of = {n: self._unit(n, scope, taken, units) for n in nodes}
         consumers: dict[fx.Node, set] = defaultdict(set)
         for n in nodes:
-            for a in n.meta["lip.inputs"]:
+            for a in record(n).inputs:
                 consumers[a].add(unit_of[n] or n)
         for o in outs:
             consumers[o].add("output")
@@ -302,27 +263,27 @@ class _Builder:
                     continue
                 e = _Product(self.call[child], values[src])
             elif n in taken and taken[n].label == "residual":  # min(joint · L(x), ‖P‖-path + branch): both shown
-                source = values[taken[n].first.meta["lip.inputs"][0]]
+                source = values[record(taken[n].first).inputs[0]]
                 e = sympy.Min(_Product(self.joint[n], source).expr(), _expr(self._op(n, values)))
-                if n.meta["lip.scope"] == scope:
-                    self.merges.setdefault(n.meta["lip.path"], (e, scope[-1][0] if scope else ""))
+                if record(n).scope == scope:
+                    self.merges.setdefault(record(n).path, (e, scope[-1][0] if scope else ""))
             elif n in taken:
                 shortcut = taken[n]
                 via = self.fused[n] if shortcut.label == "fusion" else self.chain[n]
-                e = _Product(via, values[shortcut.first.meta["lip.inputs"][0]])
+                e = _Product(via, values[record(shortcut.first).inputs[0]])
             else:
                 e = self._op(n, values)
-                if len(n.meta["lip.inputs"]) > 1 and n.meta["lip.scope"] == scope and n.op != "call_module":
-                    self.merges.setdefault(n.meta["lip.path"], (e, scope[-1][0] if scope else ""))
+                if len(record(n).inputs) > 1 and record(n).scope == scope and n.op != "call_module":
+                    self.merges.setdefault(record(n).path, (e, scope[-1][0] if scope else ""))
             if len(consumers[n]) > 1 and not _atomic(_expr(e)):
-                e = self._shared(scope, child[-1][0] if child else n.meta["lip.path"], self.order[n], _expr(e))
+                e = self._shared(scope, child[-1][0] if child else record(n).path, self.order[n], _expr(e))
             values[n] = e
         return combine_expr([(sympy.Integer(1), _expr(values[o])) for o in outs], self.norm), values
 
     def _unit(self, n: fx.Node, scope: Scope, taken: dict[fx.Node, Shortcut],
               units: dict[Scope, tuple[fx.Node, fx.Node] | None]) -> Scope | None:
         """The outermost child call inside ``scope`` that contains ``n`` and is a unit of the walk, if any."""
-        level, inner = scope, n.meta["lip.scope"]
+        level, inner = scope, record(n).scope
         while len(inner) > len(level):
             child = inner[:len(level) + 1]
             if child not in units:
@@ -339,7 +300,7 @@ class _Builder:
             return None
         nodes = self.instances[child]
         inside = set(nodes)
-        sources = {a for m in nodes for a in m.meta["lip.inputs"] if a not in inside}
+        sources = {a for m in nodes for a in record(m).inputs if a not in inside}
         outs = module_outputs(nodes, inside)
         if len(sources) != 1 or len(outs) != 1:
             return None
@@ -348,7 +309,7 @@ class _Builder:
         return next(iter(sources)), outs[0]
 
     def _op(self, n: fx.Node, values: Mapping[fx.Node, sympy.Expr | _Product]) -> sympy.Expr | _Product:
-        transfer, inputs = n.meta["lip.transfer"], n.meta["lip.inputs"]
+        transfer, inputs = record(n).transfer, record(n).inputs
         if len(transfer.gains) == 1:
             return _Product(self.leaf[n], values[inputs[0]])
         return combine_expr([(number(g.value), _expr(values[a])) for g, a in zip(transfer.gains, inputs)],

@@ -15,6 +15,7 @@ import lipgraph
 from lipgraph import Kind
 from lipgraph.cli import main
 from lipgraph.registry import default_registry
+from lipgraph.record import record
 from tests.fixtures.zoo import (attention_like, data_dependent_if, division_by_branch, nan_weights,
                                 product_of_branches, tiny_cnn, tiny_mlp, unsupported_op)
 
@@ -44,15 +45,15 @@ def test_unsupported_ops_are_all_listed_in_one_error() -> None:
     err = _unsupported_error()
     msg = str(err)
     assert isinstance(err, lipgraph.LipgraphError)
-    keys = [n.meta["lip.key"] for n in err.nodes]
+    keys = [record(n).key for n in err.nodes]
     assert "special_erfcx" in keys and len(err.nodes) >= 2, keys
     rows = [line for line in msg.splitlines() if line.startswith("  - ")]
     assert len(rows) == len(err.nodes)
     assert msg.startswith(f"lipgraph has no rule (for the ℓ2 norm) for {len(err.nodes)} op(s)")
     for node, row in zip(err.nodes, rows):
-        key = node.meta["lip.key"] or "(no key)"
+        key = record(node).key or "(no key)"
         assert row.split()[1] == key, (key, row)
-        assert row.endswith(f"at {node.meta['lip.path']}"), row  # the module path of the op
+        assert row.endswith(f"at {record(node).path}"), row  # the module path of the op
         if key in UNSUPPORTED:  # the source line, with the file name and line number, follows the row
             assert re.search(rf"{re.escape(row)}\n\s+at \S*{ZOO_FILE}:\d+: .*{re.escape(UNSUPPORTED[key])}", msg), msg
     if "fft_fft" in keys:  # inside the custom module `weird`
@@ -74,13 +75,13 @@ def test_unsupported_ops_stub_is_a_rules_file_that_refuses() -> None:
     stub = stub_of(str(err))
     assert "@lipgraph.rule(" in stub and "certified(1.0" not in stub
     code = compile(stub, "<stub>", "exec")
-    first = err.nodes[0].meta["lip.key"]
+    first = record(err.nodes[0]).key
     registry = default_registry().copy()
     with registry._loading("stub test"):
         exec(code, {})  # registers into the copy, not the default registry
     assert registry.get(first) is not None and default_registry().get(first) is None
     # with the stub's rules every op has one, and they refuse until a proven constant replaces each raise
-    stubbed = {n.meta["lip.key"]: registry.get(n.meta["lip.key"]) for n in err.nodes}
+    stubbed = {record(n).key: registry.get(record(n).key) for n in err.nodes}
     assert all(stubbed.values()), stubbed
     with pytest.raises(lipgraph.RuleError, match="replace this stub by a proven Lipschitz constant"):
         _unsupported_error(rules=stubbed)
@@ -93,7 +94,7 @@ def test_unsupported_inf_gives_an_unbounded_report_with_marked_nodes() -> None:
     assert math.isinf(report.bound.value) and report.kind is Kind.UNBOUNDED
     marked = {n.path: n for n in report.tree.walk() if any("no rule" in note for note in n.notes)}
     # one marked tree node per unsupported op (a module around a single op shows as that op: `weird`)
-    assert sorted(str(n.op) for n in marked.values()) == sorted(str(n.meta["lip.key"]) for n in err.nodes)
+    assert sorted(str(n.op) for n in marked.values()) == sorted(str(record(n).key) for n in err.nodes)
     assert all(n.bound.kind is Kind.UNBOUNDED for n in marked.values())
     assert report.find("fc").bound.kind is Kind.CERTIFIED  # the rest of the tree is still bounded
     assert any("unbounded" in note for note in report.notes)

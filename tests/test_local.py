@@ -16,6 +16,7 @@ from lipgraph.errors import InputError, LipgraphError, NotLipschitzError, Unsupp
 from lipgraph.passes.interval import propagate_intervals
 from lipgraph.passes.localchains import local_cp, reduce_chain, vertex_bound
 from lipgraph.registry import default_registry
+from lipgraph.record import record
 from tests.property.netgen import RandomDraw, build, draw_spec
 
 
@@ -66,7 +67,7 @@ def check_intervals(model: nn.Module, x: torch.Tensor, region, samples: int = 64
     points = [p for p in points if region.contains(p, x)]
     for seen in sampled_values(lg, points):
         for node in lg.ops():
-            assert_contains(node.meta["lip.interval"], seen[node.name], f"{node.meta['lip.key']} at {node.name}")
+            assert_contains(record(node).interval, seen[node.name], f"{record(node).key} at {node.name}")
     return lg
 
 
@@ -133,7 +134,7 @@ def test_slopes_cover_derivatives_per_neuron():
         propagate_intervals(lg, registry, region, 2.0)
         node = lg.ops()[-1]
         transfer = activation(context(lg, node, 2.0))
-        lo, hi = node.meta["lip.inputs"][0].meta["lip.interval"]
+        lo, hi = record(record(node).inputs[0]).interval
         s_lo, s_hi = transfer.neuron_slopes
         for k in range(50):
             t = (lo + (hi - lo) * torch.rand(lo.shape, generator=torch.Generator().manual_seed(k))).requires_grad_()
@@ -334,24 +335,24 @@ def test_certify_local_on_a_dask_cluster():
 
 @pytest.mark.parametrize("act", [nn.ReLU(), nn.GELU(), nn.Tanh()], ids=repr)
 def test_crown_intervals_contain_sampled_pre_activations_and_are_tighter(act):
-    from lipgraph.api import annotated_graph
     from lipgraph.passes.crown import refine_chains
+    from lipgraph.pipeline import Analysis, graph_passes, run_passes
 
     torch.manual_seed(5)
     model = nn.Sequential(nn.Linear(6, 16), act, nn.Linear(16, 16), act, nn.Linear(16, 4)).eval()
     x = torch.randn(1, 6)
     for region in (lipgraph.Ball(None, 0.3), lipgraph.Ball(None, 0.3, norm="inf"), lipgraph.Box(x - 0.2, x + 0.2)):
-        lg = annotated_graph(model, (x,), default_registry(), 2.0, region=region)
-        pre = [n for n in lg.ops() if n.meta["lip.key"] == "linear"]
-        before = [tuple(b.clone() for b in n.meta["lip.interval"]) for n in pre]
+        lg = run_passes(graph_passes(region), Analysis(model, (x,), 2.0, default_registry(), region=region)).graph
+        pre = [n for n in lg.ops() if record(n).key == "linear"]
+        before = [tuple(b.clone() for b in record(n).interval) for n in pre]
         refine_chains(lg, region, 2.0)
-        widths = [float((n.meta["lip.interval"][1] - n.meta["lip.interval"][0]).sum()) for n in pre]
+        widths = [float((record(n).interval[1] - record(n).interval[0]).sum()) for n in pre]
         assert widths[1] < float((before[1][1] - before[1][0]).sum())  # back-substitution paid off
         gen = torch.Generator().manual_seed(0)
         points = [region.sample(x, gen) for _ in range(200)]
         for seen in sampled_values(lg, points):
             for n in pre:
-                assert_contains(n.meta["lip.interval"], seen[n.name], n.name)
+                assert_contains(record(n).interval, seen[n.name], n.name)
 
 
 def test_not_lipschitz_error_ends_with_the_region_command():

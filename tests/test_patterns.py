@@ -15,6 +15,7 @@ import lipgraph
 from lipgraph import ir
 from lipgraph.passes.annotate import annotate
 from lipgraph.passes.autolip import autolip
+from lipgraph.record import record
 from tests.test_by_construction import worst_jacobian
 
 NORMS = (2, 1, math.inf)
@@ -181,7 +182,7 @@ def test_user_pattern_registers_like_a_rule():
     model = nn.Sequential(Fn(lambda z: -(-z) * 3.0)).eval()
     lg = ir.build(model, (torch.randn(1, 4),), registry)
     annotate(lg, registry, 2)
-    assert [n.meta["lip.key"] for n in lg.ops()] == ["double_negation", "mul"]
+    assert [record(n).key for n in lg.ops()] == ["double_negation", "mul"]
     assert autolip(lg, 2).value == pytest.approx(3.0)
     with pytest.raises(lipgraph.RuleError, match="a pattern named 'double_negation' is already registered"):
         registry.register_pattern(pattern)

@@ -39,7 +39,7 @@ def test_no_load_average_keeps_torchs_default(monkeypatch, four_threads) -> None
 def test_explain_uses_idle_threads_and_restores_them(monkeypatch, four_threads, capsys) -> None:
     seen = []
     monkeypatch.setattr(os, "getloadavg", lambda: (100.0, 100.0, 100.0))
-    monkeypatch.setattr("lipgraph.api.annotate", _spy(seen))
+    monkeypatch.setattr("lipgraph.pipeline.annotate", _spy(seen))
     assert main(["explain", str(ROOT / "examples" / "mlp.py"), "--no-lower", "--json"]) == 0
     assert seen == [1] and torch.get_num_threads() == 4
     assert main(["explain", str(ROOT / "examples" / "mlp.py"), "--no-lower", "--json", "--threads", "3"]) == 0
@@ -47,9 +47,9 @@ def test_explain_uses_idle_threads_and_restores_them(monkeypatch, four_threads, 
 
 
 def _spy(seen: list[int]):
-    import lipgraph.api
+    import lipgraph.pipeline
 
-    original = lipgraph.api.annotate
+    original = lipgraph.pipeline.annotate
 
     def annotate(*args, **kwargs):
         seen.append(torch.get_num_threads())

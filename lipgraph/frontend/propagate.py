@@ -18,6 +18,7 @@ from torch import fx
 from ..errors import InputError
 from ..ruleapi import Var
 from .trace import user_frame
+from ..record import record
 
 
 class _Propagate(fx.Interpreter):
@@ -29,11 +30,11 @@ class _Propagate(fx.Interpreter):
                 f"running node {n.name} ({n.format_node()}) on the example input failed: "
                 f"{type(exc).__name__}: {exc}\n  at {user_frame(exc)}"
             ) from None
-        dep = _has_tensor(result) and (n.op == "placeholder" or any(a.meta.get("lip.dep") for a in n.all_input_nodes))
-        n.meta["lip.dep"] = dep
-        n.meta["lip.info"] = describe(result, index=-1)
+        dep = _has_tensor(result) and (n.op == "placeholder" or any(record(a).dep for a in n.all_input_nodes))
+        record(n).dep = dep
+        record(n).info = describe(result, index=-1)
         if not dep and n.op != "output":
-            n.meta["lip.value"] = result
+            record(n).value = result
         return result
 
 
@@ -42,8 +43,8 @@ def propagate(gm: fx.GraphModule, inputs: tuple) -> None:
     with torch.no_grad():
         _Propagate(gm).run(*inputs)
     for n in gm.graph.nodes:  # constants nobody input-dependent uses need not stay alive
-        if "lip.value" in n.meta and not any(u.meta.get("lip.dep") for u in n.users):
-            del n.meta["lip.value"]
+        if record(n).value is not None and not any(record(u).dep for u in n.users):
+            record(n).value = None
 
 
 def describe(value: Any, index: int) -> Any:

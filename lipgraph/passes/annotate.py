@@ -24,6 +24,7 @@ from ..registry import Registry
 from ..ruleapi import OpContext, Rule, Transfer
 from .context import context
 from .stubs import rule_stub
+from ..record import record
 
 if TYPE_CHECKING:
     from ..progress import ProgressFactory, Ticker
@@ -49,7 +50,7 @@ def annotate(lg: LipGraph, registry: Registry, norm: float = 2, unsupported: str
     not_lipschitz: list[str] = []
     plan = []
     for node in lg.ops():
-        key = node.meta["lip.key"]
+        key = record(node).key
         rule = registry.get(key) if key else None
         plan.append((node, rule, context(lg, node, norm) if rule is not None else None))
     # fail fast: the rules of ops without weights (activations, products, reshapes: no norm to compute) run
@@ -64,10 +65,10 @@ def annotate(lg: LipGraph, registry: Registry, norm: float = 2, unsupported: str
                 missing.append(node)
                 continue
             if node in early:
-                outcome, node.meta["lip.seconds"] = early[node]
+                outcome, record(node).seconds = early[node]
             else:
-                outcome, node.meta["lip.seconds"] = next(pooled) if _thread_safe(rule) else _apply((node, rule, ctx))
-            bar.advance(node.meta["lip.path"])
+                outcome, record(node).seconds = next(pooled) if _thread_safe(rule) else _apply((node, rule, ctx))
+            bar.advance(record(node).path)
             if isinstance(outcome, NotLipschitzError):
                 not_lipschitz.append(f"  - {outcome}{_at(node)}")
             elif isinstance(outcome, NormNotSupported):
@@ -78,12 +79,12 @@ def annotate(lg: LipGraph, registry: Registry, norm: float = 2, unsupported: str
                 raise RuleError(f"rule {rule.name!r} (from {rule.source}) failed on {ctx.describe()}: "
                                 f"{type(outcome).__name__}: {outcome}{_at(node)}") from outcome
             else:
-                node.meta["lip.transfer"] = outcome
-                node.meta["lip.rule"] = rule
+                record(node).transfer = outcome
+                record(node).rule = rule
         _raise_problems(lg, not_lipschitz, missing, unsupported, norm, registry)
         for node in missing:
-            node.meta["lip.transfer"] = Transfer(gains=(unbounded("no rule"),) * len(node.meta["lip.inputs"]))
-            node.meta["lip.seconds"] = 0.0
+            record(node).transfer = Transfer(gains=(unbounded("no rule"),) * len(record(node).inputs))
+            record(node).seconds = 0.0
         if fusion:
             _prefetch_fused_norms(lg, norm, bar)
 
@@ -121,7 +122,7 @@ def _weightless(lg: LipGraph, node: fx.Node) -> bool:
         module = lg.gm.get_submodule(node.target)
         return next(iter(module.parameters()), None) is None and next(iter(module.buffers()), None) is None
     constants: list[Any] = []
-    map_args(node, lambda a: constants.append(a.meta.get("lip.value")) if not a.meta.get("lip.dep") else None)
+    map_args(node, lambda a: constants.append(record(a).value) if not record(a).dep else None)
     return not any(isinstance(c, torch.Tensor) and c.numel() > 1 for c in constants)
 
 
@@ -150,7 +151,7 @@ def _prefetch_fused_norms(lg: LipGraph, norm: float, bar: Ticker) -> None:
         start = time.perf_counter()
         try:
             if folded_structure(chain) is not None:
-                with layer_label(f"the fused chain ending at {chain[-1].meta['lip.path']}"):
+                with layer_label(f"the fused chain ending at {record(chain[-1]).path}"):
                     fused_bound(lg, chain, norm)
         except Exception:  # noqa: BLE001 - fusion itself will meet the same error and handle it
             pass
@@ -159,8 +160,8 @@ def _prefetch_fused_norms(lg: LipGraph, norm: float, bar: Ticker) -> None:
     chains = affine_chains(lg)
     bar.extend(len(chains))
     for chain, seconds in zip(chains, parallel_map(prefetch, chains)):
-        chain[-1].meta["lip.seconds"] = chain[-1].meta.get("lip.seconds", 0.0) + seconds
-        bar.advance(chain[-1].meta["lip.path"])
+        record(chain[-1]).seconds = record(chain[-1]).seconds + seconds
+        bar.advance(record(chain[-1]).path)
 
 
 class _Silent:
@@ -183,15 +184,15 @@ class _Silent:
 
 
 def _at(node: fx.Node) -> str:
-    source = node.meta.get("lip.source")
+    source = record(node).source
     return f"\n      at {source}" if source else ""
 
 
 def _unsupported_message(lg: LipGraph, nodes: list[fx.Node], norm: float, registry: Registry) -> str:
     rows = []
     for n in nodes:
-        key = n.meta["lip.key"] or "(no key)"
-        rows.append(f"  - {key:<16} {op_spelling(lg, n):<40} at {n.meta['lip.path']}{_at(n)}")
+        key = record(n).key or "(no key)"
+        rows.append(f"  - {key:<16} {op_spelling(lg, n):<40} at {record(n).path}{_at(n)}")
     norm_text = "inf" if math.isinf(norm) else f"{norm:g}"
     return (
         f"lipgraph has no rule (for the ℓ{norm_text} norm) for {len(nodes)} op(s); an op without a rule is never "

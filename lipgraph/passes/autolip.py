@@ -6,7 +6,6 @@ Writes ``lip.L`` (a :class:`Bound`) on every input-dependent node, ``lip.outputs
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from torch import fx
@@ -14,6 +13,7 @@ from torch import fx
 from ..bound import Bound, Kind, exact, join_kinds
 from ..patternapi import injective_selection, selection_root
 from ..ir import LipGraph
+from ..record import Shortcut, UNKNOWN, record
 
 
 def combine(terms: list[tuple[Bound, Bound]], q: float, method: str = "autolip") -> Bound:
@@ -42,12 +42,12 @@ def propagate(nodes: Iterable[fx.Node], entry: Mapping[fx.Node, Bound], *, estim
     for node in nodes:
         if node in bounds:
             continue
-        transfer = node.meta["lip.transfer"]
-        terms = list(zip(transfer.gains, (bounds[a] for a in node.meta["lip.inputs"])))
+        transfer = record(node).transfer
+        terms = list(zip(transfer.gains, (bounds[a] for a in record(node).inputs)))
         bounds[node] = combine(terms, transfer.combine)
         if transfer.joint and len(terms) > 1:
             bounds[node] = _joint(node, transfer, bounds)
-        for shortcut in node.meta.get("lip.shortcuts", ()):
+        for shortcut in record(node).shortcuts:
             if estimates or shortcut.bound.kind is not Kind.ESTIMATE:
                 bounds[node] = through_shortcut(shortcut, bounds[node], bounds, entry)
     return bounds
@@ -56,14 +56,14 @@ def propagate(nodes: Iterable[fx.Node], entry: Mapping[fx.Node, Bound], *, estim
 def joint_source(node: fx.Node) -> fx.Node | None:
     """The tensor whose disjoint selections are all the inputs of ``node`` (the halves of a split), if any;
     cached in ``lip.joint_source``."""
-    if "lip.joint_source" not in node.meta:
-        pieces = node.meta["lip.inputs"]
-        key = lambda n: n.meta.get("lip.key")  # noqa: E731
+    if record(node).joint_source is UNKNOWN:
+        pieces = record(node).inputs
+        key = lambda n: record(n).key  # noqa: E731
         roots = {selection_root(p, key) for p in pieces}
         root = roots.pop() if len(roots) == 1 else None
         found = root is not None and injective_selection(node.graph.owning_module, root, pieces, key) is not None
-        node.meta["lip.joint_source"] = root if found else None
-    return node.meta["lip.joint_source"]
+        record(node).joint_source = root if found else None
+    return record(node).joint_source
 
 
 def _joint(node: fx.Node, transfer, bounds: dict[fx.Node, Bound]) -> Bound:
@@ -77,26 +77,16 @@ def _joint(node: fx.Node, transfer, bounds: dict[fx.Node, Bound]) -> Bound:
     return via if via.value < current.value else current
 
 
-@dataclass(frozen=True)
-class Shortcut:
-    """A certified bound of the sub-network from the input of ``first`` to the node that carries the shortcut
-    (written by the fusion and chain passes): L(node) ≤ bound · L(input of first)."""
-
-    first: fx.Node
-    bound: Bound
-    label: str  # what produced it, e.g. "fusion" or "seqlip": the node's bound reads "autolip+<label>"
-
-
 def add_shortcut(node: fx.Node, first: fx.Node, bound: Bound, label: str) -> None:
     """Record on ``node`` that it is reached from ``first``'s input through a path bounded by ``bound``."""
-    node.meta.setdefault("lip.shortcuts", []).append(Shortcut(first, bound, label))
+    record(node).shortcuts.append(Shortcut(first, bound, label))
 
 
 def through_shortcut(shortcut: Shortcut, current: Bound, bounds: Mapping[fx.Node, Bound],
              entry: Mapping[fx.Node, Bound]) -> Bound:
     """The smaller of the AutoLip bound so far and ``shortcut · L(source)``; both are certified bounds."""
     first = shortcut.first
-    source = first.meta["lip.inputs"][0]
+    source = record(first).inputs[0]
     if first in entry or first not in bounds or source not in bounds:  # the path starts outside this sub-network
         return current
     via = combine([(shortcut.bound, bounds[source])], 1, method=f"autolip+{shortcut.label}")
@@ -106,20 +96,20 @@ def through_shortcut(shortcut: Shortcut, current: Bound, bounds: Mapping[fx.Node
 def network_estimate(lg: LipGraph, norm: float) -> Bound | None:
     """AutoLip with every estimate shortcut taken (e.g. greedy SeqLip in each chain, as the SeqLip paper reports
     its network values); None when no pass recorded an estimate."""
-    if not any(s.bound.kind is Kind.ESTIMATE for n in lg.ops() for s in n.meta.get("lip.shortcuts", ())):
+    if not any(s.bound.kind is Kind.ESTIMATE for n in lg.ops() for s in record(n).shortcuts):
         return None
     one = exact(1.0, "input")
     bounds = propagate(lg.ops(), {p: one for p in lg.placeholders}, estimates=True)
-    total = combine([(exact(1.0, "output"), bounds[n]) for n in lg.output.meta["lip.inputs"]], norm)
+    total = combine([(exact(1.0, "output"), bounds[n]) for n in record(lg.output).inputs], norm)
     return Bound(total.value, Kind.ESTIMATE, "autolip+seqlip-greedy")
 
 
 def autolip(lg: LipGraph, norm: float) -> Bound:
-    """Bound of the whole network; per-output bounds go to ``output.meta["lip.outputs"]``."""
+    """Bound of the whole network; per-output bounds go to ``record(output).outputs``."""
     one = exact(1.0, "input")
     bounds = propagate(lg.ops(), {p: one for p in lg.placeholders})
     for node, bound in bounds.items():
-        node.meta["lip.L"] = bound
-    outs = lg.output.meta["lip.inputs"]
-    lg.output.meta["lip.outputs"] = [(n, bounds[n]) for n in outs]
+        record(node).bound = bound
+    outs = record(lg.output).inputs
+    record(lg.output).outputs = [(n, bounds[n]) for n in outs]
     return combine([(exact(1.0, "output"), bounds[n]) for n in outs], norm)

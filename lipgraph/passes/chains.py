@@ -17,6 +17,7 @@ from torch import fx
 
 from ..ir import LipGraph
 from .fuse import affine_runs, is_affine_link, is_trivial, sole_consumer
+from ..record import record
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,9 @@ class SeqChain:
 
 def is_activation(n: fx.Node) -> bool:
     """A single-input elementwise op with a slope interval (and not affine: lo < hi)."""
-    t = n.meta.get("lip.transfer")
+    t = record(n).transfer
     return (n.op not in ("placeholder", "output") and t is not None and t.slope is not None and not t.affine
-            and len(n.meta["lip.inputs"]) == 1 and (t.slope[0] < t.slope[1] or t.neuron_slopes is not None))
+            and len(record(n).inputs) == 1 and (t.slope[0] < t.slope[1] or t.neuron_slopes is not None))
 
 
 def sequential_chains(lg: LipGraph) -> list[SeqChain]:
@@ -127,11 +128,11 @@ def _compose_slopes(acts: tuple[fx.Node, ...]) -> tuple[float, float]:
     """Slope interval of a composition of elementwise maps: products of the factors' slopes."""
     lo, hi = 1.0, 1.0
     for n in acts:
-        a, b = n.meta["lip.transfer"].slope
+        a, b = record(n).transfer.slope
         ends = [lo * a, lo * b, hi * a, hi * b]
         lo, hi = min(ends), max(ends)
     return lo, hi
 
 
 def _path(n: fx.Node) -> str:
-    return n.meta.get("lip.path") or n.name
+    return record(n).path or n.name

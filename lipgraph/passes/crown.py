@@ -26,6 +26,7 @@ from ..region import Ball, Region
 from .context import context
 from .chains import sequential_chains
 from .fuse import linear_part
+from ..record import record
 
 F64 = torch.float64
 _DUAL = {1.0: math.inf, 2.0: 2.0, math.inf: 1.0}
@@ -38,8 +39,8 @@ def refine_chains(lg: LipGraph, region: Region, norm: float) -> None:
         affine = [_affine(lg, run, norm) for run in chain.runs]
         if any(a is None for a in affine):
             continue
-        source = chain.first.meta["lip.inputs"][0]
-        lo, hi = (b.reshape(-1) for b in source.meta["lip.interval"])
+        source = record(chain.first).inputs[0]
+        lo, hi = (b.reshape(-1) for b in record(source).interval)
         ball = region if isinstance(region, Ball) and source.op == "placeholder" else None
         centre = ball.centre(lg.inputs[0]).reshape(-1) if ball is not None else (lo + hi) / 2
         radius = ball.radius if ball is not None else (hi - lo) / 2
@@ -48,12 +49,12 @@ def refine_chains(lg: LipGraph, region: Region, norm: float) -> None:
         for k, acts in enumerate(chain.activations):
             pre = chain.runs[k][-1]
             l, u = _bounds(affine[: k + 1], relax, centre, radius, q)
-            old_lo, old_hi = (b.reshape(-1) for b in pre.meta["lip.interval"])
+            old_lo, old_hi = (b.reshape(-1) for b in record(pre).interval)
             l, u = torch.maximum(l, old_lo), torch.minimum(u, old_hi)
-            pre.meta["lip.interval"] = (l.reshape(pre.meta["lip.interval"][0].shape),
-                                        u.reshape(pre.meta["lip.interval"][1].shape))
+            record(pre).interval = (l.reshape(record(pre).interval[0].shape),
+                                        u.reshape(record(pre).interval[1].shape))
             for n in acts:
-                n.meta["lip.transfer"] = n.meta["lip.rule"].apply(context(lg, n, norm))
+                record(n).transfer = record(n).rule.apply(context(lg, n, norm))
             relax.append(_relaxation(lg, acts, l, u, norm))
 
 
@@ -71,7 +72,7 @@ def _affine(lg: LipGraph, run: Sequence[fx.Node], norm: float) -> tuple[torch.Te
 
 def _relaxation(lg: LipGraph, acts: Sequence[fx.Node], l: torch.Tensor, u: torch.Tensor, norm: float) -> tuple:
     """(a_lo, b_lo, a_hi, b_hi): a_lo z + b_lo ≤ σ(z) ≤ a_hi z + b_hi on [l, u] (module docstring)."""
-    if len(acts) == 1 and acts[0].meta["lip.key"] == "relu":
+    if len(acts) == 1 and record(acts[0]).key == "relu":
         unstable = (l < 0) & (u > 0)
         active = l >= 0
         width = (u - l).clamp_min(1e-300)
@@ -82,7 +83,7 @@ def _relaxation(lg: LipGraph, acts: Sequence[fx.Node], l: torch.Tensor, u: torch
     # a composition of activations, or any other one: lines through (l, σ(l)) with the extreme slopes
     value = l.reshape(1, -1)
     for n in acts:
-        value = context(lg, n, norm).apply(value.reshape(n.meta["lip.inputs"][0].meta["lip.info"].shape),
+        value = context(lg, n, norm).apply(value.reshape(record(record(n).inputs[0]).info.shape),
                                            dtype=F64)
     value = value.reshape(-1)
     s_lo, s_hi = _slopes(acts, l.numel())

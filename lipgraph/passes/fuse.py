@@ -20,36 +20,37 @@ from ..linalg import conv_norm, dense_is_cheap, dense_norm, matrix_norm
 from ..ir import LipGraph
 from .context import context
 from .autolip import add_shortcut
+from ..record import FusedRun, record
 
 
 def fuse(lg: LipGraph, norm: float) -> None:
     for chain in affine_chains(lg):
         fused = fused_bound(lg, chain, norm)
-        product = math.prod(n.meta["lip.transfer"].gains[0].value for n in chain)
+        product = math.prod(record(n).transfer.gains[0].value for n in chain)
         if fused is not None and fused.value < product * (1 - 1e-6):  # tighter beyond rounding
-            chain[-1].meta["lip.chain"] = (chain[0], fused, product)
+            record(chain[-1]).fused = FusedRun(chain[0], fused, product)
             add_shortcut(chain[-1], chain[0], fused, "fusion")
 
 
 def fused_members(node: fx.Node) -> list[fx.Node]:
     """The ops of the fused affine chain ending at ``node`` (which carries ``lip.chain``), first to last."""
     members = [node]
-    while members[-1] is not node.meta["lip.chain"][0]:
-        members.append(members[-1].meta["lip.inputs"][0])
+    while members[-1] is not record(node).fused.first:
+        members.append(record(members[-1]).inputs[0])
     return members[::-1]
 
 
 def is_affine_link(n: fx.Node) -> bool:
     """A single-input affine op with a certified gain: a possible member of an affine run."""
-    t = n.meta.get("lip.transfer")
+    t = record(n).transfer
     return (n.op not in ("placeholder", "output") and t is not None and t.affine
-            and len(n.meta["lip.inputs"]) == 1 and t.gains[0].kind is Kind.CERTIFIED)
+            and len(record(n).inputs) == 1 and t.gains[0].kind is Kind.CERTIFIED)
 
 
 def sole_consumer(lg: LipGraph, n: fx.Node) -> fx.Node | None:
     """The one op that consumes ``n``, if ``n`` has exactly one consumer and it has no other varying input."""
     users = list(lg.graph.successors(n))
-    return users[0] if len(users) == 1 and len(users[0].meta.get("lip.inputs", ())) == 1 else None
+    return users[0] if len(users) == 1 and len(record(users[0]).inputs) == 1 else None
 
 
 def affine_runs(lg: LipGraph) -> list[list[fx.Node]]:
@@ -58,7 +59,7 @@ def affine_runs(lg: LipGraph) -> list[list[fx.Node]]:
     for n in lg.ops():
         if n in taken or not is_affine_link(n):
             continue
-        prev = n.meta["lip.inputs"][0]
+        prev = record(n).inputs[0]
         if is_affine_link(prev) and sole_consumer(lg, prev) is n:
             continue  # not the start of its run
         run = [n]
@@ -87,7 +88,7 @@ _IDENTITIES = ("identity", "dropout", "contiguous")  # the identity map in eval 
 
 def is_trivial(n: fx.Node) -> bool:
     """An affine op whose gain is exactly 1 (identity, dropout, reshape…): nothing to tighten."""
-    g = n.meta["lip.transfer"].gains[0]
+    g = record(n).transfer.gains[0]
     return g.exact and g.value == 1.0
 
 
@@ -95,7 +96,7 @@ def folded_structure(chain: list[fx.Node]) -> tuple | None:
     """The structure (``("conv", weight, options)``, ``("matrix", W)`` or ``("channel_scale", s)``) of the
     composed operator of affine ops, folding channel scales into convolutions/matrices and multiplying matrices;
     None if the chain has ops without a structure or a pair that does not fold."""
-    parts = [n.meta["lip.transfer"].structure for n in chain if n.meta["lip.key"] not in _IDENTITIES]
+    parts = [record(n).transfer.structure for n in chain if record(n).key not in _IDENTITIES]
     if not parts or any(p is None for p in parts):
         return None
     acc = parts[0]
@@ -175,8 +176,8 @@ class LinearPart:
 def linear_part(lg: LipGraph, nodes: list[fx.Node], norm: float = 2) -> LinearPart | None:
     """The composed linear map of affine ``nodes`` (each the only input of the next), or None when the ops
     cannot be replayed per sample (batched inputs, tuples, ops ``vmap`` cannot batch)."""
-    first = nodes[0].meta["lip.inputs"][0].meta["lip.info"]
-    out = nodes[-1].meta["lip.info"]
+    first = record(record(nodes[0]).inputs[0]).info
+    out = record(nodes[-1]).info
     if first.parts is not None or out.parts is not None or not first.shape or first.shape[0] != 1:
         return None
     contexts = [context(lg, n, norm) for n in nodes]

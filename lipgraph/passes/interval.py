@@ -19,6 +19,7 @@ from ..region import Region
 from ..registry import Registry
 from .annotate import _at
 from .context import context
+from ..record import record
 
 #: relative outward widening of every interval (covers float64 rounding of the interval arithmetic)
 ROUNDING = 1e-12
@@ -27,12 +28,12 @@ ROUNDING = 1e-12
 def propagate_intervals(lg: LipGraph, registry: Registry, region: Region, norm: float) -> None:
     """Write ``lip.interval`` on every placeholder (the region's box) and op (its interval rule's result)."""
     (placeholder,) = lg.placeholders
-    placeholder.meta["lip.interval"] = region.interval(lg.inputs[0])
+    record(placeholder).interval = region.interval(lg.inputs[0])
     missing: list[fx.Node] = []
     for node in lg.ops():
-        key = node.meta["lip.key"]
+        key = record(node).key
         fn = registry.interval(key) if key else None
-        inputs = [a.meta.get("lip.interval") for a in node.meta["lip.inputs"]]
+        inputs = [record(a).interval for a in record(node).inputs]
         if fn is None:
             missing.append(node)
             continue
@@ -41,15 +42,15 @@ def propagate_intervals(lg: LipGraph, registry: Registry, region: Region, norm: 
         ctx = context(lg, node, norm)
         try:
             with torch.no_grad():
-                node.meta["lip.interval"] = _widen(fn(ctx))
+                record(node).interval = _widen(fn(ctx))
         except LipgraphError:
             raise
         except Exception as exc:  # noqa: BLE001 - a broken rule must say which and where
             raise RuleError(f"interval rule of {ctx.describe()} failed: {type(exc).__name__}: {exc}{_at(node)}") \
                 from exc
     if missing:
-        rows = "\n".join(f"  - {n.meta['lip.key'] or '(no key)':<16} {op_spelling(lg, n):<40} at "
-                         f"{n.meta['lip.path']}{_at(n)}" for n in missing)
+        rows = "\n".join(f"  - {record(n).key or '(no key)':<16} {op_spelling(lg, n):<40} at "
+                         f"{record(n).path}{_at(n)}" for n in missing)
         raise UnsupportedOpsError(
             f"a region analysis needs an interval rule for every op; lipgraph has none for {len(missing)} op(s):\n"
             f"{rows}\n\nRegister one with @lipgraph.interval_rule(\"key\") on def f(ctx) -> (lo, hi), computing "

@@ -11,12 +11,12 @@ convergence, ``fft-circular`` sits slightly above). A lower value above a certif
 the analysis fails with :class:`~lipgraph.errors.UnsoundBoundError` naming every such layer.
 
 Measured: every single-input affine op with a certified gain that is not the exact constant 1 (isometries and
-projections have nothing to measure), and every fused chain (``lip.chain``, :mod:`lipgraph.passes.fuse`). A chain's
+projections have nothing to measure), and every fused chain (:class:`~lipgraph.record.FusedRun`, :mod:`lipgraph.passes.fuse`). A chain's
 iteration is not warm-started from its first op's vector: on ResNet-18 that took longer and ended no higher
 (BatchNorm reweights the channels). ℓ1/ℓ∞ are skipped: their certified norms are exact there.
 
-Writes ``node.meta["lip.layer_lower"]`` (a :class:`~lipgraph.bound.Bound` of kind ``lower``) on each measured
-op and ``node.meta["lip.chain_lower"]`` on the last op of each fused chain.
+Writes ``record(node).layer_lower`` (a :class:`~lipgraph.bound.Bound` of kind ``lower``) on each measured
+op and ``FusedRun.lower`` on the fused run of each chain.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from ..errors import UnsoundBoundError
 from ..ir import LipGraph
 from ..linalg import power_iteration
 from .fuse import fused_members, is_affine_link, linear_part
+from ..record import record
 
 METHOD = "power-iteration"
 #: relative allowance for float64 rounding of A v and Aᵀ(A v) (≈ 10⁷ ulps)
@@ -42,17 +43,17 @@ def layer_lower_bounds(lg: LipGraph, norm: float, *, iters: int = ITERATIONS, to
         return ["layer lower bounds are computed for ℓ2 only: the ℓ1/ℓ∞ layer norms are exact (abs row/column sums)"]
     wrong: dict[str, str] = {}  # where -> what power iteration attains there
     for node in lg.ops():
-        if is_affine_link(node) and not _isometry(gain := node.meta["lip.transfer"].gains[0]):
+        if is_affine_link(node) and not _isometry(gain := record(node).transfer.gains[0]):
             found = _power_lower(lg, [node], iters, tol)
             if found is not None:
-                node.meta["lip.layer_lower"] = found
-                wrong.update(_check(node.meta["lip.path"], found, gain))
-        if "lip.chain" in node.meta:
-            _first, fused, _product = node.meta["lip.chain"]
+                record(node).layer_lower = found
+                wrong.update(_check(record(node).path, found, gain))
+        fused = record(node).fused
+        if fused is not None:
             found = _power_lower(lg, fused_members(node), iters, tol)
             if found is not None:
-                node.meta["lip.chain_lower"] = found
-                wrong.update(_check(f"the fused chain ending at {node.meta['lip.path']}", found, fused))
+                fused.lower = found
+                wrong.update(_check(f"the fused chain ending at {record(node).path}", found, fused.bound))
     if wrong:
         listed = "\n".join(f"  - {where}: {what}" for where, what in wrong.items())
         raise UnsoundBoundError(f"unsound bound: power iteration attains more than the certified norm of "

@@ -34,6 +34,7 @@ from .autolip import add_shortcut
 from .chains import SeqChain, sequential_chains
 from .fuse import affine_runs, linear_part, sole_consumer
 from .seqlip import ChainResult, _timed, run_gain
+from ..record import FusedRun, record
 
 Slopes = tuple[torch.Tensor, torch.Tensor]
 
@@ -44,8 +45,8 @@ def fold_slopes(lg: LipGraph, norm: float) -> None:
     as a shortcut where tighter than ‖A‖ · max c (exact when the slopes are constant)."""
     ends = {run[-1]: run for run in affine_runs(lg)}
     for node in lg.ops():
-        t = node.meta.get("lip.transfer")
-        run = ends.get(node.meta["lip.inputs"][0]) if t is not None and t.neuron_slopes is not None else None
+        t = record(node).transfer
+        run = ends.get(record(node).inputs[0]) if t is not None and t.neuron_slopes is not None else None
         if run is None or sole_consumer(lg, run[-1]) is not node:
             continue
         part = linear_part(lg, list(run), norm)
@@ -55,9 +56,9 @@ def fold_slopes(lg: LipGraph, norm: float) -> None:
         c = torch.maximum(a.abs(), b.abs()).reshape(-1)
         folded = certified(float(_norms((c[:, None] * materialize(part.fn, part.in_shape))[None], norm)[0]),
                            "local-slope-fold")
-        product = math.prod(n.meta["lip.transfer"].gains[0].value for n in [*run, node])
+        product = math.prod(record(n).transfer.gains[0].value for n in [*run, node])
         if folded.value < product * (1 - 1e-6):  # recorded like a fused affine run (report, formulas)
-            node.meta["lip.chain"] = (run[0], folded, product)
+            record(node).fused = FusedRun(run[0], folded, product)
             add_shortcut(node, run[0], folded, "fusion")
 
 
@@ -65,11 +66,11 @@ def tighten_local_chains(lg: LipGraph, norm: float, estimators: Sequence[str]) -
     """Per-neuron chain bounds on every chain whose activations carry neuron slopes; shortcuts where tighter."""
     fold_slopes(lg, norm)
     for chain in sequential_chains(lg):
-        if not any(n.meta["lip.transfer"].neuron_slopes is not None for acts in chain.activations for n in acts):
+        if not any(record(n).transfer.neuron_slopes is not None for acts in chain.activations for n in acts):
             continue
         parts = [linear_part(lg, list(run), norm) for run in chain.runs]
-        result = chain.last.meta.get("lip.seqlip") or ChainResult(chain, _product(chain))
-        chain.last.meta["lip.seqlip"] = result
+        result = record(chain.last).chain or ChainResult(chain, _product(chain))
+        record(chain.last).chain = result
         if not all(p is not None and dense_is_cheap(*p.size) for p in parts):
             result.notes.append("local: layers too large to materialise, per-neuron slopes used as their maximum")
             continue
@@ -129,7 +130,7 @@ def group_slopes(acts: Sequence[fx.Node], width: int) -> Slopes:
     """Per-neuron slope intervals of consecutive elementwise activations (interval products), flattened."""
     lo, hi = torch.ones(width, dtype=torch.float64), torch.ones(width, dtype=torch.float64)
     for n in acts:
-        t = n.meta["lip.transfer"]
+        t = record(n).transfer
         a, b = t.neuron_slopes if t.neuron_slopes is not None else (torch.tensor(t.slope[0]), torch.tensor(t.slope[1]))
         a = a.to(torch.float64).reshape(-1).broadcast_to(width)
         b = b.to(torch.float64).reshape(-1).broadcast_to(width)

@@ -28,6 +28,7 @@ from ..linalg import dense_is_cheap, materialize
 from .autolip import add_shortcut
 from .fuse import affine_runs, linear_part
 from .seqlip import ChainResult
+from ..record import record
 
 #: largest LipSDP side (n_0 + hidden widths) of a block bounded with dense matrices
 MAX_DENSE_LMI = 1200
@@ -58,18 +59,18 @@ def residual_blocks(lg: LipGraph) -> list[tuple[fx.Node, ChainResult, tuple[fx.N
     run_ending = {run[-1]: tuple(run) for run in affine_runs(lg)}
     blocks = []
     for node in lg.ops():
-        if node.meta.get("lip.key") != "add" or len(node.meta["lip.inputs"]) != 2:
+        if record(node).key != "add" or len(record(node).inputs) != 2:
             continue
-        for branch_end, other in (node.meta["lip.inputs"], node.meta["lip.inputs"][::-1]):
-            result = branch_end.meta.get("lip.seqlip")
+        for branch_end, other in (record(node).inputs, record(node).inputs[::-1]):
+            result = record(branch_end).chain
             if result is None or list(lg.graph.successors(branch_end)) != [node]:
                 continue
-            x = result.chain.first.meta["lip.inputs"][0]
+            x = record(result.chain.first).inputs[0]
             if other is x:
                 blocks.append((node, result, ()))
                 break
             run = run_ending.get(other)
-            if run is not None and run[0].meta["lip.inputs"][0] is x:
+            if run is not None and record(run[0]).inputs[0] is x:
                 blocks.append((node, result, run))
                 break
     return blocks
@@ -82,7 +83,7 @@ def tighten_residuals(lg: LipGraph, norm: float, estimators: Sequence[str]) -> l
     out = []
     for node, chain, shortcut in residual_blocks(lg):
         result = bound_block(lg, chain, shortcut, estimators)
-        node.meta["lip.residual"] = result
+        record(node).residual = result
         best = result.best
         if best is not None and best.value < result.separate * (1 - 1e-9):
             add_shortcut(node, chain.chain.first, best, "residual")
@@ -129,7 +130,7 @@ def _conv_block(chain: ChainResult, shortcut: tuple[fx.Node, ...], result: Resid
 
     layers = [_dcp_layer(run) for run in chain.chain.runs]
     projection = _dcp_layer(shortcut) if shortcut else None
-    shape = chain.chain.first.meta["lip.inputs"][0].meta["lip.info"].shape
+    shape = record(record(chain.chain.first).inputs[0]).info.shape
     if (len(layers) != 2 or not all(isinstance(c, Conv2dSpec) for c in layers) or len(shape) != 4
             or (shortcut and not isinstance(projection, Conv2dSpec))):
         result.notes.append("residual-fft-layer: only conv → activation → conv branches (BN folded) with an identity "

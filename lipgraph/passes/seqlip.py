@@ -35,6 +35,7 @@ from ..linalg.lowrank import top_singular
 from .autolip import add_shortcut, combine
 from .chains import SeqChain, sequential_chains
 from .fuse import LinearPart, folded_structure, fused_bound, linear_part
+from ..record import record
 
 #: Singular triplets per run for the truncated greedy estimate of chains too large to materialise.
 TOP_K = 32
@@ -76,7 +77,7 @@ def tighten_chains(lg: LipGraph, norm: float, estimators: Sequence[str], top_k: 
     results = []
     for chain in sequential_chains(lg):
         result = bound_chain(lg, chain, norm, estimators, top_k, catalogue)
-        chain.last.meta["lip.seqlip"] = result
+        record(chain.last).chain = result
         if result.best.value < result.product.value * (1 - 1e-9):
             add_shortcut(chain.last, chain.first, result.best, result.winner)
         for name, bound in result.results.items():
@@ -111,10 +112,10 @@ def bound_chain(lg: LipGraph, chain: SeqChain, norm: float, estimators: Sequence
 
 def run_gain(run: Sequence[fx.Node]) -> Bound:
     """Certified gain of an affine run: its fused bound when fusion recorded one, else the product."""
-    fused = run[-1].meta.get("lip.chain")
-    product = _product([n.meta["lip.transfer"].gains[0] for n in run])
-    if fused is not None and fused[0] is run[0] and fused[1].value < product.value:
-        return fused[1]
+    fused = record(run[-1]).fused
+    product = _product([record(n).transfer.gains[0] for n in run])
+    if fused is not None and fused.first is run[0] and fused.bound.value < product.value:
+        return fused.bound
     return product
 
 
@@ -126,7 +127,7 @@ def _conv_estimators(result: ChainResult, chain: SeqChain, norm: float, estimato
     layers = [_dcp_layer(run) for run in chain.runs]
     conv = None
     if all(layer is not None for layer in layers):
-        info = chain.runs[0][0].meta["lip.inputs"][0].meta["lip.info"]
+        info = record(record(chain.runs[0][0]).inputs[0]).info
         shape = tuple(info.shape[1:]) if len(info.shape) == 4 else (math.prod(info.shape[1:]), 1, 1)
         conv = ConvChain(tuple(layers), chain.slopes, shape)
     for est in estimators:
@@ -143,9 +144,9 @@ def _dcp_layer(run: Sequence[fx.Node]):
     """The DCP layer spec of an affine run: a folded 2-D convolution, or a matrix (after an optional flatten)."""
     from ..estimators.dcp import Conv2dSpec, LinearSpec
 
-    nodes = [n for n in run if n.meta["lip.key"] not in ("flatten", "reshape")] if run[-1].meta["lip.key"] == "linear" \
+    nodes = [n for n in run if record(n).key not in ("flatten", "reshape")] if record(run[-1]).key == "linear" \
         else list(run)
-    while len(nodes) > 1 and nodes[-1].meta["lip.key"] == "flatten":  # conv → flatten: the same vector (C·H·W)
+    while len(nodes) > 1 and record(nodes[-1]).key == "flatten":  # conv → flatten: the same vector (C·H·W)
         nodes.pop()
     structure = folded_structure(nodes)
     if structure is None:

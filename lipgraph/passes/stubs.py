@@ -14,6 +14,7 @@ from torch import fx, nn
 
 from ..ir import LipGraph
 from ..registry import Registry
+from ..record import record
 
 MAX_RULES = 4  # one stub rule per distinct op, up to this many
 
@@ -35,7 +36,7 @@ def rule_stub(lg: LipGraph, nodes: list[fx.Node], registry: Registry) -> str:
         imports |= imported
         if where:
             in_place.append(where)
-        label = node.meta["lip.key"] or target.split(",")[0]
+        label = record(node).key or target.split(",")[0]
         replaces = (f"# override=True replaces the built-in rule for every {label} op, and it declined only this "
                     f"case: keep its checks (lipgraph rules --op {label})\n") if "override=True" in target else ""
         rules.append(
@@ -61,7 +62,7 @@ def rule_stub(lg: LipGraph, nodes: list[fx.Node], registry: Registry) -> str:
 def _decorator_target(lg: LipGraph, node: fx.Node, registry: Registry) -> tuple[str, set[str], str | None]:
     """What ``@lipgraph.rule(...)`` names for this op, the imports that name needs, and the file it must be
     pasted into when it cannot be imported (else ``None``)."""
-    key = node.meta["lip.key"]
+    key = record(node).key
     if key:  # an op key covers every spelling of the op and is always valid Python
         return (f'"{key}", override=True' if registry.get(key) is not None else f'"{key}"'), set(), None
     target = lg.target_of(node)

@@ -43,7 +43,7 @@ def test_joint_blocks_tighten_the_network_bound(monkeypatch, dense: bool) -> Non
         monkeypatch.setattr(residual_pass, "residual_fft", lambda block: calls.append(block) or fft(block))
     model, x = _model()
     report = lipgraph.analyze(model, x, method="cp", quiet=True)
-    monkeypatch.setattr(lipgraph.api, "tighten_residuals", lambda *args, **kwargs: [])
+    monkeypatch.setattr(lipgraph.pipeline, "tighten_residuals", lambda *args, **kwargs: [])
     separate = lipgraph.analyze(model, x, method="cp", lower=False, quiet=True)
     assert report.lower.value <= report.bound.value < separate.bound.value
     adds = _adds(report)

@@ -227,7 +227,7 @@ def op_nodes(report: lipgraph.Report) -> list[lipgraph.ReportNode]:
 
 
 def annotated_ops(case: Case, p: float) -> list:
-    """The case's graph ops after annotation for the ℓp norm (``meta["lip.key"]``, ``meta["lip.transfer"]``, ...)."""
+    """The case's graph ops after annotation for the ℓp norm (``record(node).key``, ``record(node).transfer``, ...)."""
     model, x = built(case)
     registry = default_registry()
     lg = ir.build(model, (x,), registry, "auto")

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lipgraph
+from lipgraph.record import record
 from tests.rules.oracle import (INF, L2, Case, act, analysis, annotated_ops, assert_table_covers, built, const,
                                 derivative_range, fn, lin, nonlin, op_nodes, params, rnd, true_norm)
 
@@ -427,7 +428,7 @@ ACTS = [c for c in CASES if c.kind == "act"]
 
 def _transfer(case: Case):
     (node,) = annotated_ops(case, 2.0)
-    return node.meta["lip.key"], node.meta["lip.transfer"]
+    return record(node).key, record(node).transfer
 
 
 @pytest.mark.parametrize("case", ACTS, ids=[c.id for c in ACTS])

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lipgraph
+from lipgraph.record import record
 from tests.rules import oracle
 from tests.rules.oracle import (ALL, INF, Case, Probing, analysis, annotated_ops, assert_table_covers, built, const,
                                 fn, lin, params, true_norm)
@@ -162,10 +163,10 @@ PROJECTIONS = {"getitem", "values"}
 
 def main_op(case: Case, p: float):
     """(key, transfer, true norm) of the case's only op that is not a tuple projection, or None."""
-    ops = [n for n in annotated_ops(case, p) if n.meta["lip.key"] not in PROJECTIONS]
-    if len(ops) != 1 or len(ops[0].meta["lip.inputs"]) != 1:
+    ops = [n for n in annotated_ops(case, p) if record(n).key not in PROJECTIONS]
+    if len(ops) != 1 or len(record(ops[0]).inputs) != 1:
         return None
-    return ops[0].meta["lip.key"], ops[0].meta["lip.transfer"]
+    return record(ops[0]).key, record(ops[0]).transfer
 
 
 PARAMS = params(CASES)
