@@ -262,15 +262,13 @@ class _Builder:
                 if n is not out:
                     continue
                 e = _Product(self.call[child], values[src])
-            elif n in taken and taken[n].label == "residual":  # min(joint · L(x), ‖P‖-path + branch): both shown
+            elif n in taken and (via := self._replacing(n, taken[n])) is not None:  # a fused run or chain
+                e = _Product(via, values[record(taken[n].first).inputs[0]])
+            elif n in taken:  # min(joint · L(x), ‖P‖-path + branch), or another pass's shortcut: both shown
                 source = values[record(taken[n].first).inputs[0]]
-                e = sympy.Min(_Product(self.joint[n], source).expr(), _expr(self._op(n, values)))
+                e = sympy.Min(_Product(self._bounded(n, taken[n]), source).expr(), _expr(self._op(n, values)))
                 if record(n).scope == scope:
                     self.merges.setdefault(record(n).path, (e, scope[-1][0] if scope else ""))
-            elif n in taken:
-                shortcut = taken[n]
-                via = self.fused[n] if shortcut.label == "fusion" else self.chain[n]
-                e = _Product(via, values[record(shortcut.first).inputs[0]])
             else:
                 e = self._op(n, values)
                 if len(record(n).inputs) > 1 and record(n).scope == scope and n.op != "call_module":
@@ -279,6 +277,22 @@ class _Builder:
                 e = self._shared(scope, child[-1][0] if child else record(n).path, self.order[n], _expr(e))
             values[n] = e
         return combine_expr([(sympy.Integer(1), _expr(values[o])) for o in outs], self.norm), values
+
+    def _replacing(self, n: fx.Node, shortcut: Shortcut) -> sympy.Symbol | None:
+        """The symbol of the fused run or chain that ``shortcut`` stands for (the product path is replaced by it),
+        or None for a shortcut that is neither (a residual block, a pass of the caller's)."""
+        if shortcut.label == "fusion":
+            return self.fused.get(n)
+        chain = record(n).chain
+        return self.chain[n] if n in self.chain and shortcut.bound.value == chain.best.value else None
+
+    def _bounded(self, n: fx.Node, shortcut: Shortcut) -> sympy.Symbol:
+        """The constant of a shortcut shown beside the AutoLip path: a residual block's joint bound, or
+        ``L(<node>(<label>))`` for a shortcut another pass recorded."""
+        if shortcut.label == "residual":
+            return self.joint[n]
+        path = record(n).path
+        return self._constant(f"{path}({shortcut.label})", shortcut.bound.value, (path,), False, self.order[n])
 
     def _unit(self, n: fx.Node, scope: Scope, taken: dict[fx.Node, Shortcut],
               units: dict[Scope, tuple[fx.Node, fx.Node] | None]) -> Scope | None:

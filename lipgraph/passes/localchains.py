@@ -26,7 +26,7 @@ import torch
 from torch import fx
 
 from ..bound import Bound, Kind, certified
-from ..estimators import ESTIMATORS, DenseChain
+from ..estimators import ESTIMATORS, DenseChain, EstimatorCatalogue
 from ..ir import LipGraph
 from ..bound import FLOAT_MARGIN
 from ..linalg import dense_is_cheap, materialize
@@ -62,8 +62,10 @@ def fold_slopes(lg: LipGraph, norm: float) -> None:
             add_shortcut(node, run[0], folded, "fusion")
 
 
-def tighten_local_chains(lg: LipGraph, norm: float, estimators: Sequence[str]) -> None:
-    """Per-neuron chain bounds on every chain whose activations carry neuron slopes; shortcuts where tighter."""
+def tighten_local_chains(lg: LipGraph, norm: float, estimators: Sequence[str],
+                         catalogue: EstimatorCatalogue = ESTIMATORS) -> None:
+    """Per-neuron chain bounds on every chain whose activations carry neuron slopes (``estimators``: names in
+    ``catalogue``); shortcuts where tighter."""
     fold_slopes(lg, norm)
     for chain in sequential_chains(lg):
         if not any(record(n).transfer.neuron_slopes is not None for acts in chain.activations for n in acts):
@@ -81,7 +83,7 @@ def tighten_local_chains(lg: LipGraph, norm: float, estimators: Sequence[str]) -
             _timed(result, "vertices-local", lambda: vertex_bound(weights, slopes, norm))
         reduced = reduce_chain(weights, slopes)
         for name in estimators:
-            est = ESTIMATORS[name]
+            est = catalogue[name]
             if est.input != "dense" or name == "cp":  # cp-local above is cp with per-neuron slopes
                 continue
             why = "ℓ2 only" if not est.supports(norm) else est.applies(reduced)
