@@ -1,13 +1,14 @@
 """The intermediate representation: the fx graph, a networkx view of its input-dependent part, and the
 model's own module tree for display.
 
-``node.meta`` keys written here (on top of those from :mod:`lipgraph.frontend.propagate`):
+Fields of each node's record (:class:`lipgraph.record.NodeRecord`) written here (on top of those from
+:mod:`lipgraph.frontend.propagate`):
 
-- ``lip.key``     canonical op key (input-dependent ops only; ``None`` if the op has no known spelling)
-- ``lip.scope``   the module calls the node sits in, outermost first: ``(("layer1", 0), ("layer1.0", 0))``
-- ``lip.path``    display path: the module path of a ``call_module`` op, else ``<scope>.<node name>``
-- ``lip.source``  ``file:line: code`` of the user's source line, when known
-- ``lip.inputs``  the input-dependent argument nodes, one entry per occurrence, in argument order
+- ``key``     canonical op key (input-dependent ops only; ``None`` if the op has no known spelling)
+- ``scope``   the module calls the node sits in, outermost first: ``(("layer1", 0), ("layer1.0", 0))``
+- ``path``    display path: the module path of a ``call_module`` op, else ``<scope>.<node name>``
+- ``source``  ``file:line: code`` of the user's source line, when known
+- ``inputs``  the input-dependent argument nodes, one entry per occurrence, in argument order
 """
 from __future__ import annotations
 
@@ -103,7 +104,7 @@ def _is_namedtuple(target: Any) -> bool:
 
 
 def output_names(lg: LipGraph) -> list[str]:
-    """A name per input-dependent output (``lip.inputs`` of the output node, in order): its keys in the returned
+    """A name per input-dependent output (``inputs`` of the output node's record, in order): its keys in the returned
     dicts and namedtuples (``logits``, ``aux.feat``), or its node path when no dict or namedtuple holds it."""
     names: list[str] = []
 

@@ -36,6 +36,32 @@ class Var:
 
 
 @dataclass(frozen=True)
+class Matrix:
+    """y = W x on the last dim (the linear part of an affine op, for exact folding: docs/mathematics.md §4)."""
+
+    weight: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Conv:
+    """A convolution with ``weight`` and ``options`` (the keywords of ``lipgraph.linalg.conv_norm``)."""
+
+    weight: torch.Tensor
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ChannelScale:
+    """y_c = s_c x_c along dim 1 (e.g. eval BatchNorm)."""
+
+    scale: torch.Tensor
+
+
+#: the structure of an affine op's linear part that fusion can fold exactly
+AffineStructure = Union[Matrix, Conv, ChannelScale]
+
+
+@dataclass(frozen=True)
 class Transfer:
     """The local Lipschitz behaviour of one op.
 
@@ -46,8 +72,7 @@ class Transfer:
 
     ``affine`` declares the op affine in its input (x ↦ A x + b, A fixed): chains of affine ops are bounded
     as one composed operator (docs/mathematics.md §4). ``structure`` optionally describes A for exact folding:
-    ``("matrix", W)`` (y = W x on the last dim), ``("conv", weight, options)`` (``conv_norm`` keywords),
-    ``("channel_scale", s)`` (y_c = s_c x_c along dim 1, e.g. eval BatchNorm).
+    a :class:`Matrix`, :class:`Conv` or :class:`ChannelScale`.
 
     ``joint`` declares the op ``max(gains)``-Lipschitz in its inputs *jointly*, ‖Δy‖_p ≤ max_i g_i·‖(Δx_1, …,
     Δx_m)‖_p (implied by ``combine = p``: cat/stack, elementwise max/min, clamp). AutoLip then bounds y by
@@ -59,7 +84,7 @@ class Transfer:
     slope: tuple[float, float] | None = None
     notes: tuple[str, ...] = ()
     affine: bool = False
-    structure: tuple | None = None
+    structure: AffineStructure | None = None
     joint: bool = False
     neuron_slopes: tuple[torch.Tensor, torch.Tensor] | None = None  # local: per-coordinate [α, β] (docs/local.md)
 

@@ -177,7 +177,7 @@ class _Builder:
                 self.op_terms[path].append(self.leaf[n])
 
     def _shortcuts(self) -> None:
-        """Fused runs (``lip.chain``) and chains bounded as a whole (``lip.seqlip``): one constant each, whose
+        """Fused runs (``record.fused``) and chains bounded as a whole (``record.chain``): one constant each, whose
         fallback is the product of its members."""
         for n in self.order:
             if record(n).fused is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from lipgraph.linalg import conv_norm
 from lipgraph.registry import Registry
-from lipgraph.ruleapi import OpContext, Transfer
+from lipgraph.ruleapi import Conv, OpContext, Transfer
 
 CONV_KEYS = ("conv1d", "conv2d", "conv3d")
 TRANSPOSE_KEYS = ("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
@@ -29,7 +29,7 @@ def conv(ctx: OpContext) -> Transfer:
         options["output_padding"] = ctx.arg("output_padding", 5, 0)
     options.update(in_spatial=tuple(ctx.input.shape[-dims:]), transposed=transposed)
     return Transfer(gains=(conv_norm(weight, p=ctx.norm, **options),), affine=True,
-                    structure=("conv", weight, options))
+                    structure=Conv(weight, options))
 
 
 def register(registry: Registry) -> None:

@@ -8,7 +8,7 @@ import torch
 from lipgraph.bound import Bound, certified, join_kinds
 from lipgraph.linalg import matrix_norm
 from lipgraph.registry import Registry
-from lipgraph.ruleapi import OpContext, Transfer, Var
+from lipgraph.ruleapi import Matrix, OpContext, Transfer, Var
 
 from ._gains import broadcast_copies, copies_gain
 
@@ -20,7 +20,7 @@ def linear(ctx: OpContext) -> Transfer:
     weight = ctx.arg("weight", 1).detach()
     flat = len(ctx.input.shape) == 2  # (N, features): channel scales (BatchNorm1d) act on the same axis
     return Transfer(gains=(matrix_norm(weight, ctx.norm),), affine=True,
-                    structure=("matrix", weight) if flat else None)
+                    structure=Matrix(weight) if flat else None)
 
 
 def product_gain(var: Var, const: torch.Tensor, var_on_left: bool, p: float) -> Bound:

@@ -8,7 +8,7 @@ import torch
 from lipgraph.bound import certified
 from lipgraph.errors import NormNotSupported, RuleError
 from lipgraph.registry import Registry
-from lipgraph.ruleapi import OpContext, Transfer
+from lipgraph.ruleapi import ChannelScale, OpContext, Transfer
 
 
 def batch_norm(ctx: OpContext) -> Transfer:
@@ -25,7 +25,7 @@ def batch_norm(ctx: OpContext) -> Transfer:
     if weight is not None:
         scale = scale * weight.detach().to(torch.float64)
     return Transfer(gains=(certified(float(scale.abs().max()), "diagonal", exact=True, margin=1e-12),),
-                    affine=True, structure=("channel_scale", scale))
+                    affine=True, structure=ChannelScale(scale))
 
 
 def feature_norm(ctx: OpContext) -> Transfer:

@@ -1,10 +1,10 @@
 """Run the graph once on the example input and record, per node, what the passes need.
 
-``node.meta`` keys written here (all under the ``lip.`` prefix):
+Fields of the node's record (:class:`lipgraph.record.NodeRecord`) written here:
 
-- ``lip.dep``    the node's output is a tensor that depends on the network input
-- ``lip.info``   its output: a :class:`Var` (shape, dtype), a tuple of them, or ``None`` for non-tensors
-- ``lip.value``  the value of a constant node that feeds an input-dependent one (weights, sizes, flags)
+- ``dep``    the node's output is a tensor that depends on the network input
+- ``info``   its output: a :class:`Var` (shape, dtype), a tuple of them, or ``None`` for non-tensors
+- ``value``  the value of a constant node that feeds an input-dependent one (weights, sizes, flags)
 
 Non-tensor results (``x.size(0)``, ``x.shape``) depend on shapes only, which are fixed: they are constants.
 """
@@ -39,7 +39,7 @@ class _Propagate(fx.Interpreter):
 
 
 def propagate(gm: fx.GraphModule, inputs: tuple) -> None:
-    """Annotate every node of ``gm`` with ``lip.dep``, ``lip.info`` and (constants) ``lip.value``."""
+    """Annotate every node of ``gm`` with ``dep``, ``info`` and (constants) ``value`` (its record)."""
     with torch.no_grad():
         _Propagate(gm).run(*inputs)
     for n in gm.graph.nodes:  # constants nobody input-dependent uses need not stay alive

@@ -1,4 +1,5 @@
-"""Annotate every input-dependent op with its rule's transfer (``lip.rule``, ``lip.transfer``, ``lip.seconds``).
+"""Annotate every input-dependent op with its rule's transfer (record fields ``rule``, ``transfer``,
+``seconds``).
 
 All problems are collected before failing: one error lists every op without a rule (with a rule stub),
 another every op that is not globally Lipschitz. With ``unsupported="inf"`` ops without a rule get an
@@ -34,12 +35,12 @@ UNSUPPORTED_MODES = ("error", "inf")
 
 def annotate(lg: LipGraph, registry: Registry, norm: float = 2, unsupported: str = "error", *,
              fusion: bool = False, progress: ProgressFactory | None = None) -> None:
-    """Run every op's rule; write ``lip.transfer``, ``lip.rule`` and ``lip.seconds`` (the rule's wall time).
+    """Run every op's rule; write ``transfer``, ``rule`` and ``seconds`` (the rule's wall time) in each op's record.
 
     Built-in rules run in a thread pool when torch has several threads (:mod:`lipgraph.linalg.parallel`),
     other rules in the calling thread; results are handled in graph order either way. ``fusion=True`` then
     computes, in the same way, the norms of the folded affine chains that :func:`lipgraph.passes.fuse.fuse` will
-    ask for (memoised by :mod:`lipgraph.cache`, so fusion finds them), adding their time to the ``lip.seconds``
+    ask for (memoised by :mod:`lipgraph.cache`, so fusion finds them), adding their time to the ``seconds``
     of each chain's last op. ``progress(total, description)``, when the caller supplies one (a terminal bar,
     :class:`lipgraph.progress.LayerProgress`), is told of every layer done (``advance``) and of the chains added
     (``extend``); this pass draws nothing itself.

@@ -1,7 +1,7 @@
 """AutoLip (Scaman & Virmaux, NeurIPS 2018, §4) over the graph: ``L_k = ||(l_{k,i} L_i)_i||_q``.
 
 With ``q = 1`` this is the paper's sum over inputs; concatenations use ``q = p`` (ℓ2: root of squares).
-Writes ``lip.L`` (a :class:`Bound`) on every input-dependent node, ``lip.outputs`` on the output node.
+Writes ``bound`` (a :class:`Bound`) in the record of every input-dependent node, ``outputs`` in the output node's.
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def propagate(nodes: Iterable[fx.Node], entry: Mapping[fx.Node, Bound], *, estim
 
 def joint_source(node: fx.Node) -> fx.Node | None:
     """The tensor whose disjoint selections are all the inputs of ``node`` (the halves of a split), if any;
-    cached in ``lip.joint_source``."""
+    cached in its record's ``joint_source``."""
     if record(node).joint_source is UNKNOWN:
         pieces = record(node).inputs
         key = lambda n: record(n).key  # noqa: E731

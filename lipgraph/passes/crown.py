@@ -34,7 +34,7 @@ _DUAL = {1.0: math.inf, 2.0: 2.0, math.inf: 1.0}
 
 def refine_chains(lg: LipGraph, region: Region, norm: float) -> None:
     """CROWN on every materialisable chain; writes the tightened pre-activation intervals and recomputes the
-    local transfers of the chain's activations (``lip.transfer``) from them."""
+    local transfers of the chain's activations (``transfer``) from them."""
     for chain in sequential_chains(lg):
         affine = [_affine(lg, run, norm) for run in chain.runs]
         if any(a is None for a in affine):

@@ -2,7 +2,8 @@
 operator A_k⋯A_1. Its norm is bounded directly — ‖A_k⋯A_1‖ ≤ Π‖A_i‖ and is often much smaller (BatchNorm
 folded into the convolution before it is the common case).
 
-Writes ``lip.chain`` on the last op of each chain: ``(first op, fused Bound, product of the gains)``, and a
+Writes ``fused`` (a :class:`~lipgraph.record.FusedRun`: first op, fused Bound, product of the gains) on the last op
+of each chain, and a
 shortcut (:func:`lipgraph.passes.autolip.add_shortcut`): AutoLip then uses ``min(product path, fused · L(chain
 input))``; both are certified upper bounds.
 """
@@ -18,6 +19,7 @@ from torch import fx
 from ..bound import Bound, Kind, certified
 from ..linalg import conv_norm, dense_is_cheap, dense_norm, matrix_norm
 from ..ir import LipGraph
+from ..ruleapi import AffineStructure, ChannelScale, Conv, Matrix
 from .context import context
 from .autolip import add_shortcut
 from ..record import FusedRun, record
@@ -33,7 +35,7 @@ def fuse(lg: LipGraph, norm: float) -> None:
 
 
 def fused_members(node: fx.Node) -> list[fx.Node]:
-    """The ops of the fused affine chain ending at ``node`` (which carries ``lip.chain``), first to last."""
+    """The ops of the fused affine chain ending at ``node`` (whose record carries ``fused``), first to last."""
     members = [node]
     while members[-1] is not record(node).fused.first:
         members.append(record(members[-1]).inputs[0])
@@ -92,10 +94,11 @@ def is_trivial(n: fx.Node) -> bool:
     return g.exact and g.value == 1.0
 
 
-def folded_structure(chain: list[fx.Node]) -> tuple | None:
-    """The structure (``("conv", weight, options)``, ``("matrix", W)`` or ``("channel_scale", s)``) of the
-    composed operator of affine ops, folding channel scales into convolutions/matrices and multiplying matrices;
-    None if the chain has ops without a structure or a pair that does not fold."""
+def folded_structure(chain: list[fx.Node]) -> AffineStructure | None:
+    """The structure (:class:`~lipgraph.ruleapi.Conv`, :class:`~lipgraph.ruleapi.Matrix` or
+    :class:`~lipgraph.ruleapi.ChannelScale`) of the composed operator of affine ops, folding channel scales into
+    convolutions/matrices and multiplying matrices; None if the chain has ops without a structure or a pair that
+    does not fold."""
     parts = [record(n).transfer.structure for n in chain if record(n).key not in _IDENTITIES]
     if not parts or any(p is None for p in parts):
         return None
@@ -110,33 +113,30 @@ def folded_structure(chain: list[fx.Node]) -> tuple | None:
 def _folded(chain: list[fx.Node], norm: float) -> Bound | None:
     """Exact norm of the folded structure (:func:`folded_structure`); None when the chain does not fold."""
     acc = folded_structure(chain)
-    if acc is None:
-        return None
-    kind, *data = acc
-    if kind == "conv":
-        weight, options = data
-        return conv_norm(weight, p=norm, **options)
-    if kind == "matrix":
-        return matrix_norm(data[0], norm)
-    scale = data[0]  # float64 products of the scales: a relative rounding error of a few 1e-16
-    return certified(float(scale.abs().max()), "diagonal", exact=True, margin=1e-12)
+    if isinstance(acc, Conv):
+        return conv_norm(acc.weight, p=norm, **acc.options)
+    if isinstance(acc, Matrix):
+        return matrix_norm(acc.weight, norm)
+    if isinstance(acc, ChannelScale):  # float64 products of the scales: a relative rounding error of a few 1e-16
+        return certified(float(acc.scale.abs().max()), "diagonal", exact=True, margin=1e-12)
+    return None
 
 
-def _fold_pair(first: tuple, second: tuple) -> tuple | None:
+def _fold_pair(first: AffineStructure, second: AffineStructure) -> AffineStructure | None:
     """The structure of ``second ∘ first``, or None when it has no structured form here."""
-    a, b = first[0], second[0]
-    if a == b == "channel_scale":
-        return ("channel_scale", first[1] * second[1])
-    if a == b == "matrix":
-        return ("matrix", second[1].double() @ first[1].double())
-    if a == "matrix" and b == "channel_scale" and first[1].shape[0] == second[1].numel():
-        return ("matrix", second[1][:, None] * first[1].double())
-    if a == "channel_scale" and b == "matrix" and second[1].shape[1] == first[1].numel():
-        return ("matrix", second[1].double() * first[1][None, :])
-    if a == "conv" and b == "channel_scale":
-        return ("conv", _scale_conv(first[1], first[2], second[1], output=True), first[2])
-    if a == "channel_scale" and b == "conv":
-        return ("conv", _scale_conv(second[1], second[2], first[1], output=False), second[2])
+    match first, second:
+        case ChannelScale(), ChannelScale():
+            return ChannelScale(first.scale * second.scale)
+        case Matrix(), Matrix():
+            return Matrix(second.weight.double() @ first.weight.double())
+        case Matrix(), ChannelScale() if first.weight.shape[0] == second.scale.numel():
+            return Matrix(second.scale[:, None] * first.weight.double())
+        case ChannelScale(), Matrix() if second.weight.shape[1] == first.scale.numel():
+            return Matrix(second.weight.double() * first.scale[None, :])
+        case Conv(), ChannelScale():
+            return Conv(_scale_conv(first.weight, first.options, second.scale, output=True), first.options)
+        case ChannelScale(), Conv():
+            return Conv(_scale_conv(second.weight, second.options, first.scale, output=False), second.options)
     return None
 
 

@@ -2,7 +2,7 @@
 
 Runs each op's interval rule (``Registry.register_interval``) in graph order on the intervals of its inputs,
 in float64, and widens every result outward by a relative ``ROUNDING`` so that float64 rounding of the rule's own
-arithmetic stays inside. Writes ``lip.interval`` (a (lo, hi) pair, a tuple of pairs for a tuple-valued op, or
+arithmetic stays inside. Writes ``interval`` (a (lo, hi) pair, a tuple of pairs for a tuple-valued op, or
 None for integer results) on every input-dependent node. An op without an interval rule is an error listing all
 of them, as a missing Lipschitz rule is.
 """
@@ -26,7 +26,7 @@ ROUNDING = 1e-12
 
 
 def propagate_intervals(lg: LipGraph, registry: Registry, region: Region, norm: float) -> None:
-    """Write ``lip.interval`` on every placeholder (the region's box) and op (its interval rule's result)."""
+    """Write ``interval`` in the record of every placeholder (the region's box) and op (its interval rule's result)."""
     (placeholder,) = lg.placeholders
     record(placeholder).interval = region.interval(lg.inputs[0])
     missing: list[fx.Node] = []

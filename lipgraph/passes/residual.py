@@ -7,7 +7,7 @@ by its slope. The joint estimators (:data:`lipgraph.estimators.residual.RESIDUAL
 explicit float64 matrices when they are small enough, else (conv → activation → conv branches, BatchNorm folded)
 the frequency-domain LipSDP of :mod:`lipgraph.estimators.residual_conv`; the smallest certified value becomes a shortcut
 ``L(add) ≤ joint · L(x)`` (:func:`.autolip.add_shortcut`), compared by AutoLip with ``‖P‖-path + L(branch)``.
-Writes ``lip.residual`` (a :class:`ResidualResult`) on the add node.
+Writes ``residual`` (a :class:`ResidualResult`) in the add node's record.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ For each chain W_K ∘ φ ∘ ⋯ ∘ φ ∘ W_1 (:mod:`lipgraph.passes.chains`)
   than AutoLip), and the greedy SeqLip *estimate* on top-k singular vectors (randomised SVD of each run).
 
 The smallest certified value wins and becomes a shortcut for AutoLip (``L(last) ≤ best · L(chain input)``), so
-residual blocks use it inside ``1 + L(branch)``. Writes ``lip.seqlip`` (a :class:`ChainResult`) on the chain's
+residual blocks use it inside ``1 + L(branch)``. Writes ``chain`` (a :class:`ChainResult`) in the record of the chain's
 last node. Estimates are reported beside, never used for the bound.
 """
 from __future__ import annotations
@@ -30,6 +30,7 @@ from ..estimators import ESTIMATORS, ChainEstimator, DenseChain, EstimatorCatalo
 from ..estimators.cp import cp_value
 from ..estimators.seqlip import Factors, greedy_bound
 from ..ir import LipGraph
+from ..ruleapi import Conv, Matrix
 from ..linalg import dense_is_cheap, materialize
 from ..linalg.lowrank import top_singular
 from .autolip import add_shortcut, combine
@@ -149,13 +150,11 @@ def _dcp_layer(run: Sequence[fx.Node]):
     while len(nodes) > 1 and record(nodes[-1]).key == "flatten":  # conv → flatten: the same vector (C·H·W)
         nodes.pop()
     structure = folded_structure(nodes)
-    if structure is None:
+    if isinstance(structure, Matrix):
+        return LinearSpec(structure.weight)
+    if not isinstance(structure, Conv):
         return None
-    if structure[0] == "matrix":
-        return LinearSpec(structure[1])
-    if structure[0] != "conv":
-        return None
-    weight, options = structure[1], structure[2]
+    weight, options = structure.weight, structure.options
     pad = options.get("padding", 0)
     if (weight.ndim != 4 or options.get("transposed") or options.get("padding_mode", "zeros") != "zeros"
             or isinstance(pad, str)):
