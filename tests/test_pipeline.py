@@ -90,13 +90,14 @@ class Vertices(Pass):
 
     def __call__(self, state: Analysis) -> None:
         for node in state.graph.ops():
-            first = record(node).inputs[0] if record(node).key == "linear" else None
-            if first is None or record(first).key != "tanh":
+            act = record(node).inputs[0] if record(node).key == "linear" else None
+            if act is None or record(act).key != "tanh":
                 continue
-            w2, w1 = (state.graph.target_of(n).weight.detach() for n in (node, record(first).inputs[0]))
-            corners = (torch.tensor(d, dtype=torch.float64) for d in product((0.0, 1.0), repeat=w1.shape[0]))
-            value = max(float(torch.linalg.matrix_norm(w2.double() @ torch.diag(d) @ w1.double(), 2)) for d in corners)
-            add_shortcut(node, record(first).inputs[0], certified(value, "vertices", margin=FLOAT_MARGIN), "vertices")
+            first = record(act).inputs[0]
+            w2, w1 = (state.graph.target_of(n).weight.detach().double() for n in (node, first))
+            value = max(float(torch.linalg.matrix_norm(w2 @ torch.diag(torch.tensor(d, dtype=w1.dtype)) @ w1, 2))
+                        for d in product((0.0, 1.0), repeat=w1.shape[0]))
+            add_shortcut(node, first, certified(value, "vertices", margin=FLOAT_MARGIN), "vertices")
             self.seen.append(record(node).path)
 
 
