@@ -29,11 +29,6 @@ class ModuleCall:
     bound: Bound
     taken: dict[fx.Node, Shortcut]
 
-    @property
-    def outputs(self) -> list[fx.Node]:
-        """The ops of the call whose results are used outside it."""
-        return module_outputs(self.nodes, set(self.nodes))
-
 
 def module_calls(lg: LipGraph, norm: float) -> dict[Scope, ModuleCall]:
     """Every module call of ``lg`` (scope -> its :class:`ModuleCall`; ``()`` is the model), in the order of the
