@@ -9,9 +9,10 @@ in the wrong order fails there with a :class:`PipelineError` naming the pass and
 computation goes wrong.
 
 The recipes: ``analyze`` runs :func:`analysis_passes` (trace → [intervals] → annotate → fuse → [crown] →
-[layer_lower] → [chains → residual] → [local chains] → extra passes → bound → tree); ``lipschitz_penalty`` and
-``certify`` run :func:`graph_passes` (trace → annotate → fuse), then their own AutoLip. A new analysis is one
-more :class:`Pass` in the list (``analyze(..., passes=[...])`` runs extra passes just before the bound pass).
+[layer_lower] → [chains → residual] → [local chains] → extra passes → bound → module bounds → tree);
+``lipschitz_penalty`` runs :func:`graph_passes` (trace → annotate → fuse) and its own differentiable AutoLip,
+``certify`` the graph passes and the bound pass. A new analysis is one more :class:`Pass` in the list
+(``analyze(..., passes=[...])`` runs extra passes just before the bound pass; docs/architecture.md).
 """
 from __future__ import annotations
 
