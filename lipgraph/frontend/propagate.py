@@ -17,20 +17,8 @@ from torch import fx
 
 from ..errors import InputError
 from ..ruleapi import Var
-from .opkeys import is_torch_owned
+from .inplace import is_in_place
 from .trace import user_frame
-
-
-def _in_place(n: fx.Node) -> bool:
-    """An in-place torch op (``x.mul_(y)``, ``torch.relu_(x)``, ``aten.mul_``): a name ending in one ``_``."""
-    if n.op == "call_method":
-        name = n.target
-    elif n.op == "call_function" and is_torch_owned(n.target):
-        schema = getattr(n.target, "_schema", None)  # aten.mul_.Tensor: the schema's name is "aten::mul_"
-        name = schema.name.split("::", 1)[-1] if schema is not None else getattr(n.target, "__name__", "") or ""
-    else:
-        return False
-    return name.endswith("_") and not name.startswith("_")
 
 
 class _Propagate(fx.Interpreter):
@@ -39,7 +27,7 @@ class _Propagate(fx.Interpreter):
 
     def fetch_args_kwargs_from_env(self, n: fx.Node) -> tuple[tuple, dict]:
         args, kwargs = super().fetch_args_kwargs_from_env(n)
-        if _in_place(n) and args and isinstance(args[0], torch.Tensor):
+        if is_in_place(n, self.module) and args and isinstance(args[0], torch.Tensor):
             args = (args[0].clone(), *args[1:])
         return args, kwargs
 

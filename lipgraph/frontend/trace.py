@@ -18,6 +18,7 @@ from torch.nn.utils import parametrize
 
 from ..errors import TraceError
 from ..registry import Registry
+from .inplace import rebind_in_place
 from .opkeys import CONTAINERS, module_key
 
 FRONTENDS = ("auto", "fx", "export")
@@ -89,7 +90,9 @@ def _fx(model: nn.Module, registry: Registry, concrete_args: dict[str, Any] | No
             "  - fix the value that drives Python control flow with concrete_args={'flag': value}\n"
             "  - use the export frontend: --frontend export (Python API: frontend='export')"
         ) from None
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    rebind_in_place(gm)
+    return gm
 
 
 @contextlib.contextmanager
@@ -117,7 +120,9 @@ def _export(model: nn.Module, inputs: tuple) -> fx.GraphModule:
             f"torch.export could not export {type(model).__name__}: {type(exc).__name__}: "
             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}\n  at {user_frame(exc)}"
         ) from None
-    return program.module()
+    gm = program.module()
+    rebind_in_place(gm)  # torch.export's graph keeps in-place ops too
+    return gm
 
 
 def user_frame(exc: BaseException) -> str:

@@ -26,7 +26,7 @@ from torch import nn
 
 import lipgraph
 from lipgraph.frontend.opkeys import canonical_name
-from rules import nonlipschitz
+from lipgraph.rules import nonlipschitz
 
 STEEP = 100.0  # a witnessed slope above this is "unbounded" (every Lipschitz op below has constant < 5)
 #: refusals the probes cannot witness, each with why it is still right (or a known imprecision), by frontend
