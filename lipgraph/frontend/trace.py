@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from typing import Any, Iterator
 
 import torch
@@ -113,7 +114,11 @@ def _quiet_export_failure() -> Iterator[None]:
 
 def _export(model: nn.Module, inputs: tuple) -> fx.GraphModule:
     try:
-        with _quiet_export_failure():
+        with _quiet_export_failure(), warnings.catch_warnings():
+            # nn.RNN/GRU/LSTM rebuild their _flat_weights list in forward: torch.export warns that these tensor
+            # attributes were "assigned during export"; they are the module's own parameters, nothing to act on
+            warnings.filterwarnings("ignore", message=r"The tensor attributes .*\._flat_weights\[\d+\]",
+                                    category=UserWarning)
             program = torch.export.export(model, inputs, strict=False)
     except Exception as exc:  # noqa: BLE001
         raise TraceError(
