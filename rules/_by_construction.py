@@ -72,8 +72,9 @@ def sll_conv(kernel: torch.Tensor, padding: int, groups: int, in_spatial: tuple[
                               outer=Bound(2 * adjoint.value, adjoint.kind, adjoint.method))
 
 
-#: γ² increments tried, relative to max(1, γ̂²), until M(γ, t) ⪰ 0 is verified (see :func:`slope_restricted_residual`)
-GAMMA_SLACKS = (1e-8, 1e-6, 1e-5, 1e-4, 1e-2)
+#: γ² increments tried, in units of the eigensolver margin, until M(γ, t) ⪰ 0 is verified
+#: (:func:`slope_restricted_residual`)
+GAMMA_SLACKS = (3.0, 30.0, 1e3, 1e5)
 #: relative increments of the multiplier t tried with them
 T_NUDGES = (0.0, 1e-5, 1e-4, 1e-3, 1e-2)
 UNIT_ROUNDOFF = 2.0 ** -53
@@ -122,7 +123,7 @@ def slope_restricted_residual(A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     For the SLL construction (A = PQ, B = 2PKᵀ, C = KQ, P, Q orthogonal, ‖K‖ ≤ 1; Araujo et al. 2023) t = 2 makes
     the off-diagonal block 0 and γ = ‖A‖ = 1. ``t_guess`` first, then a golden-section search over t when that is
     not already at γ = ‖A‖ (its floor: D = 0); then, for t raised by ``T_NUDGES`` and γ² by ``GAMMA_SLACKS``, the
-    smallest γ for which M ⪰ 0 is verified (:func:`_verified_gamma`). None when nothing verifies."""
+    first γ for which M ⪰ 0 is verified (:func:`_verified_gamma`). None when nothing verifies."""
     floor = float(torch.linalg.matrix_norm(A, 2)) ** 2
     low = float(torch.linalg.matrix_norm(B, 2)) ** 2 / 2  # H ≻ 0 needs t > ‖B‖²/2
     best_t, best = t_guess, _schur_gamma2(A, B, C, t_guess)
@@ -138,14 +139,14 @@ def slope_restricted_residual(A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                     best_t, best = t, value
     if not math.isfinite(best):
         return None
-    candidates = []  # (γ², t): t nudged up keeps H = 2tI − BᵀB away from singular (SLL with ‖K‖ = 1: H ⪰ 0 only)
-    for t in (best_t * (1 + nudge) for nudge in T_NUDGES):
+    for t in (best_t * (1 + nudge) for nudge in T_NUDGES):  # a nudged t keeps H = 2tI − BᵀB off singular
         value = _schur_gamma2(A, B, C, t)
-        candidates += [(value + slack * max(1.0, value), t) for slack in GAMMA_SLACKS if math.isfinite(value)]
-    for gamma2, t in sorted(candidates):
-        gamma = _verified_gamma(A, B, C, t, gamma2)
-        if gamma is not None:  # the margin covers materialising A, B, C in float64 (relative error ≲ 1e-13)
-            return certified(gamma, f"S-procedure, one multiplier (t = {t:.4g})", margin=1e-10)
+        # λ_min(M) ≤ the slack added to γ² must clear the eigensolver margin FLOAT_MARGIN·‖M‖ (‖M‖ ≥ 2t, γ²)
+        floor_slack = FLOAT_MARGIN * max(2 * t, value, 1.0)
+        for factor in GAMMA_SLACKS if math.isfinite(value) else ():
+            gamma = _verified_gamma(A, B, C, t, value + factor * floor_slack)
+            if gamma is not None:  # the margin covers materialising A, B, C in float64 (relative error ≲ 1e-13)
+                return certified(gamma, f"S-procedure, one multiplier (t = {t:.4g})", margin=1e-10)
     return None
 
 
