@@ -19,7 +19,7 @@ from lipgraph.passes import calls as calls_module
 from lipgraph.passes.autolip import add_shortcut
 from lipgraph.pipeline import (Analysis, AutoLip, Pass, PipelineError, Tree, analysis_passes, graph_passes,
                                run_passes)
-from lipgraph.record import record
+from lipgraph.record import META_KEY, NodeRecord, record
 from lipgraph.registry import default_registry
 
 
@@ -146,6 +146,10 @@ def test_the_tree_pass_runs_no_autolip(monkeypatch: pytest.MonkeyPatch) -> None:
     assert state.tree.to_dict()["bound"] == expected.tree.to_dict()["bound"]
     assert [n.path for n in state.tree.walk()] == [n.path for n in expected.tree.walk()]
     assert [n.bound.value for n in state.tree.walk()] == [n.bound.value for n in expected.tree.walk()]
+    # one typed record per node, under one key: nothing else of lipgraph's in node.meta
+    ours = {k for n in state.graph.gm.graph.nodes for k in n.meta if "lip" in k}
+    assert ours == {META_KEY}
+    assert all(isinstance(n.meta[META_KEY], NodeRecord) for n in state.graph.ops())
 
 
 def test_an_estimator_registered_for_one_analysis_only() -> None:

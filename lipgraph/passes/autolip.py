@@ -42,12 +42,13 @@ def propagate(nodes: Iterable[fx.Node], entry: Mapping[fx.Node, Bound], *, estim
     for node in nodes:
         if node in bounds:
             continue
-        transfer = record(node).transfer
-        terms = list(zip(transfer.gains, (bounds[a] for a in record(node).inputs)))
+        rec = record(node)
+        transfer = rec.transfer
+        terms = list(zip(transfer.gains, (bounds[a] for a in rec.inputs)))
         bounds[node] = combine(terms, transfer.combine)
         if transfer.joint and len(terms) > 1:
             bounds[node] = _joint(node, transfer, bounds)
-        for shortcut in record(node).shortcuts:
+        for shortcut in rec.shortcuts:
             if estimates or shortcut.bound.kind is not Kind.ESTIMATE:
                 bounds[node] = through_shortcut(shortcut, bounds[node], bounds, entry)
     return bounds
@@ -56,14 +57,14 @@ def propagate(nodes: Iterable[fx.Node], entry: Mapping[fx.Node, Bound], *, estim
 def joint_source(node: fx.Node) -> fx.Node | None:
     """The tensor whose disjoint selections are all the inputs of ``node`` (the halves of a split), if any;
     cached in its record's ``joint_source``."""
-    if record(node).joint_source is UNKNOWN:
-        pieces = record(node).inputs
+    rec = record(node)
+    if rec.joint_source is UNKNOWN:
         key = lambda n: record(n).key  # noqa: E731
-        roots = {selection_root(p, key) for p in pieces}
+        roots = {selection_root(p, key) for p in rec.inputs}
         root = roots.pop() if len(roots) == 1 else None
-        found = root is not None and injective_selection(node.graph.owning_module, root, pieces, key) is not None
-        record(node).joint_source = root if found else None
-    return record(node).joint_source
+        found = root is not None and injective_selection(node.graph.owning_module, root, rec.inputs, key) is not None
+        rec.joint_source = root if found else None
+    return rec.joint_source
 
 
 def _joint(node: fx.Node, transfer, bounds: dict[fx.Node, Bound]) -> Bound:
