@@ -34,6 +34,7 @@ from lipgraph.linalg.dense import LinearMap, batched_spectral_norm, dense_is_che
 from lipgraph.linalg.nonneg import col_sum_max, row_sum_max
 from lipgraph.linalg.device import norm_device
 from lipgraph.linalg.lazy import LazyBound
+from lipgraph.linalg.parallel import one_thread
 from lipgraph.linalg.spectral import Symbol, gram_iteration_norm, max_singular_value
 
 IntOrTuple = int | tuple[int, ...]
@@ -138,7 +139,11 @@ def lazy_conv_norm(weight: torch.Tensor, in_spatial: tuple[int, ...], **options)
         return attained_norm(geo.linear_map(w), (w.shape[1] * geo.groups, *geo.n), 2, steps=BELOW_STEPS,
                              dtype=torch.float32) * (1 - 1e-4)
 
-    return LazyBound(lambda: conv_norm(weight, in_spatial, **options), Kind.CERTIFIED, below)
+    def compute() -> Bound:
+        with one_thread():
+            return conv_norm(weight, in_spatial, **options)
+
+    return LazyBound(compute, Kind.CERTIFIED, below)
 
 
 def _conv_norm(w: torch.Tensor, geo: _Geometry, q: float, strategy: str) -> Bound:
