@@ -2,7 +2,7 @@
 
 A conv layer followed by BatchNorm is bounded by the fused operator's norm ‖diag(s)·C‖; the conv's own norm ‖C‖
 then serves no bound, only the report's per-layer display. A :class:`LazyBound` holds such a norm unevaluated: it
-is a :class:`lipgraph.Bound` whose value, kind, method and exactness are computed (once, thread-safely) the first
+is a :class:`lipgraph.Bound` whose value, method and exactness are computed (once, thread-safely) the first
 time any of them is read — by a renderer, ``report.tree``, a pickle or any arithmetic — and is the same Bound
 from then on. Deferring a computation changes no number, only when (and whether) it is done: it runs in the
 context variables of its creation (the analysis' norm cache, device and layer label).
@@ -66,8 +66,8 @@ class LazyBound(Bound):
     def exact(self) -> bool:  # type: ignore[override]
         return self.force().exact
 
-    def __repr__(self) -> str:
-        return repr(self.force()) if self.forced else "LazyBound(<not computed yet>)"
+    def __repr__(self) -> str:  # showing it reads it
+        return repr(self.force())
 
     def __reduce__(self) -> tuple[Any, ...]:  # pickles (disk cache, worker processes) as the plain Bound
         b = self.force()
