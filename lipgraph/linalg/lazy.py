@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextvars
 import math
 import threading
+import time
 from typing import Any, Callable, Iterable, Sequence
 
 from lipgraph.bound import Bound, Kind, join_kinds
@@ -113,7 +114,16 @@ def _read(b: Bound) -> Bound:
     return b.force() if isinstance(b, LazyBound) else b
 
 
-def force_all(bounds: Iterable[Bound]) -> None:
-    """Compute every pending bound now, in the norm thread pool (:mod:`lipgraph.linalg.parallel`)."""
-    for _ in parallel_map(LazyBound.force, [b for b in bounds if is_pending(b)]):
-        pass
+def force_all(bounds: Iterable[Bound]) -> list[float]:
+    """Compute every pending bound now, in the norm thread pool (:mod:`lipgraph.linalg.parallel`); the seconds each
+    bound took (0 for those already known)."""
+    bounds = list(bounds)
+    pending = [b for b in bounds if is_pending(b)]
+    seconds = dict(zip(map(id, pending), parallel_map(_timed_force, pending)))
+    return [seconds.get(id(b), 0.0) for b in bounds]
+
+
+def _timed_force(b: LazyBound) -> float:
+    start = time.perf_counter()
+    b.force()
+    return time.perf_counter() - start

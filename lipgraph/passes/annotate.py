@@ -163,7 +163,9 @@ def _prefetch_fused_norms(lg: LipGraph, norm: float, bar: Ticker) -> None:
         chain[-1].meta["lip.seconds"] = chain[-1].meta.get("lip.seconds", 0.0) + seconds
         bar.advance(chain[-1].meta["lip.path"])
     folded = {n for chain in chains if folded_structure(chain) is not None for n in chain}  # norms only shown
-    force_all(g for n in lg.ops() if n not in folded for g in n.meta.get("lip.transfer", Transfer(())).gains)
+    gains = [(n, g) for n in lg.ops() if n not in folded for g in n.meta["lip.transfer"].gains]  # the rest: now
+    for (n, _), seconds in zip(gains, force_all(g for _, g in gains)):
+        n.meta["lip.seconds"] = n.meta.get("lip.seconds", 0.0) + seconds
 
 
 class _Silent:
