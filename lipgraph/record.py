@@ -40,7 +40,7 @@ class FusedRun:
 
     first: fx.Node  # the run's first op (the run is ``first`` … the carrying node, each feeding the next)
     bound: Bound  # the certified norm of the composed operator
-    product: float  # the product of the members' gains, which ``bound`` beats
+    product: float | Bound  # Π of the members' gains, which ``bound`` beats (a LazyBound while a gain is pending)
     lower: Bound | None = None  # power iteration on the composed operator (layer_lower pass), ℓ2 only
 
 

@@ -20,6 +20,7 @@ from ..cache import layer_label
 from ..errors import LipgraphError, NormNotSupported, NotLipschitzError, RuleError, UnsupportedOpsError
 from ..hints import REGION_HINT
 from ..ir import LipGraph, map_args, op_spelling
+from ..linalg.lazy import force_all
 from ..linalg.parallel import parallel_map
 from ..registry import Registry
 from ..ruleapi import OpContext, Rule, Transfer
@@ -161,8 +162,12 @@ def _prefetch_fused_norms(lg: LipGraph, norm: float, bar: Ticker) -> None:
     chains = affine_chains(lg)
     bar.extend(len(chains))
     for chain, seconds in zip(chains, parallel_map(prefetch, chains)):
-        record(chain[-1]).seconds = record(chain[-1]).seconds + seconds
+        record(chain[-1]).seconds += seconds
         bar.advance(record(chain[-1]).path)
+    folded = {n for chain in chains if folded_structure(chain) is not None for n in chain}  # norms only shown
+    gains = [(n, g) for n in lg.ops() if n not in folded for g in record(n).transfer.gains]  # the rest: now
+    for (n, _), seconds in zip(gains, force_all(g for _, g in gains)):
+        record(n).seconds += seconds
 
 
 class _Silent:
