@@ -35,11 +35,15 @@ from lipgraph.estimators import ESTIMATORS, ChainEstimator, DenseChain, register
 from lipgraph.estimators.blockcert import block_certificate, schur_rho
 from lipgraph.estimators.operators import OperatorChain, lipsdp_apply, multiplier_gradient, top_eigenpair
 from lipgraph.estimators.recertify import InfeasibleMultipliers, best_recertified, reduce_input
+from lipgraph.estimators.schur_operator import OperatorSchur
 
 #: LMI side up to which the dense shifted-Cholesky re-certification is used (above: block-tridiagonal)
 DENSE_CERTIFICATE = 2500
 #: largest hidden layer for the ``schur`` evaluation (Cholesky per step); above it, ``lanczos``
 SCHUR_WIDTH = 2500
+#: widest hidden layer the conv-chain estimator materialises (10⁴ neurons: 800 MB per float64 layer) and the
+#: ``operator-schur`` mode takes (dense n_k × n_k Schur complements)
+MAX_HIDDEN = 10_000
 #: widest layer optimised with a single torch thread
 SINGLE_THREAD_WIDTH = 600
 #: default optimiser budget (function evaluations, seconds)
@@ -208,11 +212,16 @@ def first_order_multipliers(chain: DenseChain, start: Sequence[torch.Tensor], *,
 
 def _first_order(chain, start, mode, operators, steps, seconds) -> list[torch.Tensor]:
     weights = _weights(chain)
-    mode = mode or ("schur" if max(chain.widths[1:-1]) <= SCHUR_WIDTH else "lanczos")
+    widest = max(chain.widths[1:-1])
+    mode = mode or ("schur" if operators is None and widest <= SCHUR_WIDTH else
+                    "operator-schur" if widest <= MAX_HIDDEN else "lanczos")
     if mode == "schur":
         return optimise(_schur_objective(weights, chain.slopes), start, steps=steps, seconds=seconds,
                         temperatures=TEMPERATURES)
     ops = operators or OperatorChain.from_dense(DenseChain(weights, chain.slopes))
+    if mode == "operator-schur":
+        return optimise(OperatorSchur(ops, start[0]), start, steps=steps, seconds=seconds,
+                        temperatures=TEMPERATURES)
     rho0 = float(schur_rho(weights, chain.slopes, list(start))) if max(chain.widths[1:-1]) <= SCHUR_WIDTH else 1.0
     newton = _NewtonRho(ops, rho0, weights[0].device, weights[0].dtype)
     return optimise(newton, start, steps=steps, seconds=seconds)
@@ -230,9 +239,6 @@ def lipsdp_first_order(chain: DenseChain, *, steps: int = STEPS, seconds: float 
     return certify_multipliers(chain, [T, fast], "lipsdp-neuron (first-order)", fallback=fast)
 
 
-
-#: widest hidden layer the conv-chain estimator materialises (10⁴ neurons: 800 MB per float64 layer)
-MAX_HIDDEN = 10_000
 #: optimiser budget (seconds) when run by the chain pass
 PASS_SECONDS = 60.0
 
