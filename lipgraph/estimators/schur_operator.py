@@ -55,27 +55,27 @@ class OperatorSchur:
         """``like``: a tensor with the chain's dtype and device (e.g. a multiplier vector)."""
         self.chain = chain
         last = chain.layers[-1]
-        W_last = last.adjoint(torch.eye(last.n_out, dtype=like.dtype, device=like.device))
-        self.last_gram = W_last.T @ W_last
+        self.W_last = last.adjoint(torch.eye(last.n_out, dtype=like.dtype, device=like.device))
+        self.low_rank = 4 * last.n_out <= last.n_in
+        self.last_gram = None if self.low_rank else self.W_last.T @ self.W_last
 
     def __call__(self, log_t: Sequence[torch.Tensor], beta: float | None) -> tuple[float, float, list[torch.Tensor]]:
         chain, t = self.chain, [s.exp() for s in log_t]
         l = len(chain.slopes)
-        inverses: list[torch.Tensor] = [None] * (l + 1)  # type: ignore[list-item]
-        X = None
-        for k in range(l, 0, -1):
+        inverses: list = [None] * (l + 1)  # Z_k⁻¹ as a function on rows
+        X = self._last_stage(t[l - 1], inverses) if self.low_rank else None
+        for k in range(l - 1 if self.low_rank else l, 0, -1):
             Z = torch.diag(2 * t[k - 1]) - (self.last_gram if k == l else X)
             if k < l:
                 a = chain.slopes[k][0] * chain.slopes[k][1]
                 if a != 0:
                     Z = Z + 2 * a * sandwich(chain.layers[k], torch.diag(t[k]))
-            L, info = torch.linalg.cholesky_ex((Z + Z.T) / 2)
-            if int(info) != 0:
-                raise InfeasibleMultipliers(f"hidden layer {k}: Schur complement not positive definite")
-            inverses[k] = torch.cholesky_inverse(L)
-            del L, Z
+            inverse = _inverse((Z + Z.T) / 2, k)
+            inverses[k] = inverse.__rmatmul__
+            del Z
             s = sum(chain.slopes[k - 1])
-            X = sandwich(chain.layers[k - 1], (s * s) * t[k - 1][:, None] * inverses[k] * t[k - 1][None, :])
+            X = sandwich(chain.layers[k - 1], (s * s) * t[k - 1][:, None] * inverse * t[k - 1][None, :])
+            del inverse
         lo, hi = chain.slopes[0]
         G = X - 2 * lo * hi * sandwich(chain.layers[0], torch.diag(t[0])) if lo * hi != 0 else X
         eigs, vecs = torch.linalg.eigh(G)
@@ -91,12 +91,35 @@ class OperatorSchur:
         grads = self._gradient(t, inverses, vecs[:, keep].T.contiguous(), weights[keep])
         return soft, top, [g * x for g, x in zip(grads, t)]
 
+    def _last_stage(self, t: torch.Tensor, inverses: list) -> torch.Tensor:
+        """X_{l−1} when W_l has few rows (r ≤ n_l / 4): Z_l = D − UᵀU (D = 2T_l, U = W_l) is inverted by the
+        Woodbury identity Z_l⁻¹ = D⁻¹ + V C⁻¹ Vᵀ, V = D⁻¹Uᵀ, C = I − U D⁻¹ Uᵀ (Z_l ≻ 0 ⟺ C ≻ 0): no n_l × n_l
+        factorisation, and X_{l−1} = s²(Wᵀ T²D⁻¹ W + (WᵀTV) C⁻¹ (WᵀTV)ᵀ) by operator calls."""
+        U, layer, l = self.W_last, self.chain.layers[-2], len(self.chain.slopes)
+        d_inv = 1 / (2 * t)
+        V = d_inv[:, None] * U.T
+        C = torch.eye(U.shape[0], dtype=U.dtype, device=U.device) - U @ V
+        C_inv = _inverse(C, l)
+        inverses[l] = lambda y: y * d_inv + ((y @ V) @ C_inv) @ V.T
+        s = sum(self.chain.slopes[-1])
+        B = _rows(layer.adjoint, (t[:, None] * V).T.contiguous()).T  # Wᵀ T V
+        X = (s * s) * (sandwich(layer, torch.diag(t * t * d_inv)) + B @ C_inv @ B.T)
+        return (X + X.T) / 2
+
     def _gradient(self, t, inverses, v: torch.Tensor, weights: torch.Tensor) -> list[torch.Tensor]:
         """Σ_i w_i ∂λ_i/∂t_k by the back-substitution of the module docstring (rows of v: eigenvectors)."""
         z, grads = v, []
         for k, (lo, hi) in enumerate(self.chain.slopes, start=1):
             u = self.chain.layers[k - 1].forward(z)
-            z = (lo + hi) * (t[k - 1] * u) @ inverses[k]
+            z = inverses[k]((lo + hi) * (t[k - 1] * u))
             grads.append(-2 * (weights[:, None] * (z - lo * u) * (z - hi * u)).sum(0))
         return grads
 
+
+
+def _inverse(C: torch.Tensor, k: int) -> torch.Tensor:
+    """C⁻¹ by Cholesky; C not positive definite: T is infeasible (the Schur complement of hidden layer k)."""
+    L, info = torch.linalg.cholesky_ex(C)
+    if int(info) != 0:
+        raise InfeasibleMultipliers(f"hidden layer {k}: Schur complement not positive definite")
+    return torch.cholesky_inverse(L)
