@@ -168,23 +168,21 @@ def _quasi_newton(call, x: torch.Tensor, f: float, g: torch.Tensor, unit: float,
 
 def certify_multipliers(chain: DenseChain, candidates: Sequence[Sequence[torch.Tensor]], method: str,
                         fallback: Sequence[torch.Tensor] | None = None) -> Bound:
-    """The smallest certified √ρ*(T) over the candidates: dense shifted Cholesky (:func:`~.recertify.recertify`,
-    with repair towards ``fallback``) when the LMI has side ≤ :data:`DENSE_CERTIFICATE`, else the block-tridiagonal
-    certificate. Raises :class:`InfeasibleMultipliers` when none verifies."""
+    """The smallest certified √ρ*(T) over the candidates by the dense shifted Cholesky
+    (:func:`~.recertify.recertify`, with repair towards ``fallback``) when the LMI has side ≤
+    :data:`DENSE_CERTIFICATE`; above, the block-tridiagonal certificate of the first candidate that verifies
+    (minutes each on large chains: callers list the candidates best first). Raises :class:`InfeasibleMultipliers`
+    when none verifies."""
     widths = chain.widths
     if min(widths[0], widths[1]) + sum(widths[1:-1]) <= DENSE_CERTIFICATE:
         return best_recertified(chain, candidates, method, fallback=fallback)
-    best, failures = None, []
+    failures = []
     for T in candidates:
         try:
-            bound = block_certificate(chain.weights, chain.slopes, T, method)
+            return block_certificate(chain.weights, chain.slopes, T, method)
         except InfeasibleMultipliers as err:
             failures.append(str(err))
-            continue
-        best = bound if best is None or bound.value < best.value else best
-    if best is None:
-        raise InfeasibleMultipliers(failures[-1] if failures else "no candidate multipliers")
-    return best
+    raise InfeasibleMultipliers(failures[-1] if failures else "no candidate multipliers")
 
 
 @contextmanager
@@ -220,7 +218,7 @@ def _first_order(chain, start, mode, operators, steps, seconds) -> list[torch.Te
                         temperatures=TEMPERATURES)
     ops = operators or OperatorChain.from_dense(DenseChain(weights, chain.slopes))
     if mode == "operator-schur":
-        return optimise(OperatorSchur(ops, start[0]), start, steps=steps, seconds=seconds,
+        return optimise(OperatorSchur(ops), start, steps=steps, seconds=seconds,
                         temperatures=TEMPERATURES)
     rho0 = float(schur_rho(weights, chain.slopes, list(start))) if max(chain.widths[1:-1]) <= SCHUR_WIDTH else 1.0
     newton = _NewtonRho(ops, rho0, weights[0].device, weights[0].dtype)
@@ -245,14 +243,16 @@ PASS_SECONDS = 60.0
 
 def lipsdp_conv(conv, seconds: float = PASS_SECONDS) -> Bound:
     """LipSDP-Neuron on a DCP ``ConvChain`` too large for the dense estimators: the layers are materialised once
-    (float64, for the certificate), the multipliers optimised matrix-free on the conv operators (``lanczos``) or
-    by the Schur recursion, warm-started from ECLipsE-Fast, and certified (block-tridiagonal above LMI side
-    :data:`DENSE_CERTIFICATE`); never above ECLipsE-Fast, which is a candidate."""
+    (float64, for the certificate), the multipliers optimised by the Schur recursion on the conv operators
+    (``operator-schur``; float32 above :data:`SCHUR_WIDTH` neurons per layer), warm-started from ECLipsE-Fast, and
+    certified in float64 (block-tridiagonal above LMI side :data:`DENSE_CERTIFICATE`); never above ECLipsE-Fast,
+    which is a candidate."""
     from lipgraph.estimators.eclipse_fast import fast_multipliers
 
     chain = conv.to_dense()
     fast = fast_multipliers(chain)
-    T = first_order_multipliers(chain, fast, operators=OperatorChain.from_conv(conv), seconds=seconds)
+    dtype = torch.float32 if max(chain.widths[1:-1]) > SCHUR_WIDTH else torch.float64
+    T = first_order_multipliers(chain, fast, operators=OperatorChain.from_conv(conv, dtype=dtype), seconds=seconds)
     return certify_multipliers(chain, [T, fast], "lipsdp-neuron (first-order, conv)", fallback=fast)
 
 

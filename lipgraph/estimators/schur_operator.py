@@ -49,18 +49,19 @@ def sandwich(op: LayerOp, A: torch.Tensor) -> torch.Tensor:
 
 
 class OperatorSchur:
-    """The objective ρ*(T) of a chain of operators, evaluated by the recursion of the module docstring."""
+    """The objective ρ*(T) of a chain of operators, evaluated by the recursion of the module docstring in the
+    chain's dtype (float32 halves the time of a large chain; the optimiser needs no more, the certificate is
+    float64 anyway)."""
 
-    def __init__(self, chain: OperatorChain, like: torch.Tensor) -> None:
-        """``like``: a tensor with the chain's dtype and device (e.g. a multiplier vector)."""
+    def __init__(self, chain: OperatorChain) -> None:
         self.chain = chain
         last = chain.layers[-1]
-        self.W_last = last.adjoint(torch.eye(last.n_out, dtype=like.dtype, device=like.device))
+        self.W_last = last.adjoint(torch.eye(last.n_out, dtype=chain.dtype, device=chain.device))
         self.low_rank = 4 * last.n_out <= last.n_in
         self.last_gram = None if self.low_rank else self.W_last.T @ self.W_last
 
     def __call__(self, log_t: Sequence[torch.Tensor], beta: float | None) -> tuple[float, float, list[torch.Tensor]]:
-        chain, t = self.chain, [s.exp() for s in log_t]
+        chain, t = self.chain, [s.to(self.chain.dtype).exp() for s in log_t]
         l = len(chain.slopes)
         inverses: list = [None] * (l + 1)  # Z_k⁻¹ as a function on rows
         X = self._last_stage(t[l - 1], inverses) if self.low_rank else None
@@ -89,7 +90,7 @@ class OperatorSchur:
             soft = top + float(torch.logsumexp(beta * (eigs - top), 0)) / beta
         keep = weights >= WEIGHT_FLOOR * float(weights.max())
         grads = self._gradient(t, inverses, vecs[:, keep].T.contiguous(), weights[keep])
-        return soft, top, [g * x for g, x in zip(grads, t)]
+        return soft, top, [(g * x).to(y.dtype) for g, x, y in zip(grads, t, log_t)]
 
     def _last_stage(self, t: torch.Tensor, inverses: list) -> torch.Tensor:
         """X_{l−1} when W_l has few rows (r ≤ n_l / 4): Z_l = D − UᵀU (D = 2T_l, U = W_l) is inverted by the
