@@ -47,7 +47,7 @@ MAX_HIDDEN = 10_000
 #: widest layer optimised with a single torch thread
 SINGLE_THREAD_WIDTH = 600
 #: default optimiser budget (function evaluations, seconds)
-STEPS = 1200
+STEPS = 6000
 SECONDS = 90.0
 #: soft-maximum temperatures β·ρ of the ``schur`` mode, annealed
 TEMPERATURES = (1e2, 1e3, 1e4, 1e5, 1e6, 1e7)
