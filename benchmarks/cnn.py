@@ -161,7 +161,7 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
         "Cholesky up to LMI side 2500, block-tridiagonal certificate above); *dcp*: min over its partitions and, "
         "for maps ≤ 4,096 neurons, the untiled whole chain (ECLipsE-Fast, CP); *lower*: the best attained Jacobian norm found by "
         f"`lipgraph.lower_bound` in {args.lower:g} s (training data as starts); *best/lower*: the tightness. "
-        f"Machine: {machine()} (shared, loaded: timings are noisy).",
+        f"Machine: {machine()}.",
         "",
         *lines,
         "",
