@@ -230,6 +230,34 @@ def test_local_cp_is_exact_on_stable_chains_and_reduction_keeps_it():
     assert reduced.weights[0].shape == (3, 4) and reduced.slopes == ((1.0, 1.0),)
 
 
+def test_vertex_batches_early_stop_and_memo_agree_with_one_vertex_at_a_time(monkeypatch):
+    from itertools import product
+
+    from lipgraph.passes import localchains
+
+    gen = torch.Generator().manual_seed(5)
+    W = [torch.randn(6, 4, dtype=torch.float64, generator=gen), torch.randn(5, 6, dtype=torch.float64, generator=gen),
+         torch.randn(3, 5, dtype=torch.float64, generator=gen)]
+    slopes = [(torch.tensor([0.0, 0, 1, 0, 0, 0.2], dtype=torch.float64), torch.tensor([1.0, 0, 1, 1, 0, 1], dtype=torch.float64)),
+              (torch.tensor([0.0, 1, 0, 0, 0.5], dtype=torch.float64), torch.tensor([1.0, 1, 1, 0, 0.5], dtype=torch.float64))]
+    unstable = [(i, j) for i, (a, b) in enumerate(slopes) for j in torch.nonzero(b > a).flatten().tolist()]
+    one_by_one = 0.0
+    for corner in product((0, 1), repeat=len(unstable)):
+        fixed = [(a.clone(), b.clone()) for a, b in slopes]
+        for (i, j), side in zip(unstable, corner):
+            fixed[i][0][j] = fixed[i][1][j] = slopes[i][side][j]
+        one_by_one = max(one_by_one, localchains.local_cp(W, fixed, 2).value)
+    monkeypatch.setattr(localchains, "VERTEX_BATCH", 4)  # several batches: prefixes shared within a batch
+    monkeypatch.setattr(localchains, "_VERTEX_MEMO", {})
+    full = vertex_bound(W, slopes, 2)
+    assert full.value == pytest.approx(one_by_one, rel=1e-12) and "exact" in full.method
+    assert vertex_bound(W, slopes, 2, stop_above=full.value * 1.01).value == full.value  # remembered
+    assert vertex_bound(W, slopes, 2, stop_above=full.value * 0.99) is None
+    monkeypatch.setattr(localchains, "_VERTEX_MEMO", {})
+    assert vertex_bound(W, slopes, 2, stop_above=full.value * 0.99) is None  # computed: stops at a vertex above
+    assert vertex_bound(W, slopes, 2, stop_above=full.value * 1.01).value == pytest.approx(full.value, rel=1e-12)
+
+
 def test_products_and_attention_are_bounded_on_a_region_only():
     model = Attentionish().eval()
     x = torch.randn(1, 12, generator=torch.Generator().manual_seed(4))
