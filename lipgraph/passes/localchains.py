@@ -106,6 +106,8 @@ def tighten_local_chains(lg: LipGraph, norm: float, estimators: Sequence[str], t
 VERTEX_LIMIT = 12
 #: vertices evaluated per batch by :func:`vertex_bound` (between batches it may stop early)
 VERTEX_BATCH = 256
+#: work budget of :func:`vertex_bound` in flops (:func:`_vertex_cost` per vertex): fewer neurons on wide chains
+VERTEX_FLOPS = 4e10
 
 
 def vertex_bound(weights: Sequence[torch.Tensor], slopes: Sequence[Slopes], p: float,
@@ -113,13 +115,15 @@ def vertex_bound(weights: Sequence[torch.Tensor], slopes: Sequence[Slopes], p: f
     """max over σ_j ∈ {α_j, β_j} for the ``limit`` most influential unstable neurons (largest (β_j − α_j)·‖column j
     of the next matrix‖) of :func:`local_cp` with those slopes fixed. The bound is multi-convex in the slopes, so
     the max over their box sits at a vertex; with every unstable neuron enumerated this is the exact sup over the
-    slope box of ‖W_K D_{K−1} ⋯ D_0 W_0‖. Neurons of slope {0} are dropped first (:func:`drop_dead`).
+    slope box of ‖W_K D_{K−1} ⋯ D_0 W_0‖. Neurons of slope {0} are dropped first (:func:`drop_dead`); on wide
+    chains ``limit`` shrinks to keep 2^limit recursions within ``VERTEX_FLOPS``.
 
     ``stop_above``: the vertices run in batches of ``VERTEX_BATCH`` (the upper slopes of the less influential
     neurons first) and the search returns None as soon as one exceeds it (the max would too). Results are
     remembered per (chain, slopes) for the process (``_VERTEX_MEMO``): a bisection over radii meets the same
     slope box many times."""
     weights, slopes = drop_dead(weights, slopes)
+    limit = min(limit, int(math.log2(max(VERTEX_FLOPS / _vertex_cost(weights), 1.0))))
     key = _digest(p, limit, *weights, *(t for pair in slopes for t in pair))
     with _MEMO_LOCK:
         known, complete, source = _VERTEX_MEMO.get(key, (-math.inf, False, ""))
@@ -149,6 +153,17 @@ def vertex_bound(weights: Sequence[torch.Tensor], slopes: Sequence[Slopes], p: f
               f"cp-liplt, {len(chosen)} of {len(scored)} unstable neurons enumerated")
     _remember(key, best, True, source)
     return certified(best, source)
+
+
+def _vertex_cost(weights: Sequence[torch.Tensor]) -> float:
+    """Rough flops of one CP recursion: per term (k, j) a Gram matrix of the m_k × n_j head and its eigenvalues."""
+    total = 0.0
+    for k, w in enumerate(weights):
+        for j in range(k + 1):
+            m, n = w.shape[0], weights[j].shape[1]
+            g = min(m, n)
+            total += 2.0 * (m * n * g + 10 * g ** 3)
+    return total
 
 
 #: :func:`vertex_bound` results by digest of its arguments: (value, complete, source) — a value reached before an
