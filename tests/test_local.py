@@ -548,7 +548,7 @@ def test_normalisation_local_l1_linf_bounds_are_above_dense_jacobians(layer, sha
             param.uniform_(-1.5, 1.5)
     model = nn.Sequential(layer).eval()
     x = torch.randn(*shape)
-    region = lipgraph.Box(x - 0.4, x + 0.4)
+    region = lipgraph.Box(x - 0.02, x + 0.02)  # small: the bound is nearly the largest sampled norm
     bound = lipgraph.analyze(model, x, region=region, norm=p, quiet=True).bound.value
     net = copy.deepcopy(model).double()
     gen = torch.Generator().manual_seed(1)
