@@ -107,7 +107,7 @@ VERTEX_LIMIT = 12
 #: vertices evaluated per batch by :func:`vertex_bound` (between batches it may stop early)
 VERTEX_BATCH = 256
 #: work budget of :func:`vertex_bound` in flops (:func:`_vertex_cost` per vertex): fewer neurons on wide chains
-VERTEX_FLOPS = 4e10
+VERTEX_FLOPS = 8e10
 
 
 def vertex_bound(weights: Sequence[torch.Tensor], slopes: Sequence[Slopes], p: float,
