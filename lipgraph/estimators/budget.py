@@ -56,7 +56,7 @@ class Budget:
     def skip(self, name: str) -> str | None:
         """None when ``name`` may start now, else why not (a note for the report)."""
         runs = self.runs.get(name)
-        if (name in CHEAP_NAMES and not runs) or (runs and runs[-1][0] <= max(CHEAP * self.seconds, CHEAP_SECONDS)):
+        if name in CHEAP_NAMES or (runs and runs[-1][0] <= max(CHEAP * self.seconds, CHEAP_SECONDS)):
             return None
         block = name.startswith("residual")
         left = self.left if block else self.left - (1 - CHAIN_SHARE) * self.seconds

@@ -152,6 +152,13 @@ def torus(net: ConvNet) -> tuple[tuple[int, int], list[tuple[int, int]]]:
     return (N[0], N[1]), factors
 
 
+def lmi_size(net: ConvNet) -> tuple[int, int]:
+    """(number of frequencies, side D of M(ω)) of ``net``'s LMI."""
+    vs = net.shapes_and_strides()
+    N, factors = torus(net)
+    return frequencies(N).shape[0], sum(shape[0] * f[0] * f[1] for (shape, _), f in zip(vs[:-1], factors))
+
+
 def operators(net: ConvNet) -> _Operators:
     vs = net.shapes_and_strides()
     N, factors = torus(net)
@@ -194,13 +201,13 @@ class PairLMI:
     """The fixed parts of M(ω) (module docstring): M(ρ, λ) = Q_0 + Σ λ_k Q_k − ρE_0ᴴE_0."""
 
     def __init__(self, net: ConvNet) -> None:
+        F, D = lmi_size(net)
+        if F * D * D * (len(net.layers) + 1) > MAX_ENTRIES:
+            raise InputError(f"joint LMI too large: {F} frequencies of side {D} "
+                             f"({len(net.layers) + 1} matrices; limit {MAX_ENTRIES} entries)")
         op = operators(net)
         self.net, self.op = net, op
-        D = op.O.shape[2]
         self.d0 = op.slices[0].stop
-        if op.O.shape[0] * D * D * (len(net.layers) + 1) > MAX_ENTRIES:
-            raise InputError(f"joint LMI too large: {op.O.shape[0]} frequencies of side {D} "
-                             f"({len(net.layers) + 1} matrices; limit {MAX_ENTRIES} entries)")
         self.Q0 = op.O.mH @ op.O
         self.Q, self.Q_abs = [], []
         eye = torch.eye(D, dtype=torch.float64)
