@@ -323,14 +323,17 @@ class _Builder:
                 if n is not out:
                     continue
                 e = _Product(self.call[child], values[src])
-            elif n in taken and taken[n].label == "residual":  # min(joint · L(x), ‖P‖-path + branch): both shown
-                source = values[taken[n].first.meta["lip.inputs"][0]]
-                e = sympy.Min(_Product(self.joint[n], source).expr(), _expr(self._op(n, values)))
+            elif n in taken and taken[n].label in ("residual", "residual-pair"):  # min(joint · L(x), ‖P‖-path +
+                # branch) and, for a pair, min(pair · L(x of the block before), that): every value shown
+                e = self._block(n, values)
+                if taken[n].label == "residual-pair":
+                    source = values[taken[n].first.meta["lip.inputs"][0]]
+                    e = sympy.Min(_Product(self.pair[n], source).expr(), e)
                 if n.meta["lip.scope"] == scope:
                     self.merges.setdefault(n.meta["lip.path"], (e, scope[-1][0] if scope else ""))
             elif n in taken:
                 shortcut = taken[n]
-                via = {"fusion": self.fused, "residual-pair": self.pair}.get(shortcut.label, self.chain)[n]
+                via = self.fused[n] if shortcut.label == "fusion" else self.chain[n]
                 e = _Product(via, values[shortcut.first.meta["lip.inputs"][0]])
             else:
                 e = self._op(n, values)
@@ -368,6 +371,14 @@ class _Builder:
         if any((m in inside) != (s.first in inside) for m, s in taken.items()):
             return None
         return next(iter(sources)), outs[0]
+
+    def _block(self, n: fx.Node, values: Mapping[fx.Node, sympy.Expr | _Product]) -> sympy.Expr:
+        """min(joint · L(x), ‖P‖-path + branch) at a residual add bounded as a whole (the op alone if not)."""
+        op = _expr(self._op(n, values))
+        if n not in self.joint:
+            return op
+        source = values[n.meta["lip.residual"].chain.chain.first.meta["lip.inputs"][0]]
+        return sympy.Min(_Product(self.joint[n], source).expr(), op)
 
     def _op(self, n: fx.Node, values: Mapping[fx.Node, sympy.Expr | _Product]) -> sympy.Expr | _Product:
         transfer, inputs = n.meta["lip.transfer"], n.meta["lip.inputs"]
