@@ -138,7 +138,7 @@ def bound_block(lg: LipGraph, chain: ChainResult, shortcut: tuple[fx.Node, ...],
     if block is None:
         conv = _conv_block(chain, shortcut, result)
         if conv is not None:
-            _timed(result, "residual-fft-layer", lambda: residual_fft(conv))
+            _timed(result, "residual-fft", lambda: residual_fft(conv))
         elif result.net is not None:
             _timed(result, "residual-joint", lambda: joint_bound(result.net))
         return result
@@ -181,13 +181,13 @@ def _conv_block(chain: ChainResult, shortcut: tuple[fx.Node, ...], result: Resid
     shape = chain.chain.first.meta["lip.inputs"][0].meta["lip.info"].shape
     if (len(layers) != 2 or not all(isinstance(c, Conv2dSpec) for c in layers) or len(shape) != 4
             or (shortcut and not isinstance(projection, Conv2dSpec))):
-        result.notes.append("residual-fft-layer: only conv → activation → conv branches (BN folded) with an identity "
+        result.notes.append("residual-fft: only conv → activation → conv branches (BN folded) with an identity "
                             "or convolutional shortcut")
         return None
     try:
         return ConvResidualBlock(layers[0], layers[1], chain.chain.slopes[0], tuple(shape[1:]), projection)
     except InputError as err:
-        result.notes.append(f"residual-fft-layer: {err}")
+        result.notes.append(f"residual-fft: {err}")
         return None
 
 
