@@ -6,8 +6,9 @@ measured tightness per second:
 
 - the estimators run cheapest first (:func:`order`, by :data:`COST_ORDER`);
 - an estimator of :data:`CHEAP_NAMES`, or whose last run took at most :data:`CHEAP` of the budget (or
-  :data:`CHEAP_SECONDS`), always runs, so the cheap certified bounds (CP, ECLipsE-Fast, the closed-form block
-  bounds) exist for every chain and block;
+  :data:`CHEAP_SECONDS`), always runs, so the cheap certified bounds (CP, ECLipsE-Fast, the whole-block bounds of
+  ``--method cp``) exist for every chain and block: ``best`` is never looser than ``cp``, and its time is that
+  of ``cp`` plus the budget;
 - the chain estimators may spend :data:`CHAIN_SHARE` of the budget, the whole-block estimators (which run after
   them, and win most on residual networks) the rest; once a share is spent, nothing else of it starts;
 - an estimator that already ran is skipped when its last run would not fit in what is left, or when it improved
@@ -32,8 +33,10 @@ BEST_SECONDS = 120.0
 CHEAP, CHEAP_SECONDS = 0.01, 0.5
 #: relative improvement below which a run counts as no gain
 GAIN = 1e-3
-#: estimators that run whatever the budget (closed forms: milliseconds per chain or block)
-CHEAP_NAMES = frozenset({"cp", "eclipse-fast", "seqlip-greedy", "residual-cp", "residual-eclipse-fast"})
+#: estimators that run whatever the budget: closed forms (milliseconds per chain or block) and the whole-block
+#: bounds that ``--method cp`` runs too, so that ``best`` is never looser than ``cp``; the budget caps the rest
+CHEAP_NAMES = frozenset({"cp", "eclipse-fast", "seqlip-greedy", "residual-cp", "residual-eclipse-fast",
+                         "residual-fft", "residual-joint"})
 #: the order the chain estimators run in under a budget (cheapest first; others after, in their own order)
 COST_ORDER = ("cp", "eclipse-fast", "seqlip-greedy", "seqlip", "eclipse", "lipsdp-layer", "lipsdp-neuron", "dcp",
               "lipsdp-conv")
