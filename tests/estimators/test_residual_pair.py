@@ -169,3 +169,35 @@ def test_pair_in_the_graph_tightens_and_stays_sound() -> None:
     finally:
         residual_pass._tighten_pairs = pairs
     assert report.bound.value < blocks.bound.value
+
+
+class _Block(nn.Module):
+    """A BasicBlock with any activation (inside the branch and after the add)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, act: nn.Module) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+        self.c2, self.b2 = nn.Conv2d(cout, cout, 3, 1, 1), nn.BatchNorm2d(cout)
+        self.act = act
+        self.down = None if stride == 1 and cin == cout else nn.Conv2d(cin, cout, 1, stride, bias=False)
+
+    def forward(self, x):
+        out = self.b2(self.c2(self.act(self.b1(self.c1(x)))))
+        return self.act(out + (x if self.down is None else self.down(x)))
+
+
+@pytest.mark.parametrize("act", [nn.LeakyReLU(0.2), nn.Tanh(), nn.ELU()])
+def test_pair_with_other_activations_is_sound(act: nn.Module, monkeypatch) -> None:
+    """The pair bound the graph pass computes (used or not: here the dense per-block bounds often win) is above
+    the attained ratio of the network, whose last activation has slope ≤ 1."""
+    import lipgraph.passes.residual as residual_pass
+
+    pairs = []
+    compute = residual_pass.composed_bound
+    monkeypatch.setattr(residual_pass, "composed_bound", lambda *args: pairs.append(compute(*args)) or pairs[-1])
+    torch.manual_seed(1)
+    model = _randomise_bn(nn.Sequential(_Block(2, 2, 1, act), _Block(2, 3, 2, act))).eval()
+    x = torch.randn(1, 2, 5, 5, generator=torch.Generator().manual_seed(2))
+    report = lipgraph.analyze(model, x, method="cp", quiet=True, lower_options={"starts": 8, "steps": 40})
+    assert len(pairs) == 1
+    assert report.lower.value <= min(report.bound.value, pairs[0].value)
