@@ -14,7 +14,7 @@ from .bound import Bound, Kind
 from .cache import NormCache, norm_cache
 from .errors import InputError, UnsoundBoundError
 from .estimators import ESTIMATORS
-from .estimators.budget import budget_seconds, order, spending
+from .estimators.budget import budget_seconds, order, reserve_for_blocks, spending
 from .frontend.prepare import as_inputs, check_finite_weights, check_runs, eval_mode, to_model_device, unwrap
 from .frontend.trace import LipTracer
 from .linalg.device import on_device
@@ -114,6 +114,7 @@ def analyze(
             with _failing_unsound(disk):
                 notes += layer_lower_bounds(lg, p)
         if estimators:
+            reserve_for_blocks(any(n.meta.get("lip.key") == "add" for n in lg.ops()))
             tighten_chains(lg, p, estimators)
             tighten_residuals(lg, p, estimators)
         if region is not None:

@@ -9,8 +9,8 @@ measured tightness per second:
   :data:`CHEAP_SECONDS`), always runs, so the cheap certified bounds (CP, ECLipsE-Fast, the whole-block bounds of
   ``--method cp``) exist for every chain and block: ``best`` is never looser than ``cp``, and its time is that
   of ``cp`` plus the budget;
-- the chain estimators may spend :data:`CHAIN_SHARE` of the budget, the whole-block estimators (which run after
-  them, and win most on residual networks) the rest; once a share is spent, nothing else of it starts;
+- on a graph with additions, the chain estimators may spend :data:`CHAIN_SHARE` of the budget, the whole-block
+  estimators (which run after them, and win most on residual networks) the rest (:func:`reserve_for_blocks`); once a share is spent, nothing else of it starts;
 - an estimator that already ran is skipped when its last run would not fit in what is left, or when it improved
   nothing (less than :data:`GAIN` relative over the best certified value already found for its chain or block)
   on every earlier run that took more than :data:`CHEAP_SECONDS`: it cost time for no tightness.
@@ -51,6 +51,7 @@ class Budget:
     seconds: float
     start: float = field(default_factory=time.perf_counter)
     runs: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    chain_share: float = CHAIN_SHARE
 
     @property
     def left(self) -> float:
@@ -62,9 +63,9 @@ class Budget:
         if name in CHEAP_NAMES or (runs and runs[-1][0] <= max(CHEAP * self.seconds, CHEAP_SECONDS)):
             return None
         block = name.startswith("residual")
-        left = self.left if block else self.left - (1 - CHAIN_SHARE) * self.seconds
+        left = self.left if block else self.left - (1 - self.chain_share) * self.seconds
         if left <= 0:
-            share = "" if block else f"the chain estimators' share ({CHAIN_SHARE:g}) of "
+            share = "" if block or self.chain_share == 1 else f"the chain estimators' share ({self.chain_share:g}) of "
             return f"skipped: {share}the estimator budget of {self.seconds:g} s is spent"
         if not runs:
             return None
@@ -94,6 +95,14 @@ def spending(seconds: float | None) -> Iterator[Budget | None]:
         yield budget
     finally:
         _CURRENT.reset(token)
+
+
+def reserve_for_blocks(has_blocks: bool) -> None:
+    """Keep (1 − :data:`CHAIN_SHARE`) of the current budget for the block estimators only when the graph has
+    residual additions (else the chain estimators may spend it all)."""
+    budget = _CURRENT.get()
+    if budget is not None:
+        budget.chain_share = CHAIN_SHARE if has_blocks else 1.0
 
 
 def skip(name: str) -> str | None:

@@ -77,3 +77,13 @@ def test_best_under_a_spent_budget_is_the_minimum_of_what_finished(monkeypatch) 
     cp = lipgraph.analyze(model, x, method="cp", lower=False, quiet=True)
     full = lipgraph.analyze(model, x, method="best", lower=False, quiet=True, budget=math.inf)
     assert full.bound.value <= spent.bound.value <= cp.bound.value
+
+
+def test_without_blocks_the_chains_may_spend_it_all() -> None:
+    with budget.spending(100.0) as b:
+        _elapsed(b, 60.0)
+        assert "share (0.5)" in budget.skip("eclipse")
+        budget.reserve_for_blocks(False)
+        assert budget.skip("eclipse") is None
+        _elapsed(b, 101.0)
+        assert budget.skip("eclipse") == "skipped: the estimator budget of 100 s is spent"
