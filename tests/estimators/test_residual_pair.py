@@ -201,3 +201,41 @@ def test_pair_with_other_activations_is_sound(act: nn.Module, monkeypatch) -> No
     report = lipgraph.analyze(model, x, method="cp", quiet=True, lower_options={"starts": 8, "steps": 40})
     assert len(pairs) == 1
     assert report.lower.value <= min(report.bound.value, pairs[0].value)
+
+
+def _pair_spec(seed: int) -> dict:
+    """A fuzzer spec (tests/property/netgen.py) of two conv → activation → conv residual blocks with a random
+    activation between and inside them, the second strided with a 1×1 projection (and BN) when drawn so."""
+    import random
+
+    from tests.property.netgen import RandomDraw, _act_spec
+
+    d = RandomDraw(random.Random(seed))
+    c, n = d.integer(1, 3), d.integer(4, 6)
+
+    def conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> dict:
+        return {"op": "conv", "cin": cin, "cout": cout, "k": k, "stride": stride, "pad": k // 2, "dil": 1,
+                "groups": 1, "bias": d.boolean(), "mode": "zeros"}
+
+    first = {"op": "residual", "branch": [conv(c, c), {"op": "bn", "c": c}, _act_spec(d), conv(c, c)],
+             "shortcut": None, "alpha": 1.0, "subtract": False}
+    out, stride = d.integer(1, 3), d.choice([1, 2])
+    shortcut = None if (out, stride) == (c, 1) else [conv(c, out, 1, stride), {"op": "bn", "c": out}]
+    second = {"op": "residual", "branch": [conv(c, out, 3, stride), _act_spec(d), conv(out, out)],
+              "shortcut": shortcut, "alpha": 1.0, "subtract": False}
+    return {"seed": seed, "norm": "2", "input": [1, c, n, n], "body": [first, _act_spec(d), second], "head": None}
+
+
+@pytest.mark.parametrize("seed", [1])
+def test_fuzzer_pairs_of_blocks_every_method_sound(seed: int, monkeypatch) -> None:
+    """The fuzzer's check (every certified method ≥ the attained ratio, none above AutoLip) on two random blocks
+    in a row, with the pair bound computed (``python -m tests.fuzz`` draws such pairs too rarely)."""
+    import lipgraph.passes.residual as residual_pass
+    from tests.property.netgen import check
+
+    calls = []
+    compute = residual_pass.composed_bound
+    monkeypatch.setattr(residual_pass, "composed_bound", lambda *args: calls.append(1) or compute(*args))
+    _, uppers, violations = check(_pair_spec(seed))
+    assert not violations
+    assert calls and "best" in uppers
