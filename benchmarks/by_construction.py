@@ -29,11 +29,13 @@ NEW_RULES = ("lipgraph.rules.deel", "lipgraph.rules.orthogonium", "lipgraph.rule
 
 
 def library_networks() -> list[tuple[str, nn.Module, torch.Tensor, float]]:
-    """The three networks of issue #16 (deel-torchlip, orthogonium), and two of their other layers, seeded."""
+    """The three networks of issue #16 (deel-torchlip, orthogonium), and their other layers and residual wrappers,
+    seeded (new rows go last, so that earlier rows keep their weights)."""
     from deel import torchlip
     import orthogonium.layers as ol
     from orthogonium.layers.conv.AOC import AdaptiveOrthoConv2d
     from orthogonium.layers.conv.SLL.sll_layer import AOCLipschitzResBlock, SLLxAOCLipschitzResBlock
+    from orthogonium.layers.residual import ConcatResidual, L2NormResidual, PrescaledAdditiveResidual
 
     torch.manual_seed(0)
     mlp = nn.Sequential(torchlip.SpectralLinear(16, 32), torchlip.GroupSort2(), torchlip.SpectralLinear(32, 32),
@@ -46,12 +48,16 @@ def library_networks() -> list[tuple[str, nn.Module, torch.Tensor, float]]:
                           torchlip.LPReLU(4, init=0.3), torchlip.BatchCentering(4), torchlip.LayerCentering(4),
                           torchlip.HouseHolder(4), ol.MaxMin())
     sll_aoc = nn.Sequential(SLLxAOCLipschitzResBlock(4, 8, 2, kernel_size=3, stride=2), ol.MaxMin())
+    residuals = [(f"orthogonium {wrap.__name__}(AdaptiveOrthoConv2d)", wrap(AdaptiveOrthoConv2d(c, c, 3, padding=1)),
+                  torch.randn(1, 4, 8, 8), 1.0)
+                 for wrap, c in ((L2NormResidual, 4), (ConcatResidual, 2), (PrescaledAdditiveResidual, 4))]
     return [("deel-torchlip MLP (SpectralLinear + GroupSort2)", mlp, torch.randn(1, 16), 1.0),
             ("deel-torchlip CNN (ScaledL2NormPool2d)", cnn, torch.randn(1, 3, 8, 8), 1.0),
             ("orthogonium CNN (AdaptiveOrthoConv2d + MaxMin + OrthoLinear)", ortho, torch.randn(1, 3, 8, 8), 1.0),
             ("centering + HouseHolder(_Order_2) + AOCLipschitzResBlock + LPReLU", mixed, torch.randn(1, 4, 6, 6),
              2 ** -0.5),
-            ("orthogonium SLLxAOCLipschitzResBlock (stride 2) + MaxMin", sll_aoc, torch.randn(1, 4, 8, 8), 1.0)]
+            ("orthogonium SLLxAOCLipschitzResBlock (stride 2) + MaxMin", sll_aoc, torch.randn(1, 4, 8, 8), 1.0),
+            *residuals]
 
 
 def baseline_registry() -> lipgraph.Registry:

@@ -14,9 +14,20 @@
     lipgraph.analyze(model, x, region=lipgraph.Ball(None, 0.05))    # local bound on a region (docs/local.md)
 """
 import importlib as _importlib
+import os as _os
 import sys as _sys
 import types as _types
 import warnings as _warnings
+
+if _os.path.basename(_sys.argv[0] if _sys.argv else "").removesuffix(".exe") == "lipgraph":
+    def _interrupted_while_loading(kind, value, tb, _default=_sys.excepthook):
+        """The `lipgraph` command, Ctrl-C while torch loads (before cli.main can catch it): no traceback."""
+        if issubclass(kind, KeyboardInterrupt):
+            print("lipgraph: interrupted", file=_sys.stderr, flush=True)
+            _os._exit(130)
+        _default(kind, value, tb)
+
+    _sys.excepthook = _interrupted_while_loading
 
 with _warnings.catch_warnings():  # torch warns on loading functorch when numpy is absent; lipgraph never needs it
     _warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)

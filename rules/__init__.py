@@ -7,4 +7,4 @@ Each module below has a ``register(registry)`` function, the same protocol as th
 MODULES = ("activations", "structural", "arithmetic", "linear", "conv", "normalization", "pooling", "softmax", "extra",
            "recurrent", "deel", "orthogonium", "pattern_sorting", "pattern_lp_pool", "pattern_residual",
            "intervals", "local", "attention", "stochastic_depth",
-           "nonlipschitz")
+           "nonlipschitz", "eps_normalize", "pattern_root_sum_squares")

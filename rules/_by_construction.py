@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from lipgraph.bound import Bound, certified, exact, join_kinds
+from lipgraph.bound import FLOAT_MARGIN, Bound, certified, exact, join_kinds
 from lipgraph.linalg import conv_norm, matrix_norm
 
 
@@ -70,6 +70,84 @@ def sll_conv(kernel: torch.Tensor, padding: int, groups: int, in_spatial: tuple[
     adjoint = conv_norm(k, in_spatial, p=1.0 if math.isinf(p) else math.inf, **options)
     return symmetric_residual(conv_norm(k, in_spatial, p=p, **options), p,
                               outer=Bound(2 * adjoint.value, adjoint.kind, adjoint.method))
+
+
+#: γ² increments tried, in units of the eigensolver margin, until M(γ, t) ⪰ 0 is verified
+#: (:func:`slope_restricted_residual`)
+GAMMA_SLACKS = (3.0, 30.0, 1e3, 1e5)
+#: relative increments of the multiplier t tried with them
+T_NUDGES = (0.0, 1e-5, 1e-4, 1e-3, 1e-2)
+UNIT_ROUNDOFF = 2.0 ** -53
+
+
+def _schur_gamma2(A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, t: float) -> float:
+    """λ_max(AᵀA + G H⁻¹ Gᵀ), G = AᵀB − tCᵀ, H = 2tI − BᵀB: the smallest γ² with M(γ, t) ⪰ 0 (float64, unverified;
+    inf when H is not positive definite)."""
+    H = 2 * t * torch.eye(B.shape[1], dtype=torch.float64) - B.T @ B
+    factor, info = torch.linalg.cholesky_ex(H)
+    if int(info) != 0:
+        return math.inf
+    G = A.T @ B - t * C.T
+    root = torch.linalg.solve_triangular(factor, G.T, upper=False)  # L⁻¹Gᵀ: G H⁻¹ Gᵀ = rootᵀ root
+    S = A.T @ A + root.T @ root
+    return float(torch.linalg.eigvalsh((S + S.T) / 2).max())
+
+
+def _verified_gamma(A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, t: float, gamma2: float) -> float | None:
+    """√γ² once M(γ, t) ⪰ 0 is verified in floating point, else None: the smallest computed eigenvalue of M must
+    exceed the eigensolver's error (``FLOAT_MARGIN``·‖M‖₂, the margin of every certified norm, far above a
+    backward-stable eigvalsh's O(n·u)‖M‖₂) plus the error of forming M, entrywise ≤ γ_n(|A|ᵀ|A| + 2|A|ᵀ|B| +
+    |B|ᵀ|B| + 2t|C|ᵀ|B|) + u|M| (Higham, Thm 3.5) with ‖|X|ᵀ|Y|‖₂ ≤ ‖X‖_F‖Y‖_F (Weyl: λ_min moves by ≤ ‖E‖₂)."""
+    n0, n1 = A.shape[1], B.shape[1]
+    M = torch.zeros(n0 + n1, n0 + n1, dtype=torch.float64)
+    M[:n0, :n0] = gamma2 * torch.eye(n0, dtype=torch.float64) - A.T @ A
+    M[:n0, n0:] = A.T @ B - t * C.T
+    M[n0:, :n0] = M[:n0, n0:].T
+    M[n0:, n0:] = 2 * t * torch.eye(n1, dtype=torch.float64) - B.T @ B
+    fa, fb, fc = (float(torch.linalg.matrix_norm(X, "fro")) for X in (A, B, C))
+    n = max(A.shape[0], C.shape[0]) + 2
+    forming = 2 * n * UNIT_ROUNDOFF / (1 - n * UNIT_ROUNDOFF) * (fa + fb + t * fc) ** 2 \
+        + UNIT_ROUNDOFF * float(torch.linalg.matrix_norm(M, "fro"))
+    eigenvalues = torch.linalg.eigvalsh(M)
+    solver = FLOAT_MARGIN * float(eigenvalues.abs().max())
+    return math.sqrt(gamma2) if float(eigenvalues.min()) >= solver + forming else None
+
+
+def slope_restricted_residual(A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, t_guess: float = 2.0) -> Bound | None:
+    """Certified ℓ2 Lipschitz bound of y = A x − B σ(C x + b), σ elementwise with slopes in [0, 1] (float64 dense
+    A, B, C), by the S-procedure of LipSDP (Fazlyab et al. 2019) with one multiplier t ≥ 0: for two inputs, with
+    Δu = CΔx and v = Δσ, each v_i(Δu_i − v_i) ≥ 0, so ‖AΔx − Bv‖² ≤ γ²‖Δx‖² whenever
+
+        M(γ, t) = [[γ²I − AᵀA, AᵀB − tCᵀ], [BᵀA − tC, 2tI − BᵀB]] ⪰ 0.
+
+    For the SLL construction (A = PQ, B = 2PKᵀ, C = KQ, P, Q orthogonal, ‖K‖ ≤ 1; Araujo et al. 2023) t = 2 makes
+    the off-diagonal block 0 and γ = ‖A‖ = 1. ``t_guess`` first, then a golden-section search over t when that is
+    not already at γ = ‖A‖ (its floor: D = 0); then, for t raised by ``T_NUDGES`` and γ² by ``GAMMA_SLACKS``, the
+    first γ for which M ⪰ 0 is verified (:func:`_verified_gamma`). None when nothing verifies."""
+    floor = float(torch.linalg.matrix_norm(A, 2)) ** 2
+    low = float(torch.linalg.matrix_norm(B, 2)) ** 2 / 2  # H ≻ 0 needs t > ‖B‖²/2
+    best_t, best = t_guess, _schur_gamma2(A, B, C, t_guess)
+    if best > floor * (1 + 1e-6):
+        a, b = math.log(low * (1 + 1e-9)), math.log(max(4 * t_guess, 4 * low))
+        g = (math.sqrt(5) - 1) / 2
+        for _ in range(12):
+            c, d = b - g * (b - a), a + g * (b - a)
+            fc, fd = _schur_gamma2(A, B, C, math.exp(c)), _schur_gamma2(A, B, C, math.exp(d))
+            a, b = (a, d) if fc <= fd else (c, b)
+            for t, value in ((math.exp(c), fc), (math.exp(d), fd)):
+                if value < best:
+                    best_t, best = t, value
+    if not math.isfinite(best):
+        return None
+    for t in (best_t * (1 + nudge) for nudge in T_NUDGES):  # a nudged t keeps H = 2tI − BᵀB off singular
+        value = _schur_gamma2(A, B, C, t)
+        # λ_min(M) ≤ the slack added to γ² must clear the eigensolver margin FLOAT_MARGIN·‖M‖ (‖M‖ ≥ 2t, γ²)
+        floor_slack = FLOAT_MARGIN * max(2 * t, value, 1.0)
+        for factor in GAMMA_SLACKS if math.isfinite(value) else ():
+            gamma = _verified_gamma(A, B, C, t, value + factor * floor_slack)
+            if gamma is not None:  # the margin covers materialising A, B, C in float64 (relative error ≲ 1e-13)
+                return certified(gamma, f"S-procedure, one multiplier (t = {t:.4g})", margin=1e-10)
+    return None
 
 
 def _rotation_reflection_norm(angles: torch.Tensor, p: float) -> float:

@@ -11,13 +11,15 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from lipgraph.bound import Bound, exact, join_kinds
-from lipgraph.linalg import conv_norm
+from lipgraph.linalg import conv_norm, dense_is_cheap, materialize
 from lipgraph.registry import Registry
 from lipgraph.ruleapi import OpContext, elementwise
 
-from ._by_construction import centering, householder, householder_order_2, permutation_pieces, sll_conv, sll_dense
+from ._by_construction import (centering, householder, householder_order_2, permutation_pieces, sll_conv, sll_dense,
+                               slope_restricted_residual)
 
 PACKAGE = "orthogonium.layers"
 
@@ -72,8 +74,10 @@ def sll_aoc_residual_block(ctx: OpContext) -> Bound:
     """SLLxAOCLipschitzResBlock: y = A x − B relu(C x + b) with three zero-padded convolutions by the fused kernels
     that ``forward`` computes: A by K_pre ⊛ K_post (stride s), C by K_pre ⊛ K, B by 2·(Kᵀ ⊛ K_post) (stride s).
     With zero padding, A, B and C are the compositions P∘Q, 2P∘Kᵀ, K∘Q only away from the borders, so the SLL
-    argument (J = P(I − 2KᵀDK)Q, norm ≤ 1) does not apply to the computed map: the sound bound is
-    ‖A‖ + ‖B‖·‖C‖ (relu's slopes in [0, 1]), each norm certified from the fused kernel."""
+    argument (J = P(I − 2KᵀDK)Q, norm ≤ 1) is not a proof for the computed map. Sound: ‖A‖ + ‖B‖·‖C‖ (relu's
+    slopes in [0, 1]), each norm certified from the fused kernel; in ℓ2, when A, B, C are small enough to
+    materialise, the smaller of that and the S-procedure bound on the actual A, B, C with SLL's multiplier t = 2
+    (:func:`~._by_construction.slope_restricted_residual`), which certifies ‖A‖ (1 up to AOC's accuracy)."""
     m = ctx.module
     fuse = type(m).forward.__globals__  # the kernel algebra ``forward`` itself calls (no import of orthogonium)
     compose, transpose = fuse["fast_matrix_conv"], fuse["transpose_kernel"]
@@ -88,7 +92,20 @@ def sll_aoc_residual_block(ctx: OpContext) -> Bound:
     a = conv_norm(k_skip, spatial, stride=m.stride, padding=m.skip_kernel_size // 2, **common)
     c = conv_norm(k_in, spatial, padding=m.padding, **common)
     b = conv_norm(k_out, inner, stride=m.stride, padding=m.padding, **common)
-    return Bound(a.value + 2 * b.value * c.value, join_kinds([a.kind, b.kind, c.kind]), "‖A‖ + ‖B‖‖C‖ (fused kernels)")
+    generic = Bound(a.value + 2 * b.value * c.value, join_kinds([a.kind, b.kind, c.kind]), "‖A‖ + ‖B‖‖C‖ (fused kernels)")
+    channels = ctx.input.shape[-3]
+    hidden, n_in = k_in.shape[0] * math.prod(inner), channels * math.prod(spatial)
+    if ctx.norm != 2 or not dense_is_cheap(n_in + hidden, n_in + hidden):
+        return generic
+
+    def conv(kernel: torch.Tensor, **options):
+        return lambda z: F.conv2d(z, kernel.detach().to(torch.float64), groups=m.groups, **options)
+
+    A = materialize(conv(k_skip, stride=m.stride, padding=m.skip_kernel_size // 2), (channels, *spatial))
+    C = materialize(conv(k_in, padding=m.padding), (channels, *spatial))
+    B = 2 * materialize(conv(k_out, stride=m.stride, padding=m.padding), (k_in.shape[0], *inner))
+    sdp = slope_restricted_residual(A, B, C, t_guess=2.0)
+    return generic if sdp is None or sdp.value >= generic.value else sdp
 
 
 #: SoftHuber: δ(√(1 + (z/δ)²) − 1) elementwise, derivative (z/δ)/√(1 + (z/δ)²) ∈ (−1, 1) for any δ ≠ 0: 1, exact (sup)

@@ -40,3 +40,33 @@ def test_ctrl_c_prints_interrupted_and_exits_130_at_once(tmp_path):
     # every entry written before the signal is whole (written aside, then renamed into place)
     for entry in (tmp_path / "cache").rglob("[!.]*.json"):
         assert set(json.loads(entry.read_text())) >= {"key", "value", "tag"}
+
+
+# stops the `lipgraph` command inside `import lipgraph`, where torch loads (seconds before cli.main runs)
+SLOW_TORCH = """import importlib.abc, sys, time
+class SlowTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch.func":
+            print("loading torch", flush=True)
+            time.sleep(30)
+sys.meta_path.insert(0, SlowTorch())
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGINT to a child process")
+def test_ctrl_c_while_the_command_loads_torch(tmp_path):
+    script = Path(sys.executable).with_name("lipgraph")
+    if not script.exists():
+        pytest.skip("the lipgraph console script is not installed next to this Python")
+    (tmp_path / "sitecustomize.py").write_text(SLOW_TORCH)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    child = subprocess.Popen([str(script), "--version"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=env, cwd=tmp_path)
+    try:
+        assert child.stdout.readline() == "loading torch\n"
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert (child.returncode, err) == (130, "lipgraph: interrupted\n"), err

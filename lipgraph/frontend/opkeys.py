@@ -2,7 +2,9 @@
 
 ``nn.ReLU``, ``F.relu``, ``torch.relu``, ``x.relu()``, ``x.relu_()`` and ``aten.relu.default`` are all ``relu``.
 Torch functions, tensor methods and ``aten`` ops that are not in the table keep their own name as key
-(``torch.cumsum`` -> ``cumsum``), so one registration covers all their spellings. User functions and module
+(``torch.cumsum`` -> ``cumsum``), so one registration covers all their spellings; an in-place variant is its op
+(``x.exp_()``, ``aten.exp_`` -> ``exp``) and a ``torch.special`` alias is the op it aliases (``special_erfcx`` ->
+``erfcx``, ``special_expit`` -> ``sigmoid``), see :func:`canonical_name`. User functions and module
 classes have no implicit key: they map to an op only through ``lipgraph.register``.
 """
 from __future__ import annotations
@@ -26,7 +28,8 @@ _SPELLINGS: dict[str, list[Any]] = {
     "conv_transpose1d": [nn.ConvTranspose1d, F.conv_transpose1d, "conv_transpose1d"],
     "conv_transpose2d": [nn.ConvTranspose2d, F.conv_transpose2d, "conv_transpose2d"],
     "conv_transpose3d": [nn.ConvTranspose3d, F.conv_transpose3d, "conv_transpose3d"],
-    "matmul": [torch.matmul, operator.matmul, "matmul", "mm", "bmm", torch.mm, torch.bmm, "__matmul__"],
+    "matmul": [torch.matmul, operator.matmul, "matmul", "mm", "bmm", torch.mm, torch.bmm, "__matmul__",
+               torch.linalg.matmul, "linalg_matmul"],
     # normalisation
     "batch_norm": [nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, F.batch_norm, "batch_norm",
                    "_native_batch_norm_legit_no_training"],
@@ -45,7 +48,7 @@ _SPELLINGS: dict[str, list[Any]] = {
     "silu": [nn.SiLU, F.silu, "silu", "silu_"],
     "mish": [nn.Mish, F.mish, "mish"],
     "softplus": [nn.Softplus, F.softplus, "softplus"],
-    "sigmoid": [nn.Sigmoid, F.sigmoid, torch.sigmoid, "sigmoid", "sigmoid_"],
+    "sigmoid": [nn.Sigmoid, F.sigmoid, torch.sigmoid, "sigmoid", "sigmoid_", "expit"],
     "tanh": [nn.Tanh, F.tanh, torch.tanh, "tanh", "tanh_"],
     "hardtanh": [nn.Hardtanh, F.hardtanh, F.hardtanh_, "hardtanh", "hardtanh_"],
     "relu6": [nn.ReLU6, F.relu6, "relu6"],
@@ -91,7 +94,8 @@ _SPELLINGS: dict[str, list[Any]] = {
     "neg": [operator.neg, torch.neg, torch.negative, "neg", "negative", "__neg__"],
     "mul": [operator.mul, operator.imul, torch.mul, torch.multiply, "mul", "mul_", "multiply", "__mul__",
             "__rmul__"],
-    "div": [operator.truediv, operator.itruediv, torch.div, torch.true_divide, "div", "div_", "true_divide",
+    "div": [operator.truediv, operator.itruediv, torch.div, torch.true_divide, torch.divide, "div", "div_", "true_divide",
+            "divide",
             "__truediv__", "__rtruediv__"],
     "pos": [operator.pos, "positive"],
     # structure: isometries, projections, concatenation
@@ -149,6 +153,23 @@ _SPELLINGS: dict[str, list[Any]] = {
     "outer": [torch.outer, torch.ger, "outer", "ger"],
     "cross": [torch.cross, torch.linalg.cross, "cross", "linalg_cross"],
     "multi_dot": [torch.linalg.multi_dot, torch.chain_matmul, "linalg_multi_dot", "chain_matmul"],
+    "dot": [torch.dot, "dot", torch.linalg.vecdot, "linalg_vecdot", "vecdot"],
+    "digamma": [torch.digamma, "digamma", "psi"],
+    "lgamma": [torch.lgamma, "lgamma", "gammaln"],
+    "mvlgamma": [torch.mvlgamma, "mvlgamma", "multigammaln"],
+    "igamma": [torch.igamma, "igamma", "gammainc"],
+    "igammac": [torch.igammac, "igammac", "gammaincc"],
+    "acosh": [torch.acosh, torch.arccosh, "acosh", "arccosh"],
+    "atan2": [torch.atan2, torch.arctan2, "atan2", "arctan2"],
+    "inverse": [torch.inverse, torch.linalg.inv, torch.linalg.inv_ex, torch.linalg.pinv, torch.pinverse, "inverse",
+                "linalg_inv", "linalg_inv_ex", "linalg_pinv", "pinverse"],
+    "det": [torch.det, torch.linalg.det, "det", "linalg_det", "_linalg_det"],
+    "logdet": [torch.logdet, torch.slogdet, torch.linalg.slogdet, "logdet", "slogdet", "linalg_slogdet", "_linalg_slogdet"],
+    "cholesky": [torch.cholesky, torch.linalg.cholesky, torch.linalg.cholesky_ex, "cholesky", "linalg_cholesky",
+                 "linalg_cholesky_ex"],
+    "matrix_exp": [torch.matrix_exp, torch.linalg.matrix_exp, "matrix_exp", "linalg_matrix_exp"],
+    "matrix_power": [torch.matrix_power, torch.linalg.matrix_power, "matrix_power", "linalg_matrix_power"],
+    "linalg_solve": [torch.linalg.solve, torch.linalg.solve_ex, "linalg_solve", "linalg_solve_ex", "_linalg_solve_ex"],
     # rules/softmax.py, rules/extra.py
     "softmin": [nn.Softmin, F.softmin, "softmin"],
     "softmax2d": [nn.Softmax2d],
@@ -191,7 +212,8 @@ for _key, _spellings in _SPELLINGS.items():
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
-def _is_torch_owned(fn: Any) -> bool:
+def is_torch_owned(fn: Any) -> bool:
+    """``fn`` is defined by torch (a torch function, an ``aten`` overload, a builtin of ``torch._C``)."""
     module = getattr(fn, "__module__", None) or ""
     return module == "torch" or module.startswith("torch.") or module.startswith("torch._C")
 
@@ -203,16 +225,28 @@ def function_key(fn: Any) -> str | None:
         return key
     schema = getattr(fn, "_schema", None)
     if schema is not None:  # aten.relu.default -> "relu"
-        name = schema.name.split("::", 1)[-1]
-        return NAME_KEYS.get(name, name)
-    if _is_torch_owned(fn) and getattr(fn, "__name__", None):
-        return NAME_KEYS.get(fn.__name__, fn.__name__)
+        return canonical_name(schema.name.split("::", 1)[-1])
+    if is_torch_owned(fn) and getattr(fn, "__name__", None):
+        return canonical_name(fn.__name__)
     return None
+
+
+def canonical_name(name: str) -> str:
+    """Key of a torch function, tensor method or ``aten`` op name: its entry in the table; else an in-place
+    variant is its op (``exp_`` -> ``exp``) and ``special_X`` (torch.special's alias of ``torch.X``, or its own
+    ``X``) is X's key (``special_expit`` -> ``sigmoid``, ``special_erfcx`` -> ``erfcx``); else the name itself."""
+    if name in NAME_KEYS:
+        return NAME_KEYS[name]
+    if name.endswith("_") and not name.startswith("_"):
+        return canonical_name(name.rstrip("_"))
+    if name.startswith("special_"):
+        return canonical_name(name[len("special_"):])
+    return name
 
 
 def method_key(name: str) -> str:
     """Key of a ``call_method`` target (a tensor method name)."""
-    return NAME_KEYS.get(name, name.rstrip("_") if name.endswith("_") and not name.startswith("_") else name)
+    return canonical_name(name)
 
 
 def module_key(cls: type, alias_of) -> str | None:

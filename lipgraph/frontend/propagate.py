@@ -17,10 +17,20 @@ from torch import fx
 
 from ..errors import InputError
 from ..ruleapi import Var
+from .inplace import is_in_place
 from .trace import user_frame
 
 
 class _Propagate(fx.Interpreter):
+    """Runs the graph as a function: an in-place op writes to a copy of its first argument, so the constants kept
+    in ``lip.value`` (and the user's tensors) are the values the graph's rules read, never overwritten."""
+
+    def fetch_args_kwargs_from_env(self, n: fx.Node) -> tuple[tuple, dict]:
+        args, kwargs = super().fetch_args_kwargs_from_env(n)
+        if is_in_place(n, self.module) and args and isinstance(args[0], torch.Tensor):
+            args = (args[0].clone(), *args[1:])
+        return args, kwargs
+
     def run_node(self, n: fx.Node) -> Any:
         try:
             result = super().run_node(n)

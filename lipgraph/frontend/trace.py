@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from typing import Any, Iterator
 
 import torch
@@ -18,6 +19,7 @@ from torch.nn.utils import parametrize
 
 from ..errors import TraceError
 from ..registry import Registry
+from .inplace import rebind_in_place
 from .opkeys import CONTAINERS, module_key
 
 FRONTENDS = ("auto", "fx", "export")
@@ -89,7 +91,9 @@ def _fx(model: nn.Module, registry: Registry, concrete_args: dict[str, Any] | No
             "  - fix the value that drives Python control flow with concrete_args={'flag': value}\n"
             "  - use the export frontend: --frontend export (Python API: frontend='export')"
         ) from None
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    rebind_in_place(gm)
+    return gm
 
 
 @contextlib.contextmanager
@@ -110,14 +114,20 @@ def _quiet_export_failure() -> Iterator[None]:
 
 def _export(model: nn.Module, inputs: tuple) -> fx.GraphModule:
     try:
-        with _quiet_export_failure():
+        with _quiet_export_failure(), warnings.catch_warnings():
+            # nn.RNN/GRU/LSTM rebuild their _flat_weights list in forward: torch.export warns that these tensor
+            # attributes were "assigned during export"; they are the module's own parameters, nothing to act on
+            warnings.filterwarnings("ignore", message=r"The tensor attributes .*\._flat_weights\[\d+\]",
+                                    category=UserWarning)
             program = torch.export.export(model, inputs, strict=False)
     except Exception as exc:  # noqa: BLE001
         raise TraceError(
             f"torch.export could not export {type(model).__name__}: {type(exc).__name__}: "
             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}\n  at {user_frame(exc)}"
         ) from None
-    return program.module()
+    gm = program.module()
+    rebind_in_place(gm)  # torch.export's graph keeps in-place ops too
+    return gm
 
 
 def user_frame(exc: BaseException) -> str:
