@@ -30,7 +30,7 @@ from .passes.residual import tighten_residuals
 from .passes.seqlip import tighten_chains
 from .progress import LayerProgress
 from .lower_region import region_lower
-from .region import check_region
+from .region import check_region, global_ceiling, within_global
 from .registry import Registry, default_registry
 from .report import Report, build_tree, output_bounds
 
@@ -104,6 +104,9 @@ def analyze(
     inputs = to_model_device(model, inputs)
     if region is not None:
         region = check_region(region, inputs)
+        ceiling = global_ceiling(lambda: analyze(  # a global bound holds on every region: local <= global
+            original, example_input, method=method, norm=p, rules=rules, frontend=frontend, unsupported=unsupported,
+            concrete_args=concrete_args, lower=False, device=device, cache=cache, quiet=True).bound)
     notes: list[str] = []
     with eval_mode(model, notes), norm_cache(cache) as disk, on_device(device), spending(seconds):
         lg = annotated_graph(model, inputs, registry, p, frontend=frontend, unsupported=unsupported,
@@ -123,6 +126,8 @@ def analyze(
         estimate = network_estimate(lg, p) if estimators else None
         if estimators and total.kind is Kind.CERTIFIED:
             total = Bound(total.value, total.kind, f"autolip+{method}", exact=total.exact)
+        if region is not None:
+            total = within_global(total, ceiling, notes)
         tree, formulas = build_tree(lg, total, p)
     if total.kind is Kind.UNBOUNDED:
         notes.append("some ops have no rule: the bound is unbounded (see the ops marked in the tree)")

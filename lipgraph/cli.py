@@ -22,6 +22,7 @@ from .formats import default_formats
 from .linalg.parallel import POLL
 from .progress import stop_all_bars
 from .registry import Registry, default_registry
+from .linalg.lazy import force_all
 from .render.rich_tree import make_console
 from .render.timings import print_timings
 from .ruleapi import Rule
@@ -235,6 +236,7 @@ def _explain_model(args: argparse.Namespace) -> int:
         import torch
 
         torch.save(report.lower_input, args.save_lower_input)
+    force_all(b for n in report.tree.walk() for b in (n.bound, n.fused and n.fused.product) if b)  # shown: in the pool
     default_formats().write(report, "report", fmt, depth=args.depth, ascii_only=args.ascii, width=args.width,
                             formulas=args.formula, top=args.top)
     if args.timings and fmt in ("tree", "latex"):  # the formats read on a terminal

@@ -108,7 +108,7 @@ class Formulas:
                 self._cache[s] = self.evaluate(self.definitions[s])
             else:
                 expr = self.active_fallback(s)
-                self._cache[s] = self.constants[s].value if expr is None else self.evaluate(expr)
+                self._cache[s] = float(self.constants[s].value) if expr is None else self.evaluate(expr)
         return self._cache[s]
 
     def active_fallback(self, s: sympy.Symbol) -> sympy.Expr | None:

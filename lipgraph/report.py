@@ -39,7 +39,7 @@ class FusedChain:
     lower: Bound | None = None  # power iteration on the composed operator (``analyze(layer_lower=True)``)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"members": self.members, **bound_dict(self.bound), "product": self.product,
+        return {"members": self.members, **bound_dict(self.bound), "product": float(self.product),
                 "lower": lower_value(self.lower)}
 
 

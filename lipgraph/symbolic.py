@@ -208,8 +208,8 @@ class _Builder:
             if len(n.meta["lip.transfer"].gains) == 1:
                 by_path[n.meta["lip.path"]].append(n)
         for path, nodes in by_path.items():
-            gains = [n.meta["lip.transfer"].gains[0].value for n in nodes]
-            per_call = any(not math.isclose(g, gains[0], rel_tol=1e-12) for g in gains)
+            gains = [n.meta["lip.transfer"].gains[0] for n in nodes]  # Bounds: a pending one is read when shown
+            per_call = len(gains) > 1 and any(not math.isclose(g, gains[0], rel_tol=1e-12) for g in gains)
             for k, (n, gain) in enumerate(zip(nodes, gains)):
                 key = f"{path}#{k + 1}" if per_call else path
                 self.leaf[n] = self._constant(key, gain, (path,), _weighted(self.lg, n), self.order[n])

@@ -5,7 +5,7 @@
 """
 from __future__ import annotations
 
-from lipgraph.linalg import conv_norm
+from lipgraph.linalg import lazy_conv_norm
 from lipgraph.registry import Registry
 from lipgraph.ruleapi import OpContext, Transfer
 
@@ -28,7 +28,7 @@ def conv(ctx: OpContext) -> Transfer:
     if transposed:
         options["output_padding"] = ctx.arg("output_padding", 5, 0)
     options.update(in_spatial=tuple(ctx.input.shape[-dims:]), transposed=transposed)
-    return Transfer(gains=(conv_norm(weight, p=ctx.norm, **options),), affine=True,
+    return Transfer(gains=(lazy_conv_norm(weight, p=ctx.norm, **options),), affine=True,
                     structure=("conv", weight, options))
 
 

@@ -27,12 +27,14 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from lipgraph.bound import FLOAT_MARGIN, Bound, certified
+from lipgraph.bound import FLOAT_MARGIN, Bound, Kind, certified
 from lipgraph.cache import RECHECK_STEPS, memoised, tensor_digest
 from lipgraph.linalg.attained import attained_norm, working_copy
 from lipgraph.linalg.dense import LinearMap, batched_spectral_norm, dense_is_cheap, dense_norm
 from lipgraph.linalg.nonneg import col_sum_max, row_sum_max
 from lipgraph.linalg.device import norm_device
+from lipgraph.linalg.lazy import LazyBound
+from lipgraph.linalg.parallel import one_thread
 from lipgraph.linalg.spectral import Symbol, gram_iteration_norm, max_singular_value
 
 IntOrTuple = int | tuple[int, ...]
@@ -42,6 +44,8 @@ STRATEGIES = ("auto", "dense", "fft", "gram", "pointwise", "abs-sum")
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _PAD_MODES = ("zeros", "reflect", "replicate", "circular")
 _DUAL = {1: math.inf, 2: 2, math.inf: 1}
+#: Power steps of :func:`lazy_conv_norm`'s cheap attained value.
+BELOW_STEPS = 6
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,29 @@ def conv_norm(
                              dtype=w.dtype, device=w.device)
 
     return memoised(key, lambda: _conv_norm(weight.detach().to("cpu", torch.float64), geo, q, strategy), check)
+
+
+def lazy_conv_norm(weight: torch.Tensor, in_spatial: tuple[int, ...], **options) -> Bound:
+    """:func:`conv_norm`, for p = 2 computed on first read (:class:`lipgraph.linalg.lazy.LazyBound`): a conv
+    fused with the BatchNorm after it is bounded by the fused operator, and its own norm only shown. Its ``below``
+    is the largest ratio ‖Cx‖/‖x‖ of ``BELOW_STEPS`` power steps (float32, less 1e-4 for rounding): ≤ ‖C‖, and
+    so ≤ the certified value."""
+    if options.get("p", 2) != 2:
+        return conv_norm(weight, in_spatial, **options)
+    geo = _geometry(weight, in_spatial, options.get("stride", 1), options.get("padding", 0),
+                    options.get("dilation", 1), options.get("groups", 1), options.get("padding_mode", "zeros"),
+                    options.get("transposed", False), options.get("output_padding", 0))
+
+    def below() -> float:
+        w = weight.detach().to("cpu", torch.float32)
+        return attained_norm(geo.linear_map(w), (w.shape[1] * geo.groups, *geo.n), 2, steps=BELOW_STEPS,
+                             dtype=torch.float32) * (1 - 1e-4)
+
+    def compute() -> Bound:
+        with one_thread():
+            return conv_norm(weight, in_spatial, **options)
+
+    return LazyBound(compute, Kind.CERTIFIED, below)
 
 
 def _conv_norm(w: torch.Tensor, geo: _Geometry, q: float, strategy: str) -> Bound:

@@ -15,6 +15,7 @@ dropped).
 from __future__ import annotations
 
 import contextvars
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Callable, Iterable, Iterator, TypeVar
@@ -53,4 +54,19 @@ def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None =
         finished = True
     finally:
         pool.shutdown(wait=finished, cancel_futures=True)
+        torch.set_num_threads(threads)
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one intra-op thread in the block, as in the pool's workers: a norm computed outside the pool
+    (read later, :mod:`lipgraph.linalg.lazy`) then has the same float rounding as one computed in it."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
         torch.set_num_threads(threads)

@@ -178,7 +178,8 @@ def _float32_grams(symbol: Symbol, freqs: torch.Tensor, device: torch.device) ->
     """G̃ (F, g, n, n) complex64 and e_G (F, g) float64 at ``freqs`` (module docstring, step 2)."""
     s = symbol.at(freqs, torch.complex64, device)
     k = max(s.shape[-2:])
-    e_g = _gram_error(k) * _schur(s.abs()).double() * (1 + _gamma(k + 2))  # the float32 sums' own rounding
+    modulus = torch.hypot(s.real, s.imag)  # |s| within 1/2 ulp, several times faster than complex abs()
+    e_g = _gram_error(k) * _schur(modulus).double() * (1 + _gamma(k + 2))  # the float32 sums' own rounding
     return _gram(s), e_g
 
 

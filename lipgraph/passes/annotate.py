@@ -19,6 +19,7 @@ from ..cache import layer_label
 from ..errors import LipgraphError, NormNotSupported, NotLipschitzError, RuleError, UnsupportedOpsError
 from ..hints import REGION_HINT
 from ..ir import LipGraph, map_args, op_spelling
+from ..linalg.lazy import force_all
 from ..linalg.parallel import parallel_map
 from ..registry import Registry
 from ..ruleapi import OpContext, Rule, Transfer
@@ -161,6 +162,10 @@ def _prefetch_fused_norms(lg: LipGraph, norm: float, bar: Ticker) -> None:
     for chain, seconds in zip(chains, parallel_map(prefetch, chains)):
         chain[-1].meta["lip.seconds"] = chain[-1].meta.get("lip.seconds", 0.0) + seconds
         bar.advance(chain[-1].meta["lip.path"])
+    folded = {n for chain in chains if folded_structure(chain) is not None for n in chain}  # norms only shown
+    gains = [(n, g) for n in lg.ops() if n not in folded for g in n.meta["lip.transfer"].gains]  # the rest: now
+    for (n, _), seconds in zip(gains, force_all(g for _, g in gains)):
+        n.meta["lip.seconds"] = n.meta.get("lip.seconds", 0.0) + seconds
 
 
 class _Silent:

@@ -12,12 +12,15 @@ from typing import Iterable, Mapping
 from torch import fx
 
 from ..bound import Bound, Kind, exact, join_kinds
+from ..linalg.lazy import is_pending, pending_combination
 from ..patternapi import injective_selection, selection_root
 from ..ir import LipGraph
 
 
 def combine(terms: list[tuple[Bound, Bound]], q: float, method: str = "autolip") -> Bound:
     """``||(g_i · L_i)_i||_q`` for (gain, input bound) pairs; a zero gain kills even an unbounded input."""
+    if any(is_pending(b) for pair in terms for b in pair):  # a norm only shown so far: combined when read
+        return pending_combination(terms, lambda forced: combine(forced, q, method))
     values = [0.0 if g.value == 0 else g.value * x.value for g, x in terms]
     if not values:
         total = 0.0
@@ -100,6 +103,8 @@ def through_shortcut(shortcut: Shortcut, current: Bound, bounds: Mapping[fx.Node
     if first in entry or first not in bounds or source not in bounds:  # the path starts outside this sub-network
         return current
     via = combine([(shortcut.bound, bounds[source])], 1, method=f"autolip+{shortcut.label}")
+    if is_pending(current) and shortcut.label == "fusion" and 0 < via.value < math.inf:
+        return via  # fuse proved fused < product·(1 − 1e-6), and current is the product path (linalg.lazy)
     return via if via.value < current.value else current
 
 

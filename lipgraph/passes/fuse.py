@@ -17,6 +17,7 @@ from torch import fx
 
 from ..bound import Bound, Kind, certified
 from ..linalg import conv_norm, dense_is_cheap, dense_norm, matrix_norm
+from ..linalg.lazy import is_pending, lazy_product, product_above
 from ..ir import LipGraph
 from .context import context
 from .autolip import add_shortcut
@@ -25,9 +26,9 @@ from .autolip import add_shortcut
 def fuse(lg: LipGraph, norm: float) -> None:
     for chain in affine_chains(lg):
         fused = fused_bound(lg, chain, norm)
-        product = math.prod(n.meta["lip.transfer"].gains[0].value for n in chain)
-        if fused is not None and fused.value < product * (1 - 1e-6):  # tighter beyond rounding
-            chain[-1].meta["lip.chain"] = (chain[0], fused, product)
+        gains = [n.meta["lip.transfer"].gains[0] for n in chain]  # a conv's own norm may be pending (linalg.lazy)
+        if fused is not None and product_above(gains, lambda product: fused.value < product * (1 - 1e-6)):
+            chain[-1].meta["lip.chain"] = (chain[0], fused, lazy_product(gains))  # tighter beyond rounding
             add_shortcut(chain[-1], chain[0], fused, "fusion")
 
 
@@ -88,7 +89,7 @@ _IDENTITIES = ("identity", "dropout", "contiguous")  # the identity map in eval 
 def is_trivial(n: fx.Node) -> bool:
     """An affine op whose gain is exactly 1 (identity, dropout, reshape…): nothing to tighten."""
     g = n.meta["lip.transfer"].gains[0]
-    return g.exact and g.value == 1.0
+    return not is_pending(g) and g.exact and g.value == 1.0  # a norm not computed yet is not known to be 1
 
 
 def folded_structure(chain: list[fx.Node]) -> tuple | None:
