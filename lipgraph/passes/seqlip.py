@@ -200,7 +200,8 @@ def _timed(result: ChainResult, name: str, compute) -> None:
         return
     result.results[name] = bound
     result.seconds[name] = time.perf_counter() - start
-    budget.spent(name, result.seconds[name], bound.value if bound.kind is Kind.CERTIFIED else None, previous)
+    certified_value = bound.value if bound is not None and bound.kind is Kind.CERTIFIED else None
+    budget.spent(name, result.seconds[name], certified_value, previous)
 
 
 def _cp_structured(lg: LipGraph, chain: SeqChain, gains: list[Bound], norm: float) -> Bound:
