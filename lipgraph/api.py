@@ -13,6 +13,7 @@ from .bound import Bound, Kind
 from .cache import norm_cache
 from .errors import InputError, UnsoundBoundError
 from .estimators import ESTIMATORS, EstimatorCatalogue
+from .estimators.budget import budget_seconds, order, spending
 from .frontend.prepare import as_inputs, check_finite_weights, eval_mode, to_model_device, unwrap
 from .frontend.trace import LipTracer
 from .linalg.device import on_device
@@ -20,7 +21,7 @@ from .norms import NORMS, parse_norm  # noqa: F401 - part of this module's API
 from .pipeline import Analysis, Pass, analysis_passes, failing_unsound, run_passes
 from .progress import LayerProgress
 from .lower_region import region_lower
-from .region import check_region
+from .region import check_region, global_ceiling
 from .registry import Registry, default_registry
 from .report import Report
 from .tree import output_bounds
@@ -52,6 +53,7 @@ def analyze(
     cache: bool | str | os.PathLike = True,
     quiet: bool = False,
     region: Any = None,
+    budget: float | None = None,
     estimators: EstimatorCatalogue | None = None,
     passes: Sequence[Pass] = (),
 ) -> Report:
@@ -75,6 +77,10 @@ def analyze(
     bounds the Lipschitz constant of the model restricted to that region instead (docs/local.md): intervals
     over the region, local rules, per-neuron slopes; the lower bound is then searched inside the region.
 
+    ``budget``: total seconds for the chain and block estimators of ``method`` (default: 120 for ``"best"``,
+    unlimited otherwise; ``math.inf``: no limit), spent cheapest and tightest-per-second first; the bound is the
+    certified minimum of what finished (:mod:`lipgraph.estimators.budget`).
+
     Scoped to this call: ``rules`` (a mapping of overrides, or a whole :class:`~lipgraph.registry.Registry`, e.g.
     ``default_registry().copy()`` with patterns of its own), ``estimators`` (an
     :class:`~lipgraph.estimators.EstimatorCatalogue`, e.g. ``ESTIMATORS.copy()`` with an estimator registered:
@@ -83,7 +89,9 @@ def analyze(
     """
     start = time.perf_counter()
     catalogue = ESTIMATORS if estimators is None else estimators
-    catalogue.resolve(method)  # an unknown method fails before any work
+    chain_names = catalogue.resolve(method)  # an unknown method fails before any work
+    seconds = budget_seconds(budget, method)
+    chain_names = order(chain_names) if seconds is not None else chain_names
     p = parse_norm(norm)
     if example_input is None:
         if input_shape is None:
@@ -95,12 +103,18 @@ def analyze(
     name = type(original).__name__
     model = traceable_root(model, registry)
     inputs = to_model_device(model, inputs)
+    ceiling = None
     if region is not None:
         region = check_region(region, inputs)
+        ceiling = global_ceiling(lambda: analyze(  # a global bound holds on every region: local <= global
+            original, example_input, method=method, norm=p, rules=rules, frontend=frontend, unsupported=unsupported,
+            concrete_args=concrete_args, lower=False, device=device, cache=cache, quiet=True, estimators=estimators,
+            passes=passes).bound)
     notes: list[str] = []
-    with eval_mode(model, notes), norm_cache(cache) as disk, on_device(device):
-        state = Analysis(model, inputs, p, registry, catalogue, method, frontend, unsupported, concrete_args, region,
-                         progress=None if quiet else LayerProgress, cache=disk, notes=notes)
+    with eval_mode(model, notes), norm_cache(cache) as disk, on_device(device), spending(seconds):
+        state = Analysis(model, inputs, p, registry, catalogue, method, chain_names, frontend, unsupported,
+                         concrete_args, region, ceiling, progress=None if quiet else LayerProgress, cache=disk,
+                         notes=notes)
         run_passes(analysis_passes(state, layer_lower=layer_lower, extra=passes), state)
     total = state.total
     if total.kind is Kind.UNBOUNDED:

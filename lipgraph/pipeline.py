@@ -27,6 +27,7 @@ from .bound import Bound, Kind
 from .cache import NormCache
 from .errors import UnsoundBoundError
 from .estimators import ESTIMATORS, EstimatorCatalogue
+from .estimators.budget import reserve_for_blocks
 from .formula import Formulas
 from .frontend.prepare import check_runs
 from .passes.annotate import annotate
@@ -40,8 +41,8 @@ from .passes.localchains import tighten_local_chains
 from .passes.residual import tighten_residuals
 from .passes.seqlip import tighten_chains
 from .progress import ProgressFactory
-from .record import NODE_FACTS, Scope
-from .region import Region
+from .record import NODE_FACTS, Scope, record
+from .region import Region, within_global
 from .registry import Registry
 from .report import ReportNode
 from .tree import build_tree
@@ -62,10 +63,12 @@ class Analysis:
     registry: Registry
     catalogue: EstimatorCatalogue = field(default_factory=lambda: ESTIMATORS)  # the global one, not a copy
     method: str = "autolip"
+    estimators: tuple[str, ...] | None = None  # the chain estimators to run, in order (None: the method's)
     frontend: str = "auto"
     unsupported: str = "error"
     concrete_args: dict[str, Any] | None = None
     region: Region | None = None
+    ceiling: Bound | None = None  # a region analysis: the global bound, which holds on every region
     progress: ProgressFactory | None = None
     cache: NormCache | None = None  # the analysis's norm cache: an unsound layer drops its disk entries
     notes: list[str] = field(default_factory=list)
@@ -77,10 +80,9 @@ class Analysis:
     tree: ReportNode | None = None
     formulas: Formulas | None = None
 
-    @property
-    def estimators(self) -> tuple[str, ...]:
-        """The chain estimators of ``method`` in this analysis's catalogue."""
-        return self.catalogue.resolve(self.method)
+    def __post_init__(self) -> None:
+        if self.estimators is None:
+            self.estimators = self.catalogue.resolve(self.method)
 
 
 #: facts about the whole analysis: fields of :class:`Analysis` that a pass ensures
@@ -198,6 +200,7 @@ class Chains(Pass):
     name, requires, ensures = "chains", frozenset({"transfer", "fused"}), frozenset({"chain", "shortcuts"})
 
     def __call__(self, state: Analysis) -> None:
+        reserve_for_blocks(any(record(n).key == "add" for n in state.graph.ops()))  # a budget's share for blocks
         tighten_chains(state.graph, state.norm, state.estimators, catalogue=state.catalogue)
 
 
@@ -216,13 +219,17 @@ class LocalChains(Pass):
     name, requires = "local_chains", frozenset({"interval", "transfer", "fused"})
     ensures = frozenset({"fused", "chain", "shortcuts"})
 
+    def __init__(self, target: float | None = None) -> None:
+        self.target = target  # only ``bound < target`` matters (a radius test): a useless tightening is skipped
+
     def __call__(self, state: Analysis) -> None:
-        tighten_local_chains(state.graph, state.norm, state.estimators, state.catalogue)
+        tighten_local_chains(state.graph, state.norm, state.estimators, self.target, state.catalogue)
 
 
 class AutoLip(Pass):
     """The network's bound: AutoLip over the DAG with every certified shortcut (:mod:`lipgraph.passes.autolip`);
-    the estimate with the estimate shortcuts too when chain estimators ran."""
+    the estimate with the estimate shortcuts too when chain estimators ran. A region's bound is at most the global
+    ``ceiling`` (:func:`lipgraph.region.within_global`)."""
 
     name, requires, ensures = "bound", frozenset({"transfer", "inputs"}), frozenset({"bound", "outputs", "total"})
 
@@ -232,6 +239,8 @@ class AutoLip(Pass):
             state.estimate = network_estimate(state.graph, state.norm)
             if total.kind is Kind.CERTIFIED:
                 total = Bound(total.value, total.kind, f"autolip+{state.method}", exact=total.exact)
+        if state.region is not None:
+            total = within_global(total, state.ceiling, state.notes)
         state.total = total
 
 

@@ -110,6 +110,7 @@ class _Builder:
         self.fused: dict[fx.Node, sympy.Symbol] = {}
         self.chain: dict[fx.Node, sympy.Symbol] = {}
         self.joint: dict[fx.Node, sympy.Symbol] = {}  # residual adds bounded as whole blocks (docs/residual.md)
+        self.pair: dict[fx.Node, sympy.Symbol] = {}  # ... and with the block before them
         self.call: dict[Scope, sympy.Symbol] = {}  # module calls that are units of their parent's formula
         # tree path -> its formula (one per call), for module and chain nodes and for op nodes
         self.terms: dict[str, list[sympy.Expr]] = defaultdict(list)
@@ -200,10 +201,35 @@ class _Builder:
                 self.terms[path].append(self.chain[n])
             if record(n).residual is not None and record(n).residual.best is not None:
                 self._joint(n, record(n).residual)
+            if record(n).residual is not None and record(n).residual.pair is not None:
+                self._pair(n, record(n).residual)
+
+    def _pair(self, n: fx.Node, result) -> None:
+        """Two residual blocks and the activation between them bounded jointly (docs/residual.md): one constant
+        ``L(<add>(pair))`` from the first block's input, whose fallback is the product of the separate bounds."""
+        first = result.pair_first
+        add_a = next(m for m in self.order if record(m).residual is not None
+                     and record(m).residual.chain.chain.first is first)
+        post = record(result.chain.chain.first).inputs[0]  # the activation between the blocks
+        a = record(add_a).residual
+        members = [*a.chain.chain.nodes, *a.shortcut, add_a, post, *result.chain.chain.nodes, *result.shortcut, n]
+        fallback = self._separate(a) * self.leaf[post] * self._separate(result)
+        self.pair[n] = self._constant(f"{record(n).path}(pair)", result.pair.value,
+                                      tuple(record(m).path for m in members),
+                                      any(_weighted(self.lg, m) for m in members), self.order[n], fallback)
 
     def _joint(self, n: fx.Node, result) -> None:
         """A residual add bounded as a whole block: one constant ``L(<add>(joint))``, whose fallback is the
         separate bound ‖P‖ + L(branch) over the members' constants."""
+        chain = result.chain.chain
+        members = [*chain.nodes, *result.shortcut, n]
+        self.joint[n] = self._constant(f"{record(n).path}(joint)", result.best.value,
+                                       tuple(record(m).path for m in members),
+                                       any(_weighted(self.lg, m) for m in members), self.order[n],
+                                       self._separate(result))
+
+    def _separate(self, result) -> sympy.Expr:
+        """‖P‖-path + L(branch) of a residual block over the members' constants."""
         def run_expr(run) -> sympy.Expr:
             last = run[-1]
             if last in self.fused and fused_members(last)[0] is run[0]:
@@ -213,11 +239,7 @@ class _Builder:
         chain = result.chain.chain
         branch = self.chain.get(chain.last) or sympy.Mul(*[run_expr(r) for r in chain.runs],
                                                          *[self.leaf[a] for acts in chain.activations for a in acts])
-        separate = (run_expr(result.shortcut) if result.shortcut else sympy.Integer(1)) + branch
-        members = [*chain.nodes, *result.shortcut, n]
-        self.joint[n] = self._constant(f"{record(n).path}(joint)", result.best.value,
-                                       tuple(record(m).path for m in members),
-                                       any(_weighted(self.lg, m) for m in members), self.order[n], separate)
+        return (run_expr(result.shortcut) if result.shortcut else sympy.Integer(1)) + branch
 
     def _name_calls(self) -> None:
         """A symbol per module call made of several ops: ``L(path)``, or ``L(path#k)`` per call when the calls'
@@ -262,11 +284,19 @@ class _Builder:
                 if n is not out:
                     continue
                 e = _Product(self.call[child], values[src])
+            elif n in taken and taken[n].label in ("residual", "residual-pair"):  # min(joint · L(x), ‖P‖-path +
+                # branch) and, for a pair, min(pair · L(x of the block before), that): every value shown
+                e = self._block(n, values)
+                if taken[n].label == "residual-pair":
+                    source = values[record(taken[n].first).inputs[0]]
+                    e = sympy.Min(_Product(self.pair[n], source).expr(), e)
+                if record(n).scope == scope:
+                    self.merges.setdefault(record(n).path, (e, scope[-1][0] if scope else ""))
             elif n in taken and (via := self._replacing(n, taken[n])) is not None:  # a fused run or chain
                 e = _Product(via, values[record(taken[n].first).inputs[0]])
-            elif n in taken:  # min(joint · L(x), ‖P‖-path + branch), or another pass's shortcut: both shown
+            elif n in taken:  # a shortcut another pass recorded: min(its bound · L(x), the AutoLip path), both shown
                 source = values[record(taken[n].first).inputs[0]]
-                e = sympy.Min(_Product(self._bounded(n, taken[n]), source).expr(), _expr(self._op(n, values)))
+                e = sympy.Min(_Product(self._other(n, taken[n]), source).expr(), _expr(self._op(n, values)))
                 if record(n).scope == scope:
                     self.merges.setdefault(record(n).path, (e, scope[-1][0] if scope else ""))
             else:
@@ -286,11 +316,8 @@ class _Builder:
         chain = record(n).chain
         return self.chain[n] if n in self.chain and shortcut.bound.value == chain.best.value else None
 
-    def _bounded(self, n: fx.Node, shortcut: Shortcut) -> sympy.Symbol:
-        """The constant of a shortcut shown beside the AutoLip path: a residual block's joint bound, or
-        ``L(<node>(<label>))`` for a shortcut another pass recorded."""
-        if shortcut.label == "residual":
-            return self.joint[n]
+    def _other(self, n: fx.Node, shortcut: Shortcut) -> sympy.Symbol:
+        """``L(<node>(<label>))``: the constant of a shortcut another pass recorded (shown beside the AutoLip path)."""
         path = record(n).path
         return self._constant(f"{path}({shortcut.label})", shortcut.bound.value, (path,), False, self.order[n])
 
@@ -321,6 +348,14 @@ class _Builder:
         if any((m in inside) != (s.first in inside) for m, s in taken.items()):
             return None
         return next(iter(sources)), outs[0]
+
+    def _block(self, n: fx.Node, values: Mapping[fx.Node, sympy.Expr | _Product]) -> sympy.Expr:
+        """min(joint · L(x), ‖P‖-path + branch) at a residual add bounded as a whole (the op alone if not)."""
+        op = _expr(self._op(n, values))
+        if n not in self.joint:
+            return op
+        source = values[record(record(n).residual.chain.chain.first).inputs[0]]
+        return sympy.Min(_Product(self.joint[n], source).expr(), op)
 
     def _op(self, n: fx.Node, values: Mapping[fx.Node, sympy.Expr | _Product]) -> sympy.Expr | _Product:
         transfer, inputs = record(n).transfer, record(n).inputs
