@@ -76,7 +76,7 @@ REPORT_BUDGET = {"work": 2e10}
 #: costs; 0.02–0.5 s per tiny model, median 66 % of the best lower bound a 20 s search finds) and its lean one
 FULL = {"starts": 4, "steps": 5, "power_steps": 2, "screen": 4, "verify": 1, "sample": 64}
 FULL_WORK = 250
-LEAN = {"starts": 4, "steps": 5, "power_steps": 2, "screen": 2}
+LEAN = {"starts": 4, "steps": 7, "power_steps": 1, "screen": 1, "lr": 0.15}
 #: the share of a ``seconds`` budget the search may use before the float64 verification
 SEARCH_SHARE = 0.8
 #: the ascent: ε from eps0 to eps1 (× the data's scale per coordinate), Adam learning rate lr (× the scale)
@@ -468,7 +468,7 @@ def _threads(model: nn.Module, inputs: tuple[Tensor, ...]) -> Iterator[None]:
 @dataclass(frozen=True)
 class _Schedule:
     """How much the search does: ``starts·screen`` first candidates, ``power_steps`` power steps at each point,
-    ``steps`` ascent steps at the ``starts`` best, ``sample`` fresh points per sampling round, ``rounds`` rounds
+    ``steps`` ascent steps (Adam's learning rate ``lr`` × the data's scale) at the ``starts`` best, ``sample`` fresh points per sampling round, ``rounds`` rounds
     (without a clock), ``verify`` candidates re-examined in float64, with float64 power steps and random pairs when
     ``polish``."""
 
@@ -480,6 +480,7 @@ class _Schedule:
     sample: int
     rounds: int = 2
     polish: bool = True
+    lr: float = ASCENT["lr"]
 
 
 def _schedule(cost: float, work: float | None, starts: int, steps: int, power_steps: int, screen: int,
@@ -490,7 +491,9 @@ def _schedule(cost: float, work: float | None, starts: int, steps: int, power_st
     networks, whose steps cost their per-call overhead more than their arithmetic, get the full schedule (ascent and
     a sampling round, ``FULL``); larger ones the ascent alone (``LEAN``) from as many starts as the budget pays for
     (1 to ``LEAN["starts"]``), no sampling round, no float64 power steps: on ResNet-18 the ascent is what climbs
-    (from ‖J(x)‖ ≈ 0.068 at the example to 0.107 in five steps), the sampling round adds nothing."""
+    (from ‖J(x)‖ ≈ 0.068 at the example to 0.107 in five steps), the sampling round adds nothing, and at equal work
+    more ascent steps with larger Adam steps (``LEAN["lr"]``) climb further than more candidates or power steps at
+    the start (each ascent step also takes a power step; docs/speed.md)."""
     if work is None:
         return _Schedule(starts, steps, power_steps, screen, verify, sample=min(4096, starts * screen * 4))
     point_steps = work / (4.0 * cost)
@@ -498,7 +501,7 @@ def _schedule(cost: float, work: float | None, starts: int, steps: int, power_st
         return _Schedule(**FULL)
     ascended = int(min(LEAN["starts"], max(1, point_steps // _lean_cost())))
     return _Schedule(starts=ascended, steps=LEAN["steps"], power_steps=LEAN["power_steps"], screen=LEAN["screen"],
-                     verify=1, sample=0, rounds=1, polish=False)
+                     verify=1, sample=0, rounds=1, polish=False, lr=LEAN["lr"])
 
 
 def _lean_cost() -> float:
@@ -624,7 +627,7 @@ def search(model: nn.Module, x: Any, *, norm: Any = 2, starts: int = 8, steps: i
                     z0 = _later_starts(fn, best_z, plan.starts * plan.screen if kind == 0 else sample, scale, mean,
                                        gen, round_)
                 evaluations += _ascend(fn, z0, plan.starts, p, plan.steps if kind == 0 else 0, plan.power_steps,
-                                       scale, pool, history, clock, bar, gen)
+                                       plan.lr, scale, pool, history, clock, bar, gen)
                 if round_ > 0 and seconds is not None:
                     spent[kind] = time.perf_counter() - started
                     if kind == 1 and spent[0] > 0 and spent[1] > 0:
@@ -644,10 +647,11 @@ def search(model: nn.Module, x: Any, *, norm: Any = 2, starts: int = 8, steps: i
                        evaluations=evaluations, rounds=round_, seconds=elapsed, history=history)
 
 
-def _ascend(fn: _Net, z0: Tensor, keep: int, p: float, steps: int, power_steps: int, scale: float, pool: _Pool,
-            history: list[tuple[float, float]], clock: _Clock, bar: _Progress, gen: torch.Generator) -> int:
+def _ascend(fn: _Net, z0: Tensor, keep: int, p: float, steps: int, power_steps: int, lr: float, scale: float,
+            pool: _Pool, history: list[tuple[float, float]], clock: _Clock, bar: _Progress,
+            gen: torch.Generator) -> int:
     """Power iteration at all the candidate points, then Adam on the ``keep`` best ones with their power-iterated
-    directions. Stops as soon as the clock's search share is spent."""
+    directions, Adam's learning rate ``lr`` × ``scale``. Stops as soon as the clock's search share is spent."""
     b, n = z0.shape
     v = _unit_in(torch.randn(b, n, generator=gen, dtype=fn.dtype).to(fn.device), p)
     z = z0.detach().clone()
@@ -682,7 +686,7 @@ def _ascend(fn: _Net, z0: Tensor, keep: int, p: float, steps: int, power_steps: 
     width = scale * math.sqrt(n) if p == 2 else scale  # ℓ2: v is spread out; ℓ∞: signs; ℓ1: e_j
     eps0, eps1 = ASCENT['eps0'] * width, ASCENT['eps1'] * width
     zp = z.clone().requires_grad_(True)
-    opt = _Adam(zp, ASCENT['lr'] * scale, max(1, steps), 0.002 * scale)
+    opt = _Adam(zp, lr * scale, max(1, steps), 0.002 * scale)
     for t in range(steps):
         eps = eps0 * (eps1 / eps0) ** (t / max(1, steps - 1))
         d = eps * v

@@ -433,13 +433,14 @@ def test_seconds_budget_caps_the_whole_search() -> None:
 
 # -- the report's budget: a fixed amount of work, lean on large networks (issue #19) --------------------------
 def test_report_schedule_is_full_on_small_and_lean_on_large_networks() -> None:
-    from lipgraph.lower import FULL, LEAN, REPORT_BUDGET, _schedule
+    from lipgraph.lower import ASCENT, FULL, LEAN, REPORT_BUDGET, _schedule
 
     small = _schedule(1e4, REPORT_BUDGET["work"], 8, 50, 8, 4, 3)
     assert (small.starts, small.steps, small.power_steps, small.screen, small.sample, small.rounds) == (
         FULL["starts"], FULL["steps"], FULL["power_steps"], FULL["screen"], FULL["sample"], 2) and small.polish
     large = _schedule(5e8, REPORT_BUDGET["work"], 8, 50, 8, 4, 3)
     assert large.starts == 1 and large.rounds == 1 and large.steps == LEAN["steps"] and not large.polish
+    assert (small.lr, large.lr) == (ASCENT["lr"], LEAN["lr"])  # small networks keep the former search's steps
     assert _schedule(5e8, 1e-3 * REPORT_BUDGET["work"], 8, 50, 8, 4, 3).starts == 1  # never fewer than one start
     explicit = _schedule(5e8, None, 8, 50, 8, 4, 3)
     assert (explicit.starts, explicit.steps, explicit.power_steps, explicit.rounds) == (8, 50, 8, 2)
@@ -459,3 +460,7 @@ def test_lean_search_is_sound() -> None:
     res = lipgraph.lower_search(model, x, work=4 * cost * FULL_WORK / 10)
     assert res.rounds == 1 and res.bound.kind is Kind.LOWER
     assert 0 < res.value <= lipgraph.analyze(model, x, lower=False, cache=False).bound.value
+    exact = copy.deepcopy(model).double()  # the witness pair attains the value in float64
+    with torch.no_grad():
+        a, b = res.input.double(), res.other.double()
+        assert float((exact(a) - exact(b)).norm() / (a - b).norm()) >= res.value
