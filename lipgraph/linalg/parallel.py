@@ -3,8 +3,8 @@
 The heavy parts (``eigvalsh``, matrix products, convolutions) release the GIL, so ``n = torch.get_num_threads()``
 worker threads run them in parallel. While the pool runs, torch's own intra-op threads are set to 1
 (:func:`one_thread`, restored afterwards): n workers × 1 thread instead of n × n threads, which would oversubscribe
-the cores. With one torch thread everything runs in the calling thread, in order. Workers see the caller's context variables (the analysis'
-device and cache).
+the cores. With one torch thread everything runs in the calling thread, in order. Workers see the caller's context
+variables (the analysis' device and cache).
 
 Interrupts: the calling thread waits on each result in short slices (``POLL`` seconds), so Ctrl-C (a
 ``KeyboardInterrupt`` in the main thread) is raised within one slice, even while a worker sits in a long torch
