@@ -197,42 +197,64 @@ class _Margin(nn.Module):
         return torch.nn.functional.linear(self.model(x), self.row)
 
 
+#: the bisection of :func:`pair_radius` stops when its bracket is this narrow relative to the certified radius
+RADIUS_TOLERANCE = 1e-3
+
+
+def ball_bound(model: nn.Module, x: Tensor, radius: float, p: float, target: float | None = None) -> float:
+    """``lipgraph.analyze(model, x, region=Ball(None, radius, p)).bound`` (method autolip) without the report and
+    the lower-bound search; ``target``: only ``bound < target`` matters (:func:`tighten_local_chains`)."""
+    from .api import annotated_graph, traceable_root
+    from .cache import norm_cache
+    from .passes.crown import refine_chains
+    from .passes.localchains import tighten_local_chains
+    from .region import Ball
+    from .registry import default_registry
+
+    registry = default_registry()
+    region = Ball(None, radius, norm=p)
+    model = traceable_root(model, registry)
+    with _TRACING, eval_mode(model, []), norm_cache(True):  # torch.fx patches module functions while tracing
+        lg = annotated_graph(model, (x,), registry, p, region=region)
+        refine_chains(lg, region, p)
+        tighten_local_chains(lg, p, (), target=target)
+        total = autolip(lg, p)
+    return total.value if total.kind is Kind.CERTIFIED else math.inf
+
+
 def pair_radius(model: nn.Module, x: Tensor, y: int, j: int, classes: int, margin: float, start: float, p: float,
                 steps: int = BISECTION_STEPS) -> float:
     """Largest r found by bisection with d(x) > L(B_p(x, r)) · r for d = f_y − f_j, never below ``start`` (a
     radius already certified for this pair). Sound: B_p(x, r) is convex, so for ‖δ‖_p < r, |d(x + δ) − d(x)| ≤
     L(B)·‖δ‖_p < d(x) (mean-value inequality along the segment; d is scalar, so its ℓp norm is |d|).
-    L(B(x, r)) grows with r (the intervals are inclusion-monotone), so the test is monotone in r; the search
-    ends at d(x) / L(B(x, start)), beyond which it fails."""
-    from .api import analyze
-    from .region import Ball
 
+    Each step tests r = mid with a bound L of B(x, mid), asked only whether L·mid < d(x) (``ball_bound``'s
+    target). A bound of B(x, mid) also bounds every smaller ball, so a failed step still certifies
+    r = min(mid, d(x)/L). The search starts at d(x)/L(B(x, start)) (beyond which a bound growing with r fails)
+    and stops after ``steps`` halvings or when the bracket is narrower than ``RADIUS_TOLERANCE`` · r."""
     net = _Margin(model, y, j, classes)
-
-    def bound(r: float) -> float:
-        with _TRACING:  # torch.fx patches module-level functions while tracing: one trace at a time per process
-            return analyze(net, x, region=Ball(None, r, norm=p), lower=False, quiet=True).bound.value
-
-    def holds(r: float) -> bool:
-        try:
-            return margin > bound(r) * r
-        except LipgraphError:  # e.g. a divisor reaching 0 on a larger ball: not certified at r
-            return False
-
     if margin <= 0:
         return 0.0
     lo = start
     try:
-        hi = margin / bound(max(start, 1e-12))
+        hi = margin / ball_bound(net, x, max(start, 1e-12), p)
     except LipgraphError:
         return start
-    if hi <= lo:
-        return lo
-    if holds(hi * (1 - 1e-9)):
-        return hi * (1 - 1e-9)
-    for _ in range(steps):
+    mid = hi * (1 - 1e-9)
+    for _ in range(steps + 1):
+        if mid <= lo:
+            break
+        try:
+            L = ball_bound(net, x, mid, p, target=margin / mid)
+        except LipgraphError:  # e.g. a divisor reaching 0 on a larger ball: not certified at mid
+            L = math.inf
+        if margin > L * mid:
+            lo = mid
+        else:
+            lo, hi = max(lo, margin / L * (1 - 1e-9)), mid
+        if hi - lo <= RADIUS_TOLERANCE * lo:
+            break
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if holds(mid) else (lo, mid)
     return lo
 
 

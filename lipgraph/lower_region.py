@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from .bound import Bound, Kind, lower
 from .errors import UnsoundBoundError
 from .frontend.prepare import eval_mode
-from .lower import LowerResult
+from .lower import LowerResult, _flatten_outputs
 from .region import Ball, Region
 
 
@@ -24,7 +24,7 @@ def region_lower(model: nn.Module, x: Tensor, region: Region, p: float, total: B
     start = time.perf_counter()
     with eval_mode(model, []):
         net = copy.deepcopy(model).double()
-    fn = lambda z: net(z).reshape(-1)  # noqa: E731
+    fn = lambda z: torch.cat([t.reshape(-1) for t in _flatten_outputs(net(z), None)])  # noqa: E731 - all outputs
     gen = torch.Generator().manual_seed(seed)
     lo, hi = region.interval(x)
     centre = region.centre(x) if isinstance(region, Ball) else (lo + hi) / 2

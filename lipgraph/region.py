@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import torch
 from torch import Tensor
 
-from .errors import InputError
+from .bound import Bound, Kind
+from .errors import InputError, LipgraphError
 from .norms import parse_norm
 
 Interval = tuple[Tensor, Tensor]  # (lo, hi), float64, lo <= hi elementwise
@@ -98,6 +99,27 @@ def check_region(region: Any, inputs: tuple) -> Region:
                          f"{tuple(inputs[0].shape)}; analyse one point at a time")
     region.interval(inputs[0])  # validates shapes and values now
     return region
+
+
+def global_ceiling(run: Callable[[], Bound]) -> Bound | None:
+    """The network's global certified bound (``run`` is its analysis), or None where there is none (an op that is
+    not globally Lipschitz, an unbounded or estimated total)."""
+    try:
+        bound = run()
+    except LipgraphError:
+        return None
+    return bound if bound.kind is Kind.CERTIFIED else None
+
+
+def within_global(local: Bound, ceiling: Bound | None, notes: list[str]) -> Bound:
+    """min(local, global): a global certified bound holds on every region, so a region analysis never reports
+    more. Op by op it can: compound patterns (residual blocks, MaxMin, lp-pooling) are bounded as one op globally
+    but by their parts on a region, and chain estimators need not be monotone in the slope ranges."""
+    if ceiling is None or (local.kind is Kind.CERTIFIED and local.value <= ceiling.value):
+        return local
+    notes.append(f"the global bound {ceiling.value:.6g} ({ceiling.method}) is below the region's bound "
+                 f"{local.value:.6g} ({local.kind.value}): reported, as it holds on every region")
+    return Bound(ceiling.value, Kind.CERTIFIED, f"global {ceiling.method}")
 
 
 def _broadcast(value: Any, like: Tensor, name: str) -> Tensor:

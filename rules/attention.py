@@ -152,7 +152,8 @@ def interval(ctx: OpContext) -> Any:
 def local(ctx: OpContext) -> Transfer:
     """Gains per input-dependent argument (module docstring), ℓ2."""
     if ctx.norm != 2:
-        raise NormNotSupported(f"{ctx.describe()}: only the ℓ2 local bound of attention is implemented")
+        raise NormNotSupported(f"{ctx.describe()}: attention has a local bound in ℓ2 only (ℓ1 and ℓ∞ are not "
+                               "implemented); analyse this region with norm=2")
     if ctx.module is None:
         q, k, v, mask, causal, scale = _sdpa_args(ctx)
         att = attention(_interval(ctx, q), _interval(ctx, k), _interval(ctx, v), scale, mask, causal)

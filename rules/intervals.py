@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from lipgraph.errors import NormNotSupported, NotLipschitzError, RuleError
 from lipgraph.registry import Registry
@@ -126,7 +127,9 @@ def conv(ctx: OpContext) -> tuple:
     c, r = _centre_radius(ctx.bounds[0])
     centre = ctx.apply(c, dtype=F64)
     weight = ctx.arg("weight", 1).detach().to(F64).abs()
-    if ctx.module is not None:
+    if isinstance(ctx.module, nn.modules.conv._ConvNd) and not ctx.module.transposed:  # padding modes included;
+        radius = ctx.module._conv_forward(r, weight, None)  # a parametrized weight cannot be swapped in
+    elif ctx.module is not None:
         state = {"weight": weight}
         if getattr(ctx.module, "bias", None) is not None:
             state["bias"] = torch.zeros_like(ctx.module.bias, dtype=F64)

@@ -12,8 +12,11 @@
   max|x| / min|y|².
 - **matmul** A @ B of two varying operands: d(AB) = dA B + A dB, gains ‖|B|_max‖ and ‖|A|_max‖ (ℓ2 norms are
   monotone in the entrywise absolute value, ℓ1/ℓ∞ norms depend on it alone).
-- **LayerNorm/GroupNorm/InstanceNorm**: J = diag(γ)/σ_ε · (I − 11ᵀ/m − ŷŷᵀ/m), the bracket a projection, so
-  ‖J‖₂ ≤ max|γ| / √(var_min + ε) with var_min the variance's lower bound over the region (ℓ2).
+- **LayerNorm/GroupNorm/InstanceNorm**: per group of m coordinates J = diag(γ)/σ_ε · (I − 11ᵀ/m − ŷŷᵀ/m) with
+  ŷ = (x − μ)/σ_ε, σ_ε = √(var + ε) (block diagonal over groups). In ℓ2 the bracket is an orthogonal projection
+  (ŷ ⟂ 1, ‖ŷ‖² ≤ m), so ‖J‖₂ ≤ max|γ| / √(var_min + ε), var_min the variance's lower bound over the region.
+  In ℓ∞ (max row sum) and ℓ1 (max column sum) every row/column i of the bracket sums to at most
+  Σ_j |δ_ij − 1/m| + |ŷ_i|·‖ŷ‖₁/m ≤ 2(1 − 1/m) + max|ŷ| (‖ŷ‖₁ ≤ √m‖ŷ‖₂ ≤ m), max|ŷ| from the interval of ŷ.
 - **softmax**: ‖J‖ ≤ max_i 2 s_i(1 − s_i) (ℓ1, ℓ2, ℓ∞), maximised over each s_i's interval.
 """
 from __future__ import annotations
@@ -197,16 +200,21 @@ def matmul(ctx: OpContext) -> Transfer:
 
 
 def feature_norm(ctx: OpContext) -> Transfer:
-    """max|γ| / √(var_min + ε) over the groups (ℓ2)."""
-    if ctx.norm != 2:
-        raise NormNotSupported(f"{ctx.describe()}: only the ℓ2 bound is implemented")
+    """max|γ| / √(var_min + ε) over the groups (ℓ2); ℓ1/ℓ∞: times 2(1 − 1/m) + max|ŷ| (module docstring)."""
+    if ctx.norm not in (1, 2, math.inf):
+        raise NormNotSupported(f"{ctx.describe()}: local bounds of normalisation layers exist in ℓ1, ℓ2 and ℓ∞ only")
     lo, hi = ctx.bounds[0]
     view, _ = norm_groups(ctx)
     eps = float(ctx.arg("eps", None, 1e-5))
-    _, _, var_lo = normalized_interval(lo.reshape(view), hi.reshape(view), eps)
+    y_lo, y_hi, var_lo = normalized_interval(lo.reshape(view), hi.reshape(view), eps)
     weight = ctx.arg("weight", None, None)
     gamma = float(weight.detach().abs().max()) if weight is not None else 1.0
-    return Transfer(gains=(certified(gamma / math.sqrt(float(var_lo.min()) + eps), "max|γ|/√(var_min+ε)"),))
+    scale = gamma / math.sqrt(float(var_lo.min()) + eps)
+    if ctx.norm == 2:
+        return Transfer(gains=(certified(scale, "max|γ|/√(var_min+ε)"),))
+    m = view[-1]
+    rows = 2 * (1 - 1 / m) + float(torch.maximum(y_lo.abs(), y_hi.abs()).max())
+    return Transfer(gains=(certified(scale * rows, "max|γ|/√(var_min+ε)·(2(1−1/m)+max|ŷ|)"),))
 
 
 def softmax(ctx: OpContext) -> Transfer:

@@ -2,6 +2,7 @@
 above sampled Jacobian norms and difference quotients inside the region, and never above the global bound."""
 from __future__ import annotations
 
+import copy
 import math
 import random
 
@@ -228,6 +229,34 @@ def test_local_cp_is_exact_on_stable_chains_and_reduction_keeps_it():
     assert vertex_bound(W, [(lo, hi)], 2).value <= local_cp(W, [(lo, hi)], 2).value * (1 + 1e-12)
     reduced = reduce_chain(W, [(s, s)])
     assert reduced.weights[0].shape == (3, 4) and reduced.slopes == ((1.0, 1.0),)
+
+
+def test_vertex_batches_early_stop_and_memo_agree_with_one_vertex_at_a_time(monkeypatch):
+    from itertools import product
+
+    from lipgraph.passes import localchains
+
+    gen = torch.Generator().manual_seed(5)
+    W = [torch.randn(6, 4, dtype=torch.float64, generator=gen), torch.randn(5, 6, dtype=torch.float64, generator=gen),
+         torch.randn(3, 5, dtype=torch.float64, generator=gen)]
+    slopes = [(torch.tensor([0.0, 0, 1, 0, 0, 0.2], dtype=torch.float64), torch.tensor([1.0, 0, 1, 1, 0, 1], dtype=torch.float64)),
+              (torch.tensor([0.0, 1, 0, 0, 0.5], dtype=torch.float64), torch.tensor([1.0, 1, 1, 0, 0.5], dtype=torch.float64))]
+    unstable = [(i, j) for i, (a, b) in enumerate(slopes) for j in torch.nonzero(b > a).flatten().tolist()]
+    one_by_one = 0.0
+    for corner in product((0, 1), repeat=len(unstable)):
+        fixed = [(a.clone(), b.clone()) for a, b in slopes]
+        for (i, j), side in zip(unstable, corner):
+            fixed[i][0][j] = fixed[i][1][j] = slopes[i][side][j]
+        one_by_one = max(one_by_one, localchains.local_cp(W, fixed, 2).value)
+    monkeypatch.setattr(localchains, "VERTEX_BATCH", 4)  # several batches: prefixes shared within a batch
+    monkeypatch.setattr(localchains, "_VERTEX_MEMO", {})
+    full = vertex_bound(W, slopes, 2)
+    assert full.value == pytest.approx(one_by_one, rel=1e-12) and "exact" in full.method
+    assert vertex_bound(W, slopes, 2, stop_above=full.value * 1.01).value == full.value  # remembered
+    assert vertex_bound(W, slopes, 2, stop_above=full.value * 0.99) is None
+    monkeypatch.setattr(localchains, "_VERTEX_MEMO", {})
+    assert vertex_bound(W, slopes, 2, stop_above=full.value * 0.99) is None  # computed: stops at a vertex above
+    assert vertex_bound(W, slopes, 2, stop_above=full.value * 1.01).value == pytest.approx(full.value, rel=1e-12)
 
 
 def test_products_and_attention_are_bounded_on_a_region_only():
@@ -502,3 +531,43 @@ def test_cli_certify_local_on_a_dask_scheduler(tmp_path, capsys):
     assert "give --workers or --dask, not both" in capsys.readouterr().err
     assert main([*args, "--local", "--dask", "nosuchscheme://host:1"]) == 2
     assert "--dask: cannot reach a dask scheduler at 'nosuchscheme://host:1'" in capsys.readouterr().err
+
+
+# -- ℓ1/ℓ∞ local rules of normalisation layers; attention is ℓ2 only -------------------------------------------------
+def _operator_norm(J: torch.Tensor, p: float) -> float:
+    return float(J.abs().sum(1).max() if math.isinf(p) else J.abs().sum(0).max())
+
+
+@pytest.mark.parametrize("p", [1.0, math.inf], ids=["l1", "linf"])
+@pytest.mark.parametrize("layer, shape", [(nn.LayerNorm(6), (1, 6)), (nn.GroupNorm(2, 4), (1, 4, 3)),
+                                          (nn.InstanceNorm1d(4, affine=True), (1, 4, 3))], ids=repr)
+def test_normalisation_local_l1_linf_bounds_are_above_dense_jacobians(layer, shape, p):
+    torch.manual_seed(0)
+    for param in layer.parameters():
+        with torch.no_grad():
+            param.uniform_(-1.5, 1.5)
+    model = nn.Sequential(layer).eval()
+    x = torch.randn(*shape)
+    region = lipgraph.Box(x - 0.02, x + 0.02)  # small: the bound is nearly the largest sampled norm
+    bound = lipgraph.analyze(model, x, region=region, norm=p, quiet=True).bound.value
+    net = copy.deepcopy(model).double()
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(40):
+        z = region.sample(x, gen)
+        J = torch.autograd.functional.jacobian(lambda t: net(t).reshape(-1), z).reshape(z.numel(), z.numel())
+        assert _operator_norm(J, p) <= bound * (1 + 1e-9)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.att = nn.MultiheadAttention(4, 2, batch_first=True)
+
+    def forward(self, x):
+        return self.att(x, x, x, need_weights=False)[0]
+
+
+def test_attention_local_bound_in_l1_linf_is_refused_by_name():
+    model = SelfAttention().eval()
+    with pytest.raises(UnsupportedOpsError, match=r"no rule \(for the ℓinf norm\)[\s\S]*multihead_attention"):
+        lipgraph.analyze(model, torch.randn(1, 3, 4), region=lipgraph.Box(-1, 1), norm="inf", quiet=True)

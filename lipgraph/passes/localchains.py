@@ -19,7 +19,9 @@ The smallest certified value becomes a shortcut for AutoLip, as in :mod:`.seqlip
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import threading
 from typing import Sequence
 
 import torch
@@ -61,8 +63,12 @@ def fold_slopes(lg: LipGraph, norm: float) -> None:
             add_shortcut(node, run[0], folded, "fusion")
 
 
-def tighten_local_chains(lg: LipGraph, norm: float, estimators: Sequence[str]) -> None:
-    """Per-neuron chain bounds on every chain whose activations carry neuron slopes; shortcuts where tighter."""
+def tighten_local_chains(lg: LipGraph, norm: float, estimators: Sequence[str], target: float | None = None) -> None:
+    """Per-neuron chain bounds on every chain whose activations carry neuron slopes; shortcuts where tighter.
+
+    ``target`` (a decision ``bound < target`` is all the caller needs, e.g. a certified radius test): on a chain
+    that is the whole network, ``vertices-local`` is skipped when ``cp-local`` is already below it and stops as
+    soon as it exceeds it (every value stays certified; only a useless tightening is saved)."""
     fold_slopes(lg, norm)
     for chain in sequential_chains(lg):
         if not any(n.meta["lip.transfer"].neuron_slopes is not None for acts in chain.activations for n in acts):
@@ -76,8 +82,12 @@ def tighten_local_chains(lg: LipGraph, norm: float, estimators: Sequence[str]) -
         weights = [materialize(p.fn, p.in_shape) for p in parts]
         slopes = [group_slopes(acts, w.shape[0]) for acts, w in zip(chain.activations, weights)]
         _timed(result, "cp-local", lambda: local_cp(weights, slopes, norm))
-        if any(bool((b > a).any()) for a, b in slopes):
-            _timed(result, "vertices-local", lambda: vertex_bound(weights, slopes, norm))
+        stop = target if target is not None and _is_whole(lg, chain) else None
+        if any(bool((b > a).any()) for a, b in slopes) and not (stop is not None and result.best.value < stop):
+            _timed(result, "vertices-local", lambda: vertex_bound(weights, slopes, norm, stop_above=stop))
+            if result.results.get("vertices-local", 0) is None:
+                del result.results["vertices-local"]
+                result.notes.append("vertices-local: stopped above the target")
         reduced = reduce_chain(weights, slopes)
         for name in estimators:
             est = ESTIMATORS[name]
@@ -94,29 +104,109 @@ def tighten_local_chains(lg: LipGraph, norm: float, estimators: Sequence[str]) -
 
 #: unstable neurons enumerated exactly by :func:`vertex_bound` (2^n CP recursions)
 VERTEX_LIMIT = 12
+#: vertices evaluated per batch by :func:`vertex_bound` (between batches it may stop early)
+VERTEX_BATCH = 256
+#: work budget of :func:`vertex_bound` in flops (:func:`_vertex_cost` per vertex): fewer neurons on wide chains
+VERTEX_FLOPS = 8e10
 
 
 def vertex_bound(weights: Sequence[torch.Tensor], slopes: Sequence[Slopes], p: float,
-                 limit: int = VERTEX_LIMIT) -> Bound:
+                 limit: int = VERTEX_LIMIT, stop_above: float | None = None) -> Bound | None:
     """max over σ_j ∈ {α_j, β_j} for the ``limit`` most influential unstable neurons (largest (β_j − α_j)·‖column j
     of the next matrix‖) of :func:`local_cp` with those slopes fixed. The bound is multi-convex in the slopes, so
     the max over their box sits at a vertex; with every unstable neuron enumerated this is the exact sup over the
-    slope box of ‖W_K D_{K−1} ⋯ D_0 W_0‖."""
+    slope box of ‖W_K D_{K−1} ⋯ D_0 W_0‖. Neurons of slope {0} are dropped first (:func:`drop_dead`); on wide
+    chains ``limit`` shrinks to keep 2^limit recursions within ``VERTEX_FLOPS``.
+
+    ``stop_above``: the vertices run in batches of ``VERTEX_BATCH`` (the upper slopes of the less influential
+    neurons first) and the search returns None as soon as one exceeds it (the max would too). Results are
+    remembered per (chain, slopes) for the process (``_VERTEX_MEMO``): a bisection over radii meets the same
+    slope box many times."""
+    weights, slopes = drop_dead(weights, slopes)
+    limit = min(limit, int(math.log2(max(VERTEX_FLOPS / _vertex_cost(weights), 1.0))))
+    key = _digest(p, limit, *weights, *(t for pair in slopes for t in pair))
+    with _MEMO_LOCK:
+        known, complete, source = _VERTEX_MEMO.get(key, (-math.inf, False, ""))
+    if stop_above is not None and known > stop_above:
+        return None
+    if complete:
+        return certified(known, source)
     scored = []
     for i, (a, b) in enumerate(slopes):
         weight = torch.linalg.vector_norm(weights[i + 1], dim=0) * (b - a)
         scored += [(float(weight[j]), i, j) for j in torch.nonzero(b > a).flatten().tolist()]
     chosen = [(i, j) for _, i, j in sorted(scored, reverse=True)[:limit]]
-    count = 1 << len(chosen)
-    batched = [(a.expand(count, -1).clone(), b.expand(count, -1).clone()) for a, b in slopes]
-    for k, (i, j) in enumerate(chosen):
-        upper = (torch.arange(count) >> k & 1).bool()
-        value = torch.where(upper, slopes[i][1][j], slopes[i][0][j])
-        batched[i][0][:, j] = batched[i][1][:, j] = value
-    best = float(_cp_values(weights, batched, p).max())
+    best = -math.inf
+    for first in range(0, 1 << len(chosen), VERTEX_BATCH):
+        vertex = torch.arange(first, min(first + VERTEX_BATCH, 1 << len(chosen)))
+        batched = [(a.expand(len(vertex), -1).clone(), b.expand(len(vertex), -1).clone()) for a, b in slopes]
+        for k, (i, j) in enumerate(chosen):
+            lower = (vertex >> k & 1).bool()
+            value = torch.where(lower, slopes[i][0][j], slopes[i][1][j])
+            batched[i][0][:, j] = batched[i][1][:, j] = value
+        best = max(best, float(_cp_values(weights, batched, p).max()))
+        if stop_above is not None and best > stop_above:
+            _remember(key, max(best, known), False, "")
+            return None
     exact = len(chosen) == len(scored)
-    return certified(best, "exact over the slope vertices" if exact else
-                     f"cp-liplt, {len(chosen)} of {len(scored)} unstable neurons enumerated")
+    source = ("exact over the slope vertices" if exact else
+              f"cp-liplt, {len(chosen)} of {len(scored)} unstable neurons enumerated")
+    _remember(key, best, True, source)
+    return certified(best, source)
+
+
+def _vertex_cost(weights: Sequence[torch.Tensor]) -> float:
+    """Rough flops of one CP recursion: per term (k, j) a Gram matrix of the m_k × n_j head and its eigenvalues."""
+    total = 0.0
+    for k, w in enumerate(weights):
+        for j in range(k + 1):
+            m, n = w.shape[0], weights[j].shape[1]
+            g = min(m, n)
+            total += 2.0 * (m * n * g + 10 * g ** 3)
+    return total
+
+
+#: :func:`vertex_bound` results by digest of its arguments: (value, complete, source) — a value reached before an
+#: early stop is a lower bound of the complete one; at most ``MEMO_SIZE`` entries
+_VERTEX_MEMO: dict[bytes, tuple[float, bool, str]] = {}
+MEMO_SIZE = 256
+_MEMO_LOCK = threading.Lock()
+
+
+def _digest(*parts) -> bytes:
+    h = hashlib.blake2b(digest_size=20)
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            h.update(str((part.dtype, tuple(part.shape))).encode())
+            h.update(bytes(part.detach().cpu().contiguous().view(torch.uint8).flatten().tolist()))
+        else:
+            h.update(repr(part).encode())
+    return h.digest()
+
+
+def _remember(key: bytes, value: float, complete: bool, source: str) -> None:
+    with _MEMO_LOCK:  # analyses may run on threads (certify's executor)
+        if len(_VERTEX_MEMO) >= MEMO_SIZE:
+            _VERTEX_MEMO.pop(next(iter(_VERTEX_MEMO)))
+        _VERTEX_MEMO[key] = (value, complete, source)
+
+
+def _is_whole(lg: LipGraph, chain: SeqChain) -> bool:
+    """The chain maps the network's only input to its only output (its bound is the network's)."""
+    source = chain.first.meta["lip.inputs"][0]
+    return source.op == "placeholder" and list(lg.output.meta["lip.inputs"]) == [chain.last]
+
+
+def drop_dead(weights: Sequence[torch.Tensor], slopes: Sequence[Slopes]) -> tuple[list, list]:
+    """The chain without its neurons of slope {0} (row j of W_i, column j of W_{i+1}): every product
+    W_K D_{K−1} ⋯ D_0 W_0 with D_i in the slope box is unchanged (one neuron kept in a dead layer)."""
+    ws, kept = list(weights), []
+    for i, (a, b) in enumerate(slopes):
+        keep = (a != 0) | (b != 0)
+        keep[0] = keep[0] | ~keep.any()
+        ws[i], ws[i + 1] = ws[i][keep], ws[i + 1][:, keep]
+        kept.append((a[keep], b[keep]))
+    return ws, kept
 
 
 def _product(chain: SeqChain) -> Bound:
@@ -144,20 +234,36 @@ def local_cp(weights: Sequence[torch.Tensor], slopes: Sequence[Slopes], p: float
 
 
 def _cp_values(weights: Sequence[torch.Tensor], slopes: Sequence[Slopes], p: float) -> torch.Tensor:
-    """The CP recursion for a batch of slope assignments: slopes (n,) or (B, n) per layer -> (B,) bounds."""
+    """The CP recursion for a batch of slope assignments: slopes (n,) or (B, n) per layer -> (B,) bounds. L_k reads
+    the slopes of layers < k only, so it is computed once per distinct assignment of those (a vertex enumeration
+    repeats each prefix 2^(later choices) times)."""
     mids = [((a + b) / 2).reshape(-1, a.shape[-1]) for a, b in slopes]
     rads = [((b - a) / 2).reshape(-1, a.shape[-1]) for a, b in slopes]
-    L: list[torch.Tensor] = []
+    batch = max([m.shape[0] for m in mids], default=1)
+    L: list[torch.Tensor] = []  # each (batch,)
     for k in range(len(weights)):
+        reps, inverse = _distinct([*mids[:k], *rads[:k]], batch)
+        mid = [m[reps] if m.shape[0] > 1 else m for m in mids[:k]]
+        rad = [r[reps] if r.shape[0] > 1 else r for r in rads[:k]]
         head = weights[k][None]  # W_k M_{k−1} W_{k−1} ⋯ M_j W_j, built for j = k, k−1, …, 0
         total = torch.zeros(1, dtype=torch.float64)
         for j in range(k, -1, -1):
             if j < k:
-                head = (head * mids[j][:, None, :]) @ weights[j]
-            if j >= 1 and bool((rads[j - 1] > 0).any()):
-                total = total + _norms(head * rads[j - 1][:, None, :], p) * L[j - 1]
-        L.append(_norms(head, p) + total)
+                head = (head * mid[j][:, None, :]) @ weights[j]
+            if j >= 1 and bool((rad[j - 1] > 0).any()):
+                total = total + _norms(head * rad[j - 1][:, None, :], p) * L[j - 1][reps]
+        L.append((_norms(head, p) + total).expand(len(reps))[inverse])
     return L[-1]
+
+
+def _distinct(parts: Sequence[torch.Tensor], batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(one row index per distinct row of the (B, n_i) or (1, n_i) ``parts`` side by side, each row's group)."""
+    varying = [t for t in parts if t.shape[0] > 1]
+    if not varying:
+        return torch.zeros(1, dtype=torch.long), torch.zeros(batch, dtype=torch.long)
+    _, inverse = torch.unique(torch.cat(varying, 1), dim=0, return_inverse=True)
+    reps = torch.zeros(int(inverse.max()) + 1, dtype=torch.long).scatter_(0, inverse, torch.arange(batch))
+    return reps, inverse
 
 
 def _norms(W: torch.Tensor, p: float) -> torch.Tensor:
