@@ -1,12 +1,17 @@
 """Benchmark: whole residual blocks (docs/residual.md) against the separate bound ‖P‖ + L(branch), same run.
 
     python benchmarks/residual.py [--threads 1] [--methods cp,best] [--resnet18] [--write]
+    python benchmarks/residual.py --budget [--unlimited-cap 1200] [--write]
 
 For each model and method, the certified bound with the residual pass switched off (``before``: what lipgraph
 gave before whole blocks existed) and on (``after``), their ratio and seconds; AutoLip and a proven lower bound
 (``lipgraph.lower_bound``) for scale. Then, per residual block of each model: the separate bound, the joint bound
 and the attained Jacobian norm of the block alone (``lipgraph.lower_bound`` on the block module, started at the
 block's actual input for the example): where the remaining gap between upper and lower bounds sits.
+``--budget``: ``--method best`` without a time budget (as before budgets existed; stopped after
+``--unlimited-cap`` seconds) and with its default budget (lipgraph/estimators/budget.py), beside AutoLip and
+``cp`` (with the whole-block and block-pair bounds), on the tiny ResNet and the 4-block ResNet; the ratio to the
+issue's baseline (``--method best`` = 1164 on the 4-block ResNet when blocks were bounded as 1 + L(branch)).
 ``--write`` replaces this script's section of ``benchmarks/RESULTS.md``. Timings are machine-dependent.
 """
 from __future__ import annotations
@@ -28,6 +33,8 @@ import lipgraph.api  # noqa: E402
 from tests.fixtures.zoo import ZOO  # noqa: E402
 
 SECTION = "residual"
+#: issue #14's measured ``--method best`` on the 4-block ResNet before whole residual blocks existed
+ISSUE_BASELINE = 1164.0
 
 
 def four_block_resnet() -> tuple[nn.Module, torch.Tensor]:
@@ -44,13 +51,13 @@ def resnet18() -> tuple[nn.Module, torch.Tensor]:
     return resnet.build_model(), resnet.example_input()
 
 
-def _analyze(model, x, method: str, residual: bool):
+def _analyze(model, x, method: str, residual: bool, **options):
     original = lipgraph.api.tighten_residuals
     if not residual:
         lipgraph.api.tighten_residuals = lambda *args, **kwargs: []
     try:
         start = time.perf_counter()
-        report = lipgraph.analyze(model, x, method=method, lower=False, quiet=True)
+        report = lipgraph.analyze(model, x, method=method, lower=False, quiet=True, **options)
         return report, time.perf_counter() - start
     finally:
         lipgraph.api.tighten_residuals = original
@@ -109,14 +116,67 @@ def _without_post_add(module: nn.Module) -> nn.Module:
     return _PreActivation(module) if type(module).__name__ == "BasicBlock" else module
 
 
+def _unlimited_best(name: str, cap: float) -> str:
+    """``--method best`` without a budget in a child process stopped after ``cap`` seconds: (bound, seconds) or
+    the cap."""
+    import subprocess
+
+    code = (f"import sys, time, math; sys.path[:0] = {[str(ROOT), str(ROOT / 'benchmarks'), str(ROOT / 'examples')]}; "
+            f"import torch; torch.set_num_threads(torch.get_num_threads()); import residual as r; "
+            f"m, x = r.BUILDERS[{name!r}](); t = time.perf_counter(); "
+            f"rep = r.lipgraph.analyze(m, x, method='best', lower=False, quiet=True, budget=math.inf); "
+            f"print(rep.bound.value, time.perf_counter() - t)")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=cap, check=True)
+    except subprocess.TimeoutExpired:
+        return f"> {cap:.0f} s (stopped)"
+    value, seconds = out.stdout.split()[-2:]
+    return f"{float(value):.5g} in {float(seconds):.3g} s"
+
+
+def budget_table(cap: float) -> str:
+    """AutoLip, cp, best without a budget (before) and with the default budget (after), same run."""
+    from lipgraph.estimators.budget import BEST_SECONDS
+
+    lines = [f"| model | AutoLip | cp (s) | best, no budget (before) | best, default budget {BEST_SECONDS:g} s "
+             f"(after) | s after | after × tighter than the issue's 1164 |", "|---|---|---|---|---|---|---|"]
+    for name in ("zoo/tiny_resnet", "4-block ResNet 16x16"):
+        model, x = BUILDERS[name]()
+        auto, _ = _analyze(model, x, "autolip", residual=False)
+        cp, s_cp = _analyze(model, x, "cp", residual=True)
+        after, s_after = _analyze(model, x, "best", residual=True)
+        before = _unlimited_best(name, cap)
+        versus = f"{ISSUE_BASELINE / after.bound.value:.3g}×" if name.startswith("4-block") else "—"
+        lines.append(f"| {name} | {auto.bound.value:.5g} | {cp.bound.value:.5g} ({s_cp:.3g}) | {before} | "
+                     f"{after.bound.value:.5g} | {s_after:.3g} | {versus} |")
+        print(lines[-1], flush=True)
+    return "\n".join(lines) + "\n"
+
+
+BUILDERS = {"zoo/tiny_resnet": ZOO["tiny_resnet"], "4-block ResNet 16x16": four_block_resnet}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--methods", default="cp,best")
     parser.add_argument("--resnet18", action="store_true", help="also CIFAR ResNet-18 (method cp only)")
     parser.add_argument("--write", action="store_true")
+    parser.add_argument("--budget", action="store_true", help="only the time-budget table of --method best")
+    parser.add_argument("--unlimited-cap", type=float, default=1200.0, help="seconds before best without a budget "
+                        "is stopped")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.budget:
+        text = budget_table(args.unlimited_cap)
+        if args.write:
+            from results_file import write_section
+
+            from results_file import machine
+
+            write_section(SECTION + "-budget", "## `--method best` under a time budget (`python benchmarks/residual.py "
+                          f"--budget`)\n{machine()}; torch threads {args.threads}\n\n" + text)
+        return
     models = [("zoo/tiny_resnet", ZOO["tiny_resnet"], args.methods.split(",")),
               ("zoo/tiny_mobilenet", ZOO["tiny_mobilenet"], args.methods.split(",")),
               ("4-block ResNet 16x16", four_block_resnet, args.methods.split(","))]

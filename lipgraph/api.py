@@ -14,6 +14,7 @@ from .bound import Bound, Kind
 from .cache import NormCache, norm_cache
 from .errors import InputError, UnsoundBoundError
 from .estimators import ESTIMATORS
+from .estimators.budget import budget_seconds, order, reserve_for_blocks, spending
 from .frontend.prepare import as_inputs, check_finite_weights, check_runs, eval_mode, to_model_device, unwrap
 from .frontend.trace import LipTracer
 from .linalg.device import on_device
@@ -60,6 +61,7 @@ def analyze(
     cache: bool | str | os.PathLike = True,
     quiet: bool = False,
     region: Any = None,
+    budget: float | None = None,
 ) -> Report:
     """Certified upper bound on the Lipschitz constant of ``model`` (in eval mode) around its whole input space.
 
@@ -80,9 +82,15 @@ def analyze(
     ``region`` (``lipgraph.Box(lo, hi)`` or ``lipgraph.Ball(center, radius, norm)``, example input of batch 1)
     bounds the Lipschitz constant of the model restricted to that region instead (docs/local.md): intervals
     over the region, local rules, per-neuron slopes; the lower bound is then searched inside the region.
+
+    ``budget``: total seconds for the chain and block estimators of ``method`` (default: 120 for ``"best"``,
+    unlimited otherwise; ``math.inf``: no limit), spent cheapest and tightest-per-second first; the bound is the
+    certified minimum of what finished (:mod:`lipgraph.estimators.budget`).
     """
     start = time.perf_counter()
     estimators = chain_estimators(method)
+    seconds = budget_seconds(budget, method)
+    estimators = order(estimators) if seconds is not None else estimators
     p = parse_norm(norm)
     if example_input is None:
         if input_shape is None:
@@ -100,7 +108,7 @@ def analyze(
             original, example_input, method=method, norm=p, rules=rules, frontend=frontend, unsupported=unsupported,
             concrete_args=concrete_args, lower=False, device=device, cache=cache, quiet=True).bound)
     notes: list[str] = []
-    with eval_mode(model, notes), norm_cache(cache) as disk, on_device(device):
+    with eval_mode(model, notes), norm_cache(cache) as disk, on_device(device), spending(seconds):
         lg = annotated_graph(model, inputs, registry, p, frontend=frontend, unsupported=unsupported,
                              concrete_args=concrete_args, notes=notes, progress=not quiet, region=region)
         if region is not None:
@@ -109,6 +117,7 @@ def analyze(
             with _failing_unsound(disk):
                 notes += layer_lower_bounds(lg, p)
         if estimators:
+            reserve_for_blocks(any(n.meta.get("lip.key") == "add" for n in lg.ops()))
             tighten_chains(lg, p, estimators)
             tighten_residuals(lg, p, estimators)
         if region is not None:

@@ -107,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--method", default="autolip", metavar="METHOD",
                          help=f"{', '.join(ESTIMATORS.method_names())} or one chain estimator "
                               "(lipgraph rules --estimators)")
+    explain.add_argument("--budget", type=float, metavar="S",
+                         help="total seconds of the chain and block estimators (default: 120 for --method best, "
+                              "else unlimited; inf: no limit)")
     explain.add_argument("--frontend", default="auto", choices=FRONTENDS)
     explain.add_argument("--rules", action="append", default=[], metavar="FILE", help="extra rules file (repeatable)")
     explain.add_argument("--unsupported", default="error", choices=UNSUPPORTED_MODES,
@@ -223,7 +226,7 @@ def _explain_model(args: argparse.Namespace) -> int:
     kwargs = dict(norm=args.norm, method=args.method, frontend=args.frontend, unsupported=args.unsupported,
                   lower=args.lower, data=_load_data(args.data) if args.data else None, lower_options=options,
                   layer_lower=args.layer_lower, device=args.device, cache=args.cache, quiet=quiet,
-                  region=_region(args))
+                  region=_region(args), budget=args.budget)
     if args.start:
         start, _, end = args.start.partition(":")
         report = analyze_slice(model, example, start, end or None, **kwargs)

@@ -148,6 +148,7 @@ class _Builder:
         self.fused: dict[fx.Node, sympy.Symbol] = {}
         self.chain: dict[fx.Node, sympy.Symbol] = {}
         self.joint: dict[fx.Node, sympy.Symbol] = {}  # residual adds bounded as whole blocks (docs/residual.md)
+        self.pair: dict[fx.Node, sympy.Symbol] = {}  # ... and with the block before them
         self.call: dict[Scope, sympy.Symbol] = {}  # module calls that are units of their parent's formula
         # tree path -> its formula (one per call), for module and chain nodes and for op nodes
         self.terms: dict[str, list[sympy.Expr]] = defaultdict(list)
@@ -238,10 +239,35 @@ class _Builder:
                 self.terms[path].append(self.chain[n])
             if "lip.residual" in n.meta and n.meta["lip.residual"].best is not None:
                 self._joint(n, n.meta["lip.residual"])
+            if "lip.residual" in n.meta and n.meta["lip.residual"].pair is not None:
+                self._pair(n, n.meta["lip.residual"])
+
+    def _pair(self, n: fx.Node, result) -> None:
+        """Two residual blocks and the activation between them bounded jointly (docs/residual.md): one constant
+        ``L(<add>(pair))`` from the first block's input, whose fallback is the product of the separate bounds."""
+        first = result.pair_first
+        add_a = next(m for m in self.order if "lip.residual" in m.meta
+                     and m.meta["lip.residual"].chain.chain.first is first)
+        post = result.chain.chain.first.meta["lip.inputs"][0]  # the activation between the blocks
+        a = add_a.meta["lip.residual"]
+        members = [*a.chain.chain.nodes, *a.shortcut, add_a, post, *result.chain.chain.nodes, *result.shortcut, n]
+        fallback = self._separate(a) * self.leaf[post] * self._separate(result)
+        self.pair[n] = self._constant(f"{n.meta['lip.path']}(pair)", result.pair.value,
+                                      tuple(m.meta["lip.path"] for m in members),
+                                      any(_weighted(self.lg, m) for m in members), self.order[n], fallback)
 
     def _joint(self, n: fx.Node, result) -> None:
         """A residual add bounded as a whole block: one constant ``L(<add>(joint))``, whose fallback is the
         separate bound ‖P‖ + L(branch) over the members' constants."""
+        chain = result.chain.chain
+        members = [*chain.nodes, *result.shortcut, n]
+        self.joint[n] = self._constant(f"{n.meta['lip.path']}(joint)", result.best.value,
+                                       tuple(m.meta["lip.path"] for m in members),
+                                       any(_weighted(self.lg, m) for m in members), self.order[n],
+                                       self._separate(result))
+
+    def _separate(self, result) -> sympy.Expr:
+        """‖P‖-path + L(branch) of a residual block over the members' constants."""
         def run_expr(run) -> sympy.Expr:
             last = run[-1]
             if last in self.fused and fused_members(last)[0] is run[0]:
@@ -251,11 +277,7 @@ class _Builder:
         chain = result.chain.chain
         branch = self.chain.get(chain.last) or sympy.Mul(*[run_expr(r) for r in chain.runs],
                                                          *[self.leaf[a] for acts in chain.activations for a in acts])
-        separate = (run_expr(result.shortcut) if result.shortcut else sympy.Integer(1)) + branch
-        members = [*chain.nodes, *result.shortcut, n]
-        self.joint[n] = self._constant(f"{n.meta['lip.path']}(joint)", result.best.value,
-                                       tuple(m.meta["lip.path"] for m in members),
-                                       any(_weighted(self.lg, m) for m in members), self.order[n], separate)
+        return (run_expr(result.shortcut) if result.shortcut else sympy.Integer(1)) + branch
 
     def _name_calls(self) -> None:
         """A symbol per module call made of several ops: ``L(path)``, or ``L(path#k)`` per call when the calls'
@@ -301,9 +323,12 @@ class _Builder:
                 if n is not out:
                     continue
                 e = _Product(self.call[child], values[src])
-            elif n in taken and taken[n].label == "residual":  # min(joint · L(x), ‖P‖-path + branch): both shown
-                source = values[taken[n].first.meta["lip.inputs"][0]]
-                e = sympy.Min(_Product(self.joint[n], source).expr(), _expr(self._op(n, values)))
+            elif n in taken and taken[n].label in ("residual", "residual-pair"):  # min(joint · L(x), ‖P‖-path +
+                # branch) and, for a pair, min(pair · L(x of the block before), that): every value shown
+                e = self._block(n, values)
+                if taken[n].label == "residual-pair":
+                    source = values[taken[n].first.meta["lip.inputs"][0]]
+                    e = sympy.Min(_Product(self.pair[n], source).expr(), e)
                 if n.meta["lip.scope"] == scope:
                     self.merges.setdefault(n.meta["lip.path"], (e, scope[-1][0] if scope else ""))
             elif n in taken:
@@ -346,6 +371,14 @@ class _Builder:
         if any((m in inside) != (s.first in inside) for m, s in taken.items()):
             return None
         return next(iter(sources)), outs[0]
+
+    def _block(self, n: fx.Node, values: Mapping[fx.Node, sympy.Expr | _Product]) -> sympy.Expr:
+        """min(joint · L(x), ‖P‖-path + branch) at a residual add bounded as a whole (the op alone if not)."""
+        op = _expr(self._op(n, values))
+        if n not in self.joint:
+            return op
+        source = values[n.meta["lip.residual"].chain.chain.first.meta["lip.inputs"][0]]
+        return sympy.Min(_Product(self.joint[n], source).expr(), op)
 
     def _op(self, n: fx.Node, values: Mapping[fx.Node, sympy.Expr | _Product]) -> sympy.Expr | _Product:
         transfer, inputs = n.meta["lip.transfer"], n.meta["lip.inputs"]

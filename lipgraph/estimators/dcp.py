@@ -321,14 +321,18 @@ def block_bound(chain: ConvChain, i: int, j: int, *, estimator: str, max_piece: 
 
 #: blocks whose maps all have at most this many neurons are also bounded untiled by :data:`WHOLE_ESTIMATORS`
 WHOLE_MAX = 2048
+#: the same for the whole chain (one block; ECLipsE-Fast there uses the block-tridiagonal certificate): the
+#: 4-conv 16-channel 16×16 CNN of benchmarks/cnn.py (maps of 4,096) takes minutes on 2 cores
+WHOLE_CHAIN_MAX = 4096
 #: cheap certified chain estimators run on untiled blocks: DCP is never looser than them where they run
 WHOLE_ESTIMATORS = ("eclipse-fast", "cp")
 
 
 def whole_block_bound(chain: ConvChain, i: int, j: int) -> BlockBound | None:
     """The best of :data:`WHOLE_ESTIMATORS` on layers [i, j) unrolled on their whole maps (no spatial cut, so no
-    overlap loss); None above :data:`WHOLE_MAX` neurons per map."""
-    if max(math.prod(shape) for shape in chain.shapes[i:j + 1]) > WHOLE_MAX:
+    overlap loss); None above :data:`WHOLE_MAX` neurons per map (:data:`WHOLE_CHAIN_MAX` for the whole chain)."""
+    limit = WHOLE_CHAIN_MAX if (i, j) == (0, len(chain.layers)) else WHOLE_MAX
+    if max(math.prod(shape) for shape in chain.shapes[i:j + 1]) > limit:
         return None
     dense = _piece(chain, i, j, _whole(chain.shapes[j]))[0]
     name, bound = min(((n, CHAIN_ESTIMATORS[n].fn(dense)) for n in WHOLE_ESTIMATORS), key=lambda nb: nb[1].value)

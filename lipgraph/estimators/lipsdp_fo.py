@@ -17,6 +17,10 @@ by the implicit function theorem ∂ρ*/∂t = (vᵀ ∂M/∂t v)/‖v_0‖² = 
   temperature is annealed; exact where λ_max is multiple (the usual case at the optimum), so it converges to the
   interior-point optimum (tests: within 1e-3).
 
+- ``operator-schur`` (default for chains given as operators, hidden layers ≤ :data:`MAX_HIDDEN`): the same exact
+  ρ*(T), with every product by a layer a batched operator call and the gradient by back-substitution
+  (:mod:`.schur_operator`); what makes the 4,096-neuron conv layers affordable.
+
 The variables are log T (positivity for free), warm-started from ECLipsE-Fast's T (feasible), optimised by
 L-BFGS directions with Armijo backtracking; a trial point outside the feasible set (a Cholesky fails, φ never
 reaches 0) halves the step.
@@ -35,15 +39,19 @@ from lipgraph.estimators import ESTIMATORS, ChainEstimator, DenseChain, register
 from lipgraph.estimators.blockcert import block_certificate, schur_rho
 from lipgraph.estimators.operators import OperatorChain, lipsdp_apply, multiplier_gradient, top_eigenpair
 from lipgraph.estimators.recertify import InfeasibleMultipliers, best_recertified, reduce_input
+from lipgraph.estimators.schur_operator import OperatorSchur
 
 #: LMI side up to which the dense shifted-Cholesky re-certification is used (above: block-tridiagonal)
 DENSE_CERTIFICATE = 2500
 #: largest hidden layer for the ``schur`` evaluation (Cholesky per step); above it, ``lanczos``
 SCHUR_WIDTH = 2500
+#: widest hidden layer the conv-chain estimator materialises (10⁴ neurons: 800 MB per float64 layer) and the
+#: ``operator-schur`` mode takes (dense n_k × n_k Schur complements)
+MAX_HIDDEN = 10_000
 #: widest layer optimised with a single torch thread
 SINGLE_THREAD_WIDTH = 600
 #: default optimiser budget (function evaluations, seconds)
-STEPS = 1200
+STEPS = 6000
 SECONDS = 90.0
 #: soft-maximum temperatures β·ρ of the ``schur`` mode, annealed
 TEMPERATURES = (1e2, 1e3, 1e4, 1e5, 1e6, 1e7)
@@ -164,23 +172,21 @@ def _quasi_newton(call, x: torch.Tensor, f: float, g: torch.Tensor, unit: float,
 
 def certify_multipliers(chain: DenseChain, candidates: Sequence[Sequence[torch.Tensor]], method: str,
                         fallback: Sequence[torch.Tensor] | None = None) -> Bound:
-    """The smallest certified √ρ*(T) over the candidates: dense shifted Cholesky (:func:`~.recertify.recertify`,
-    with repair towards ``fallback``) when the LMI has side ≤ :data:`DENSE_CERTIFICATE`, else the block-tridiagonal
-    certificate. Raises :class:`InfeasibleMultipliers` when none verifies."""
+    """The smallest certified √ρ*(T) over the candidates by the dense shifted Cholesky
+    (:func:`~.recertify.recertify`, with repair towards ``fallback``) when the LMI has side ≤
+    :data:`DENSE_CERTIFICATE`; above, the block-tridiagonal certificate of the first candidate that verifies
+    (minutes each on large chains: callers list the candidates best first). Raises :class:`InfeasibleMultipliers`
+    when none verifies."""
     widths = chain.widths
     if min(widths[0], widths[1]) + sum(widths[1:-1]) <= DENSE_CERTIFICATE:
         return best_recertified(chain, candidates, method, fallback=fallback)
-    best, failures = None, []
+    failures = []
     for T in candidates:
         try:
-            bound = block_certificate(chain.weights, chain.slopes, T, method)
+            return block_certificate(chain.weights, chain.slopes, T, method)
         except InfeasibleMultipliers as err:
             failures.append(str(err))
-            continue
-        best = bound if best is None or bound.value < best.value else best
-    if best is None:
-        raise InfeasibleMultipliers(failures[-1] if failures else "no candidate multipliers")
-    return best
+    raise InfeasibleMultipliers(failures[-1] if failures else "no candidate multipliers")
 
 
 @contextmanager
@@ -208,11 +214,16 @@ def first_order_multipliers(chain: DenseChain, start: Sequence[torch.Tensor], *,
 
 def _first_order(chain, start, mode, operators, steps, seconds) -> list[torch.Tensor]:
     weights = _weights(chain)
-    mode = mode or ("schur" if max(chain.widths[1:-1]) <= SCHUR_WIDTH else "lanczos")
+    widest = max(chain.widths[1:-1])
+    mode = mode or ("schur" if operators is None and widest <= SCHUR_WIDTH else
+                    "operator-schur" if widest <= MAX_HIDDEN else "lanczos")
     if mode == "schur":
         return optimise(_schur_objective(weights, chain.slopes), start, steps=steps, seconds=seconds,
                         temperatures=TEMPERATURES)
     ops = operators or OperatorChain.from_dense(DenseChain(weights, chain.slopes))
+    if mode == "operator-schur":
+        return optimise(OperatorSchur(ops), start, steps=steps, seconds=seconds,
+                        temperatures=TEMPERATURES)
     rho0 = float(schur_rho(weights, chain.slopes, list(start))) if max(chain.widths[1:-1]) <= SCHUR_WIDTH else 1.0
     newton = _NewtonRho(ops, rho0, weights[0].device, weights[0].dtype)
     return optimise(newton, start, steps=steps, seconds=seconds)
@@ -230,23 +241,22 @@ def lipsdp_first_order(chain: DenseChain, *, steps: int = STEPS, seconds: float 
     return certify_multipliers(chain, [T, fast], "lipsdp-neuron (first-order)", fallback=fast)
 
 
-
-#: widest hidden layer the conv-chain estimator materialises (10⁴ neurons: 800 MB per float64 layer)
-MAX_HIDDEN = 10_000
 #: optimiser budget (seconds) when run by the chain pass
 PASS_SECONDS = 60.0
 
 
 def lipsdp_conv(conv, seconds: float = PASS_SECONDS) -> Bound:
     """LipSDP-Neuron on a DCP ``ConvChain`` too large for the dense estimators: the layers are materialised once
-    (float64, for the certificate), the multipliers optimised matrix-free on the conv operators (``lanczos``) or
-    by the Schur recursion, warm-started from ECLipsE-Fast, and certified (block-tridiagonal above LMI side
-    :data:`DENSE_CERTIFICATE`); never above ECLipsE-Fast, which is a candidate."""
+    (float64, for the certificate), the multipliers optimised by the Schur recursion on the conv operators
+    (``operator-schur``; float32 above :data:`SCHUR_WIDTH` neurons per layer), warm-started from ECLipsE-Fast, and
+    certified in float64 (block-tridiagonal above LMI side :data:`DENSE_CERTIFICATE`); never above ECLipsE-Fast,
+    which is a candidate."""
     from lipgraph.estimators.eclipse_fast import fast_multipliers
 
     chain = conv.to_dense()
     fast = fast_multipliers(chain)
-    T = first_order_multipliers(chain, fast, operators=OperatorChain.from_conv(conv), seconds=seconds)
+    dtype = torch.float32 if max(chain.widths[1:-1]) > SCHUR_WIDTH else torch.float64
+    T = first_order_multipliers(chain, fast, operators=OperatorChain.from_conv(conv, dtype=dtype), seconds=seconds)
     return certify_multipliers(chain, [T, fast], "lipsdp-neuron (first-order, conv)", fallback=fast)
 
 

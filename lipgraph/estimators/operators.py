@@ -80,6 +80,8 @@ class OperatorChain:
 
     layers: tuple[LayerOp, ...]
     slopes: tuple[tuple[float, float], ...]
+    dtype: torch.dtype = torch.float64
+    device: torch.device | str = "cpu"
 
     @property
     def widths(self) -> list[int]:
@@ -89,21 +91,23 @@ class OperatorChain:
     @classmethod
     def from_dense(cls, chain) -> "OperatorChain":
         """From a :class:`~lipgraph.estimators.DenseChain` (matrices kept as they are)."""
-        return cls(tuple(dense_op(W) for W in chain.weights), tuple(chain.slopes))
+        W = chain.weights[0]
+        return cls(tuple(dense_op(W) for W in chain.weights), tuple(chain.slopes), W.dtype, W.device)
 
     @classmethod
-    def from_conv(cls, chain, device: torch.device | str | None = None) -> "OperatorChain":
-        """From a DCP ``ConvChain`` (``Conv2dSpec`` / ``LinearSpec`` layers), float64 on ``device`` (default: where
-        the weights are)."""
+    def from_conv(cls, chain, device: torch.device | str | None = None,
+                  dtype: torch.dtype = torch.float64) -> "OperatorChain":
+        """From a DCP ``ConvChain`` (``Conv2dSpec`` / ``LinearSpec`` layers), in ``dtype`` on ``device`` (default:
+        where the weights are)."""
         layers = []
         for layer, shape in zip(chain.layers, chain.shapes):
-            weight = layer.weight.to(device=device or layer.weight.device, dtype=torch.float64)
+            weight = layer.weight.to(device=device or layer.weight.device, dtype=dtype)
             if hasattr(layer, "stride"):
                 layers.append(conv_op(weight, tuple(shape), layer.stride, layer.padding, layer.dilation,
                                       layer.groups))
             else:
                 layers.append(dense_op(weight))
-        return cls(tuple(layers), tuple(chain.slopes))
+        return cls(tuple(layers), tuple(chain.slopes), dtype, weight.device)
 
     def split(self, z: torch.Tensor) -> Blocks:
         """A (batch, n_0 + … + n_l) tensor cut into the blocks (Δx_0, …, Δx_l) of the LipSDP variables."""

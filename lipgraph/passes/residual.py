@@ -18,14 +18,16 @@ from typing import Sequence
 from torch import fx
 
 from ..bound import Bound, Kind
-from ..estimators import DenseChain
+from ..estimators import DenseChain, budget
 from ..errors import InputError
 from ..estimators.dcp import Conv2dSpec
 from ..estimators.residual import RESIDUAL_ESTIMATORS, ResidualBlock
 from ..estimators.residual_conv import ConvResidualBlock, residual_fft
 from ..ir import LipGraph
 from ..linalg import dense_is_cheap, materialize
+from ..estimators.residual_pair import ConvNet, Layer, composed_bound, joint_bound
 from .autolip import add_shortcut
+from .chains import is_activation
 from .fuse import affine_runs, linear_part
 from .seqlip import ChainResult
 
@@ -45,6 +47,12 @@ class ResidualResult:
     results: dict[str, Bound] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+    #: the block as a small conv network (frequency domain), when it is one; and the joint bound of the previous
+    #: block, the activation after it and this block (``pair``, from ``pair_first``'s input; docs/residual.md)
+    net: ConvNet | None = None
+    pair: Bound | None = None
+    pair_first: fx.Node | None = None
 
     @property
     def best(self) -> Bound | None:
@@ -86,8 +94,38 @@ def tighten_residuals(lg: LipGraph, norm: float, estimators: Sequence[str]) -> l
         best = result.best
         if best is not None and best.value < result.separate * (1 - 1e-9):
             add_shortcut(node, chain.chain.first, best, "residual")
-        out.append(result)
-    return out
+        out.append((node, result))
+    _tighten_pairs(lg, out)
+    return [result for _, result in out]
+
+
+def _tighten_pairs(lg: LipGraph, blocks: list[tuple[fx.Node, ResidualResult]]) -> None:
+    """Consecutive blocks A → φ → B (φ an activation whose only input is A's add and whose users are B's) bounded
+    jointly (:func:`~lipgraph.estimators.residual_pair.composed_bound`); a shortcut ``L(B) ≤ pair · L(x_A)`` where
+    that beats the product of the two blocks' own bounds and φ's slope."""
+    by_input = {result.chain.chain.first.meta["lip.inputs"][0]: (node, result) for node, result in blocks}
+    for add_a, a in blocks:
+        users = list(lg.graph.successors(add_a))
+        post = users[0] if len(users) == 1 else None
+        if post is None or post not in by_input or not is_activation(post) or a.net is None:
+            continue
+        add_b, b = by_input[post]
+        transfer = post.meta["lip.transfer"]
+        allowed = {b.chain.chain.first, add_b, *b.shortcut[:1]}
+        if b.net is None or transfer.neuron_slopes is not None or not set(lg.graph.successors(post)) <= allowed:
+            continue
+        _timed(b, "residual-pair", lambda: composed_bound([a.net, b.net], [transfer.slope]))
+        pair = b.results.pop("residual-pair", None)
+        slope = max(abs(v) for v in transfer.slope)
+        separate = _block_value(a) * slope * _block_value(b)
+        if pair is not None and pair.kind is Kind.CERTIFIED and pair.value < separate * (1 - 1e-9):
+            b.pair, b.pair_first = pair, a.chain.chain.first
+            add_shortcut(add_b, a.chain.chain.first, pair, "residual-pair")
+
+
+def _block_value(result: ResidualResult) -> float:
+    best = result.best
+    return result.separate if best is None else min(best.value, result.separate)
 
 
 def bound_block(lg: LipGraph, chain: ChainResult, shortcut: tuple[fx.Node, ...],
@@ -96,10 +134,13 @@ def bound_block(lg: LipGraph, chain: ChainResult, shortcut: tuple[fx.Node, ...],
     shortcut_gain = _shortcut_gain(shortcut)
     result = ResidualResult(chain, shortcut, shortcut_gain + chain.best.value)
     block = _dense_block(lg, chain, shortcut, result)
+    result.net = _conv_net(chain, shortcut)
     if block is None:
         conv = _conv_block(chain, shortcut, result)
         if conv is not None:
-            _timed(result, "residual-fft-layer", lambda: residual_fft(conv))
+            _timed(result, "residual-fft", lambda: residual_fft(conv))
+        elif result.net is not None:
+            _timed(result, "residual-joint", lambda: joint_bound(result.net))
         return result
     wanted = [name for name in RESIDUAL_ESTIMATORS
               if name != "residual-lipsdp" or any(e in estimators for e in SDP_TRIGGERS)]
@@ -114,13 +155,21 @@ def bound_block(lg: LipGraph, chain: ChainResult, shortcut: tuple[fx.Node, ...],
 
 
 def _timed(result: ResidualResult, name: str, compute) -> None:
+    """Run one block estimator unless the time budget skips it (:mod:`lipgraph.estimators.budget`)."""
+    if why := budget.skip(name):
+        result.notes.append(f"{name}: {why}")
+        return
     start = time.perf_counter()
+    previous = min([result.separate] + [b.value for b in result.results.values() if b.kind is Kind.CERTIFIED])
     try:
         result.results[name] = compute()
     except Exception as exc:  # noqa: BLE001 - a failed estimator (solver error) leaves the others
         result.notes.append(f"{name} failed: {type(exc).__name__}: {exc}")
+        budget.spent(name, time.perf_counter() - start, None, previous)
         return
     result.seconds[name] = time.perf_counter() - start
+    bound = result.results[name]
+    budget.spent(name, result.seconds[name], bound.value if bound.kind is Kind.CERTIFIED else None, previous)
 
 
 def _conv_block(chain: ChainResult, shortcut: tuple[fx.Node, ...], result: ResidualResult) -> ConvResidualBlock | None:
@@ -132,14 +181,35 @@ def _conv_block(chain: ChainResult, shortcut: tuple[fx.Node, ...], result: Resid
     shape = chain.chain.first.meta["lip.inputs"][0].meta["lip.info"].shape
     if (len(layers) != 2 or not all(isinstance(c, Conv2dSpec) for c in layers) or len(shape) != 4
             or (shortcut and not isinstance(projection, Conv2dSpec))):
-        result.notes.append("residual-fft-layer: only conv → activation → conv branches (BN folded) with an identity "
+        result.notes.append("residual-fft: only conv → activation → conv branches (BN folded) with an identity "
                             "or convolutional shortcut")
         return None
     try:
         return ConvResidualBlock(layers[0], layers[1], chain.chain.slopes[0], tuple(shape[1:]), projection)
     except InputError as err:
-        result.notes.append(f"residual-fft-layer: {err}")
+        result.notes.append(f"residual-fft: {err}")
         return None
+
+
+def _conv_net(chain: ChainResult, shortcut: tuple[fx.Node, ...]) -> ConvNet | None:
+    """The block as a :class:`~lipgraph.estimators.residual_pair.ConvNet` (any number of 2-D convolutions, BN
+    folded, groups expanded), or None when a layer is not one."""
+    from .seqlip import _dcp_layer
+
+    layers = [_dcp_layer(run) for run in chain.chain.runs]
+    projection = _dcp_layer(shortcut) if shortcut else None
+    shape = chain.chain.first.meta["lip.inputs"][0].meta["lip.info"].shape
+    if (len(shape) != 4 or not all(isinstance(c, Conv2dSpec) for c in layers)
+            or (shortcut and not isinstance(projection, Conv2dSpec))):
+        return None
+    net = ConvNet(tuple(shape[1:]), tuple(Layer(((k, conv),), slope) for k, (conv, slope)
+                                          in enumerate(zip(layers, chain.chain.slopes))),
+                  ((0, projection), (len(layers) - 1, layers[-1])))
+    try:
+        net.shapes_and_strides()
+    except InputError:
+        return None
+    return net
 
 
 def _shortcut_gain(shortcut: tuple[fx.Node, ...]) -> float:

@@ -26,7 +26,7 @@ from typing import Sequence
 from torch import fx
 
 from ..bound import Bound, Kind, certified, exact
-from ..estimators import ESTIMATORS, ChainEstimator, DenseChain, EstimatorCatalogue
+from ..estimators import ESTIMATORS, ChainEstimator, DenseChain, EstimatorCatalogue, budget
 from ..estimators.cp import cp_value
 from ..estimators.seqlip import Factors, greedy_bound
 from ..ir import LipGraph
@@ -93,9 +93,6 @@ def bound_chain(lg: LipGraph, chain: SeqChain, norm: float, estimators: Sequence
     product = _product(gains + [exact(max(abs(lo), abs(hi)), "slope") for lo, hi in chain.slopes])
     result = ChainResult(chain, Bound(product.value, product.kind, "autolip"))
     parts = [linear_part(lg, list(run), norm) for run in chain.runs]
-    conv = [e for e in estimators if catalogue[e].input == "conv"]
-    if conv:
-        _conv_estimators(result, chain, norm, [catalogue[e] for e in conv])
     if all(p is not None and dense_is_cheap(*p.size) for p in parts):
         _dense_estimators(result, parts, norm, [catalogue[e] for e in estimators if catalogue[e].input == "dense"])
     else:
@@ -106,6 +103,9 @@ def bound_chain(lg: LipGraph, chain: SeqChain, norm: float, estimators: Sequence
         if "seqlip-greedy" in estimators and norm == 2 and all(p is not None for p in parts):
             _timed(result, "seqlip-greedy", lambda: greedy_bound([_top(p, top_k) for p in parts],
                                                                  list(chain.slopes)))
+    conv = [e for e in estimators if catalogue[e].input == "conv"]  # after the dense ones: the cheap bounds first
+    if conv:
+        _conv_estimators(result, chain, norm, [catalogue[e] for e in conv])
     return result
 
 
@@ -186,15 +186,22 @@ def _dense_estimators(result: ChainResult, parts: list[LinearPart], norm: float,
 
 
 def _timed(result: ChainResult, name: str, compute) -> None:
-    """Run one estimator, record its bound and seconds (a failure becomes a note)."""
-    start = time.perf_counter()
+    """Run one estimator, record its bound and seconds (a failure becomes a note); under a time budget it may be
+    skipped (:mod:`lipgraph.estimators.budget`)."""
+    if why := budget.skip(name):
+        result.notes.append(f"{name}: {why}")
+        return
+    start, previous = time.perf_counter(), result.best.value
     try:
         bound = compute()
     except Exception as exc:  # noqa: BLE001 - a failed estimator (solver error, missing extra) leaves the others
         result.notes.append(f"{name} failed: {type(exc).__name__}: {exc}")
+        budget.spent(name, time.perf_counter() - start, None, previous)
         return
     result.results[name] = bound
     result.seconds[name] = time.perf_counter() - start
+    certified_value = bound.value if bound is not None and bound.kind is Kind.CERTIFIED else None
+    budget.spent(name, result.seconds[name], certified_value, previous)
 
 
 def _cp_structured(lg: LipGraph, chain: SeqChain, gains: list[Bound], norm: float) -> Bound:

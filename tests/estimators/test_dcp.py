@@ -127,3 +127,19 @@ def test_dcp_between_attained_and_the_cheap_whole_chain_bounds(convs, head, shap
     assert bound.value <= product * (1 + 1e-9)
     for name in ("eclipse-fast", "cp"):
         assert bound.value <= CHAIN_ESTIMATORS[name].fn(dense).value * (1 + 1e-9), name
+
+
+def test_dcp_whole_chain_fallback_reaches_wider_maps_than_blocks(monkeypatch):
+    """The untiled whole chain is tried up to WHOLE_CHAIN_MAX neurons per map (inner blocks only up to
+    WHOLE_MAX): then DCP is never looser than ECLipsE-Fast or CP on the whole chain."""
+    import lipgraph.estimators.dcp as dcp_module
+
+    monkeypatch.setattr(dcp_module, "WHOLE_MAX", 0)
+    model = cnn(*SMALL, head=3, in_shape=(1, 6, 6), seed=3)
+    chain = ConvChain.from_sequential(model, (1, 6, 6))
+    dense = chain.to_dense()
+    cheap = min(CHAIN_ESTIMATORS[name].fn(dense).value for name in ("eclipse-fast", "cp"))
+    bound = dcp(chain, estimator="eclipse-fast", max_piece=40, workers=1, seconds=5)
+    assert "untiled" in bound.method and bound.value <= cheap * (1 + 1e-9)
+    monkeypatch.setattr(dcp_module, "WHOLE_CHAIN_MAX", 0)
+    assert "untiled" not in dcp(chain, estimator="eclipse-fast", max_piece=40, workers=1, seconds=5).method

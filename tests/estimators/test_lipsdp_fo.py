@@ -199,3 +199,60 @@ def test_lipsdp_method_takes_large_conv_chains_through_the_conv_estimator(monkey
     assert CHAIN_ESTIMATORS["lipsdp-conv"].applies(chain) is None
     assert CHAIN_ESTIMATORS["lipsdp-conv"].fn(chain).value <= CHAIN_ESTIMATORS["eclipse-fast"].fn(
         chain.to_dense()).value * (1 + 1e-9)
+
+
+def _perturbed_fast(chain: DenseChain) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return [t * (1 + 0.3 * torch.rand(t.shape, generator=gen, dtype=torch.float64)) for t in fast_multipliers(chain)]
+
+
+@pytest.mark.parametrize("act,head", [(nn.ReLU, 2), (nn.GELU, 2), (nn.GELU, 40)])
+def test_operator_schur_value_and_gradient_equal_the_autograd_schur_recursion(act, head):
+    """The operator-Schur objective (conv operators, Woodbury for a thin last layer, gradient by back-substitution)
+    against the dense recursion differentiated by autograd, exact and soft-maximum; float32 operators agree to
+    float32 accuracy. head = 40 rows ≥ n_l / 4: the last layer goes through the dense Cholesky instead."""
+    from lipgraph.estimators.lipsdp_fo import _schur_objective, _weights
+    from lipgraph.estimators.schur_operator import OperatorSchur
+
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), act(), nn.Conv2d(4, 4, 3, stride=2, padding=1), act(),
+                          nn.Flatten(), nn.Linear(16, head)).double()
+    conv = ConvChain.from_sequential(model, (2, 4, 4))
+    chain = conv.to_dense()
+    log_t = [t.log() for t in _perturbed_fast(chain)]
+    ops = OperatorSchur(OperatorChain.from_conv(conv))
+    assert ops.low_rank == (head == 2)
+    dense = _schur_objective(_weights(chain), chain.slopes)
+    for beta in (None, 30.0):
+        soft, exact, grads = ops(log_t, beta)
+        soft_ref, exact_ref, grads_ref = dense(log_t, beta)
+        assert soft == pytest.approx(soft_ref, rel=1e-12) and exact == pytest.approx(exact_ref, rel=1e-12)
+        for g, ref in zip(grads, grads_ref):
+            assert torch.allclose(g, ref, rtol=1e-9, atol=1e-12 * float(ref.abs().max()))
+    single = OperatorSchur(OperatorChain.from_conv(conv, dtype=torch.float32))(log_t, None)
+    assert single[1] == pytest.approx(exact_ref, rel=1e-4)
+    assert single[2][0].dtype == torch.float64
+
+
+def test_operator_schur_rejects_infeasible_multipliers():
+    from lipgraph.estimators.schur_operator import OperatorSchur
+
+    _, conv = conv_chain(0)
+    T = fast_multipliers(conv.to_dense())
+    with pytest.raises(InfeasibleMultipliers):  # T/100: the last Schur complement 2T − WᵀW is indefinite
+        OperatorSchur(OperatorChain.from_conv(conv))([(t / 100).log() for t in T], None)
+
+
+@pytest.mark.parametrize("seed", [2, 3])
+def test_operator_schur_mode_equals_interior_point_on_a_conv_chain(seed):
+    """The mode lipsdp-conv uses, on a conv chain small enough for cvxpy: within 1e-3 of the interior point."""
+    pytest.importorskip("cvxpy")
+    from lipgraph.estimators.lipsdp_fo import first_order_multipliers
+
+    _, conv = conv_chain(seed)
+    chain = conv.to_dense()
+    interior = CHAIN_ESTIMATORS["lipsdp-neuron"].fn(chain).value
+    fast = fast_multipliers(chain)
+    T = first_order_multipliers(chain, fast, mode="operator-schur", operators=OperatorChain.from_conv(conv),
+                                steps=300)
+    assert abs(certify_multipliers(chain, [T], "x").value / interior - 1) <= 1e-3

@@ -75,9 +75,11 @@ def test_frequency_certificate_rejects_infeasible_multipliers_and_low_rho() -> N
     _, spec = _block(2, 3, 2, 6, 0)
     sp = spectra(spec)
     lam0 = float(torch.linalg.matrix_norm(sp.C1, 2).max()) ** 2 / 2
+    ones = torch.ones(sp.C1.shape[2], dtype=torch.float64)
     with pytest.raises(InfeasibleMultipliers, match="not positive definite"):
-        _schur(sp, 0.9 * lam0, 0.0, 1.0)
-    lam = 2 * lam0
+        _schur(sp, 0.9 * lam0 * ones, 0.0, 1.0)
+    lam = 2 * lam0 * ones
+    lam[0] *= 3  # per-channel multipliers
     rho = float(torch.linalg.eigvalsh(_schur(sp, lam, 0.0, 1.0))[:, -1].max())
     frequencies = range(sp.C0.shape[0])
     assert all(verified_psd(*_lmi(sp, k, lam, rho * 1.01, 0.0, 1.0)) for k in frequencies)
