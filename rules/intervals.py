@@ -17,6 +17,8 @@ result outward by a relative 1e-12 for rounding.
 - **LayerNorm/GroupNorm/InstanceNorm**: centred value n_i = (1 − 1/m)x_i − (1/m)Σ_{j≠i}x_j by interval arithmetic,
   variance ∈ [mean n²_lo, mean n²_hi], ŷ_i = n_i / √(var + ε) (positive denominator), clipped to
   |ŷ_i| ≤ √(m − 1); then γ ŷ + β.
+- **RMSNorm**: x_i / r with r = √(mean x² + ε) ∈ [√(mean min x² + ε), √(mean max x² + ε)] (interval division by a
+  positive interval), clipped to |x_i / r| < √n (x_i² ≤ Σ x² < n r²); then w ⊙ (x / r).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from lipgraph.registry import Registry
 from lipgraph.ruleapi import OpContext, Var
 
 from .arithmetic import _operands as operands
+from .normalization import rms_eps, rms_group
 
 F64 = torch.float64
 
@@ -356,6 +359,30 @@ def feature_norm(ctx: OpContext) -> tuple:
     return y_lo, y_hi
 
 
+def rms_interval(lo: torch.Tensor, hi: torch.Tensor, eps: float) -> tuple:
+    """For groups along the last dim (…, n): bounds of x / √(mean x² + ε) and the lower bound of mean x²."""
+    small = torch.where((lo <= 0) & (hi >= 0), torch.zeros_like(lo), torch.minimum(lo.abs(), hi.abs()))
+    ms_lo = small.square().mean(-1, keepdim=True)
+    ms_hi = torch.maximum(lo.abs(), hi.abs()).square().mean(-1, keepdim=True)
+    r_lo, r_hi = (ms_lo + eps).sqrt(), (ms_hi + eps).sqrt()
+    cap = math.sqrt(lo.shape[-1])
+    y_lo = torch.minimum(lo / r_lo, lo / r_hi).clamp(-cap, cap)
+    y_hi = torch.maximum(hi / r_lo, hi / r_hi).clamp(-cap, cap)
+    return y_lo, y_hi, ms_lo
+
+
+def rms_norm(ctx: OpContext) -> tuple:
+    """w ⊙ (x / r) with x / r from :func:`rms_interval`."""
+    lo, hi = ctx.bounds[0]
+    view = rms_group(ctx)
+    y_lo, y_hi, _ = rms_interval(lo.reshape(view), hi.reshape(view), rms_eps(ctx))
+    y_lo, y_hi = y_lo.reshape(lo.shape), y_hi.reshape(lo.shape)
+    weight = ctx.arg("weight", 2, None)
+    if weight is not None:
+        y_lo, y_hi = _interval_mul((y_lo, y_hi), _const(weight.detach().to(F64)))
+    return y_lo, y_hi
+
+
 def upsample(ctx: OpContext) -> Any:
     """Nonnegative interpolation weights (nearest, (bi/tri)linear, area) make it monotone; bicubic is signed."""
     from .pooling import NONNEGATIVE_MODES
@@ -382,6 +409,7 @@ def register(registry: Registry) -> None:
         registry.register_interval(key, vector_norm)
     for key in ("layer_norm", "group_norm", "instance_norm"):
         registry.register_interval(key, feature_norm)
+    registry.register_interval("rms_norm", rms_norm)
     for key in ("argmax", "argmin", "indices"):
         registry.register_interval(key, non_float)
     for fn, keys in ((linear, ("linear",)), (matmul, ("matmul",)), (addmm, ("addmm",)), (add, ("add", "sub")),

@@ -17,6 +17,12 @@
   (ŷ ⟂ 1, ‖ŷ‖² ≤ m), so ‖J‖₂ ≤ max|γ| / √(var_min + ε), var_min the variance's lower bound over the region.
   In ℓ∞ (max row sum) and ℓ1 (max column sum) every row/column i of the bracket sums to at most
   Σ_j |δ_ij − 1/m| + |ŷ_i|·‖ŷ‖₁/m ≤ 2(1 − 1/m) + max|ŷ| (‖ŷ‖₁ ≤ √m‖ŷ‖₂ ≤ m), max|ŷ| from the interval of ŷ.
+- **RMSNorm**: J = diag(w)/r · (I − x xᵀ/(n r²)), r = √(mean x² + ε) ≥ r_lo = √(mean min x² + ε) over the region.
+  ℓ2: the bracket's eigenvalues are 1 and ε/r² ≤ 1, so ‖J‖₂ ≤ max|w|/r_lo. With A = max|x|, a = min|x| over the
+  region: ℓ∞, row i sums to |w_i|(1 − x_i²/(n r²) + |x_i|Σ_{j≠i}|x_j|/(n r²))/r ≤ |w_i|(1 + c_i)/r_lo,
+  c_i = min(max(0, A_i(Σ_{j≠i}A_j − a_i))/(n r_lo²), (√n − 1)/2); ℓ1, column j sums to at most (|w_j| + c'_j)/r_lo,
+  c'_j = min(max(0, A_j(Σ_{i≠j}|w_i|A_i − |w_j|a_j))/(n r_lo²), max|w|·√(n − 1)/2) (the caps: Cauchy–Schwarz and
+  AM–GM as in rules/normalization.py ``rms_row_factor``).
 - **softmax**: ‖J‖ ≤ max_i 2 s_i(1 − s_i) (ℓ1, ℓ2, ℓ∞), maximised over each s_i's interval.
 """
 from __future__ import annotations
@@ -32,7 +38,8 @@ from lipgraph.ruleapi import OpContext, Transfer, Var
 
 from ._gains import constant_scale_gain
 from .arithmetic import _operands as operands
-from .intervals import normalized_interval, norm_groups, softmax_dim, softmax_interval
+from .intervals import normalized_interval, norm_groups, rms_interval, softmax_dim, softmax_interval
+from .normalization import rms_eps, rms_group
 from .activations import softplus, threshold
 from .linear import product_gain
 
@@ -217,6 +224,29 @@ def feature_norm(ctx: OpContext) -> Transfer:
     return Transfer(gains=(certified(scale * rows, "max|γ|/√(var_min+ε)·(2(1−1/m)+max|ŷ|)"),))
 
 
+def rms_norm(ctx: OpContext) -> Transfer:
+    """max|w|/r_lo (ℓ2); ℓ∞: max_i |w_i|(1 + c_i)/r_lo; ℓ1: max_j (|w_j| + c'_j)/r_lo, r_lo per group
+    (module docstring)."""
+    view = rms_group(ctx)
+    n = view[-1]
+    lo, hi = (b.reshape(view) for b in ctx.bounds[0])
+    eps = rms_eps(ctx)
+    r_lo = (rms_interval(lo, hi, eps)[2] + eps).sqrt()
+    weight = ctx.arg("weight", 2, None)
+    w = weight.detach().to(F64).abs().reshape(n) if weight is not None else torch.ones(n, dtype=F64)
+    if ctx.norm == 2:
+        return Transfer(gains=(certified(float(w.max() / r_lo.min()), "max|w|/√(mean x²_min+ε)"),))
+    big, small = _abs_max((lo, hi)), _abs_min((lo, hi))
+    if ctx.norm == math.inf:  # row i: |w_i|·(1 + c_i)
+        cross = (big * (big.sum(-1, keepdim=True) - big - small)).clamp_min(0) / (n * r_lo.square())
+        lines = w * (1 + cross.clamp(max=(math.sqrt(n) - 1) / 2))
+    else:  # column j: |w_j| + c'_j
+        weighted = w * big
+        cross = (big * (weighted.sum(-1, keepdim=True) - weighted - w * small)).clamp_min(0) / (n * r_lo.square())
+        lines = w + cross.clamp(max=math.sqrt(n - 1) / 2 * float(w.max()))
+    return Transfer(gains=(certified(float((lines / r_lo).max()), "local RMSNorm row/column sums"),))
+
+
 def softmax(ctx: OpContext) -> Transfer:
     """max_i sup 2 s_i(1 − s_i) over the interval of s_i (≤ 1/2)."""
     lo, hi = ctx.bounds[0]
@@ -239,6 +269,7 @@ def register(registry: Registry) -> None:
         registry.register_local(key, activation)
     for key in ("layer_norm", "group_norm", "instance_norm"):
         registry.register_local(key, feature_norm)
+    registry.register_local("rms_norm", rms_norm)
     for key in ("softmax", "softmin", "softmax2d"):
         registry.register_local(key, softmax)
     registry.register_local("mul", mul)

@@ -40,7 +40,49 @@ def feature_norm(ctx: OpContext) -> Transfer:
                     notes=("loose: the worst case is a near-constant input",))
 
 
+def rms_eps(ctx: OpContext) -> float:
+    """RMSNorm's ε; ``None`` means torch's default, the machine epsilon of the input's dtype."""
+    eps = ctx.arg("eps", None, None)
+    return float(torch.finfo(ctx.input.dtype).eps if eps is None else eps)
+
+
+def rms_group(ctx: OpContext) -> tuple[int, ...]:
+    """The input viewed as (…, n): RMSNorm normalises over its trailing ``normalized_shape``."""
+    shape = ctx.input.shape
+    normalized = ctx.arg("normalized_shape", 1)
+    k = 1 if isinstance(normalized, int) else len(normalized)
+    return (*shape[:len(shape) - k], math.prod(shape[len(shape) - k:]))
+
+
+def rms_row_factor(n: int) -> float:
+    """sup over t ∈ [0, 1) of (1 + a·t)·√(1 − t), a = (√n − 1)/2: the ℓ1/ℓ∞ factor of RMSNorm over max|w|/√ε.
+
+    Row i of B = I − x xᵀ/(n r²) sums to 1 + (|x_i|·Σ_{j≠i}|x_j| − x_i²)/(n r²) (x_i² < n r²). With s = ‖x‖₂ and
+    |x_i| = s·cos θ, Cauchy–Schwarz gives Σ_{j≠i}|x_j| ≤ √(n−1)·s·sin θ, so the numerator is at most
+    s²(√(n−1)·sin 2θ − cos 2θ − 1)/2 ≤ s²(√n − 1)/2. With t = s²/(n r²) ∈ [0, 1) and 1/r = √((1 − t)/ε), a row of
+    B/r is ≤ (1 + a·t)·√(1 − t)/√ε; the maximum is at t* = (2a − 1)/(3a) when a > 1/2 (n > 4), else at t = 0
+    (value 1, attained at x = 0: exact for n ≤ 4). B is symmetric, so columns obey the same bound."""
+    a = (math.sqrt(n) - 1) / 2
+    if a <= 0.5:
+        return 1.0
+    return 2 * (1 + a) / 3 * math.sqrt((1 + a) / (3 * a))
+
+
+def rms_norm(ctx: OpContext) -> Transfer:
+    """RMSNorm y = w ⊙ x / r, r = √(mean(x²) + ε): J = diag(w)/r · (I − x xᵀ/(n r²)). The bracket has
+    eigenvalues 1 and ε/r² ∈ (0, 1], so ‖J‖₂ ≤ max|w|/r ≤ max|w|/√ε, attained at x = 0 (exact). ℓ1/ℓ∞:
+    max|w|/√ε · :func:`rms_row_factor` (exact for n ≤ 4)."""
+    weight = ctx.arg("weight", 2, None)
+    w = float(weight.detach().abs().max()) if weight is not None else 1.0
+    scale = w / math.sqrt(rms_eps(ctx))
+    if ctx.norm == 2:
+        return Transfer(gains=(certified(scale, "max|w|/√ε", exact=True, margin=1e-12),))
+    factor = rms_row_factor(rms_group(ctx)[-1])
+    return Transfer(gains=(certified(scale * factor, "max|w|/√ε·h(n)", exact=factor == 1.0, margin=1e-12),))
+
+
 def register(registry: Registry) -> None:
     registry.register("batch_norm", batch_norm, exact=True)
     for key in ("layer_norm", "group_norm", "instance_norm"):
         registry.register(key, feature_norm)
+    registry.register("rms_norm", rms_norm)

@@ -35,6 +35,7 @@ _SPELLINGS: dict[str, list[Any]] = {
                    "_native_batch_norm_legit_no_training"],
     "layer_norm": [nn.LayerNorm, F.layer_norm, "layer_norm"],
     "group_norm": [nn.GroupNorm, F.group_norm, "group_norm"],
+    "rms_norm": [nn.RMSNorm, F.rms_norm, "rms_norm"],
     "instance_norm": [nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, F.instance_norm, "instance_norm"],
     # activations
     "relu": [nn.ReLU, F.relu, F.relu_, torch.relu, torch.relu_, "relu", "relu_"],

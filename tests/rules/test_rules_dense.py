@@ -74,6 +74,7 @@ def _prelu(n, values):
 
 # "upper" on ℓ1/ℓ2 but exact on ℓ∞ (cat of disjoint branches: max is exact, sums are not)
 CAT_DISJOINT = {2: "upper", 1: "upper", INF: "exact"}
+RMS_UPPER_L1_LINF = {2: "exact", 1: "upper", INF: "upper"}
 
 CASES: list[Case] = [
     # ---- dense linear maps --------------------------------------------------------------------------------
@@ -156,6 +157,13 @@ CASES: list[Case] = [
     nonlin("group_norm", lambda: nn.GroupNorm(1, 2), (1, 2, 3, 3), "upper", L2),
     nonlin("group_norm-affine", _affine(lambda: nn.GroupNorm(3, 3, eps=1e-3)), (1, 3, 2, 2), "upper", L2),
     nonlin("instance_norm", _affine(lambda: nn.InstanceNorm2d(2, affine=True)), (1, 2, 3, 3), "upper", L2),
+    # ---- RMSNorm: exact in ℓ2 (worst case x = 0); ℓ1/ℓ∞ exact for n ≤ 4, else a closed-form factor above ------
+    nonlin("rms_norm", _affine(lambda: nn.RMSNorm(4, eps=1e-2)), (1, 3, 4), "exact"),
+    nonlin("rms_norm-n5", _affine(lambda: nn.RMSNorm(5, eps=1e-2)), (1, 2, 5), RMS_UPPER_L1_LINF),
+    nonlin("rms_norm-n2", _affine(lambda: nn.RMSNorm(2, eps=1e-3)), (1, 3, 2), "exact"),
+    nonlin("rms_norm-2d-noaffine", lambda: nn.RMSNorm([2, 3], eps=1e-2, elementwise_affine=False), (1, 2, 3),
+           RMS_UPPER_L1_LINF),
+    nonlin("F.rms_norm", fn(lambda m, x: F.rms_norm(x, (4,), m.w, 1e-3), w=rnd(4)), (1, 2, 4), "exact"),
     # ---- elementwise activations ----------------------------------------------------------------------
     act("relu", nn.ReLU),
     act("leaky_relu-0.1", lambda: nn.LeakyReLU(0.1)),
@@ -467,6 +475,7 @@ COVERED_KEYS = {
     "pad", "flatten", "unflatten", "reshape", "permute", "transpose", "squeeze", "unsqueeze", "contiguous",
     "identity", "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "getitem", "expand", "cat", "stack", "add",
     "sub", "neg", "mul", "div", "matmul", "addmm", "mean", "sum", "chunk", "split", "unbind", "dropout",
+    "rms_norm",
 }
 
 
@@ -515,7 +524,7 @@ EXPORT_IDS = ["adaptive_max_pool2d-3x3-of-5", "adaptive_max_pool1d-3", "max_pool
               "adaptive_max_pool2d-indices", "upsample-nearest-1d-3", "upsample-bilinear", "upsample-trilinear",
               "F.interpolate-nearest-exact", "F.interpolate-linear-1d", "getitem-repeated", "getitem-mask",
               "alpha_dropout", "batch_norm2d", "torch.rsub-alpha", "div-channel", "matmul-batched-cross",
-              "conv_t2d-s2-p1-op1", "pad-reflect"]
+              "conv_t2d-s2-p1-op1", "pad-reflect", "rms_norm", "F.rms_norm"]
 EXPORT_CASES = [c for c in CASES + KEYWORD_CASES if c.id in EXPORT_IDS]
 
 
