@@ -237,7 +237,7 @@ def power(ctx: OpContext):
     """not globally Lipschitz: x^p for p ∉ {0, 1} (1 and 0 for p = 1, 0), and c^x or x^y.
 
     x^p for p > 1 grows faster than |x|, for p < 1 its slope is unbounded near 0; c^x is exponential."""
-    base, exponent = _argument(ctx, 0, "input"), _argument(ctx, 1, "exponent")
+    exponent = _argument(ctx, 1, "exponent")
     if isinstance(exponent, Var):
         raise ctx.not_lipschitz("an input-dependent exponent: c^x and x^y have unbounded slopes")
     exponents = _constant_values(exponent)

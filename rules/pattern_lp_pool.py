@@ -94,7 +94,6 @@ def match_lp_pool(anchor: fx.Node, view: GraphView) -> Match | None:
     root = _power(anchor, view)
     if root is None or root <= 0 or root >= 1:
         return None
-    p = 1.0 / root
     nodes, node, m = [anchor], anchor.args[0], 1.0
     scaled = _scalar_factor(node, view) if isinstance(node, fx.Node) else None
     if scaled is not None:
@@ -107,7 +106,7 @@ def match_lp_pool(anchor: fx.Node, view: GraphView) -> Match | None:
     options = _pool_options(node, view) if isinstance(node, fx.Node) else None
     if options is None or m <= 0:
         return None
-    power = node.args[0] if node.op != "call_module" else node.args[0]
+    power = node.args[0]
     p_in = _power(power, view)
     if p_in is None or abs(p_in - round(p_in)) > 0 or round(p_in) % 2 or abs(p_in * root - 1.0) > 1e-12:
         return None

@@ -186,7 +186,7 @@ def _top(S: torch.Tensor, steps: int = POWER_STEPS) -> float:
 def _lmi(sp: _Spectra, k: int, t: torch.Tensor, rho: float, a: float, b: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(−M(ω_k) in its real symmetric form, entrywise rounding allowance of that form), T = diag(t)."""
     C0, C1, P = sp.C0[k], sp.C1[k], sp.P[k]
-    n0, n1 = C0.shape[1], C1.shape[1]
+    n0 = C0.shape[1]
     TC0 = t.to(torch.complex128)[:, None] * C0
     top = torch.cat([-rho * torch.eye(n0, dtype=torch.complex128) + P.mH @ P - 2 * a * C0.mH @ TC0,
                      b * TC0.mH + P.mH @ C1], 1)
