@@ -129,7 +129,7 @@ def analyze(
                   input_shape=[list(x.shape) for x in inputs], seconds=time.perf_counter() - start,
                   frontend=state.graph.frontend, tree=state.tree, outputs=output_bounds(state.graph), notes=notes,
                   lower=found.bound if found else None, lower_input=found.point if found else None,
-                  estimate=state.estimate, formulas=state.formulas,
+                  estimate=state.estimate, _formulas=state.formulas,
                   region=region.describe(inputs[0]) if region is not None else None)
 
 

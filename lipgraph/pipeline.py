@@ -28,7 +28,6 @@ from .cache import NormCache
 from .errors import UnsoundBoundError
 from .estimators import ESTIMATORS, EstimatorCatalogue
 from .estimators.budget import reserve_for_blocks
-from .formula import Formulas
 from .frontend.prepare import check_runs
 from .passes.annotate import annotate
 from .passes.autolip import autolip, network_estimate
@@ -45,7 +44,7 @@ from .record import NODE_FACTS, Scope, record
 from .region import Region, within_global
 from .registry import Registry
 from .report import ReportNode
-from .tree import build_tree
+from .tree import LazyFormulas, build_tree
 
 
 class PipelineError(RuntimeError):
@@ -78,7 +77,7 @@ class Analysis:
     estimate: Bound | None = None  # AutoLip with the estimate shortcuts too, when a pass recorded any
     calls: dict[Scope, ModuleCall] | None = None
     tree: ReportNode | None = None
-    formulas: Formulas | None = None
+    formulas: LazyFormulas | None = None  # built on first use
 
     def __post_init__(self) -> None:
         if self.estimators is None:

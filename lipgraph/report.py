@@ -6,7 +6,8 @@ the module computes (AutoLip over its ops, inputs at 1). Functional ops appear a
 that calls them; an op merging several branches (``add``, ``cat``) shows its value inside the parent module
 with its formula, e.g. ``1 + L(conv2+bn2)·L(relu)·L(conv1+bn1)`` for a residual addition. Every node also
 carries its bound as a sympy formula over its children's constants (``expr``, :mod:`lipgraph.symbolic`), which
-``Report.formulas`` evaluates, differentiates (attribution) and re-evaluates with other constants (what-if).
+``Report.formulas`` evaluates, differentiates (attribution) and re-evaluates with other constants (what-if). The
+formulas are built on first use (:class:`lipgraph.tree.LazyFormulas`): a report read without them never imports sympy.
 """
 from __future__ import annotations
 
@@ -14,16 +15,17 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
-import sympy
-
 from .bound import Bound, Kind
 from .errors import InputError
 from .formats import default_formats
-from .formula import Attribution, Formulas
-from .symbolic import joined_name
+from .paths import joined_name
 
 if TYPE_CHECKING:
+    import sympy
+
     from .comparison import Comparison
+    from .formula import Attribution, Formulas
+    from .tree import LazyFormulas
 
 
 @dataclass
@@ -67,14 +69,45 @@ class ReportNode:
     op: str | None
     bound: Bound
     calls: int = 1
-    formula: str | None = None
+    _formula: str | None = field(default=None, repr=False)  # see ``formula``
     notes: list[str] = field(default_factory=list)
     children: list["ReportNode"] = field(default_factory=list)
     fused: FusedChain | None = None
     layer_lower: Bound | None = None  # power iteration on this layer's operator (``analyze(layer_lower=True)``)
     chain: ChainInfo | None = None  # set on the node that stands for a sequential chain
-    expr: Any = None  # sympy: this node's bound over its children's constants (Report.formula, lipgraph.formula)
+    _expr: Any = field(default=None, repr=False)  # see ``expr``
     seconds: float = 0.0  # wall time of the rules and norms of every op inside this node (every call)
+    _lazy: "LazyFormulas | None" = field(default=None, repr=False, compare=False)  # builds expr and formula
+
+    @property
+    def expr(self) -> Any:
+        """sympy: this node's bound over its children's constants (Report.formula, lipgraph.formula)."""
+        self._resolve()
+        return self._expr
+
+    @expr.setter
+    def expr(self, value: Any) -> None:
+        self._resolve()
+        self._expr = value
+
+    @property
+    def formula(self) -> str | None:
+        """A merge's display formula inside its module, ``1 + L(conv2+bn2)·L(relu)·L(conv1+bn1) = 1 + 8.99``
+        (None for other nodes; known without building the formulas)."""
+        if self._lazy is not None and self.path in self._lazy.merges:
+            self._resolve()
+        return self._formula
+
+    @formula.setter
+    def formula(self, value: str | None) -> None:
+        self._resolve()
+        self._formula = value
+
+    def _resolve(self) -> None:
+        """Take ``expr`` and ``formula`` from the lazily built formulas, once."""
+        if self._lazy is not None:
+            lazy, self._lazy = self._lazy, None
+            self._expr, self._formula = lazy.node(self.path, self.op is not None)
 
     @property
     def name(self) -> str:
@@ -118,8 +151,15 @@ class Report:
     lower: Bound | None = None  # a proven lower bound (None with ``analyze(lower=False)`` or if the search failed)
     lower_input: Any = None  # the input (batch 1) at which it is attained
     estimate: Bound | None = None  # the network with each chain's estimate (greedy SeqLip), when computed
-    formulas: Formulas | None = None  # every node's bound as a formula over constants (what-if, attribution)
+    _formulas: "Formulas | LazyFormulas | None" = field(default=None, repr=False)  # see ``formulas``
     region: str | None = None  # the input region of a local analysis (docs/local.md), None for a global one
+
+    @property
+    def formulas(self) -> Formulas | None:
+        """Every node's bound as a formula over constants (what-if, attribution), built on first use."""
+        if callable(self._formulas):
+            self._formulas = self._formulas()
+        return self._formulas
 
     @property
     def chains(self) -> list[ChainInfo]:
@@ -200,7 +240,7 @@ class Report:
                              "crosses its boundary, so its parent's formula uses its layers); set their constants")
         tree = _reevaluated(self.tree, formulas, "")
         changed = ", ".join(f"L({path}) = {value:g}" for path, value in values.items())
-        return replace(self, bound=tree.bound, tree=tree, formulas=formulas, lower=None, lower_input=None,
+        return replace(self, bound=tree.bound, tree=tree, _formulas=formulas, lower=None, lower_input=None,
                        estimate=None, outputs=[(name, _reevaluated_bound(b, formulas.evaluate(e))) for
                                                (name, b), (_, e) in zip(self.outputs, formulas.outputs)],
                        notes=[*self.notes, f"what-if: {changed}; bounds re-evaluated from the formulas, no norm "
@@ -214,7 +254,7 @@ class Report:
         formulas = replace(self.formulas, outputs=[(path, node.expr)], _cache={}) if self.formulas else None
         return replace(self, bound=node.bound, model=f"{path} ({node.type})", input_shape=[], tree=node,
                        outputs=[(path, node.bound)], notes=[], lower=None, lower_input=None, estimate=None,
-                       formulas=formulas)
+                       _formulas=formulas)
 
     def bounds(self, depth: int | None = None, types: Iterable[str] | None = None) -> dict[str, Bound]:
         """Bounds by path of the nodes at ``depth`` (1: the model's children, e.g. a ResNet's stages) and/or of

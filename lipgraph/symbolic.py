@@ -22,6 +22,7 @@ from .formula import Constant, Formulas, combine_expr, number, symbol
 from .ir import LipGraph, Scope, arg_nodes
 from .passes.calls import ModuleCall, module_outputs
 from .passes.fuse import fused_members
+from .paths import chain_path, joined_name
 from .record import Shortcut, record
 
 
@@ -44,23 +45,6 @@ def build_formulas(lg: LipGraph, calls: Mapping[Scope, ModuleCall], norm: float)
     """Formulas of every module call in ``calls`` (scope -> its ops and bounds, :func:`~lipgraph.passes.calls.
     module_calls`; ``()`` is the model)."""
     return _Builder(lg, calls, norm).run()
-
-
-# -- helpers shared with the report -------------------------------------------------------------------------
-def joined_name(paths: list[str]) -> str:
-    """``layer1.0.conv1+bn1`` for a run of ``layer1.0.conv1`` and ``layer1.0.bn1`` (common module prefix once)."""
-    parts = [p.split(".") for p in paths]
-    common = 0
-    while all(len(p) > common + 1 and p[common] == parts[0][common] for p in parts):
-        common += 1
-    prefix = ".".join(parts[0][:common])
-    return (prefix + "." if prefix else "") + "+".join(".".join(p[common:]) for p in parts)
-
-
-def chain_path(result) -> str:
-    """The tree path of a chain (a :class:`lipgraph.passes.seqlip.ChainResult`): ``<scope>.chain(<first>)``."""
-    first, scope = result.chain.members()[0], result.chain.scope
-    return f"{scope}.chain({first})" if scope else f"chain({first})"
 
 
 def _weighted(lg: LipGraph, n: fx.Node) -> bool:

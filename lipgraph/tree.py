@@ -7,29 +7,61 @@ children of the module that calls them; an op merging several branches (``add``,
 the parent module with its formula, e.g. ``1 + L(conv2+bn2)·L(relu)·L(conv1+bn1)`` for a residual addition. Every
 node also carries its bound as a sympy formula over its children's constants (``expr``, :mod:`lipgraph.symbolic`),
 which ``Report.formulas`` evaluates, differentiates (attribution) and re-evaluates with other constants (what-if).
+The formulas are built on first use (:class:`LazyFormulas`), so an analysis shown without them never imports sympy.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from torch import fx
 
 from .bound import Bound, Kind, exact, join_kinds
-from .formula import Formulas
 from .ir import LipGraph, output_names
 from .passes.calls import ModuleCall
 from .passes.fuse import fused_members
+from .paths import chain_path
 from .record import Scope, record
 from .report import ChainInfo, FusedChain, ReportNode
-from .symbolic import build_formulas, chain_path
+
+if TYPE_CHECKING:
+    from .formula import Formulas
+    from .symbolic import TreeFormulas
+
+
+class LazyFormulas:
+    """The tree's formulas (:func:`lipgraph.symbolic.build_formulas`), built once, on first use: calling it gives the
+    :class:`~lipgraph.formula.Formulas`; :meth:`node` a tree node's formula and display formula. ``merges`` holds
+    every path that may carry a display formula (ops with several inputs or a taken shortcut), so that a tree
+    without merges is drawn without building anything."""
+
+    def __init__(self, lg: LipGraph, calls: dict[Scope, ModuleCall], norm: float, merges: frozenset[str]) -> None:
+        self._args: tuple | None = (lg, calls, norm)
+        self._built: TreeFormulas | None = None
+        self.merges = merges
+
+    def _tree(self) -> TreeFormulas:
+        if self._built is None:
+            from .symbolic import build_formulas  # sympy: only here
+
+            self._built, self._args = build_formulas(*self._args), None
+        return self._built
+
+    def __call__(self) -> Formulas:
+        return self._tree().formulas
+
+    def node(self, path: str, is_op: bool) -> tuple[Any, str | None]:
+        """A tree node's formula (``expr``) and, for a merge, its worked display formula inside its module."""
+        built = self._tree()
+        merge = built.merges.get(path)
+        return built.expr(path, is_op), built.formulas.worked(*merge) if merge is not None else None
 
 
 def build_tree(lg: LipGraph, calls: dict[Scope, ModuleCall], total: Bound, norm: float
-               ) -> tuple[ReportNode, Formulas]:
-    """The report's tree and its formulas (every node's ``expr``; merges also get their display formula), from the
-    records and ``calls`` (:func:`lipgraph.passes.calls.module_calls`); ``total`` is the model's bound."""
+               ) -> tuple[ReportNode, LazyFormulas]:
+    """The report's tree and its formulas, built on first use (every node's ``expr``; merges also get their display
+    formula), from the records and ``calls`` (:func:`lipgraph.passes.calls.module_calls`); ``total`` is the model's bound."""
     order = {n: i for i, n in enumerate(calls[()].nodes)}
     instances = {scope: call.nodes for scope, call in calls.items()}
 
@@ -71,16 +103,15 @@ def build_tree(lg: LipGraph, calls: dict[Scope, ModuleCall], total: Bound, norm:
             chain = _chain_node(record(n).chain)
             by_path.get(record(n).chain.chain.scope, root).children.append(chain)
             rank[chain.path] = order[n]
-    symbolic = build_formulas(lg, calls, norm)
+    merges = frozenset(record(n).path for n in order
+                       if len(record(n).inputs) > 1 or n in calls.get(record(n).scope, calls[()]).taken)
+    formulas = LazyFormulas(lg, calls, norm, merges)
     for node in root.walk():
         node.children.sort(key=lambda c: rank[c.path])
         if node.calls > 1:
             node.notes.append(f"called ×{node.calls}")
-        node.expr = symbolic.expr(node.path, is_op=node.op is not None)
-        if node.path in symbolic.merges:  # shown in the tree: "1 + L(conv2+bn2)·L(relu)·L(conv1+bn1) = 1 + 8.99"
-            expr, module = symbolic.merges[node.path]
-            node.formula = symbolic.formulas.worked(expr, module)
-    return root, symbolic.formulas
+        node._lazy = formulas  # a merge shows "1 + L(conv2+bn2)·L(relu)·L(conv1+bn1) = 1 + 8.99" in the tree
+    return root, formulas
 
 
 def _add_op_children(lg: LipGraph, parent: ReportNode, scope: Scope, call: ModuleCall) -> None:

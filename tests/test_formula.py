@@ -186,3 +186,22 @@ def test_cli_formula_latex_and_top(capsys, monkeypatch) -> None:
     marked = re.findall(r"^\W*(\S+) .*\[#(\d) elasticity 1\]", out, flags=re.M)
     assert sorted(marked, key=lambda m: m[1]) == [("bn1", "1"), ("bn2", "2")]  # fused runs, larger constant first
     assert re.search(r"\| 1 \| conv1\+bn1 \|", out) and "fc " not in out.split("depends on most")[1]
+
+
+def test_formulas_read_after_the_tree_equal_those_read_first() -> None:
+    """The formulas are built on first use: reading them after drawing the tree (merges then build them), after a
+    what-if or a subtree, gives the texts of a report whose formulas were read before anything else."""
+    first = lipgraph.analyze(*ZOO["tiny_resnet"](), lower=False)
+    f = first.formulas
+    texts = {n.path: (n.formula, f.text(n.expr, n.path)) for n in first.tree.walk()}
+
+    late = lipgraph.analyze(*ZOO["tiny_resnet"](), lower=False)
+    assert {n.path: n.formula for n in late.tree.walk()} == {path: t[0] for path, t in texts.items()}
+    assert {n.path: late.formulas.text(n.expr, n.path) for n in late.tree.walk()} == {p: t[1] for p, t in texts.items()}
+
+    whatif = lipgraph.analyze(*ZOO["tiny_resnet"](), lower=False).with_constant("layer1.conv1+bn1", 1.0)
+    expected = first.with_constant("layer1.conv1+bn1", 1.0)
+    assert [(n.path, n.formula, n.bound) for n in whatif.tree.walk()] == \
+        [(n.path, n.formula, n.bound) for n in expected.tree.walk()]
+    block = lipgraph.analyze(*ZOO["tiny_resnet"](), lower=False).subtree("layer1")
+    assert block.formula_text("layer1") == first.formula_text("layer1") == "(1 + L(conv2+bn2)·L(relu)·L(conv1+bn1))·L(relu)"

@@ -10,7 +10,6 @@ import math
 
 from rich.table import Table
 
-from ..formula import latex_name
 from ..report import Report, ReportNode
 
 
@@ -18,6 +17,8 @@ def latex_block(report: Report, depth: int | None = None) -> str:
     """``\\begin{align*} L &= … \\approx 412.7 \\\\ L_{\\text{layer1}} &= … \\end{align*}``: every node with a
     formula of its own (modules and the model; merges are part of their module's formula), then the shared
     values ``L_{→x}`` those formulas use."""
+    from ..formula import latex_name  # sympy: only when formulas are shown
+
     f = report.formulas
     lines, shared = [], {}
 

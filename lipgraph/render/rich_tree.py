@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import IO, Any, Callable
+from typing import IO, TYPE_CHECKING, Any, Callable
 
 from rich.console import Console
 from rich.text import Text
 from rich.tree import Tree
 
 from ..bound import Bound, Kind
-from ..formula import Formulas
 from ..hints import loose_bound_hint
 from ..report import ChainInfo, Report, ReportNode, norm_name
 from .formulas import latex_block, top_marks, top_table
+
+if TYPE_CHECKING:
+    from ..formula import Formulas
 
 KIND_STYLE = {Kind.CERTIFIED: "green", Kind.ESTIMATE: "yellow", Kind.LOWER: "cyan", Kind.UNBOUNDED: "bold red"}
 
