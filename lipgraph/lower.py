@@ -66,6 +66,9 @@ METHOD = "jacobian-ascent"
 ROUNDING = 1e-12
 #: the full Jacobian is materialised at the final candidates when it has at most this many entries
 DENSE_JACOBIAN = 1 << 21
+#: ... and built row by row (one backward pass each) up to this many outputs: torch's vectorised Jacobian, like any
+#: ``autograd.grad`` with a seed tensor, imports sympy (≈ 0.4 s of a fresh process's start)
+LOOPED_JACOBIAN_ROWS = 32
 #: h for the final difference quotients (largest step of a coordinate, relative to the input's size)
 STEP_SIZES = (1e-2, 1e-3, 1e-4, 1e-6)
 #: the budget of the search every report runs (``analyze``, ``lipgraph explain``): an amount of work in
@@ -294,7 +297,9 @@ class _Linearized:
     def _grad(self, out: Tensor, wrt: Tensor, seed: Tensor, create_graph: bool = False) -> Tensor:
         if not out.requires_grad:
             return torch.zeros_like(wrt)
-        (g,) = torch.autograd.grad(out, wrt, seed, retain_graph=True, create_graph=create_graph, allow_unused=True)
+        # the vector-Jacobian product as the gradient of <out, seed>: no seed tensor, so torch imports no sympy
+        (g,) = torch.autograd.grad((out * seed).sum(), wrt, retain_graph=True, create_graph=create_graph,
+                                   allow_unused=True)
         return torch.zeros_like(wrt) if g is None else g
 
     def transposed(self, u: Tensor) -> Tensor:
@@ -786,7 +791,8 @@ def _dense_direction(net: _Net, z: Tensor, p: float) -> tuple[Tensor, float] | N
     if net.n * net.m > DENSE_JACOBIAN:
         return None
     try:
-        jac = torch.autograd.functional.jacobian(lambda r: net(r[None])[0], z, vectorize=True)
+        jac = torch.autograd.functional.jacobian(lambda r: net(r[None])[0], z,
+                                                 vectorize=net.m > LOOPED_JACOBIAN_ROWS)
     except Exception:  # noqa: BLE001
         try:
             jac = torch.autograd.functional.jacobian(lambda r: net(r[None])[0], z)
