@@ -117,3 +117,13 @@ def test_zero_eps_is_refused_as_not_lipschitz(layer, norm):
     model = nn.Sequential(nn.Linear(4, 4), layer)
     with pytest.raises(lipgraph.NotLipschitzError, match=r"is not globally Lipschitz: eps = 0: the normalisation"):
         lipgraph.analyze(model, torch.randn(1, 4), norm=norm, lower=False, quiet=True, cache=False)
+
+
+@pytest.mark.parametrize("norm", [1, 2, "inf"])
+@pytest.mark.parametrize("layer", [nn.RMSNorm(4, eps=0.0), nn.LayerNorm(4, eps=0.0)])
+def test_zero_eps_on_a_region_holding_a_zero_variance_input_is_refused(layer, norm):
+    """Before: RMSNorm gave an 'unbounded' bound said to come from 'ops that have no rule', LayerNorm a RuleError
+    wrapping a ZeroDivisionError."""
+    with pytest.raises(lipgraph.NotLipschitzError, match="is not Lipschitz on the region: with eps = 0"):
+        lipgraph.analyze(layer, torch.zeros(1, 4), norm=norm, lower=False, quiet=True, cache=False,
+                         region=lipgraph.Ball(None, 0.1, norm=norm))
