@@ -76,7 +76,7 @@ REPORT_BUDGET = {"work": 2e10}
 #: costs; 0.02–0.5 s per tiny model, median 66 % of the best lower bound a 20 s search finds) and its lean one
 FULL = {"starts": 4, "steps": 5, "power_steps": 2, "screen": 4, "verify": 1, "sample": 64}
 FULL_WORK = 250
-LEAN = {"starts": 4, "steps": 5, "power_steps": 2, "screen": 2}
+LEAN = {"starts": 4, "steps": 8, "power_steps": 0, "screen": 1, "lr": 0.15}
 #: the share of a ``seconds`` budget the search may use before the float64 verification
 SEARCH_SHARE = 0.8
 #: the ascent: ε from eps0 to eps1 (× the data's scale per coordinate), Adam learning rate lr (× the scale)
@@ -468,9 +468,10 @@ def _threads(model: nn.Module, inputs: tuple[Tensor, ...]) -> Iterator[None]:
 @dataclass(frozen=True)
 class _Schedule:
     """How much the search does: ``starts·screen`` first candidates, ``power_steps`` power steps at each point,
-    ``steps`` ascent steps at the ``starts`` best, ``sample`` fresh points per sampling round, ``rounds`` rounds
-    (without a clock), ``verify`` candidates re-examined in float64, with float64 power steps and random pairs when
-    ``polish``."""
+    ``steps`` ascent steps (Adam's learning rate ``lr`` × the data's scale; the direction ``steer``-ed by their
+    backward pass instead of a power step each) at the ``starts`` best, ``sample`` fresh points per sampling round,
+    ``rounds`` rounds (without a clock), ``verify`` candidates re-examined in float64, with float64 power steps and
+    random pairs when ``polish``."""
 
     starts: int
     steps: int
@@ -480,6 +481,8 @@ class _Schedule:
     sample: int
     rounds: int = 2
     polish: bool = True
+    lr: float = ASCENT["lr"]
+    steer: bool = False
 
 
 def _schedule(cost: float, work: float | None, starts: int, steps: int, power_steps: int, screen: int,
@@ -490,7 +493,9 @@ def _schedule(cost: float, work: float | None, starts: int, steps: int, power_st
     networks, whose steps cost their per-call overhead more than their arithmetic, get the full schedule (ascent and
     a sampling round, ``FULL``); larger ones the ascent alone (``LEAN``) from as many starts as the budget pays for
     (1 to ``LEAN["starts"]``), no sampling round, no float64 power steps: on ResNet-18 the ascent is what climbs
-    (from ‖J(x)‖ ≈ 0.068 at the example to 0.107 in five steps), the sampling round adds nothing."""
+    (from ‖J(x)‖ ≈ 0.068 at the example to 0.107 in five steps), the sampling round adds nothing, and at equal work
+    more ascent steps with larger Adam steps (``LEAN["lr"]``) climb further than more candidates or power steps at
+    the start; their direction is steered by their own backward pass (:func:`_steered`; docs/speed.md)."""
     if work is None:
         return _Schedule(starts, steps, power_steps, screen, verify, sample=min(4096, starts * screen * 4))
     point_steps = work / (4.0 * cost)
@@ -498,13 +503,13 @@ def _schedule(cost: float, work: float | None, starts: int, steps: int, power_st
         return _Schedule(**FULL)
     ascended = int(min(LEAN["starts"], max(1, point_steps // _lean_cost())))
     return _Schedule(starts=ascended, steps=LEAN["steps"], power_steps=LEAN["power_steps"], screen=LEAN["screen"],
-                     verify=1, sample=0, rounds=1, polish=False)
+                     verify=1, sample=0, rounds=1, polish=False, lr=LEAN["lr"], steer=True)
 
 
 def _lean_cost() -> float:
     """Point-steps of the lean schedule per ascended start: its candidates' power steps, then per ascent step a
-    power step and a difference quotient with its gradient (about 1.5 power steps)."""
-    return LEAN["screen"] * LEAN["power_steps"] + LEAN["steps"] * 2.5
+    difference quotient with its gradient (about 1.5 power steps; the direction is steered by the same pass)."""
+    return LEAN["screen"] * LEAN["power_steps"] + LEAN["steps"] * 1.5
 
 
 def _forward_cost(fn: _Net, z: Tensor) -> tuple[float, Tensor]:
@@ -624,7 +629,7 @@ def search(model: nn.Module, x: Any, *, norm: Any = 2, starts: int = 8, steps: i
                     z0 = _later_starts(fn, best_z, plan.starts * plan.screen if kind == 0 else sample, scale, mean,
                                        gen, round_)
                 evaluations += _ascend(fn, z0, plan.starts, p, plan.steps if kind == 0 else 0, plan.power_steps,
-                                       scale, pool, history, clock, bar, gen)
+                                       plan.lr, plan.steer, scale, pool, history, clock, bar, gen)
                 if round_ > 0 and seconds is not None:
                     spent[kind] = time.perf_counter() - started
                     if kind == 1 and spent[0] > 0 and spent[1] > 0:
@@ -644,10 +649,14 @@ def search(model: nn.Module, x: Any, *, norm: Any = 2, starts: int = 8, steps: i
                        evaluations=evaluations, rounds=round_, seconds=elapsed, history=history)
 
 
-def _ascend(fn: _Net, z0: Tensor, keep: int, p: float, steps: int, power_steps: int, scale: float, pool: _Pool,
-            history: list[tuple[float, float]], clock: _Clock, bar: _Progress, gen: torch.Generator) -> int:
-    """Power iteration at all the candidate points, then Adam on the ``keep`` best ones with their power-iterated
-    directions. Stops as soon as the clock's search share is spent."""
+def _ascend(fn: _Net, z0: Tensor, keep: int, p: float, steps: int, power_steps: int, lr: float, steer: bool,
+            scale: float, pool: _Pool, history: list[tuple[float, float]], clock: _Clock, bar: _Progress,
+            gen: torch.Generator) -> int:
+    """Power iteration at all the candidate points (``power_steps = 0``: half a step, nothing to rank them by), then
+    Adam on the ``keep`` best ones with their power-iterated directions, Adam's learning rate ``lr`` × ``scale``;
+    after each ascent step the direction takes a power step at the new point, or with ``steer`` one from the
+    ascent's own backward pass (:func:`_steered`, no extra pass). Stops as soon as the clock's search share is
+    spent."""
     b, n = z0.shape
     v = _unit_in(torch.randn(b, n, generator=gen, dtype=fn.dtype).to(fn.device), p)
     z = z0.detach().clone()
@@ -672,7 +681,13 @@ def _ascend(fn: _Net, z0: Tensor, keep: int, p: float, steps: int, power_steps: 
             return record(values, at, dirs, eps)
         return seen
 
-    value, v = _power_steps(fn, z, v, p, power_steps, power_record(z, no_eps))
+    if power_steps:
+        value, v = _power_steps(fn, z, v, p, power_steps, power_record(z, no_eps))
+    else:  # half a power step: v ∝ Jᵀw for a random w, in J's row space (no J v, no double backward)
+        g = _Linearized(fn, z).transposed(_dual_out(torch.randn(b, fn.m, generator=gen, dtype=fn.dtype)
+                                                    .to(fn.device), p))
+        value, v = torch.zeros(b, dtype=fn.dtype, device=fn.device), torch.where(
+            (g.abs().amax(1) > 0)[:, None], _unit_in(g, p), v)
     if steps == 0 or clock.search_over():
         return evaluations[0]
     top = torch.argsort(torch.nan_to_num(value, nan=0.0), descending=True)[:keep]
@@ -682,10 +697,11 @@ def _ascend(fn: _Net, z0: Tensor, keep: int, p: float, steps: int, power_steps: 
     width = scale * math.sqrt(n) if p == 2 else scale  # ℓ2: v is spread out; ℓ∞: signs; ℓ1: e_j
     eps0, eps1 = ASCENT['eps0'] * width, ASCENT['eps1'] * width
     zp = z.clone().requires_grad_(True)
-    opt = _Adam(zp, ASCENT['lr'] * scale, max(1, steps), 0.002 * scale)
+    opt = _Adam(zp, lr * scale, max(1, steps), 0.002 * scale)
     for t in range(steps):
         eps = eps0 * (eps1 / eps0) ** (t / max(1, steps - 1))
-        d = eps * v
+        vv = v.clone().requires_grad_(steer)
+        d = eps * vv
         q = _norm(fn(zp + d) - fn(zp - d), p, smooth=True) / (2 * eps * _norm(v, p))
         q = torch.nan_to_num(q, nan=0.0, posinf=0.0)
         if record(q.detach(), zp.detach(), v, torch.full((b,), eps, dtype=fn.dtype, device=fn.device)):
@@ -694,12 +710,27 @@ def _ascend(fn: _Net, z0: Tensor, keep: int, p: float, steps: int, power_steps: 
         (-q.sum()).backward()
         if zp.grad is not None:
             opt.step(torch.nan_to_num(zp.grad, nan=0.0, posinf=0.0, neginf=0.0))
-        at = zp.detach().clone()
-        _, v_next = _power_steps(fn, at, v, p, 1, power_record(at, no_eps))
+        if steer:
+            v_next = _steered(vv, p)
+            evaluations[0] += b
+        else:
+            at = zp.detach().clone()
+            _, v_next = _power_steps(fn, at, v, p, 1, power_record(at, no_eps))
         if clock.search_over():
             break
         v = v_next
     return evaluations[0]
+
+
+def _steered(v: Tensor, p: float) -> Tensor:
+    """The next direction from the quotient's gradient in v: with u = (f(z + εv) − f(z − εv))/(2ε),
+    ∂‖u‖_p/∂v = J̄ᵀ dual_p(u), J̄ the mean of J(z ± εv) (→ J(z) as ε → 0), so this is a power step (the
+    v ← argmax ⟨Jᵀ dual_p(Jv), v⟩ of :func:`_power_steps`) on the same backward pass as the ascent's gradient in z.
+    Rows with a zero gradient keep their direction."""
+    g = -v.grad if v.grad is not None else torch.zeros_like(v)
+    g = torch.nan_to_num(g.detach(), nan=0.0, posinf=0.0, neginf=0.0)
+    alive = g.abs().amax(1) > 0
+    return torch.where(alive[:, None], _unit_in(g, p), v.detach())
 
 
 class _Adam:

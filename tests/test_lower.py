@@ -433,19 +433,21 @@ def test_seconds_budget_caps_the_whole_search() -> None:
 
 # -- the report's budget: a fixed amount of work, lean on large networks (issue #19) --------------------------
 def test_report_schedule_is_full_on_small_and_lean_on_large_networks() -> None:
-    from lipgraph.lower import FULL, LEAN, REPORT_BUDGET, _schedule
+    from lipgraph.lower import ASCENT, FULL, LEAN, REPORT_BUDGET, _schedule
 
     small = _schedule(1e4, REPORT_BUDGET["work"], 8, 50, 8, 4, 3)
     assert (small.starts, small.steps, small.power_steps, small.screen, small.sample, small.rounds) == (
         FULL["starts"], FULL["steps"], FULL["power_steps"], FULL["screen"], FULL["sample"], 2) and small.polish
     large = _schedule(5e8, REPORT_BUDGET["work"], 8, 50, 8, 4, 3)
     assert large.starts == 1 and large.rounds == 1 and large.steps == LEAN["steps"] and not large.polish
+    assert (small.lr, large.lr) == (ASCENT["lr"], LEAN["lr"])  # small networks keep the former search's steps
     assert _schedule(5e8, 1e-3 * REPORT_BUDGET["work"], 8, 50, 8, 4, 3).starts == 1  # never fewer than one start
     explicit = _schedule(5e8, None, 8, 50, 8, 4, 3)
     assert (explicit.starts, explicit.steps, explicit.power_steps, explicit.rounds) == (8, 50, 8, 2)
 
 
-def test_lean_search_is_sound() -> None:
+@pytest.mark.parametrize("p", [2, math.inf])
+def test_lean_search_is_sound(p: float) -> None:
     """The lean schedule (a work budget below the full schedule's) returns an attained ratio ≤ the certified bound."""
     from lipgraph.lower import FULL_WORK, _Net, _forward_cost
 
@@ -456,6 +458,25 @@ def test_lean_search_is_sound() -> None:
     x = torch.randn(1, 3, 8, 8)
     fn = _Net(model, (x,), None)
     cost, _ = _forward_cost(fn, fn.pack(fn.example))
-    res = lipgraph.lower_search(model, x, work=4 * cost * FULL_WORK / 10)
+    res = lipgraph.lower_search(model, x, norm=p, work=4 * cost * FULL_WORK / 10)
     assert res.rounds == 1 and res.bound.kind is Kind.LOWER
-    assert 0 < res.value <= lipgraph.analyze(model, x, lower=False, cache=False).bound.value
+    assert 0 < res.value <= lipgraph.analyze(model, x, norm=p, lower=False, cache=False).bound.value
+    exact = copy.deepcopy(model).double()  # the witness pair attains the value in float64
+    with torch.no_grad():
+        a, b = res.input.double(), res.other.double()
+        ratio = torch.linalg.vector_norm(exact(a) - exact(b), p) / torch.linalg.vector_norm(a - b, p)
+        assert float(ratio) >= res.value
+
+
+def test_steered_direction_is_a_power_step() -> None:
+    """On a linear map the direction steered by the ascent's backward pass is the ℓ2 power step WᵀWv/‖WᵀWv‖."""
+    from lipgraph.lower import _norm, _steered
+
+    gen = torch.Generator().manual_seed(0)
+    W, z = torch.randn(5, 4, generator=gen, dtype=torch.float64), torch.randn(1, 4, generator=gen, dtype=torch.float64)
+    v = torch.randn(1, 4, generator=gen, dtype=torch.float64)
+    vv, eps = v.clone().requires_grad_(True), 0.1
+    q = _norm((z + eps * vv) @ W.T - (z - eps * vv) @ W.T, 2, smooth=True) / (2 * eps * _norm(v, 2))
+    (-q.sum()).backward()
+    step = v @ W.T @ W
+    assert torch.allclose(_steered(vv, 2), step / step.norm(), atol=1e-12)

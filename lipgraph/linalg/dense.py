@@ -17,6 +17,7 @@ from lipgraph.bound import FLOAT_MARGIN, Bound, certified
 from lipgraph.cache import FINGERPRINT_SETTINGS, RECHECK_STEPS, memoised, tensor_digest
 from lipgraph.linalg.attained import attained_norm, working_copy
 from lipgraph.linalg.device import norm_device
+from lipgraph.linalg.parallel import one_thread
 
 LinearMap = Callable[[torch.Tensor], torch.Tensor]
 
@@ -140,26 +141,31 @@ def batched_spectral_norm(mats: torch.Tensor) -> float:
     """max_i σ_max(mats[i]) of a (B, m, n) batch: √λ_max of the smaller Gram matrix (W Wᵀ or Wᵀ W) by ``eigvalsh``
     in float64 on the analysis' device; rounding of the Gram product and of the symmetric eigensolver is
     O(dim · ε_float64 · σ_max²), far below ``FLOAT_MARGIN``. The Gram matrix is summed over column blocks converted
-    to float64 one at a time, so a large float32 matrix (a 25088 × 4096 classifier) is never copied whole."""
+    to float64 one at a time, so a large float32 matrix (a 25088 × 4096 classifier) is never copied whole. On one
+    torch thread (:func:`lipgraph.linalg.parallel.one_thread`), as in the norm pool: the same rounding wherever it
+    runs, and no eigensolver waiting on spinning threads on a busy machine."""
     W = mats.detach()
     if W.numel() == 0:
         return 0.0
     if W.shape[-2] > W.shape[-1]:
         W = W.mT
     device = norm_device()
-    if W.dtype == torch.float64 and W.device == torch.device(device):  # nothing to convert: one product
-        return math.sqrt(max(torch.linalg.eigvalsh(W @ W.mT)[..., -1].max().item(), 0.0))
-    gram = torch.zeros(W.shape[0], W.shape[-2], W.shape[-2], dtype=torch.float64, device=device)
-    step = max(1, _CHUNK_ENTRIES // (W.shape[0] * W.shape[-2]))
-    for start in range(0, W.shape[-1], step):
-        part = W[..., start:start + step].to(device=device, dtype=torch.float64)
-        gram += part @ part.mT
-    return math.sqrt(max(torch.linalg.eigvalsh(gram)[..., -1].max().item(), 0.0))
+    with one_thread():
+        if W.dtype == torch.float64 and W.device == torch.device(device):  # nothing to convert: one product
+            return math.sqrt(max(torch.linalg.eigvalsh(W @ W.mT)[..., -1].max().item(), 0.0))
+        gram = torch.zeros(W.shape[0], W.shape[-2], W.shape[-2], dtype=torch.float64, device=device)
+        step = max(1, _CHUNK_ENTRIES // (W.shape[0] * W.shape[-2]))
+        for start in range(0, W.shape[-1], step):
+            part = W[..., start:start + step].to(device=device, dtype=torch.float64)
+            gram += part @ part.mT
+        return math.sqrt(max(torch.linalg.eigvalsh(gram)[..., -1].max().item(), 0.0))
 
 
 def dense_norm(fn: LinearMap, in_shape: tuple[int, ...], p: float) -> Bound:
-    """Exact ℓp norm of the linear map ``fn`` by materialising it (method ``dense-<matrix method>``)."""
+    """Exact ℓp norm of the linear map ``fn`` by materialising it (method ``dense-<matrix method>``), on one torch
+    thread like :func:`batched_spectral_norm`."""
     if p not in _METHOD:
         raise ValueError(f"p must be 1, 2 or inf, got {p!r}")
-    b = _matrix_norm(materialize(fn, in_shape), p)  # a matrix built for this call: nothing to look up
+    with one_thread():
+        b = _matrix_norm(materialize(fn, in_shape), p)  # a matrix built for this call: nothing to look up
     return Bound(b.value, b.kind, f"dense-{b.method}", exact=b.exact)

@@ -1,10 +1,10 @@
 """A thread pool over independent norm computations, within the thread budget the user gave torch.
 
 The heavy parts (``eigvalsh``, matrix products, convolutions) release the GIL, so ``n = torch.get_num_threads()``
-worker threads run them in parallel. While the pool runs, torch's own intra-op threads are set to 1 (and restored
-afterwards): n workers × 1 thread instead of n × n threads, which would oversubscribe the cores. With one torch
-thread everything runs in the calling thread, in order. Workers see the caller's context variables (the analysis'
-device and cache).
+worker threads run them in parallel. While the pool runs, torch's own intra-op threads are set to 1
+(:func:`one_thread`, restored afterwards): n workers × 1 thread instead of n × n threads, which would oversubscribe
+the cores. With one torch thread everything runs in the calling thread, in order. Workers see the caller's context
+variables (the analysis' device and cache).
 
 Interrupts: the calling thread waits on each result in short slices (``POLL`` seconds), so Ctrl-C (a
 ``KeyboardInterrupt`` in the main thread) is raised within one slice, even while a worker sits in a long torch
@@ -37,30 +37,31 @@ def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None =
     if n <= 1:
         yield from map(fn, items)
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    pool = ThreadPoolExecutor(n, thread_name_prefix="lipgraph-norms")
-    finished = False
-    try:
-        futures = [pool.submit(contextvars.copy_context().run, fn, item) for item in items]
-        for future in futures:
-            while True:
-                try:
-                    result = future.result(timeout=POLL)
-                    break
-                except FutureTimeout:
-                    continue
-            yield result
-        finished = True
-    finally:
-        pool.shutdown(wait=finished, cancel_futures=True)
-        torch.set_num_threads(threads)
+    with one_thread():
+        pool = ThreadPoolExecutor(n, thread_name_prefix="lipgraph-norms")
+        finished = False
+        try:
+            futures = [pool.submit(contextvars.copy_context().run, fn, item) for item in items]
+            for future in futures:
+                while True:
+                    try:
+                        result = future.result(timeout=POLL)
+                        break
+                    except FutureTimeout:
+                        continue
+                yield result
+            finished = True
+        finally:
+            pool.shutdown(wait=finished, cancel_futures=True)
 
 
 @contextmanager
 def one_thread() -> Iterator[None]:
-    """torch on one intra-op thread in the block, as in the pool's workers: a norm computed outside the pool
-    (read later, :mod:`lipgraph.linalg.lazy`) then has the same float rounding as one computed in it."""
+    """torch on one intra-op thread in the block (restored after), as in the pool's workers: a norm computed outside
+    the pool (read later, :mod:`lipgraph.linalg.lazy`; the dense norms of :mod:`lipgraph.linalg.dense`) then has
+    the same float rounding as one computed in it, and a symmetric eigensolver on a busy machine does not wait on
+    OpenMP threads spinning for cores that other processes hold (1000 × 1000 ``eigvalsh`` at load 5: 4.2 s on 2
+    threads, 0.22 s on 1; benchmarks/RESULTS.md)."""
     threads = torch.get_num_threads()
     if threads == 1:
         yield

@@ -72,3 +72,34 @@ def test_materialize_by_rows_checks_the_vjp():
     assert dense_module._rows(opaque, (2, 4), 3) is None
     np.testing.assert_allclose(materialize(opaque, (2, 4)).numpy(), A.numpy(), rtol=0, atol=1e-14)
     assert dense_norm(opaque, (2, 4), 2).value == pytest.approx(float(np.linalg.norm(A.numpy(), 2)), rel=2e-6)
+
+
+@pytest.mark.parametrize("norm_of", [
+    lambda W: matrix_norm(W, 2),
+    lambda W: dense_norm(lambda x: x.reshape(len(x), -1) @ W.mT, (W.shape[1],), 2),
+])
+def test_dense_norms_run_on_one_thread_with_the_same_value(monkeypatch, norm_of):
+    """The eigensolver runs on one torch thread (as in the norm pool), whatever torch's setting; the caller's
+    setting is restored and the value is the same as with torch on one thread."""
+    W = torch.randn(300, 260, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    seen = []
+    eigvalsh = torch.linalg.eigvalsh
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return eigvalsh(*args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "eigvalsh", spy)
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = norm_of(W).value
+        torch.set_num_threads(2)
+        several = norm_of(W).value
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)
+    assert seen == [1, 1]
+    assert several == single
+    exact = float(torch.linalg.matrix_norm(W, 2))
+    assert exact <= single <= exact * (1 + 1e-5)  # certified: σ_max with the rounding margin
