@@ -65,3 +65,16 @@ def test_compound_patterns_are_capped_by_the_global_bound():
     report = lipgraph.analyze(model, x[:1], region=lipgraph.Ball(None, 0.5), lower=False, quiet=True)
     assert report.bound.method == "global autolip"
     assert any("is below the region's bound" in note for note in report.notes)
+
+
+def test_the_global_ceiling_of_a_region_run_spends_the_callers_budget(monkeypatch):
+    """The global analysis behind the cap gets the user's ``budget``, not the method's default."""
+    import lipgraph.api as api
+
+    seen = []
+    real = api.budget_seconds
+    monkeypatch.setattr(api, "budget_seconds", lambda budget, method: seen.append(budget) or real(budget, method))
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    x = torch.zeros(1, 3)
+    lipgraph.analyze(model, x, method="best", budget=3.0, region=lipgraph.Ball(x, 0.1), lower=False, cache=False)
+    assert seen == [3.0, 3.0]

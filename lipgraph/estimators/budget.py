@@ -132,7 +132,7 @@ def budget_seconds(budget: float | None, method: str) -> float | None:
     if budget is None:
         return BEST_SECONDS if method == "best" else None
     try:
-        value = float(budget)
+        value = math.nan if isinstance(budget, bool) else float(budget)
     except (TypeError, ValueError):
         value = math.nan
     if not value > 0:
