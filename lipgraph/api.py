@@ -109,7 +109,7 @@ def analyze(
         ceiling = global_ceiling(lambda: analyze(  # a global bound holds on every region: local <= global
             original, example_input, method=method, norm=p, rules=rules, frontend=frontend, unsupported=unsupported,
             concrete_args=concrete_args, lower=False, device=device, cache=cache, quiet=True, estimators=estimators,
-            passes=passes).bound)
+            passes=passes, budget=budget).bound)
     notes: list[str] = []
     with eval_mode(model, notes), norm_cache(cache) as disk, on_device(device), spending(seconds):
         state = Analysis(model, inputs, p, registry, catalogue, method, chain_names, frontend, unsupported,
@@ -120,6 +120,8 @@ def analyze(
     if total.kind is Kind.UNBOUNDED:
         notes.append("some ops have no rule: the bound is unbounded (see the ops marked in the tree)")
     notes += disk.notes
+    if budget is not None and not chain_names:
+        notes.append(f"budget has no effect: method {method!r} runs no chain or block estimators")
     with failing_unsound(disk):
         if region is not None:
             found = region_lower(unwrap(original), inputs[0], region, p, total) if lower else None

@@ -228,17 +228,19 @@ def pair_radius(model: nn.Module, x: Tensor, y: int, j: int, classes: int, margi
 
     Each step tests r = mid with a bound L of B(x, mid), asked only whether L·mid < d(x) (``ball_bound``'s
     target). A bound of B(x, mid) also bounds every smaller ball, so a failed step still certifies
-    r = min(mid, d(x)/L). The search starts at d(x)/L(B(x, start)) (beyond which a bound growing with r fails)
-    and stops after ``steps`` halvings or when the bracket is narrower than ``RADIUS_TOLERANCE`` · r."""
+    r = min(mid, d(x)/L). The search starts at d(x)/L(B(x, start)) (beyond which a bound growing with r fails;
+    where L(B(x, start)) = 0 it doubles r until a step fails) and stops after ``steps`` halvings or when the
+    bracket is narrower than ``RADIUS_TOLERANCE`` · r."""
     net = _Margin(model, y, j, classes)
     if margin <= 0:
         return 0.0
     lo = start
     try:
-        hi = margin / ball_bound(net, x, max(start, 1e-12), p)
+        L = ball_bound(net, x, max(start, 1e-12), p)
     except LipgraphError:
         return start
-    mid = hi * (1 - 1e-9)
+    hi = margin / L if L > 0 else math.inf  # L = 0: d is constant on that ball (e.g. every ReLU off there)
+    mid = hi * (1 - 1e-9) if hi < math.inf else 2 * max(lo, 1e-12)
     for _ in range(steps + 1):
         if mid <= lo:
             break
@@ -252,7 +254,7 @@ def pair_radius(model: nn.Module, x: Tensor, y: int, j: int, classes: int, margi
             lo, hi = max(lo, margin / L * (1 - 1e-9)), mid
         if hi - lo <= RADIUS_TOLERANCE * lo:
             break
-        mid = (lo + hi) / 2
+        mid = (lo + hi) / 2 if hi < math.inf else 2 * max(lo, 1e-12)  # no upper end known yet: doubling
     return lo
 
 

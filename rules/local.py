@@ -216,12 +216,21 @@ def feature_norm(ctx: OpContext) -> Transfer:
     y_lo, y_hi, var_lo = normalized_interval(lo.reshape(view), hi.reshape(view), eps)
     weight = ctx.arg("weight", None, None)
     gamma = float(weight.detach().abs().max()) if weight is not None else 1.0
-    scale = gamma / math.sqrt(float(var_lo.min()) + eps)
+    scale = gamma / _region_divisor(ctx, float(var_lo.min()) + eps)
     if ctx.norm == 2:
         return Transfer(gains=(certified(scale, "max|γ|/√(var_min+ε)"),))
     m = view[-1]
     rows = 2 * (1 - 1 / m) + float(torch.maximum(y_lo.abs(), y_hi.abs()).max())
     return Transfer(gains=(certified(scale * rows, "max|γ|/√(var_min+ε)·(2(1−1/m)+max|ŷ|)"),))
+
+
+def _region_divisor(ctx: OpContext, square: float) -> float:
+    """√square, the smallest divisor √(mean + ε) of a normalisation over the region; 0 (ε = 0 and a region reaching
+    a zero-variance input): x/‖x‖ has unbounded slope there."""
+    if not square > 0:
+        raise NotLipschitzError(f"{ctx.describe()} is not Lipschitz on the region: with eps = 0 its divisor "
+                                "√(mean + eps) reaches 0 there; shrink the region or use eps > 0")
+    return math.sqrt(square)
 
 
 def rms_norm(ctx: OpContext) -> Transfer:
@@ -232,6 +241,7 @@ def rms_norm(ctx: OpContext) -> Transfer:
     lo, hi = (b.reshape(view) for b in ctx.bounds[0])
     eps = rms_eps(ctx)
     r_lo = (rms_interval(lo, hi, eps)[2] + eps).sqrt()
+    _region_divisor(ctx, float(r_lo.min()) ** 2)
     weight = ctx.arg("weight", 2, None)
     w = weight.detach().to(F64).abs().reshape(n) if weight is not None else torch.ones(n, dtype=F64)
     if ctx.norm == 2:

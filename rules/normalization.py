@@ -28,6 +28,14 @@ def batch_norm(ctx: OpContext) -> Transfer:
                     affine=True, structure=ChannelScale(scale))
 
 
+def sqrt_eps(ctx: OpContext, eps: float) -> float:
+    """√ε of a normalisation's divisor √(· + ε); ε ≤ 0 leaves x/‖x‖ near 0 (slope → ∞ as ‖x‖ → 0)."""
+    if not eps > 0:
+        raise ctx.not_lipschitz(f"eps = {eps:g}: the normalisation divides by √(variance + eps), unbounded slope "
+                                "near inputs of zero variance (use eps > 0, or bound it on a region)")
+    return math.sqrt(eps)
+
+
 def feature_norm(ctx: OpContext) -> Transfer:
     """LayerNorm/GroupNorm/InstanceNorm: J = diag(γ)/σ_ε · P with P a contraction and σ_ε ≥ √ε, so
     L ≤ max|γ|/√ε (ℓ2), attained only near constant inputs: certified but loose."""
@@ -36,7 +44,7 @@ def feature_norm(ctx: OpContext) -> Transfer:
     eps = float(ctx.arg("eps", None, 1e-5))
     weight = ctx.arg("weight", None, None)
     gamma = float(weight.detach().abs().max()) if weight is not None else 1.0
-    return Transfer(gains=(certified(gamma / math.sqrt(eps), "max|γ|/√ε"),),
+    return Transfer(gains=(certified(gamma / sqrt_eps(ctx, eps), "max|γ|/√ε"),),
                     notes=("loose: the worst case is a near-constant input",))
 
 
@@ -74,7 +82,7 @@ def rms_norm(ctx: OpContext) -> Transfer:
     max|w|/√ε · :func:`rms_row_factor` (exact for n ≤ 4)."""
     weight = ctx.arg("weight", 2, None)
     w = float(weight.detach().abs().max()) if weight is not None else 1.0
-    scale = w / math.sqrt(rms_eps(ctx))
+    scale = w / sqrt_eps(ctx, rms_eps(ctx))
     if ctx.norm == 2:
         return Transfer(gains=(certified(scale, "max|w|/√ε", exact=True, margin=1e-12),))
     factor = rms_row_factor(rms_group(ctx)[-1])

@@ -189,6 +189,8 @@ def test_fuzz_local_bound_is_sound_and_below_global(seed):
         pytest.skip(f"refused: {exc}")
     global_ = lipgraph.analyze(model, x, lower=False, cache=False, quiet=True)
     assert local.bound.value <= global_.bound.value * (1 + 1e-9)
+    # ... before the global ceiling (region.within_global), else the line above holds by construction
+    assert not [note for note in local.notes if "is below the region's bound" in note]
     check_intervals(model, x, region, samples=16)
     gen = torch.Generator().manual_seed(seed)
     import copy
@@ -342,6 +344,24 @@ def test_certify_local_radii_are_larger_and_never_flip():
             d = d / d.norm(dim=1, keepdim=True) * cert.local_radii[k].float() * 0.999
             assert bool((model(x[k] + d).argmax(1) == y[k]).all())
     assert "local_radius" in cert.to_dict()
+
+
+def test_certify_local_radius_where_the_margin_is_constant_on_the_first_ball():
+    """Every ReLU is off near x: the local bound of f_y − f_j on the first ball is 0 (was a ZeroDivisionError).
+    The radius then grows by doubling while the bound certifies it, and no point inside flips the class."""
+    model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]]))
+        model[0].bias.fill_(-10.0)
+        model[2].weight.copy_(torch.tensor([[1.0, -1.0, 2.0], [0.0, 3.0, -1.0]]))
+        model[2].bias.copy_(torch.tensor([1.0, 0.0]))
+    x, y = torch.zeros(1, 2), torch.tensor([0])
+    cert = lipgraph.certify(model, x, y, local=True)
+    assert float(cert.local_radii[0]) > 4 * float(cert.radii[0]) > 0
+    d = torch.randn(2000, 2, generator=torch.Generator().manual_seed(0))
+    d = d / d.norm(dim=1, keepdim=True) * float(cert.local_radii[0]) * 0.999
+    with torch.no_grad():
+        assert bool((model(x + d).argmax(1) == 0).all())
 
 
 def test_certify_local_runs_on_an_executor():

@@ -132,9 +132,9 @@ def budget_seconds(budget: float | None, method: str) -> float | None:
     if budget is None:
         return BEST_SECONDS if method == "best" else None
     try:
-        value = float(budget)
+        value = math.nan if isinstance(budget, bool) else float(budget)
     except (TypeError, ValueError):
         value = math.nan
     if not value > 0:
-        raise InputError(f"budget must be a positive number of seconds (math.inf: no limit), got {budget!r}")
+        raise InputError(f"budget must be a positive number of seconds (inf: no limit), got {budget!r}")
     return None if math.isinf(value) else value

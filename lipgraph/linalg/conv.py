@@ -127,9 +127,11 @@ def lazy_conv_norm(weight: torch.Tensor, in_spatial: tuple[int, ...], **options)
     """:func:`conv_norm`, for p = 2 computed on first read (:class:`lipgraph.linalg.lazy.LazyBound`): a conv
     fused with the BatchNorm after it is bounded by the fused operator, and its own norm only shown. Its ``below``
     is the largest ratio ‖Cx‖/‖x‖ of ``BELOW_STEPS`` power steps (float32, less 1e-4 for rounding): ≤ ‖C‖, and
-    so ≤ the certified value."""
+    so ≤ the certified value. The weight is copied now: a norm read later is that of the weights analysed, even if
+    the caller changed them since (a training step, an in-place edit)."""
     if options.get("p", 2) != 2:
         return conv_norm(weight, in_spatial, **options)
+    weight = weight.detach().clone()
     geo = _geometry(weight, in_spatial, options.get("stride", 1), options.get("padding", 0),
                     options.get("dilation", 1), options.get("groups", 1), options.get("padding_mode", "zeros"),
                     options.get("transposed", False), options.get("output_padding", 0))

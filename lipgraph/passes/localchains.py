@@ -28,6 +28,7 @@ import torch
 from torch import fx
 
 from ..bound import Bound, Kind, certified
+from ..cache import tensor_digest
 from ..estimators import ESTIMATORS, DenseChain, EstimatorCatalogue
 from ..ir import LipGraph
 from ..bound import FLOAT_MARGIN
@@ -177,13 +178,10 @@ _MEMO_LOCK = threading.Lock()
 
 
 def _digest(*parts) -> bytes:
+    """One key for the vertex memo: the content digests of the tensors, the repr of the rest."""
     h = hashlib.blake2b(digest_size=20)
     for part in parts:
-        if isinstance(part, torch.Tensor):
-            h.update(str((part.dtype, tuple(part.shape))).encode())
-            h.update(bytes(part.detach().cpu().contiguous().view(torch.uint8).flatten().tolist()))
-        else:
-            h.update(repr(part).encode())
+        h.update((tensor_digest(part) if isinstance(part, torch.Tensor) else repr(part)).encode())
     return h.digest()
 
 

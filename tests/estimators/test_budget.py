@@ -50,15 +50,21 @@ def test_order_and_defaults() -> None:
     assert budget_seconds(7, "cp") == 7.0
 
 
-@pytest.mark.parametrize("bad", [0, -1.0, "soon", math.nan])
+@pytest.mark.parametrize("bad", [0, -1.0, "soon", math.nan, True])
 def test_bad_budget_is_an_input_error(bad) -> None:
     with pytest.raises(lipgraph.InputError, match="budget must be a positive number of seconds"):
         lipgraph.analyze(nn.Linear(2, 2), input_shape=(1, 2), method="best", budget=bad)
 
 
+def test_a_budget_for_a_method_without_estimators_is_noted() -> None:
+    report = lipgraph.analyze(nn.Linear(2, 2), input_shape=(1, 2), budget=5, lower=False, cache=False)
+    assert "budget has no effect: method 'autolip' runs no chain or block estimators" in report.notes
+
+
 def test_cli_budget_error(capsys, mlp_file) -> None:
-    assert main(["explain", str(mlp_file), "--method", "best", "--budget", "0"]) == 2
-    assert "budget must be a positive number of seconds" in capsys.readouterr().err
+    assert main(["explain", str(mlp_file), "--method", "best", "--budget", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "budget must be a positive number of seconds (inf: no limit), got -1.0" in err  # what the CLI takes
 
 
 def test_best_under_a_spent_budget_is_the_minimum_of_what_finished(monkeypatch) -> None:

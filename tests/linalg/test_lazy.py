@@ -94,3 +94,21 @@ def test_lazy_bound_pickles_as_its_value_and_checks_its_kind():
     wrong = LazyBound(lambda: lipgraph.bound.estimate(2.0, "test"))
     with pytest.raises(ValueError, match="lazy certified constant computed a estimate one"):
         float(wrong)
+
+
+def test_pending_norm_is_of_the_analysed_weights():
+    """A norm read after the analysis (the report's per-layer values) is that of the weights analysed, not of
+    weights the caller changed since (e.g. a training step): a later ×0.01 must not make it 100× too small."""
+    model, x = _conv_bn()
+    report = lipgraph.analyze(model, x, lower=False, cache=False, quiet=True)
+    pending = [n for n in report.tree.walk() if n.bound is not None and is_pending(n.bound)]
+    assert pending
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.mul_(0.01)
+    fresh = lipgraph.analyze(model, x, lower=False, cache=False, quiet=True)
+    for node in pending:
+        shown = node.bound.value
+        later = next(n for n in fresh.tree.walk() if n.path == node.path).bound.value
+        assert shown == pytest.approx(100 * later, rel=1e-6)

@@ -108,3 +108,22 @@ def test_functional_and_module_spellings_agree():
         a = lipgraph.analyze(model, x, norm=p, lower=False).bound.value
         b = lipgraph.analyze(Functional(), x, norm=p, lower=False).bound.value
         assert a == pytest.approx(b, rel=1e-12)
+
+
+@pytest.mark.parametrize("layer, norm", [(nn.RMSNorm(4, eps=0.0), 2), (nn.RMSNorm(4, eps=0.0), "inf"),
+                                         (nn.LayerNorm(4, eps=0.0), 2)])  # LayerNorm has no global ℓ∞ rule
+def test_zero_eps_is_refused_as_not_lipschitz(layer, norm):
+    """eps = 0: x / √(mean x²) has unbounded slope near 0 (was a RuleError wrapping a ZeroDivisionError)."""
+    model = nn.Sequential(nn.Linear(4, 4), layer)
+    with pytest.raises(lipgraph.NotLipschitzError, match=r"is not globally Lipschitz: eps = 0: the normalisation"):
+        lipgraph.analyze(model, torch.randn(1, 4), norm=norm, lower=False, quiet=True, cache=False)
+
+
+@pytest.mark.parametrize("norm", [1, 2, "inf"])
+@pytest.mark.parametrize("layer", [nn.RMSNorm(4, eps=0.0), nn.LayerNorm(4, eps=0.0)])
+def test_zero_eps_on_a_region_holding_a_zero_variance_input_is_refused(layer, norm):
+    """Before: RMSNorm gave an 'unbounded' bound said to come from 'ops that have no rule', LayerNorm a RuleError
+    wrapping a ZeroDivisionError."""
+    with pytest.raises(lipgraph.NotLipschitzError, match="is not Lipschitz on the region: with eps = 0"):
+        lipgraph.analyze(layer, torch.zeros(1, 4), norm=norm, lower=False, quiet=True, cache=False,
+                         region=lipgraph.Ball(None, 0.1, norm=norm))
