@@ -61,7 +61,8 @@ class LazyFormulas:
 def build_tree(lg: LipGraph, calls: dict[Scope, ModuleCall], total: Bound, norm: float
                ) -> tuple[ReportNode, LazyFormulas]:
     """The report's tree and its formulas, built on first use (every node's ``expr``; merges also get their display
-    formula), from the records and ``calls`` (:func:`lipgraph.passes.calls.module_calls`); ``total`` is the model's bound."""
+    formula), from the records and ``calls`` (:func:`lipgraph.passes.calls.module_calls`); ``total`` is the model's
+    bound."""
     order = {n: i for i, n in enumerate(calls[()].nodes)}
     instances = {scope: call.nodes for scope, call in calls.items()}
 
