@@ -11,6 +11,7 @@ from lipgraph.estimators.dcp import Conv2dSpec
 from lipgraph.estimators.residual_conv import ConvResidualBlock, residual_fft, torus_sizes
 from lipgraph.linalg import conv_norm
 
+from tests.estimators.test_residual_pair import attained_norm
 from tests.fixtures.zoo import BasicBlock, _randomise_bn
 
 
@@ -32,13 +33,7 @@ def _attained(b: BasicBlock, shape: tuple[int, ...], points: int = 40) -> float:
     def f(x):
         out = b.bn2(b.conv2(b.relu(b.bn1(b.conv1(x)))))
         return out + (x if b.downsample is None else b.downsample(x))
-    g = torch.Generator().manual_seed(0)
-    best = 0.0
-    for _ in range(points):
-        x = torch.randn(1, *shape, generator=g, dtype=torch.float64)
-        J = torch.autograd.functional.jacobian(f, x).reshape(-1, x.numel())
-        best = max(best, float(torch.linalg.matrix_norm(J, 2)))
-    return best
+    return attained_norm(f, shape, points)
 
 
 @pytest.mark.parametrize("cin,cout,stride,hw", [(2, 2, 1, 5), (2, 3, 2, 6), (3, 3, 1, 4), (2, 4, 2, 5)])

@@ -40,7 +40,8 @@ def _pre_activation(b: BasicBlock):
     return f
 
 
-def _attained(f, shape: tuple[int, ...], points: int = 30) -> float:
+def attained_norm(f, shape: tuple[int, ...], points: int = 30) -> float:
+    """max over random float64 points x (batch 1) of ‖J_f(x)‖₂: a lower bound on f's Lipschitz constant."""
     g = torch.Generator().manual_seed(0)
     best = 0.0
     for _ in range(points):
@@ -74,7 +75,7 @@ def test_two_blocks_jointly_sound_and_below_the_product(seed: int, trained: bool
     pair = composed_bound([net_a, net_b], [RELU]).value
     with torch.no_grad():
         single_a, single_b = joint_bound(net_a).value, joint_bound(net_b).value
-    attained = _attained(lambda x: _pre_activation(b)(torch.relu(_pre_activation(a)(x))), (2, 5, 5))
+    attained = attained_norm(lambda x: _pre_activation(b)(torch.relu(_pre_activation(a)(x))), (2, 5, 5))
     assert attained * (1 - 1e-9) <= pair <= single_a * single_b * (1 + 0.05)
     assert attained <= single_a * single_b
 
@@ -127,7 +128,7 @@ def test_three_conv_branches_are_sound(cls, shape) -> None:
     torch.manual_seed(0)
     block = _randomise_bn(cls()).double().eval() if cls is _Bottleneck else cls().double().eval()
     bound = joint_bound(block.net(shape)).value
-    assert bound >= _attained(block, shape) * (1 - 1e-9)
+    assert bound >= attained_norm(block, shape) * (1 - 1e-9)
 
 
 def test_infeasible_multipliers_and_low_rho_are_rejected() -> None:
