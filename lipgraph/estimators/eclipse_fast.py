@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from lipgraph.estimators import DenseChain
-from lipgraph.estimators.recertify import InfeasibleMultipliers, reduce_input
+from lipgraph.estimators.recertify import InfeasibleMultipliers
 
 #: t is capped so that 1 + 2at ≥ 1 − 0.99 (a < 0) and r ≥ 1e-3·|m| (a linear activation would give t = ∞)
 SAFETY = 0.99
@@ -61,7 +61,7 @@ def normalised_to_multipliers(weights: tuple[torch.Tensor, ...], Y: torch.Tensor
 
 
 def reduced_weights(chain: DenseChain) -> tuple[torch.Tensor, ...]:
-    return (reduce_input(chain.weights[0]).weight,) + tuple(chain.weights[1:])
+    return (chain.reduced_input.weight,) + tuple(chain.weights[1:])
 
 
 def fast_multipliers(chain: DenseChain) -> list[torch.Tensor]:

@@ -207,7 +207,7 @@ def recertify(chain: DenseChain, multipliers: Sequence[torch.Tensor], method: st
     Raises :class:`InfeasibleMultipliers` when −H is not positive definite, i.e. this T proves nothing.
     """
     mults = _check_multipliers(chain, multipliers)
-    reduced = reduce_input(chain.weights[0])
+    reduced = chain.reduced_input
     weights = (reduced.weight,) + tuple(chain.weights[1:])
     rho = schur_rho(weights, chain.slopes, mults)
     inner = max(chain.widths)
