@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from lipgraph.estimators import DenseChain
+from lipgraph.estimators.budget import BudgetExpired, expired
 from lipgraph.estimators.recertify import InfeasibleMultipliers
 
 #: t is capped so that 1 + 2at ≥ 1 − 0.99 (a < 0) and r ≥ 1e-3·|m| (a linear activation would give t = ∞)
@@ -65,11 +66,15 @@ def reduced_weights(chain: DenseChain) -> tuple[torch.Tensor, ...]:
 
 
 def fast_multipliers(chain: DenseChain) -> list[torch.Tensor]:
-    """ECLipsE-Fast's multipliers T_k = ρλ_k I (closed form, module docstring)."""
+    """ECLipsE-Fast's multipliers T_k = ρλ_k I (closed form, module docstring); as the start of a costlier
+    estimator, :class:`~.budget.BudgetExpired` at a stage past the analysis's deadline (never within ECLipsE-Fast
+    itself, a cheap estimator: :func:`~.budget.expired`)."""
     weights = reduced_weights(chain)
     Y = torch.eye(weights[0].shape[1], dtype=torch.float64, device=weights[0].device)
     lams = []
     for W, slope in zip(weights, chain.slopes):
+        if expired():
+            raise BudgetExpired
         lams.append(fast_stage(Y, W, slope))
         Y = next_stage(Y, W, lams[-1], slope)
     return normalised_to_multipliers(weights, Y, lams)

@@ -261,7 +261,10 @@ def lipsdp_conv(conv, seconds: float = PASS_SECONDS) -> Bound:
     multipliers do not verify (unless the budget's deadline has passed and it is not computed yet)."""
     from lipgraph.estimators.eclipse import conv_eclipse_fast, conv_fast_multipliers
 
-    chain, fast = conv.to_dense(), conv_fast_multipliers(conv)
+    chain = conv.to_dense()
+    if expired():  # the budget's deadline passed while the layers were materialised
+        raise BudgetExpired
+    fast = conv_fast_multipliers(conv)
     dtype = torch.float32 if max(chain.widths[1:-1]) > SCHUR_WIDTH else torch.float64
     T = first_order_multipliers(chain, fast, operators=OperatorChain.from_conv(conv, dtype=dtype), seconds=seconds)
     try:

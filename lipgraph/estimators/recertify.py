@@ -152,11 +152,12 @@ def reduce_input(W0: torch.Tensor) -> ReducedInput:
         return ReducedInput(W0, 1.0)
     R = torch.linalg.qr(W0.T, mode="r").R  # n1 × n1, W0ᵀ = Q R
     gram_R, gram_W = R.T @ R, W0 @ W0.T
+    abs_R, abs_W = R.abs().T @ R.abs(), W0.abs() @ W0.abs().T
     inner = max(n0, n1)
     for eps in REDUCTION_SLACK:
         factor = (1.0 + eps) ** 2
         diff = factor * gram_R - gram_W
-        err = _forming_error(factor * (R.abs().T @ R.abs()) + W0.abs() @ W0.abs().T, inner)
+        err = _forming_error(factor * abs_R + abs_W, inner)
         if verified_psd(diff, err):
             return ReducedInput(R.T.contiguous(), factor)
     return ReducedInput(W0, 1.0)
