@@ -126,6 +126,27 @@ def test_not_lipschitz(fixture, key: str, why: str) -> None:
     assert "proxy.py" not in msg
 
 
+class _Exponential(nn.Module):
+    def forward(self, x):
+        return 2 ** x
+
+
+def exponential():
+    return _Exponential(), torch.ones(1, 3)
+
+
+@pytest.mark.parametrize("fixture, product", [(attention_like, True), (product_of_branches, True),
+                                              (division_by_branch, True), (exponential, False)])
+def test_not_lipschitz_hint_names_products_only_for_products(fixture, product: bool) -> None:
+    model, x = fixture()
+    with pytest.raises(lipgraph.NotLipschitzError) as info:
+        lipgraph.analyze(model, x)
+    msg = str(info.value)
+    assert ("A product or quotient of two input-dependent tensors" in msg) is product, msg
+    assert product or "Bound the input domain or replace the op by a Lipschitz one." in msg
+    assert "lipgraph explain MODEL --box 0,1" in msg
+
+
 def test_not_lipschitz_also_with_unsupported_inf() -> None:
     """unsupported='inf' covers missing rules, never ops known to have no global constant."""
     model, x = product_of_branches()

@@ -18,7 +18,7 @@ from torch import fx
 from ..bound import unbounded
 from ..cache import layer_label
 from ..errors import LipgraphError, NormNotSupported, NotLipschitzError, RuleError, UnsupportedOpsError
-from ..hints import REGION_HINT
+from ..hints import PRODUCT_HINT, REGION_HINT
 from ..ir import LipGraph, map_args, op_spelling
 from ..linalg.lazy import force_all
 from ..linalg.parallel import parallel_map
@@ -72,7 +72,7 @@ def annotate(lg: LipGraph, registry: Registry, norm: float = 2, unsupported: str
                 outcome, record(node).seconds = next(pooled) if _thread_safe(rule) else _apply((node, rule, ctx))
             bar.advance(record(node).path)
             if isinstance(outcome, NotLipschitzError):
-                not_lipschitz.append(f"  - {outcome}{_at(node)}")
+                not_lipschitz.append((outcome, node))
             elif isinstance(outcome, NormNotSupported):
                 missing.append(node)
             elif isinstance(outcome, LipgraphError):
@@ -91,14 +91,14 @@ def annotate(lg: LipGraph, registry: Registry, norm: float = 2, unsupported: str
             _prefetch_fused_norms(lg, norm, bar)
 
 
-def _raise_problems(lg: LipGraph, not_lipschitz: list[str], missing: list[fx.Node], unsupported: str,
-                    norm: float, registry: Registry) -> None:
+def _raise_problems(lg: LipGraph, not_lipschitz: list[tuple[NotLipschitzError, fx.Node]], missing: list[fx.Node],
+                    unsupported: str, norm: float, registry: Registry) -> None:
     if not_lipschitz:
+        hint = (PRODUCT_HINT if any(error.product for error, _ in not_lipschitz)
+                else "Bound the input domain or replace the op by a Lipschitz one.")
         raise NotLipschitzError(
-            "the network is not globally Lipschitz, so no finite bound exists:\n" + "\n".join(not_lipschitz)
-            + "\nA product or quotient of two input-dependent tensors (gating, dot-product attention, "
-              "normalising by a branch) can grow without limit; bound the input domain or replace the op "
-              "by a Lipschitz variant (e.g. L2 attention, Kim et al. 2021).\n" + REGION_HINT)
+            "the network is not globally Lipschitz, so no finite bound exists:\n"
+            + "\n".join(f"  - {error}{_at(node)}" for error, node in not_lipschitz) + f"\n{hint}\n" + REGION_HINT)
     if missing and unsupported == "error":
         raise UnsupportedOpsError(_unsupported_message(lg, missing, norm, registry), missing)
 
@@ -111,7 +111,7 @@ def _check_coverage(lg: LipGraph, plan: list, early: dict, unsupported: str, nor
     not_lipschitz = []
     for node, (outcome, _) in early.items():
         if isinstance(outcome, NotLipschitzError):
-            not_lipschitz.append(f"  - {outcome}{_at(node)}")
+            not_lipschitz.append((outcome, node))
         elif isinstance(outcome, NormNotSupported):
             missing.append(node)
     order = {node: i for i, (node, _, _) in enumerate(plan)}
