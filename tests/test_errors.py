@@ -102,6 +102,17 @@ def test_unsupported_inf_gives_an_unbounded_report_with_marked_nodes() -> None:
     assert d["bound"] is None and d["kind"] == "unbounded"
 
 
+def test_a_rule_that_declines_says_why() -> None:
+    """A rule with no constant for this case (LayerNorm in ℓ∞) is listed as an op without a rule, with its reason."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    with pytest.raises(lipgraph.UnsupportedOpsError) as info:
+        lipgraph.analyze(model, torch.randn(1, 4), norm=math.inf, lower=False)
+    lines = str(info.value).splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith("  - layer_norm"))
+    assert lines[row + 1].strip().startswith("its rule has no constant here: ")
+    assert lines[row + 1].endswith("only the ℓ2 bound is implemented")
+
+
 def test_unsupported_mode_is_validated() -> None:
     model, x = tiny_mlp()
     with pytest.raises(lipgraph.LipgraphError, match="unsupported"):
