@@ -393,6 +393,8 @@ def dcp(chain: ConvChain, *, estimator: str | None = None, max_piece: int = MAX_
     K = len(chain.layers)
     start = time.perf_counter()
     blocks: dict[tuple[int, int], BlockBound] = {}
+    if expired():  # started past the deadline (a cheap earlier run lets it start): nothing to materialise
+        raise BudgetExpired
     if K > 1 and (max_block or K) >= K:  # the whole chain untiled first: cheap, and often the best single block
         whole = whole_block_bound(chain, 0, K)
         if whole is not None:
