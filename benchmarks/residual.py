@@ -198,7 +198,8 @@ def budget_table(commit: str, cap: float) -> str:
              f"({_load()}) |",
              f"| before / after | {ratio} | |",
              f"| cp / after | {cp.bound.value / after.bound.value:.4g} | |"]
-    notes = [f"- {n}" for chain in after.chains for n in chain.notes if "budget" in n or "stopped" in n]
+    said = [n for chain in after.chains for n in chain.notes] + [n for node in after.tree.walk() for n in node.notes]
+    notes = [f"- {n}" for n in dict.fromkeys(said) if "budget" in n or "stopped" in n]
     seconds = [f"{name} {s:.3g}" for chain in after.chains for name, s in chain.seconds.items() if s > 1]
     text = "\n".join(lines) + "\n\nPer-estimator seconds > 1 s (chains, in order): " + ", ".join(seconds)
     text += "\n\nThe budget's notes:\n" + "\n".join(notes) + "\n"

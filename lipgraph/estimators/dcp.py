@@ -355,7 +355,7 @@ def whole_block_bound(chain: ConvChain, i: int, j: int) -> BlockBound | None:
     if max(math.prod(shape) for shape in chain.shapes[i:j + 1]) > limit:
         return None
     if (i, j) == (0, len(chain.layers)):  # shared with lipsdp-conv's fallback: computed once per chain
-        from lipgraph.estimators.eclipse import conv_eclipse_fast
+        from lipgraph.estimators.lipsdp_fo import conv_eclipse_fast
 
         dense = chain.to_dense()
         bounds = {"eclipse-fast": conv_eclipse_fast(chain), "cp": CHAIN_ESTIMATORS["cp"].fn(dense)}

@@ -83,20 +83,6 @@ def eclipse_fast(chain: DenseChain) -> Bound:
     return certify_multipliers(chain, [fast_multipliers(chain)], "eclipse-fast")
 
 
-def conv_fast_multipliers(conv) -> list[torch.Tensor]:
-    """ECLipsE-Fast's multipliers of a DCP ``ConvChain`` on its whole maps, once per chain (``conv.cached``)."""
-    return conv.cached("eclipse-fast multipliers", lambda: fast_multipliers(conv.to_dense()))
-
-
-def conv_eclipse_fast(conv) -> Bound:
-    """ECLipsE-Fast of a DCP ``ConvChain`` on its whole maps, re-certified, once per chain: DCP's untiled
-    whole-chain bound and lipsdp-conv's fallback share it."""
-    from lipgraph.estimators.lipsdp_fo import certify_multipliers
-
-    return conv.cached("eclipse-fast", lambda: certify_multipliers(conv.to_dense(), [conv_fast_multipliers(conv)],
-                                                                   "eclipse-fast"))
-
-
 def eclipse(chain: DenseChain) -> Bound:
     """ECLipsE (per-layer SDPs), re-certified (dense or block-tridiagonal certificate); a T that does not verify
     is repaired towards Fast's T (dense) or replaced by it."""

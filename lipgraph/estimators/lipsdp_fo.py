@@ -252,15 +252,27 @@ def lipsdp_first_order(chain: DenseChain, *, steps: int = STEPS, seconds: float 
 PASS_SECONDS = 60.0
 
 
+def conv_fast_multipliers(conv) -> list[torch.Tensor]:
+    """ECLipsE-Fast's multipliers of a DCP ``ConvChain`` on its whole maps, once per chain (``conv.cached``)."""
+    from lipgraph.estimators.eclipse_fast import fast_multipliers
+
+    return conv.cached("eclipse-fast multipliers", lambda: fast_multipliers(conv.to_dense()))
+
+
+def conv_eclipse_fast(conv) -> Bound:
+    """ECLipsE-Fast of a DCP ``ConvChain`` on its whole maps, re-certified, once per chain: DCP's untiled
+    whole-chain bound and lipsdp-conv's fallback share it."""
+    return conv.cached("eclipse-fast", lambda: certify_multipliers(conv.to_dense(), [conv_fast_multipliers(conv)],
+                                                                   "eclipse-fast"))
+
+
 def lipsdp_conv(conv, seconds: float = PASS_SECONDS) -> Bound:
     """LipSDP-Neuron on a DCP ``ConvChain`` too large for the dense estimators: the layers are materialised once
     (float64, for the certificate), the multipliers optimised by the Schur recursion on the conv operators
     (``operator-schur``; float32 above :data:`SCHUR_WIDTH` neurons per layer), warm-started from ECLipsE-Fast, and
     certified in float64 (block-tridiagonal above LMI side :data:`DENSE_CERTIFICATE`); never above ECLipsE-Fast
-    (:func:`~.eclipse.conv_eclipse_fast`, computed once per chain with DCP): its bound when the optimised
+    (:func:`conv_eclipse_fast`, computed once per chain with DCP): its bound when the optimised
     multipliers do not verify (unless the budget's deadline has passed and it is not computed yet)."""
-    from lipgraph.estimators.eclipse import conv_eclipse_fast, conv_fast_multipliers
-
     chain = conv.to_dense()
     if expired():  # the budget's deadline passed while the layers were materialised
         raise BudgetExpired
