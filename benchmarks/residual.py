@@ -180,13 +180,16 @@ def budget_table(commit: str, cap: float) -> str:
 
     model, x = four_block_resnet()
     auto, s_auto = _analyze(model, x, "autolip", residual=False)
+    print(f"AutoLip {auto.bound.value:.5g} in {s_auto:.3g} s", flush=True)
     start = time.perf_counter()
     low = lipgraph.lower_bound(model, x, starts=4, steps=30).value
     s_low = time.perf_counter() - start
     cp, s_cp = _analyze(model, x, "cp", residual=True)
     load_cp = _load()
+    print(f"lower {low:.4g} in {s_low:.3g} s; cp {cp.bound.value:.5g} in {s_cp:.3g} s", flush=True)
     before, before_text = best_at_commit(commit, model, cap)
     load_before = _load()
+    print(f"best at {commit}: {before_text}", flush=True)
     after, s_after = _analyze(model, x, "best", residual=True)
     ratio = f"{before / after.bound.value:.3g}×" if before is not None else "—"
     lines = ["| 4-block ResNet 16x16 | value | seconds (load after) |", "|---|---|---|",

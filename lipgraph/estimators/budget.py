@@ -18,8 +18,9 @@ records its run after. The budget spends its time by measured tightness per seco
 
 **A deadline, checked cooperatively.** A running estimator has a deadline: the end of its share (chain
 estimators) or of the budget (block estimators); none for :data:`CHEAP_NAMES`, which are never cut. The long
-estimators call :func:`expired` once per iteration (an optimiser's function evaluation, an ECLipsE stage, a
-search step of a frequency LMI, a DCP piece, a SeqLip enumeration batch). Past the deadline, an iterative solver
+estimators call :func:`expired` once per iteration (an optimiser's function evaluation, an ECLipsE or
+ECLipsE-Fast stage, a step of the exact input reduction, a coordinate of a block pair's multiplier search, a DCP
+block or piece, a SeqLip enumeration prefix; docs/residual.md). Past the deadline, an iterative solver
 stops and its best point so far goes through the same rigorous certificate as a finished run's (a result that
 does not verify is dropped, never trusted); a solver stopped before it had any point, or a loop whose partial
 work bounds nothing (DCP's pieces), raises :class:`BudgetExpired` and contributes nothing. So the total overruns
