@@ -196,7 +196,8 @@ def timed(name: str, compute: Callable[[], Bound | None], previous: float) -> Ou
     if run is not None and run.stopped:
         kept = ("its best point so far was certified" if finished and bound is not None
                 and bound.kind is Kind.CERTIFIED else "nothing certified from it")
-        notes.append(f"{name}: stopped at the budget's deadline ({budget.seconds:g} s) after {seconds:.3g} s; {kept}")
+        notes.append(f"{name}: stopped at the budget's deadline ({run.deadline - budget.start:.3g} s into "
+                     f"{budget.seconds:g} s) after {seconds:.3g} s; {kept}")
     certified = bound.value if finished and bound is not None and bound.kind is Kind.CERTIFIED else None
     spent(name, seconds, certified, previous)
     return Outcome(finished, bound, seconds, notes)

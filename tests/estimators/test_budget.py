@@ -169,7 +169,7 @@ def test_an_estimator_stopped_before_any_point_contributes_nothing() -> None:
             b.spent(name, 0.0, None, math.inf)  # its last run was cheap: it starts whatever is left
             outcome = budget.timed(name, compute, math.inf)
             assert not outcome.finished and outcome.bound is None
-            assert outcome.notes == [f"{name}: stopped at the budget's deadline (1 s) after "
+            assert outcome.notes == [f"{name}: stopped at the budget's deadline (0.5 s into 1 s) after "
                                      f"{outcome.seconds:.3g} s; nothing certified from it"]
         cheap = budget.timed("eclipse-fast", lambda: eclipse_fast(chain), math.inf)  # never cut
     assert cheap.finished and cheap.notes == [] and b.deadline("cp") == math.inf
