@@ -88,7 +88,7 @@ def eclipse(chain: DenseChain) -> Bound:
     is repaired towards Fast's T (dense) or replaced by it."""
     from lipgraph.estimators.lipsdp_fo import certify_multipliers
 
-    fast = fast_multipliers(chain)
+    fast = fast_multipliers(chain, stoppable=True)
     return certify_multipliers(chain, [eclipse_multipliers(chain), fast], "eclipse", fallback=fast)
 
 

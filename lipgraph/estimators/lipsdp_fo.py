@@ -243,7 +243,7 @@ def lipsdp_first_order(chain: DenseChain, *, steps: int = STEPS, seconds: float 
 
     if len(chain.weights) == 1:
         return best_recertified(chain, [[]], "lipsdp-neuron (first-order)")
-    fast = fast_multipliers(chain)
+    fast = fast_multipliers(chain, stoppable=True)
     T = first_order_multipliers(chain, fast, mode=mode, steps=steps, seconds=seconds)
     return certify_multipliers(chain, [T, fast], "lipsdp-neuron (first-order)", fallback=fast)
 
@@ -256,7 +256,7 @@ def conv_fast_multipliers(conv) -> list[torch.Tensor]:
     """ECLipsE-Fast's multipliers of a DCP ``ConvChain`` on its whole maps, once per chain (``conv.cached``)."""
     from lipgraph.estimators.eclipse_fast import fast_multipliers
 
-    return conv.cached("eclipse-fast multipliers", lambda: fast_multipliers(conv.to_dense()))
+    return conv.cached("eclipse-fast multipliers", lambda: fast_multipliers(conv.to_dense(), stoppable=True))
 
 
 def conv_eclipse_fast(conv) -> Bound:

@@ -16,6 +16,7 @@ from lipgraph.estimators import budget, lipsdp_fo
 from lipgraph.estimators.budget import Budget, budget_seconds, order
 from lipgraph.estimators.dcp import ConvChain, dcp
 from lipgraph.estimators.eclipse import eclipse, eclipse_fast
+from lipgraph.estimators.sdp import lipsdp
 from tests.estimators.nets import chain_of, mlp
 from tests.estimators.test_residual_pair import attained_norm
 
@@ -157,8 +158,8 @@ def test_first_order_solver_stops_at_the_deadline_and_its_point_is_certified(mon
 
 
 def test_an_estimator_stopped_before_any_point_contributes_nothing() -> None:
-    model = mlp((5, 12, 12, 3), seed=4)
-    chain = chain_of(model, 5)
+    model = mlp((15, 12, 12, 3), seed=4)  # 15 inputs > 12: the input reduction runs (and may stop) too
+    chain = chain_of(model, 15)
     conv = ConvChain.from_sequential(nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(),
                                                    nn.Conv2d(2, 2, 3, padding=1)).double(), (1, 4, 4))
     with _fake_spending("none", 1.0) as b:
@@ -172,7 +173,12 @@ def test_an_estimator_stopped_before_any_point_contributes_nothing() -> None:
             assert outcome.notes == [f"{name}: stopped at the budget's deadline (0.5 s into 1 s) after "
                                      f"{outcome.seconds:.3g} s; nothing certified from it"]
         cheap = budget.timed("eclipse-fast", lambda: eclipse_fast(chain), math.inf)  # never cut
+        b.spent("lipsdp-layer", 0.0, None, math.inf)
+        solved = budget.timed("lipsdp-layer", lambda: lipsdp(chain, per_neuron=False), math.inf)
     assert cheap.finished and cheap.notes == [] and b.deadline("cp") == math.inf
+    # one interior-point solve has no iteration to stop at; its ECLipsE-Fast fallback and its certificate (input
+    # reduction included) never stop it: a finished solve is certified, not dropped
+    assert solved.finished and solved.bound.kind is lipgraph.Kind.CERTIFIED and solved.notes == []
 
 
 def test_best_with_an_estimator_stopped_is_certified_and_never_above_cp(monkeypatch) -> None:
