@@ -157,9 +157,9 @@ def test_eclipse_fast_is_computed_once_per_conv_chain(monkeypatch) -> None:
     calls = []
     original = eclipse_fast.fast_multipliers
 
-    def counted(chain):
+    def counted(chain, **options):
         calls.append(chain.widths)
-        return original(chain)
+        return original(chain, **options)
     for module in (eclipse, eclipse_fast):
         monkeypatch.setattr(module, "fast_multipliers", counted)
     by_dcp = dcp(conv, estimator="eclipse-fast", workers=1, max_piece=60)  # pieces smaller than the chain
