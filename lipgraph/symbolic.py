@@ -306,8 +306,9 @@ class _Builder:
         for a joint op on disjoint selections (:func:`~lipgraph.passes.autolip.joint_shortcut`) its members are the
         ops of its branches and its fallback max_i g_i·L_i over their constants."""
         path = record(n).path
-        split = joint_split(n) if shortcut.label in ("joint", "joint-branches") else None
-        members = [m for branch in split.branches for m in branch] if split is not None else []
+        split = joint_split(n) if record(n).transfer.joint and len(record(n).inputs) > 1 else None
+        members = ([m for branch in split.branches for m in branch]
+                   if split is not None and shortcut.label == split.label else [])
         return self._constant(f"{path}({shortcut.label})", shortcut.bound.value,
                               (*dict.fromkeys(record(m).path for m in members), path),
                               any(_weighted(self.lg, m) for m in members), self.order[n],

@@ -91,6 +91,8 @@ def test_concat_of_a_half_and_a_linear_map_of_the_other_is_the_larger_norm(scale
         assert report.find("cat").bound.method == "autolip+joint-branches"
         assert report.find("cat").formula  # shown: min(generic, L(cat(joint-branches)))
         assert report.formulas.evaluate(report.tree.expr) == pytest.approx(report.bound.value, rel=1e-12)
+        assert report.with_constant("f", 3.0).bound.value == pytest.approx(3.0)  # what-if: max(1, 3), not √10
+        assert report.top()[0].name == "cat(joint-branches)"  # the constant the bound is read from
 
 
 @pytest.mark.parametrize("kind", ["both", "maximum", "nested"])

@@ -71,7 +71,7 @@ def joint_shortcut(node: fx.Node, bounds: Mapping[fx.Node, Bound], entry: Mappin
              for u, pieces, branch in zip(record(node).inputs, split.pieces, split.branches)]
     reason = "disjoint selections" if split.plain else "disjoint selections through branches"
     gain = combine(list(zip(transfer.gains, inner)), math.inf, method=reason)
-    return [Shortcut(split.first, gain, "joint" if split.plain else "joint-branches")]
+    return [Shortcut(split.first, gain, split.label)]
 
 
 def add_shortcut(node: fx.Node, first: fx.Node, bound: Bound, label: str) -> None:

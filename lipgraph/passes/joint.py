@@ -40,6 +40,11 @@ class JointSplit:
         """Every input is itself a selection of ``source``."""
         return not any(self.branches)
 
+    @property
+    def label(self) -> str:
+        """The shortcut's label: the node's bound reads ``autolip+joint`` or ``autolip+joint-branches``."""
+        return "joint" if self.plain else "joint-branches"
+
 
 class _Later:
     """Heap entry ordering nodes latest first (fx nodes compare by their position in the graph)."""
