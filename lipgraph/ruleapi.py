@@ -229,8 +229,9 @@ class OpContext:
         where = f" in {self.path}" if self.path else ""
         return f"op {self.key!r} (node {self.name}{where})"
 
-    def not_lipschitz(self, why: str) -> NotLipschitzError:
-        return NotLipschitzError(f"{self.describe()} is not globally Lipschitz: {why}")
+    def not_lipschitz(self, why: str, *, product: bool = False) -> NotLipschitzError:
+        """The error for this op; ``product``: it multiplies or divides input-dependent tensors."""
+        return NotLipschitzError(f"{self.describe()} is not globally Lipschitz: {why}", product=product)
 
 
 def _cast(obj: Any, dtype: torch.dtype) -> Any:
