@@ -46,18 +46,6 @@ class JointSplit:
         return "joint" if self.plain else "joint-branches"
 
 
-class _Later:
-    """Heap entry ordering nodes latest first (fx nodes compare by their position in the graph)."""
-
-    __slots__ = ("node",)
-
-    def __init__(self, node: fx.Node) -> None:
-        self.node = node
-
-    def __lt__(self, other: "_Later") -> bool:
-        return self.node > other.node
-
-
 def joint_split(node: fx.Node) -> JointSplit | None:
     """The :class:`JointSplit` of ``node``'s input-dependent inputs, or None when they are not functions of
     disjoint selections of one tensor; cached in its record's ``joint_split``."""
@@ -68,8 +56,10 @@ def joint_split(node: fx.Node) -> JointSplit | None:
 
 
 def _find(node: fx.Node) -> JointSplit | None:
+    """Walk up from the inputs (:func:`_labels`), then split each input's own nodes into pieces and branch."""
     inputs = record(node).inputs
-    labels = _labels(inputs)
+    position = {n: i for i, n in enumerate(node.graph.nodes)}
+    labels = _labels(inputs, position)
     if labels is None:
         return None
     source, labels = labels
@@ -82,7 +72,7 @@ def _find(node: fx.Node) -> JointSplit | None:
         own = [n for n, seen in labels.items() if seen == {i}]
         tops = tuple(n for n in own if any(len(labels[a]) > 1 for a in record(n).inputs))
         pieces.append(tops)
-        branches.append(tuple(sorted(n for n in own if n not in tops)))  # fx nodes compare by graph position
+        branches.append(tuple(sorted((n for n in own if n not in tops), key=position.__getitem__)))
     path = injective_selection(node.graph.owning_module, source, [t for ts in pieces for t in ts],
                                lambda n: record(n).key)
     if not path or record(path[0]).inputs[:1] != [source]:
@@ -90,21 +80,25 @@ def _find(node: fx.Node) -> JointSplit | None:
     return JointSplit(source, path[0], tuple(pieces), tuple(branches))
 
 
-def _labels(inputs: list[fx.Node]) -> tuple[fx.Node, dict[fx.Node, set[int]]] | None:
+def _labels(inputs: list[fx.Node], position: dict[fx.Node, int]) -> tuple[fx.Node, dict[fx.Node, set[int]]] | None:
     """Walk up from ``inputs``, latest node first, marking each node with the inputs it reaches: the nearest node
     every path from the network input to them passes through (the walk's frontier shrinks to it) that is not a
     selection, with the marks of the nodes below it; None when the walk meets the network input first or a node
     two inputs share that is not a selection (the inputs then depend on common values by other routes)."""
     labels: dict[fx.Node, set[int]] = {}
-    heap: list[_Later] = []
+    heap: list[tuple[int, fx.Node]] = []  # (-position, node): the latest node first
+
+    def visit(a: fx.Node, marks: set[int]) -> None:
+        if a not in labels:
+            labels[a] = set()
+            heapq.heappush(heap, (-position[a], a))
+        labels[a] |= marks
+
     for i, u in enumerate(inputs):
-        if u not in labels:
-            labels[u] = set()
-            heapq.heappush(heap, _Later(u))
-        labels[u].add(i)
+        visit(u, {i})
     everyone = set(range(len(inputs)))
     while heap:
-        n = heap[0].node
+        n = heap[0][1]
         shared = len(labels[n]) > 1
         if len(heap) == 1 and labels[n] == everyone and record(n).key not in SELECTIONS:
             return n, labels
@@ -113,8 +107,5 @@ def _labels(inputs: list[fx.Node]) -> tuple[fx.Node, dict[fx.Node, set[int]]] | 
         if not deps or (shared and record(n).key not in SELECTIONS):
             return None
         for a in deps:
-            if a not in labels:
-                labels[a] = set()
-                heapq.heappush(heap, _Later(a))
-            labels[a] |= labels[n]
+            visit(a, labels[n])
     return None
