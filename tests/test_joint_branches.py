@@ -104,9 +104,11 @@ def test_branches_on_both_halves_are_sound_and_tight_for_linear_ones(kind: str, 
     assert report.bound.value >= attained * (1 - SLACK)
     split = joint_split(next(n for n in report_graph(model, x, p) if record(n).key in ("cat", "maximum")))
     assert split is not None and not split.plain
-    if kind == "both":  # cat(g(a), f(relu(b))): max(‖g‖, ‖f‖) = ‖f‖ in ℓ2, attained where relu passes b
-        assert report.bound.value <= max(op_norm(model.f.weight.detach().double(), p),
-                                         op_norm(model.g.weight.detach().double(), p)) * (1 + 1e-5)
+    norm = {name: op_norm(layer.weight.detach().double(), p) for name, layer in model.named_children()}
+    if kind in ("both", "maximum"):  # cat(g(a), f(relu(b))), max(g(a), f(b)): max(‖g‖, ‖f‖)
+        assert report.bound.value <= max(norm["f"], norm["g"]) * (1 + 1e-5)
+    if kind == "nested":  # cat(a, cat(h(d), −c)), (c, d) the halves of g(b): max(1, ‖g‖·max(‖h‖, 1))
+        assert report.bound.value <= max(1.0, norm["g"] * max(norm["h"], 1.0)) * (1 + 1e-5)
 
 
 def report_graph(model: nn.Module, x: torch.Tensor, p: float) -> list:
@@ -135,6 +137,25 @@ def test_inputs_reading_the_source_by_another_route_keep_the_generic_bound(kind:
     assert "joint" not in report.find(record(cat).path).bound.method
     if kind == "additive" and p == 2:
         assert dense_norm(model, x, p) > max(1.0, op_norm(model.f.weight.detach().double(), p)) * 1.01
+
+
+class TwoInputs(nn.Module):
+    """cat(half of x, f(y)): the second input of the cat reads another network input, not a piece of x."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.f = linear(4, 4, 2.0, 1)
+
+    def forward(self, x, y):
+        a, _ = x.chunk(2, dim=1)
+        return torch.cat([a, self.f(y)], dim=1)
+
+
+def test_an_input_reading_another_network_input_keeps_the_generic_bound() -> None:
+    model, inputs = TwoInputs().eval(), (torch.randn(1, 8), torch.randn(1, 4))
+    report = lipgraph.analyze(model, inputs, lower=False, quiet=True, cache=False)
+    assert report.bound.value == pytest.approx(math.sqrt(1 + 2.0 ** 2), rel=1e-5)  # √(1 + ‖W‖²), generic
+    assert report.find("cat").bound.method == "autolip"
 
 
 def test_orthogonium_concat_residual_is_one() -> None:
