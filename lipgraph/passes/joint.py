@@ -26,9 +26,10 @@ from ..record import UNKNOWN, record
 
 @dataclass(frozen=True)
 class JointSplit:
-    """The inputs of a joint op as functions of disjoint selections of ``source``: input i reads the network input
-    only through ``pieces[i]`` (itself one piece when ``branches[i]`` is empty), through the ops ``branches[i]``
-    (graph order). ``first`` is the op after ``source`` on the selections' path (the shortcut starts there)."""
+    """The inputs of a joint op as functions of disjoint selections of ``source`` (the nearest tensor all of them
+    read through): input i reads the network input only through ``pieces[i]`` (itself one piece when
+    ``branches[i]`` is empty), through the ops ``branches[i]`` (graph order). ``first`` is the op after ``source``
+    on the selections' path (the shortcut starts there)."""
 
     source: fx.Node
     first: fx.Node
@@ -59,10 +60,10 @@ def _find(node: fx.Node) -> JointSplit | None:
     """Walk up from the inputs (:func:`_labels`), then split each input's own nodes into pieces and branch."""
     inputs = record(node).inputs
     position = {n: i for i, n in enumerate(node.graph.nodes)}
-    labels = _labels(inputs, position)
-    if labels is None:
+    walked = _labels(inputs, position)
+    if walked is None:
         return None
-    source, labels = labels
+    sources, labels = walked
     pieces, branches = [], []
     for i, u in enumerate(inputs):
         if len(labels[u]) > 1:  # shared with another input: it can only be a piece itself
@@ -73,18 +74,21 @@ def _find(node: fx.Node) -> JointSplit | None:
         tops = tuple(n for n in own if any(len(labels[a]) > 1 for a in record(n).inputs))
         pieces.append(tops)
         branches.append(tuple(sorted((n for n in own if n not in tops), key=position.__getitem__)))
-    path = injective_selection(node.graph.owning_module, source, [t for ts in pieces for t in ts],
-                               lambda n: record(n).key)
-    if not path or record(path[0]).inputs[:1] != [source]:
-        return None
-    return JointSplit(source, path[0], tuple(pieces), tuple(branches))
+    for source in sources:  # the nearest tensor the pieces are disjoint selections of (a module's own input)
+        path = injective_selection(node.graph.owning_module, source, [t for ts in pieces for t in ts],
+                                   lambda n: record(n).key)
+        if path and record(path[0]).inputs[:1] == [source]:
+            return JointSplit(source, path[0], tuple(pieces), tuple(branches))
+    return None
 
 
-def _labels(inputs: list[fx.Node], position: dict[fx.Node, int]) -> tuple[fx.Node, dict[fx.Node, set[int]]] | None:
-    """Walk up from ``inputs``, latest node first, marking each node with the inputs it reaches: the nearest node
-    every path from the network input to them passes through (the walk's frontier shrinks to it) that is not a
-    selection, with the marks of the nodes below it; None when the walk meets the network input first or a node
-    two inputs share that is not a selection (the inputs then depend on common values by other routes)."""
+def _labels(inputs: list[fx.Node], position: dict[fx.Node, int],
+            ) -> tuple[list[fx.Node], dict[fx.Node, set[int]]] | None:
+    """Walk up from ``inputs``, latest node first, marking each node with the inputs it reaches, up to the nearest
+    node that every path from the network input to them passes through (the walk's frontier shrinks to it) and
+    that is not a selection. The nodes where the frontier was one node (that one, and the selections below it that
+    all inputs read through), nearest first, and the marks; None when the walk meets the network input first or a
+    node two inputs share that is not a selection (the inputs then depend on common values by other routes)."""
     labels: dict[fx.Node, set[int]] = {}
     heap: list[tuple[int, fx.Node]] = []  # (-position, node): the latest node first
 
@@ -97,11 +101,14 @@ def _labels(inputs: list[fx.Node], position: dict[fx.Node, int]) -> tuple[fx.Nod
     for i, u in enumerate(inputs):
         visit(u, {i})
     everyone = set(range(len(inputs)))
+    sources: list[fx.Node] = []
     while heap:
         n = heap[0][1]
         shared = len(labels[n]) > 1
-        if len(heap) == 1 and labels[n] == everyone and record(n).key not in SELECTIONS:
-            return n, labels
+        if len(heap) == 1 and labels[n] == everyone:
+            sources.append(n)
+            if record(n).key not in SELECTIONS:
+                return sources, labels
         heapq.heappop(heap)
         deps = list(dict.fromkeys(record(n).inputs))
         if not deps or (shared and record(n).key not in SELECTIONS):
