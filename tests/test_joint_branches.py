@@ -139,6 +139,22 @@ def test_inputs_reading_the_source_by_another_route_keep_the_generic_bound(kind:
         assert dense_norm(model, x, p) > max(1.0, op_norm(model.f.weight.detach().double(), p)) * 1.01
 
 
+class Shuffle(nn.Module):
+    """A channel shuffle of (1, 8): view, transpose, reshape (selections, as ShuffleNet's)."""
+
+    def forward(self, x):
+        return x.view(1, 2, 4).transpose(1, 2).reshape(1, 8)
+
+
+def test_a_block_after_a_shuffle_gets_the_bound_in_its_own_call() -> None:
+    """The tree's value of the block (its call, input at 1) uses the branch bound too: the pieces are selections of
+    the block's own input, although the walk from them continues through the shuffle before it."""
+    model, x = nn.Sequential(linear(8, 8, 1.0, 4), Shuffle(), Coupled("concat")).eval(), torch.randn(1, 8)
+    report = analyze(model, x, 2)
+    assert report.find("2").bound.value == pytest.approx(2.0, rel=1e-5)  # max(1, ‖f‖), not √5
+    assert report.bound.value == pytest.approx(2.0, rel=1e-5)
+
+
 class TwoInputs(nn.Module):
     """cat(half of x, f(y)): the second input of the cat reads another network input, not a piece of x."""
 
