@@ -127,8 +127,8 @@ def lazy_conv_norm(weight: torch.Tensor, in_spatial: tuple[int, ...], **options)
     """:func:`conv_norm`, for p = 2 computed on first read (:class:`lipgraph.linalg.lazy.LazyBound`): a conv
     fused with the BatchNorm after it is bounded by the fused operator, and its own norm only shown. Its ``below``
     is the largest ratio ‖Cx‖/‖x‖ of ``BELOW_STEPS`` power steps (float32, less 1e-4 for rounding, on one torch
-    thread): ≤ ‖C‖, and so ≤ the certified value. The weight is copied now: a norm read later is that of the weights analysed, even if
-    the caller changed them since (a training step, an in-place edit)."""
+    thread): ≤ ‖C‖, and so ≤ the certified value. The weight is copied now: a norm read later is that of the
+    weights analysed, even if the caller changed them since (a training step, an in-place edit)."""
     if options.get("p", 2) != 2:
         return conv_norm(weight, in_spatial, **options)
     weight = weight.detach().clone()
