@@ -19,9 +19,10 @@ import sys as _sys
 import types as _types
 import warnings as _warnings
 
-if _os.path.basename(_sys.argv[0] if _sys.argv else "").removesuffix(".exe") == "lipgraph":
+_MODULE = _sys.orig_argv[_sys.orig_argv.index("-m") + 1:][:1] if "-m" in _sys.orig_argv else []
+if _os.path.basename(_sys.argv[0] if _sys.argv else "").removesuffix(".exe") == "lipgraph" or _MODULE == ["lipgraph"]:
     def _interrupted_while_loading(kind, value, tb, _default=_sys.excepthook):
-        """The `lipgraph` command, Ctrl-C while torch loads (before cli.main can catch it): no traceback."""
+        """`lipgraph` or `python -m lipgraph`, Ctrl-C while torch loads (before cli.main can catch it): no traceback."""
         if issubclass(kind, KeyboardInterrupt):
             print("lipgraph: interrupted", file=_sys.stderr, flush=True)
             _os._exit(130)

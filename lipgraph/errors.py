@@ -19,7 +19,12 @@ class RuleError(LipgraphError):
 
 
 class NotLipschitzError(LipgraphError):
-    """The network contains an operation that is not globally Lipschitz."""
+    """The network contains an operation that is not globally Lipschitz. ``product``: the op multiplies or divides
+    input-dependent tensors (gating, attention, normalising by a branch), which decides the hint shown with it."""
+
+    def __init__(self, message: str, *, product: bool = False) -> None:
+        super().__init__(message)
+        self.product = product
 
 
 class UnsupportedOpsError(LipgraphError):

@@ -7,6 +7,10 @@ REGION_COMMAND = "lipgraph explain MODEL --box 0,1 (or --ball EPS around the exa
 #: the last line of the error for a network that is not globally Lipschitz
 REGION_HINT = (f"To bound it on the inputs that matter: {REGION_COMMAND}, or "
                "lipgraph.analyze(model, x, region=lipgraph.Box(0, 1)).")
+#: the hint under an error that names an op multiplying or dividing input-dependent tensors
+PRODUCT_HINT = ("A product or quotient of two input-dependent tensors (gating, dot-product attention, normalising by "
+                "a branch) can grow without limit; bound the input domain or replace the op by a Lipschitz variant "
+                "(e.g. L2 attention, Kim et al. 2021).")
 
 #: upper/lower above this: the report says what to try for a tighter bound
 LOOSE_RATIO = 100.0

@@ -76,8 +76,9 @@ class NodeRecord:
     chains: ``chain`` the :class:`~lipgraph.passes.seqlip.ChainResult` of the sequential chain ending here.
     residual: ``residual`` the :class:`~lipgraph.passes.residual.ResidualResult` of the block whose add this is.
     bound (AutoLip): ``bound`` the node's Lipschitz bound from the network input; on the output node ``outputs``
-        (each returned tensor and its bound); ``joint_source`` (cached) the tensor whose disjoint selections are
-        all the node's inputs, or None.
+        (each returned tensor and its bound); ``joint_split`` (cached, joint ops) the
+        :class:`~lipgraph.passes.joint.JointSplit` of its inputs (functions of disjoint selections of one tensor), or
+        None.
     """
 
     dep: bool = False
@@ -99,7 +100,7 @@ class NodeRecord:
     residual: ResidualResult | None = None
     bound: Bound | None = None
     outputs: list[tuple[fx.Node, Bound]] | None = None
-    joint_source: Any = UNKNOWN
+    joint_split: Any = UNKNOWN
 
 
 #: the names of the record's fields: facts a pass can require or ensure about nodes

@@ -83,9 +83,10 @@ class Transfer:
     as one composed operator (docs/mathematics.md §4). ``structure`` optionally describes A for exact folding:
     a :class:`Matrix`, :class:`Conv` or :class:`ChannelScale`.
 
-    ``joint`` declares the op ``max(gains)``-Lipschitz in its inputs *jointly*, ‖Δy‖_p ≤ max_i g_i·‖(Δx_1, …,
-    Δx_m)‖_p (implied by ``combine = p``: cat/stack, elementwise max/min, clamp). AutoLip then bounds y by
-    max_i g_i·L(s) when the inputs are disjoint selections of one tensor s (the two halves of a split: 1, not √2).
+    ``joint`` (set it only with ``combine = p``: cat/stack, elementwise max/min, clamp) declares
+    ‖Δy‖_p ≤ ‖(g_i·‖Δx_i‖_p)_i‖_p, hence the op ``max(gains)``-Lipschitz in its inputs *jointly*. AutoLip then bounds
+    y by max_i g_i·L_i·L(s) when input i is a function (AutoLip bound L_i) of pieces of one tensor s that, all inputs
+    together, are disjoint selections of s (the two halves of a split: 1, not √2; docs/by-construction.md §1).
     """
 
     gains: tuple[Bound, ...]
@@ -237,8 +238,9 @@ class OpContext:
         where = f" in {self.path}" if self.path else ""
         return f"op {self.key!r} (node {self.name}{where})"
 
-    def not_lipschitz(self, why: str) -> NotLipschitzError:
-        return NotLipschitzError(f"{self.describe()} is not globally Lipschitz: {why}")
+    def not_lipschitz(self, why: str, *, product: bool = False) -> NotLipschitzError:
+        """The error for this op; ``product``: it multiplies or divides input-dependent tensors."""
+        return NotLipschitzError(f"{self.describe()} is not globally Lipschitz: {why}", product=product)
 
 
 def _cast(obj: Any, dtype: torch.dtype) -> Any:

@@ -22,6 +22,7 @@ from .formula import Constant, Formulas, combine_expr, number, symbol
 from .ir import LipGraph, Scope, arg_nodes
 from .passes.calls import ModuleCall, module_outputs
 from .passes.fuse import fused_members
+from .passes.joint import JointSplit, joint_split
 from .paths import chain_path, joined_name
 from .record import Shortcut, record
 
@@ -301,9 +302,25 @@ class _Builder:
         return self.chain[n] if n in self.chain and shortcut.bound.value == chain.best.value else None
 
     def _other(self, n: fx.Node, shortcut: Shortcut) -> sympy.Symbol:
-        """``L(<node>(<label>))``: the constant of a shortcut another pass recorded (shown beside the AutoLip path)."""
+        """``L(<node>(<label>))``: the constant of a shortcut another pass recorded (shown beside the AutoLip path);
+        for a joint op on disjoint selections (:func:`~lipgraph.passes.autolip.joint_shortcut`) its members are the
+        ops of its branches and its fallback max_i g_i·L_i over their constants."""
         path = record(n).path
-        return self._constant(f"{path}({shortcut.label})", shortcut.bound.value, (path,), False, self.order[n])
+        split = joint_split(n) if record(n).transfer.joint and len(record(n).inputs) > 1 else None
+        members = ([m for branch in split.branches for m in branch]
+                   if split is not None and shortcut.label == split.label else [])
+        return self._constant(f"{path}({shortcut.label})", shortcut.bound.value,
+                              (*dict.fromkeys(record(m).path for m in members), path),
+                              any(_weighted(self.lg, m) for m in members), self.order[n],
+                              self._branches(n, split) if members else None)
+
+    def _branches(self, n: fx.Node, split: JointSplit) -> sympy.Expr:
+        """max_i g_i·L_i of a joint op over its branches' constants, each branch's pieces at 1."""
+        values: dict[fx.Node, sympy.Expr | _Product] = {t: sympy.Integer(1) for ts in split.pieces for t in ts}
+        for m in (m for branch in split.branches for m in branch):
+            values[m] = self._op(m, values)
+        gains = record(n).transfer.gains
+        return sympy.Max(*[number(g.value) * _expr(values[u]) for g, u in zip(gains, record(n).inputs)])
 
     def _unit(self, n: fx.Node, scope: Scope, taken: dict[fx.Node, Shortcut],
               units: dict[Scope, tuple[fx.Node, fx.Node] | None]) -> Scope | None:

@@ -27,7 +27,7 @@ def mul(ctx: OpContext) -> Transfer:
     """x·c for a constant c (scalar or broadcast tensor); x·y of two input-dependent tensors is not Lipschitz."""
     x = ctx.input if len(ctx.inputs) == 1 else None
     if x is None:
-        raise ctx.not_lipschitz("it multiplies two input-dependent tensors (x·y grows quadratically)")
+        raise ctx.not_lipschitz("it multiplies two input-dependent tensors (x·y grows quadratically)", product=True)
     c = next(a for a in _operands(ctx) if a is not x)
     return Transfer(gains=(constant_scale_gain(torch.as_tensor(c), x, ctx.output_shape, ctx.norm, "constant-scale"),),
                     affine=True)
@@ -39,7 +39,8 @@ def div(ctx: OpContext) -> Transfer:
     if ctx.kwargs.get("rounding_mode") is not None:
         raise ctx.not_lipschitz(f"rounding_mode={ctx.kwargs['rounding_mode']!r} makes it a step function")
     if isinstance(denominator, Var):
-        raise ctx.not_lipschitz("it divides by an input-dependent tensor (unbounded as the divisor nears 0)")
+        raise ctx.not_lipschitz("it divides by an input-dependent tensor (unbounded as the divisor nears 0)",
+                                product=True)
     c = 1.0 / torch.as_tensor(denominator, dtype=torch.float64)
     return Transfer(gains=(constant_scale_gain(c, numerator, ctx.output_shape, ctx.norm, "constant-scale"),),
                     affine=True)

@@ -53,7 +53,7 @@ def matmul(ctx: OpContext) -> Transfer:
     a, b = ctx.args[0], ctx.args[1]
     if isinstance(a, Var) and isinstance(b, Var):
         raise ctx.not_lipschitz("it multiplies two input-dependent tensors (as dot-product attention does; "
-                                "Kim, Papamakarios & Mnih 2021)")
+                                "Kim, Papamakarios & Mnih 2021)", product=True)
     var, const, left = (a, b, True) if isinstance(a, Var) else (b, a, False)
     return Transfer(gains=(product_gain(var, torch.as_tensor(const), left, ctx.norm),), affine=True)
 
@@ -68,7 +68,7 @@ def addmm(ctx: OpContext) -> Transfer:
             g = copies_gain(broadcast_copies(v, ctx.output_shape), ctx.norm, "add")
             gains.append(certified(beta * g.value, "add", exact=True))
         elif isinstance(mat1, Var) and isinstance(mat2, Var):
-            raise ctx.not_lipschitz("it multiplies two input-dependent tensors")
+            raise ctx.not_lipschitz("it multiplies two input-dependent tensors", product=True)
         else:
             g = product_gain(v, torch.as_tensor(mat2 if v is mat1 else mat1), v is mat1, ctx.norm)
             gains.append(Bound(alpha * g.value, g.kind, g.method, exact=g.exact))

@@ -136,14 +136,14 @@ def attention(ctx: OpContext):
     query, key, value = (_argument(ctx, i, n) for i, n in enumerate(("query", "key", "value")))
     moving = isinstance(key, Var) or (isinstance(query, Var) and isinstance(value, Var))
     if moving and _sequence_length(ctx, key) >= 2:
-        raise ctx.not_lipschitz(ATTENTION)
+        raise ctx.not_lipschitz(ATTENTION, product=True)
     raise decline(ctx, "attention that is Lipschitz here (fixed keys; one position) has no rule")
 
 
 def transformer_layer(ctx: OpContext):
     """not globally Lipschitz: a transformer layer on an input-dependent sequence (self-attention inside)."""
     if any(_sequence_length(ctx, v) >= 2 for v in ctx.inputs):
-        raise ctx.not_lipschitz("it applies self-attention to an input-dependent sequence: " + ATTENTION)
+        raise ctx.not_lipschitz("it applies self-attention to an input-dependent sequence: " + ATTENTION, product=True)
     raise decline(ctx, "a transformer layer over one position has no rule")
 
 
@@ -159,7 +159,7 @@ def product(ctx: OpContext):
     groups = FACTORS[ctx.key]
     moving = len(ctx.inputs) if groups is None else sum(any(_depends(ctx, s) for s in group) for group in groups)
     if moving >= 2:
-        raise ctx.not_lipschitz(PRODUCT)
+        raise ctx.not_lipschitz(PRODUCT, product=True)
     raise decline(ctx, "affine in its input-dependent operands (at most one factor depends on the input), but no rule")
 
 
@@ -167,7 +167,7 @@ def one_sided(ctx: OpContext):
     """not globally Lipschitz when the operand in its ``ONE_SIDED`` slot depends on the input; else no rule."""
     slot, why = ONE_SIDED[ctx.key]
     if _depends(ctx, slot):
-        raise ctx.not_lipschitz(why)
+        raise ctx.not_lipschitz(why, product=ctx.key == "addcdiv")
     raise decline(ctx, "Lipschitz here (that operand is constant), but no rule")
 
 
@@ -227,7 +227,7 @@ def matrix_power(ctx: OpContext):
     """not globally Lipschitz: Aⁿ for n ≥ 2 (a product) or n < 0 (an inverse); A¹ and A⁰ have no rule."""
     n = int(_argument(ctx, 1, "n"))
     if n >= 2:
-        raise ctx.not_lipschitz(f"A^{n} multiplies the input-dependent matrix with itself")
+        raise ctx.not_lipschitz(f"A^{n} multiplies the input-dependent matrix with itself", product=True)
     if n < 0:
         raise ctx.not_lipschitz(f"A^{n} inverts the matrix: " + UNBOUNDED_SLOPE["inverse"])
     raise decline(ctx, f"A^{n} has no rule")

@@ -52,6 +52,14 @@ def restore_default_registry():
     registry._rules, registry._aliases, registry.packs = dict(saved[0]), dict(saved[1]), list(saved[2])
 
 
+@pytest.fixture
+def torch_threads():
+    """Set torch's thread count for one test (``torch_threads(4)``); the count before is restored after it."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
 @pytest.fixture()
 def mlp_file(tmp_path: Path) -> Path:
     """A model file for the CLI: a seeded 3-4-2 ReLU MLP with its input shape."""

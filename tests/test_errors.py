@@ -102,6 +102,17 @@ def test_unsupported_inf_gives_an_unbounded_report_with_marked_nodes() -> None:
     assert d["bound"] is None and d["kind"] == "unbounded"
 
 
+def test_a_rule_that_declines_says_why() -> None:
+    """A rule with no constant for this case (LayerNorm in ℓ∞) is listed as an op without a rule, with its reason."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    with pytest.raises(lipgraph.UnsupportedOpsError) as info:
+        lipgraph.analyze(model, torch.randn(1, 4), norm=math.inf, lower=False)
+    lines = str(info.value).splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith("  - layer_norm"))
+    assert lines[row + 1].strip().startswith("its rule has no constant here: ")
+    assert lines[row + 1].endswith("only the ℓ2 bound is implemented")
+
+
 def test_unsupported_mode_is_validated() -> None:
     model, x = tiny_mlp()
     with pytest.raises(lipgraph.LipgraphError, match="unsupported"):
@@ -124,6 +135,27 @@ def test_not_lipschitz(fixture, key: str, why: str) -> None:
     assert "is not globally Lipschitz: " in line and why in line.split("Lipschitz: ", 1)[1], line
     assert re.search(rf"{ZOO_FILE}:\d+: ", msg), msg  # where in the user's code
     assert "proxy.py" not in msg
+
+
+class _Exponential(nn.Module):
+    def forward(self, x):
+        return 2 ** x
+
+
+def exponential():
+    return _Exponential(), torch.ones(1, 3)
+
+
+@pytest.mark.parametrize("fixture, product", [(attention_like, True), (product_of_branches, True),
+                                              (division_by_branch, True), (exponential, False)])
+def test_not_lipschitz_hint_names_products_only_for_products(fixture, product: bool) -> None:
+    model, x = fixture()
+    with pytest.raises(lipgraph.NotLipschitzError) as info:
+        lipgraph.analyze(model, x)
+    msg = str(info.value)
+    assert ("A product or quotient of two input-dependent tensors" in msg) is product, msg
+    assert product or "Bound the input domain or replace the op by a Lipschitz one." in msg
+    assert "lipgraph explain MODEL --box 0,1" in msg
 
 
 def test_not_lipschitz_also_with_unsupported_inf() -> None:

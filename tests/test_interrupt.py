@@ -54,13 +54,15 @@ sys.meta_path.insert(0, SlowTorch())
 
 
 @pytest.mark.skipif(os.name != "posix", reason="SIGINT to a child process")
-def test_ctrl_c_while_the_command_loads_torch(tmp_path):
+@pytest.mark.parametrize("spelling", ["lipgraph", "python -m lipgraph"])
+def test_ctrl_c_while_the_command_loads_torch(tmp_path, spelling: str):
     script = Path(sys.executable).with_name("lipgraph")
-    if not script.exists():
+    if spelling == "lipgraph" and not script.exists():
         pytest.skip("the lipgraph console script is not installed next to this Python")
     (tmp_path / "sitecustomize.py").write_text(SLOW_TORCH)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    child = subprocess.Popen([str(script), "--version"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    command = [str(script)] if spelling == "lipgraph" else [sys.executable, "-m", "lipgraph"]
+    child = subprocess.Popen([*command, "--version"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=env, cwd=tmp_path)
     try:
         assert child.stdout.readline() == "loading torch\n"

@@ -3,10 +3,11 @@ the example rule pack ``examples/rulepack`` built into a wheel and installed (``
 session, about 2 s) so that lipgraph finds it through its entry point like any installed pack. A broken pack is one
 clear error naming the pack.
 
-The layer is GroupSort/MaxMin, 1-Lipschitz in every ℓp by construction; traced op by op AutoLip bounds it by 2
-(max, min, concatenation, ℓ2) — the local copy below negates one half twice, so that lipgraph's own MaxMin pattern
-(docs/by-construction.md), which would find 1, does not recognise it. On Linear → MaxMin → Linear the bound with a rule is therefore exactly
-‖W2‖·‖W1‖ (exact singular values, float64), and twice that without.
+The layer is GroupSort/MaxMin, 1-Lipschitz in every ℓp by construction; traced op by op AutoLip bounds it by √2
+(max and min each 1 as joint ops on the two halves, one through −(−·); their concatenation √2 in ℓ2) — the local
+copy below negates one half twice, so that lipgraph's own MaxMin pattern (docs/by-construction.md), which would find
+1, does not recognise it. On Linear → MaxMin → Linear the bound with a rule is therefore exactly ‖W2‖·‖W1‖ (exact
+singular values, float64), and √2 times that without.
 """
 from __future__ import annotations
 
@@ -91,7 +92,7 @@ def test_decorator_rule_changes_the_bound(local_layer: Path) -> None:
     model = nn.Sequential(nn.Linear(6, 8), maxmin_layer.MaxMin(), nn.Linear(8, 3)).eval()
     x = torch.randn(1, 6)
     traced = lipgraph.analyze(model, x, lower=False).bound.value
-    assert traced == pytest.approx(2 * expected(model), rel=1e-5)
+    assert traced == pytest.approx(math.sqrt(2) * expected(model), rel=1e-5)
 
     @lipgraph.rule(maxmin_layer.MaxMin, exact=True)
     def maxmin(ctx: lipgraph.OpContext) -> lipgraph.Bound:
@@ -112,7 +113,7 @@ def test_rules_file_changes_the_bound(local_layer: Path, capsys) -> None:
     with_rule = explain_json(capsys, str(model_file), "--rules", str(rules))
     model = model_of(model_file)
     assert with_rule["bound"] == pytest.approx(expected(model), rel=1e-5)
-    assert without["bound"] == pytest.approx(2 * expected(model), rel=1e-5)
+    assert without["bound"] == pytest.approx(math.sqrt(2) * expected(model), rel=1e-5)
     assert next(c for c in with_rule["tree"]["children"] if c["path"] == "1")["method"] == "groupsort"
 
 

@@ -23,14 +23,6 @@ from tests.fixtures.zoo import ZOO
 CUDA = torch.cuda.is_available()
 
 
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 # -- device ----------------------------------------------------------------------------------------------------
 def test_device_cpu_is_the_default():
     model, x = ZOO["tiny_resnet"]()
@@ -57,7 +49,8 @@ def test_unknown_devices_are_refused(device):
             pass
 
 
-def test_device_context_reaches_worker_threads(two_threads):
+def test_device_context_reaches_worker_threads(torch_threads):
+    torch_threads(2)
     with on_device("cpu"):
         assert list(parallel_map(lambda _: norm_device(), range(4))) == [torch.device("cpu")] * 4
 
@@ -88,7 +81,8 @@ def test_model_on_the_gpu_with_an_input_on_the_cpu():
 
 
 # -- thread pool -----------------------------------------------------------------------------------------------
-def test_parallel_map_keeps_order_threads_and_context(two_threads):
+def test_parallel_map_keeps_order_threads_and_context(torch_threads):
+    torch_threads(2)
     var = contextvars.ContextVar("v", default="unset")
     var.set("caller")
     seen = list(parallel_map(lambda i: (i * i, var.get(), torch.get_num_threads()), range(10)))
@@ -98,7 +92,8 @@ def test_parallel_map_keeps_order_threads_and_context(two_threads):
     assert torch.get_num_threads() == 2  # restored
 
 
-def test_parallel_map_raises_in_order(two_threads):
+def test_parallel_map_raises_in_order(torch_threads):
+    torch_threads(2)
     def fn(i):
         if i == 3:
             raise ValueError("three")
@@ -112,7 +107,8 @@ def test_parallel_map_raises_in_order(two_threads):
     assert torch.get_num_threads() == 2
 
 
-def test_pool_gives_the_same_report(two_threads):
+def test_pool_gives_the_same_report(torch_threads):
+    torch_threads(2)
     for name in ("tiny_resnet", "tiny_densenet", "shared_weights"):
         model, x = ZOO[name]()
         pooled = lipgraph.analyze(model, x, lower=False, cache=False)
@@ -122,7 +118,8 @@ def test_pool_gives_the_same_report(two_threads):
         assert strip_seconds(pooled.to_dict()) == strip_seconds(serial.to_dict()), name
 
 
-def test_user_rules_run_in_the_calling_thread(two_threads):
+def test_user_rules_run_in_the_calling_thread(torch_threads):
+    torch_threads(2)
     threads = []
 
     def my_relu(ctx):
@@ -194,7 +191,8 @@ def test_no_progress_without_a_terminal(capsys):
         assert bar._timer is None
 
 
-def test_threads_are_restored_after_a_failing_rule(two_threads):
+def test_threads_are_restored_after_a_failing_rule(torch_threads):
+    torch_threads(2)
     def broken(ctx):
         raise lipgraph.errors.RuleError("broken on purpose")
 

@@ -13,22 +13,17 @@ from lipgraph.threads import idle_threads
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def four_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(4)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("load, expected", [(0.0, 4), (1.4, 4), (5.6, 2), (7.5, 1), (40.0, 1)])
-def test_idle_threads_follow_the_load(monkeypatch, four_threads, load: float, expected: int) -> None:
+def test_idle_threads_follow_the_load(monkeypatch, torch_threads, load: float, expected: int) -> None:
+    torch_threads(4)
     monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     assert idle_threads() == expected
 
 
-def test_no_load_average_keeps_torchs_default(monkeypatch, four_threads) -> None:
+def test_no_load_average_keeps_torchs_default(monkeypatch, torch_threads) -> None:
+    torch_threads(4)
+
     def unavailable():
         raise OSError("no load average")
 
@@ -36,7 +31,8 @@ def test_no_load_average_keeps_torchs_default(monkeypatch, four_threads) -> None
     assert idle_threads() == 4
 
 
-def test_explain_uses_idle_threads_and_restores_them(monkeypatch, four_threads, capsys) -> None:
+def test_explain_uses_idle_threads_and_restores_them(monkeypatch, torch_threads, capsys) -> None:
+    torch_threads(4)
     seen = []
     monkeypatch.setattr(os, "getloadavg", lambda: (100.0, 100.0, 100.0))
     monkeypatch.setattr("lipgraph.pipeline.annotate", _spy(seen))

@@ -26,6 +26,11 @@ split_with_sizes tensor_split unbind contiguous detach alias diagonal as_strided
 view_as_real view_as_complex dropout feature_dropout alpha_dropout dropout1d dropout2d dropout3d""".split())
 
 
+#: the end of every refusal of an in-place update the graph cannot follow
+OUT_OF_PLACE = ("lipgraph cannot follow that update through the graph. Write the update out of place "
+                "(y = y.exp() instead of y.exp_(), y = y * 3 instead of y.view(-1).mul_(3))")
+
+
 def _name(n: fx.Node) -> str:
     if n.op == "call_method":
         return str(n.target)
@@ -84,6 +89,5 @@ def rebind_in_place(gm: fx.GraphModule) -> None:
         if aliased:
             raise TraceError(
                 f"{n.format_node()} updates a tensor in place that shares storage with another one (a view) read "
-                "afterwards; lipgraph cannot follow that update through the graph. Write the update out of place "
-                "(y = y.exp() instead of y.exp_(), y = y * 3 instead of y.view(-1).mul_(3))")
+                "afterwards; " + OUT_OF_PLACE)
     gm.recompile()

@@ -15,31 +15,45 @@ from typing import Any
 import torch
 from torch import fx
 
-from ..errors import InputError
+from ..errors import InputError, TraceError
 from ..ruleapi import Var
-from .inplace import is_in_place
+from .inplace import OUT_OF_PLACE, is_in_place
 from .trace import user_frame
 from ..record import record
 
 
 class _Propagate(fx.Interpreter):
     """Runs the graph as a function: an in-place op writes to a copy of its first argument, so the constants kept
-    in the records' ``value`` (and the user's tensors) are the values the graph's rules read, never overwritten."""
+    in the records' ``value`` (and the user's tensors) are the values the graph's rules read, never overwritten.
+
+    It also checks what :mod:`.inplace` cannot see in the code, on the actual tensors: an op that changes an
+    input-dependent input without being a known in-place op (a leaf module that updates its argument), and a
+    known in-place op whose target shares storage with a tensor read after it (a leaf module that returns a
+    view). Either would change a tensor the graph does not connect: a :class:`TraceError`."""
 
     def fetch_args_kwargs_from_env(self, n: fx.Node) -> tuple[tuple, dict]:
         args, kwargs = super().fetch_args_kwargs_from_env(n)
         if is_in_place(n, self.module) and args and isinstance(args[0], torch.Tensor):
+            _refuse_hidden_aliases(self, n, args[0])
             args = (args[0].clone(), *args[1:])
         return args, kwargs
 
     def run_node(self, n: fx.Node) -> Any:
+        versions = {a: self.env[a]._version for a in n.all_input_nodes
+                    if record(a).dep and isinstance(self.env.get(a), torch.Tensor)}
         try:
             result = super().run_node(n)
+        except TraceError:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise InputError(
                 f"running node {n.name} ({n.format_node()}) on the example input failed: "
                 f"{type(exc).__name__}: {exc}\n  at {user_frame(exc)}"
             ) from None
+        changed = [a.name for a, version in versions.items() if self.env[a]._version != version]
+        if changed:
+            raise TraceError(f"{n.format_node()} changes its input {', '.join(changed)} in place, which the graph "
+                             f"does not show; {OUT_OF_PLACE}")
         dep = _has_tensor(result) and (n.op == "placeholder" or any(record(a).dep for a in n.all_input_nodes))
         record(n).dep = dep
         record(n).info = describe(result, index=-1)
@@ -48,10 +62,23 @@ class _Propagate(fx.Interpreter):
         return result
 
 
+def _refuse_hidden_aliases(interpreter: fx.Interpreter, n: fx.Node, target: torch.Tensor) -> None:
+    """The in-place op ``n`` must not write storage that a tensor read after it shares (beyond its own target)."""
+    order = {m: i for i, m in enumerate(interpreter.module.graph.nodes)}
+    storage = target.untyped_storage().data_ptr()
+    for m, value in interpreter.env.items():
+        if (m is not n.args[0] and isinstance(value, torch.Tensor) and value.numel() and target.numel()
+                and value.untyped_storage().data_ptr() == storage and any(order[u] > order[n] for u in m.users if u is not n)):
+            raise TraceError(f"{n.format_node()} updates a tensor in place that shares storage with {m.name} "
+                             f"({m.format_node()}), read afterwards; {OUT_OF_PLACE}")
+
+
 def propagate(gm: fx.GraphModule, inputs: tuple) -> None:
     """Annotate every node of ``gm`` with ``dep``, ``info`` and (constants) ``value`` (its record)."""
     with torch.no_grad():
-        _Propagate(gm).run(*inputs)
+        interpreter = _Propagate(gm)
+        interpreter.extra_traceback = False  # our errors name the node and the user's line already
+        interpreter.run(*inputs)
     for n in gm.graph.nodes:  # constants nobody input-dependent uses need not stay alive
         if record(n).value is not None and not any(record(u).dep for u in n.users):
             record(n).value = None

@@ -18,7 +18,7 @@ from torch import fx
 from ..bound import unbounded
 from ..cache import layer_label
 from ..errors import LipgraphError, NormNotSupported, NotLipschitzError, RuleError, UnsupportedOpsError
-from ..hints import REGION_HINT
+from ..hints import PRODUCT_HINT, REGION_HINT
 from ..ir import LipGraph, map_args, op_spelling
 from ..linalg.lazy import force_all
 from ..linalg.parallel import parallel_map
@@ -49,7 +49,8 @@ def annotate(lg: LipGraph, registry: Registry, norm: float = 2, unsupported: str
     if unsupported not in UNSUPPORTED_MODES:
         raise RuleError(f"unsupported= must be one of {UNSUPPORTED_MODES}, got {unsupported!r}")
     missing: list[fx.Node] = []
-    not_lipschitz: list[str] = []
+    not_lipschitz: list[tuple[NotLipschitzError, fx.Node]] = []
+    declined: dict[fx.Node, str] = {}  # why a rule has no constant here (its NormNotSupported)
     plan = []
     for node in lg.ops():
         key = record(node).key
@@ -72,9 +73,10 @@ def annotate(lg: LipGraph, registry: Registry, norm: float = 2, unsupported: str
                 outcome, record(node).seconds = next(pooled) if _thread_safe(rule) else _apply((node, rule, ctx))
             bar.advance(record(node).path)
             if isinstance(outcome, NotLipschitzError):
-                not_lipschitz.append(f"  - {outcome}{_at(node)}")
+                not_lipschitz.append((outcome, node))
             elif isinstance(outcome, NormNotSupported):
                 missing.append(node)
+                declined[node] = str(outcome)
             elif isinstance(outcome, LipgraphError):
                 raise outcome
             elif isinstance(outcome, Exception):  # a broken rule must say which rule and where
@@ -83,24 +85,25 @@ def annotate(lg: LipGraph, registry: Registry, norm: float = 2, unsupported: str
             else:
                 record(node).transfer = outcome
                 record(node).rule = rule
-        _raise_problems(lg, not_lipschitz, missing, unsupported, norm, registry)
+        _raise_problems(lg, not_lipschitz, missing, declined, unsupported, norm, registry)
         for node in missing:
-            record(node).transfer = Transfer(gains=(unbounded("no rule"),) * len(record(node).inputs))
+            why = f"no rule: {declined[node]}" if node in declined else "no rule"
+            record(node).transfer = Transfer(gains=(unbounded(why),) * len(record(node).inputs))
             record(node).seconds = 0.0
         if fusion:
             _prefetch_fused_norms(lg, norm, bar)
 
 
-def _raise_problems(lg: LipGraph, not_lipschitz: list[str], missing: list[fx.Node], unsupported: str,
-                    norm: float, registry: Registry) -> None:
+def _raise_problems(lg: LipGraph, not_lipschitz: list[tuple[NotLipschitzError, fx.Node]], missing: list[fx.Node],
+                    declined: dict[fx.Node, str], unsupported: str, norm: float, registry: Registry) -> None:
     if not_lipschitz:
+        hint = (PRODUCT_HINT if any(error.product for error, _ in not_lipschitz)
+                else "Bound the input domain or replace the op by a Lipschitz one.")
         raise NotLipschitzError(
-            "the network is not globally Lipschitz, so no finite bound exists:\n" + "\n".join(not_lipschitz)
-            + "\nA product or quotient of two input-dependent tensors (gating, dot-product attention, "
-              "normalising by a branch) can grow without limit; bound the input domain or replace the op "
-              "by a Lipschitz variant (e.g. L2 attention, Kim et al. 2021).\n" + REGION_HINT)
+            "the network is not globally Lipschitz, so no finite bound exists:\n"
+            + "\n".join(f"  - {error}{_at(node)}" for error, node in not_lipschitz) + f"\n{hint}\n" + REGION_HINT)
     if missing and unsupported == "error":
-        raise UnsupportedOpsError(_unsupported_message(lg, missing, norm, registry), missing)
+        raise UnsupportedOpsError(_unsupported_message(lg, missing, declined, norm, registry), missing)
 
 
 def _check_coverage(lg: LipGraph, plan: list, early: dict, unsupported: str, norm: float,
@@ -108,14 +111,15 @@ def _check_coverage(lg: LipGraph, plan: list, early: dict, unsupported: str, nor
     """Raise the errors :func:`annotate` would raise at the end, from what is known before any weighted op's rule
     runs: ops without a rule, and the weightless ops whose rules say not Lipschitz or not for this norm."""
     missing = [node for node, rule, _ in plan if rule is None]
-    not_lipschitz = []
+    not_lipschitz, declined = [], {}
     for node, (outcome, _) in early.items():
         if isinstance(outcome, NotLipschitzError):
-            not_lipschitz.append(f"  - {outcome}{_at(node)}")
+            not_lipschitz.append((outcome, node))
         elif isinstance(outcome, NormNotSupported):
             missing.append(node)
+            declined[node] = str(outcome)
     order = {node: i for i, (node, _, _) in enumerate(plan)}
-    _raise_problems(lg, not_lipschitz, sorted(missing, key=order.__getitem__), unsupported, norm, registry)
+    _raise_problems(lg, not_lipschitz, sorted(missing, key=order.__getitem__), declined, unsupported, norm, registry)
 
 
 def _weightless(lg: LipGraph, node: fx.Node) -> bool:
@@ -194,11 +198,14 @@ def _at(node: fx.Node) -> str:
     return f"\n      at {source}" if source else ""
 
 
-def _unsupported_message(lg: LipGraph, nodes: list[fx.Node], norm: float, registry: Registry) -> str:
+def _unsupported_message(lg: LipGraph, nodes: list[fx.Node], declined: dict[fx.Node, str], norm: float,
+                         registry: Registry) -> str:
     rows = []
     for n in nodes:
         key = record(n).key or "(no key)"
         rows.append(f"  - {key:<16} {op_spelling(lg, n):<40} at {record(n).path}{_at(n)}")
+        if n in declined:
+            rows.append(f"      its rule has no constant here: {declined[n]}")
     norm_text = "inf" if math.isinf(norm) else f"{norm:g}"
     return (
         f"lipgraph has no rule (for the ℓ{norm_text} norm) for {len(nodes)} op(s); an op without a rule is never "

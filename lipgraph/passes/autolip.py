@@ -12,9 +12,9 @@ from torch import fx
 
 from ..bound import Bound, Kind, exact, join_kinds
 from ..linalg.lazy import is_pending, pending_combination
-from ..patternapi import injective_selection, selection_root
 from ..ir import LipGraph
-from ..record import Shortcut, UNKNOWN, record
+from ..record import Shortcut, record
+from .joint import joint_split
 
 
 def combine(terms: list[tuple[Bound, Bound]], q: float, method: str = "autolip") -> Bound:
@@ -49,36 +49,29 @@ def propagate(nodes: Iterable[fx.Node], entry: Mapping[fx.Node, Bound], *, estim
         transfer = rec.transfer
         terms = list(zip(transfer.gains, (bounds[a] for a in rec.inputs)))
         bounds[node] = combine(terms, transfer.combine)
-        if transfer.joint and len(terms) > 1:
-            bounds[node] = _joint(node, transfer, bounds)
-        for shortcut in rec.shortcuts:
+        for shortcut in [*joint_shortcut(node, bounds, entry, estimates=estimates), *rec.shortcuts]:
             if estimates or shortcut.bound.kind is not Kind.ESTIMATE:
                 bounds[node] = through_shortcut(shortcut, bounds[node], bounds, entry)
     return bounds
 
 
-def joint_source(node: fx.Node) -> fx.Node | None:
-    """The tensor whose disjoint selections are all the inputs of ``node`` (the halves of a split), if any;
-    cached in its record's ``joint_source``."""
-    rec = record(node)
-    if rec.joint_source is UNKNOWN:
-        key = lambda n: record(n).key  # noqa: E731
-        roots = {selection_root(p, key) for p in rec.inputs}
-        root = roots.pop() if len(roots) == 1 else None
-        found = root is not None and injective_selection(node.graph.owning_module, root, rec.inputs, key) is not None
-        rec.joint_source = root if found else None
-    return rec.joint_source
-
-
-def _joint(node: fx.Node, transfer, bounds: dict[fx.Node, Bound]) -> Bound:
-    """A joint op (``Transfer.joint``) on disjoint selections of one tensor s: L ≤ max_i g_i · L(s), when smaller."""
-    current = bounds[node]
-    source = joint_source(node)
-    if source is None or source not in bounds:
-        return current
-    gain = max(transfer.gains, key=lambda g: g.value)
-    via = combine([(gain, bounds[source])], 1, method="autolip+joint")
-    return via if via.value < current.value else current
+def joint_shortcut(node: fx.Node, bounds: Mapping[fx.Node, Bound], entry: Mapping[fx.Node, Bound], *,
+                   estimates: bool = False) -> list[Shortcut]:
+    """A joint op (``Transfer.joint``) whose inputs are functions of disjoint selections of one tensor s
+    (:mod:`lipgraph.passes.joint`): the shortcut L ≤ max_i g_i·L_i · L(s), L_i the AutoLip bound of input i from its
+    pieces (:func:`propagate` over its branch, the pieces at 1; 1 for a piece itself). Empty when there is none or
+    a branch is not inside the sub-network ``bounds`` covers (a module call's entries start elsewhere)."""
+    transfer = record(node).transfer
+    split = joint_split(node) if transfer.joint and len(transfer.gains) > 1 else None
+    if split is None or any(n not in bounds or n in entry
+                            for nodes in (*split.pieces, *split.branches) for n in nodes):
+        return []
+    one = exact(1.0, "selection")
+    inner = [propagate(branch, {t: one for t in pieces}, estimates=estimates)[u] if branch else one
+             for u, pieces, branch in zip(record(node).inputs, split.pieces, split.branches)]
+    reason = "disjoint selections" if split.plain else "disjoint selections through branches"
+    gain = combine(list(zip(transfer.gains, inner)), math.inf, method=reason)
+    return [Shortcut(split.first, gain, split.label)]
 
 
 def add_shortcut(node: fx.Node, first: fx.Node, bound: Bound, label: str) -> None:

@@ -15,7 +15,7 @@ from torch import fx
 from ..bound import Bound, Kind, exact
 from ..ir import LipGraph
 from ..record import Scope, Shortcut, record
-from .autolip import combine, propagate, through_shortcut
+from .autolip import combine, joint_shortcut, propagate, through_shortcut
 
 
 @dataclass
@@ -71,8 +71,11 @@ def taken_shortcuts(nodes: list[fx.Node], bounds: Mapping[fx.Node, Bound],
     shortcut that won; replayed from the final bounds with the same comparison."""
     taken = {}
     for n in nodes:
-        shortcuts = [s for s in record(n).shortcuts if s.bound.kind is not Kind.ESTIMATE]
-        if not shortcuts or n in entry:
+        if n in entry:
+            continue
+        shortcuts = [s for s in [*joint_shortcut(n, bounds, entry), *record(n).shortcuts]
+                     if s.bound.kind is not Kind.ESTIMATE]
+        if not shortcuts:
             continue
         transfer = record(n).transfer
         current = combine(list(zip(transfer.gains, (bounds[a] for a in record(n).inputs))), transfer.combine)

@@ -63,3 +63,82 @@ def test_in_place_update_of_a_view_is_refused(frontend: str) -> None:
     with pytest.raises(lipgraph.TraceError, match=r"shares storage with another one \(a view\) read afterwards.*"
                                                   r"Write the update out of place"):
         lipgraph.analyze(ViewUpdated(), torch.ones(1, 3), frontend=frontend, lower=False, cache=False, quiet=True)
+
+
+# -- what the code does not show: checked on the tensors during propagation ---------------------------------
+class FirstTwo(nn.Module):
+    """A leaf module (it has a rule) whose result is a view of its input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :2]
+
+
+class UpdatesItsInput(nn.Module):
+    """A leaf module that returns its input's old value and triples the input in place."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        x.mul_(3)
+        return out
+
+
+class UpdateThroughLeafView(nn.Module):
+    """y = x·1; the first two entries of y are tripled through the leaf's view: L = 3 (the graph alone says 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.leaf = FirstTwo()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * 1
+        self.leaf(y).mul_(3)
+        return y
+
+
+class LeafUpdatesInput(nn.Module):
+    """y + leaf(y) = 3x + x once the leaf has tripled y: L = 4 (the graph alone says 2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.leaf = UpdatesItsInput()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * 1
+        return y + self.leaf(y)
+
+
+class WritesToOut(nn.Module):
+    """torch.add(x, x, out=y) overwrites y = x·1 with 2x: L = 2 (the graph alone says 1)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * 1
+        torch.add(x, x, out=y)
+        return y
+
+
+def _analyze(model: nn.Module, frontend: str, registry) -> lipgraph.Report:
+    registry.register(FirstTwo, lipgraph.isometry())
+    registry.register(UpdatesItsInput, lipgraph.isometry())
+    return lipgraph.analyze(model, torch.ones(1, 3), frontend=frontend, lower=False, cache=False, quiet=True)
+
+
+def test_update_through_a_leaf_modules_view_is_refused(restore_default_registry) -> None:
+    with pytest.raises(lipgraph.TraceError, match=r"updates a tensor in place that shares storage with mul .*read "
+                                                  r"afterwards; lipgraph cannot follow"):
+        _analyze(UpdateThroughLeafView(), "fx", restore_default_registry)
+
+
+@pytest.mark.parametrize("model, frontend, changed", [(LeafUpdatesInput(), "fx", "leaf"), (WritesToOut(), "fx", "add"),
+                                                      (WritesToOut(), "export", "add")])
+def test_an_op_that_changes_its_input_unseen_is_refused(model, frontend: str, changed: str,
+                                                        restore_default_registry) -> None:
+    with pytest.raises(lipgraph.TraceError, match=rf"^%{changed} .* changes its input mul in place, which the graph "
+                                                  r"does not show; .*\(y = y.exp\(\) instead of y.exp_\(\), "
+                                                  r"y = y \* 3 instead of y.view\(-1\).mul_\(3\)\)$"):
+        _analyze(model, frontend, restore_default_registry)
+
+
+def test_a_leaf_that_updates_its_input_is_followed_by_export(restore_default_registry) -> None:
+    """torch.export traces into the leaf and records its update: bounded, at the true constant 4."""
+    report = _analyze(LeafUpdatesInput(), "export", restore_default_registry)
+    assert report.bound.value == pytest.approx(4.0)
