@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 from torch import Tensor, nn
 
@@ -466,6 +468,80 @@ def test_lean_search_is_sound(p: float) -> None:
         a, b = res.input.double(), res.other.double()
         ratio = torch.linalg.vector_norm(exact(a) - exact(b), p) / torch.linalg.vector_norm(a - b, p)
         assert float(ratio) >= res.value
+
+
+
+def _lean_work(model: nn.Module, x: Tensor) -> float:
+    """A work budget that gives ``model`` the lean schedule (a tenth of the full schedule's)."""
+    from lipgraph.lower import FULL_WORK, _Net, _forward_cost
+
+    fn = _Net(model, (x,), None)
+    cost, _ = _forward_cost(fn, fn.pack(fn.example))
+    return 4 * cost * FULL_WORK / 10
+
+
+def _dense_norm(model: nn.Module, x: Tensor, p: float) -> float:
+    """‖J‖_p of an affine model from its dense float64 Jacobian: its exact Lipschitz constant."""
+    exact = copy.deepcopy(model).double()
+    jac = torch.autograd.functional.jacobian(lambda r: exact(r.reshape(x.shape)).reshape(-1), x.double().reshape(-1))
+    return _op_norm(jac, p)
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 10_000), p=st.sampled_from([2, math.inf, 1]), conv=st.booleans())
+def test_lean_search_never_exceeds_the_dense_jacobian_norm(seed: int, p: float, conv: bool) -> None:
+    """The lean schedule's checks (its paired ascent, its float64 net checked on its own pairs, both ends of each
+    pair in one pass) report an attained ratio: on affine networks never above the exact ‖J‖_p."""
+    torch.manual_seed(seed)
+    if conv:
+        model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Conv2d(3, 2, 3, stride=2),
+                              nn.Flatten()).eval()
+        for bn in model.modules():
+            if isinstance(bn, nn.BatchNorm2d):
+                bn.running_var.uniform_(0.2, 3.0), bn.running_mean.normal_()
+        x = torch.randn(1, 2, 6, 6)
+    else:
+        model = nn.Sequential(nn.Linear(7, 5), nn.Linear(5, 4)).eval()
+        x = torch.randn(1, 7)
+    exact = _dense_norm(model, x, p)
+    res = lipgraph.lower_search(model, x, norm=p, work=_lean_work(model, x))
+    assert res.rounds == 1 and 0 < res.value <= exact * (1 + SLACK), (res.value, exact)
+
+
+def test_lean_search_reports_the_verified_ratio_not_the_search_value(monkeypatch) -> None:
+    """The reported value comes from the float64 check, never from the search's own (float32) values: with those
+    inflated a thousandfold the report stays below the exact norm, and still near it."""
+    from lipgraph.lower import _Pool
+
+    offer = _Pool.offer
+    monkeypatch.setattr(_Pool, "offer", lambda self, values, *rest: offer(self, values * 1e3, *rest))
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 3)).eval()
+    x = torch.randn(1, 6)
+    exact = _dense_norm(model, x, 2)
+    res = lipgraph.lower_search(model, x, work=_lean_work(model, x))
+    assert res.rounds == 1 and 0.5 * exact < res.value <= exact * (1 + SLACK), (res.value, exact)
+
+
+class _WiderInFloat64(nn.Module):
+    """An affine map whose float64 run returns another function (extra outputs): no ratio of it bounds f."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.lin(x)
+        return y if x.dtype == torch.float32 else torch.cat([y, 1e3 * x], 1)
+
+
+def test_lean_search_falls_back_when_the_float64_net_is_another_function() -> None:
+    torch.manual_seed(2)
+    model = _WiderInFloat64().eval()
+    x = torch.randn(1, 4)
+    exact = _op_norm(model.lin.weight.detach(), 2)
+    res = lipgraph.lower_search(model, x, work=_lean_work(model, x))
+    assert res.rounds == 1 and 0.5 * exact < res.value <= exact * (1 + SLACK), (res.value, exact)
 
 
 def test_steered_direction_is_a_power_step() -> None:
