@@ -123,6 +123,11 @@ class Rule:
                 f"rule {self.name!r} for {ctx.describe()} returned {len(out.gains)} gains for "
                 f"{len(ctx.inputs)} input-dependent arguments"
             )
+        if out.joint and out.combine < ctx.norm:  # the joint claim would be stronger than the combination's
+            raise RuleError(
+                f"rule {self.name!r} for {ctx.describe()} returned a joint Transfer with combine={out.combine:g}; "
+                f"joint=True needs combine >= the norm p={ctx.norm:g} (e.g. combine=ctx.norm, as cat and maximum)"
+            )
         return out
 
 
