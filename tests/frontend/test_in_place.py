@@ -142,3 +142,73 @@ def test_a_leaf_that_updates_its_input_is_followed_by_export(restore_default_reg
     """torch.export traces into the leaf and records its update: bounded, at the true constant 4."""
     report = _analyze(LeafUpdatesInput(), "export", restore_default_registry)
     assert report.bound.value == pytest.approx(4.0)
+
+
+# -- input-dependent values written into a constant that is read again ------------------------------------------
+class StashesInput(nn.Module):
+    """A leaf module (it has a rule) that copies its input into its second argument, a buffer of the caller."""
+
+    def forward(self, x: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
+        buf.copy_(x)
+        return x
+
+
+class StateWrittenByLeaf(nn.Module):
+    """x · buf once the leaf has written x into buf: x², not Lipschitz (certified as |x_example| before)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stash = StashesInput()
+        self.register_buffer("buf", torch.ones(1, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stash(x, self.buf) * self.buf
+
+
+class StateWrittenByOut(nn.Module):
+    """torch.add(x, 1, out=self.buf), then x · self.buf = x(x + 1): not Lipschitz."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("buf", torch.ones(1, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch.add(x, 1, out=self.buf)
+        return x * self.buf
+
+
+class StateWrittenInPlace(nn.Module):
+    """self.buf.copy_(x), then x · self.buf (a second read of the attribute, which the update does not rebind): x²."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("buf", torch.ones(1, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.buf.copy_(x)
+        return x * self.buf
+
+
+@pytest.mark.parametrize("model, op", [(StateWrittenByLeaf(), "stash"), (StateWrittenByOut(), "add"),
+                                       (StateWrittenInPlace(), "copy_")])
+def test_input_written_into_a_constant_read_again_is_refused(model, op: str, restore_default_registry) -> None:
+    restore_default_registry.register(StashesInput, lipgraph.isometry())
+    with pytest.raises(lipgraph.TraceError, match=rf"^%{op} .* writes input-dependent values into buf in place, "
+                                                  r"which buf_1 reads afterwards as a constant; lipgraph cannot"):
+        lipgraph.analyze(model, torch.full((1, 3), 5.0), lower=False, cache=False, quiet=True)
+
+
+def test_batch_statistics_updated_in_place_keep_the_rules_message() -> None:
+    """F.batch_norm(training=True) writes its running statistics, read by nobody afterwards: not this refusal."""
+
+    class TrainingBatchNorm(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("mean", torch.zeros(3))
+            self.register_buffer("var", torch.ones(3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return nn.functional.batch_norm(x, self.mean, self.var, training=True)
+
+    with pytest.raises(lipgraph.RuleError, match="batch statistics"):
+        lipgraph.analyze(TrainingBatchNorm(), torch.randn(4, 3), lower=False, cache=False, quiet=True)
