@@ -76,8 +76,9 @@ class Transfer:
 
     ``joint`` (set it only with ``combine = p``, a :class:`RuleError` below p: cat/stack, elementwise max/min,
     clamp) declares ‖Δy‖_p ≤ ‖(g_i·‖Δx_i‖_p)_i‖_p, hence the op ``max(gains)``-Lipschitz in its inputs *jointly*.
-    AutoLip then bounds y by max_i g_i·L_i·L(s) when input i is a function (AutoLip bound L_i) of pieces of one tensor s that, all inputs
-    together, are disjoint selections of s (the two halves of a split: 1, not √2; docs/by-construction.md §1).
+    AutoLip then bounds y by max_i g_i·L_i·L(s) when input i is a function (AutoLip bound L_i) of pieces of one
+    tensor s that, all inputs together, are disjoint selections of s (the two halves of a split: 1, not √2;
+    docs/by-construction.md §1).
     """
 
     gains: tuple[Bound, ...]
