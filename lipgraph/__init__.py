@@ -20,7 +20,6 @@ import types as _types
 import warnings as _warnings
 
 
-
 def _run_as_module() -> bool:
     """``python -m lipgraph`` (or ``-mlipgraph``): while runpy imports the package, ``sys.argv[0]`` is ``-m``; the
     module's name is the interpreter's first ``-m`` argument (not a script's own ``-m lipgraph`` arguments)."""
