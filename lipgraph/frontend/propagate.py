@@ -42,7 +42,7 @@ class _Propagate(fx.Interpreter):
         if is_in_place(n, self.module) and args and isinstance(args[0], torch.Tensor):
             _refuse_hidden_aliases(self, n, args[0])
             if not record(n.args[0]).dep:
-                _refuse_constant_written(self, n, n.args[0])
+                _refuse_constant_written(self, n, n.args[0], lost=n.args[0].op == "get_attr" and not n.users)
             args = (args[0].clone(), *args[1:])
         return args, kwargs
 
@@ -72,12 +72,19 @@ class _Propagate(fx.Interpreter):
         return result
 
 
-def _refuse_constant_written(interpreter: _Propagate, n: fx.Node, constant: fx.Node) -> None:
+def _refuse_constant_written(interpreter: _Propagate, n: fx.Node, constant: fx.Node, lost: bool = False) -> None:
     """``n`` writes into ``constant`` (a tensor that does not depend on the input): refused when what it writes
     depends on the input and the constant, or a module attribute sharing its storage, is read after ``n``: that
-    read would take an input-dependent value for a constant (``self.buf.copy_(x); return x * self.buf``: x²)."""
+    read would take an input-dependent value for a constant (``self.buf.copy_(x); return x * self.buf``: x²).
+    ``lost``: an in-place op on an attribute read (``get_attr``) whose result nobody uses is refused even with no
+    later read in the graph: the update can only matter through the attribute, e.g. through what torch.fx computed
+    from it while tracing (``out = torch.zeros(4); out.add_(x); return 3 * out`` traces to a constant output)."""
     if not any(record(a).dep for a in n.all_input_nodes):
         return
+    if lost:
+        raise TraceError(f"{n.format_node()} writes input-dependent values into the attribute {constant.target} in "
+                         "place; its later reads, and what torch.fx computed from it while tracing, do not see the "
+                         f"update; {OUT_OF_PLACE}")
     order, storage = interpreter.order, interpreter.env[constant].untyped_storage().data_ptr()
     later = [u for u in constant.users if u is not n and order[u] > order[n]]
     attributes = [(m, interpreter.fetch_attr(m.target)) for m in interpreter.module.graph.nodes
@@ -95,7 +102,8 @@ def _refuse_hidden_aliases(interpreter: _Propagate, n: fx.Node, target: torch.Te
     storage = target.untyped_storage().data_ptr()
     for m, value in interpreter.env.items():
         if (m is not n.args[0] and isinstance(value, torch.Tensor) and value.numel() and target.numel()
-                and value.untyped_storage().data_ptr() == storage and any(order[u] > order[n] for u in m.users if u is not n)):
+                and value.untyped_storage().data_ptr() == storage
+                and any(order[u] > order[n] for u in m.users if u is not n)):
             raise TraceError(f"{n.format_node()} updates a tensor in place that shares storage with {m.name} "
                              f"({m.format_node()}), read afterwards; {OUT_OF_PLACE}")
 

@@ -189,13 +189,42 @@ class StateWrittenInPlace(nn.Module):
         return x * self.buf
 
 
-@pytest.mark.parametrize("model, op", [(StateWrittenByLeaf(), "stash"), (StateWrittenByOut(), "add"),
-                                       (StateWrittenInPlace(), "copy_")])
-def test_input_written_into_a_constant_read_again_is_refused(model, op: str, restore_default_registry) -> None:
+class TensorBuiltInForward(nn.Module):
+    """out = zeros; out.add_(x repeated twice); 3·out: fx computes 3·out while tracing (a constant output, certified
+    0 before); the true constant is 3√2."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(1, 4)
+        out.add_(x.repeat(1, 2))
+        return out * 3
+
+
+class FilledBySlices(nn.Module):
+    """out = zeros; out[:, :2] = x: fx returns a second read of the constant (certified 0 before; the constant is 1)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(1, 4)
+        out[:, :2] = x
+        return out
+
+
+@pytest.mark.parametrize("model, width, op, target", [(StateWrittenInPlace(), 3, "copy_", "buf"),
+                                                      (TensorBuiltInForward(), 2, "add_", "_tensor_constant0")])
+def test_input_written_into_an_attribute_in_place_is_refused(model, width: int, op: str, target: str) -> None:
+    with pytest.raises(lipgraph.TraceError, match=rf"^%{op} .* writes input-dependent values into the attribute "
+                                                  rf"{target} in place; its later reads, and what torch.fx computed"):
+        lipgraph.analyze(model, torch.full((1, width), 5.0), lower=False, cache=False, quiet=True)
+
+
+@pytest.mark.parametrize("model, width, op, target", [(StateWrittenByLeaf(), 3, "stash", "buf"),
+                                                      (StateWrittenByOut(), 3, "add", "buf"),
+                                                      (FilledBySlices(), 2, "setitem", "_tensor_constant0")])
+def test_input_written_into_a_constant_read_again_is_refused(model, width: int, op: str, target: str,
+                                                             restore_default_registry) -> None:
     restore_default_registry.register(StashesInput, lipgraph.isometry())
-    with pytest.raises(lipgraph.TraceError, match=rf"^%{op} .* writes input-dependent values into buf in place, "
-                                                  r"which buf_1 reads afterwards as a constant; lipgraph cannot"):
-        lipgraph.analyze(model, torch.full((1, 3), 5.0), lower=False, cache=False, quiet=True)
+    with pytest.raises(lipgraph.TraceError, match=rf"^%{op} .* writes input-dependent values into {target} in place, "
+                                                  rf"which {target}_1 reads afterwards as a constant; lipgraph cannot"):
+        lipgraph.analyze(model, torch.full((1, width), 5.0), lower=False, cache=False, quiet=True)
 
 
 def test_batch_statistics_updated_in_place_keep_the_rules_message() -> None:
