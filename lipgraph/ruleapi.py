@@ -57,8 +57,17 @@ class ChannelScale:
     scale: torch.Tensor
 
 
+@dataclass(frozen=True)
+class ChannelMean:
+    """y_c = the mean of x_c over its ``size`` positions (dims 2…), for each of ``channels`` channels along dim 1:
+    global average pooling."""
+
+    channels: int
+    size: int
+
+
 #: the structure of an affine op's linear part that fusion can fold exactly
-AffineStructure = Union[Matrix, Conv, ChannelScale]
+AffineStructure = Union[Matrix, Conv, ChannelScale, ChannelMean]
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from lipgraph.bound import Bound, certified
 from lipgraph.linalg import col_sum_max, dense_is_cheap, dense_norm, row_sum_max, schur_bound
 from lipgraph.errors import NormNotSupported
 from lipgraph.registry import Registry
-from lipgraph.ruleapi import OpContext, Var, ntuple
+from lipgraph.ruleapi import ChannelMean, OpContext, Transfer, Var, ntuple
 
 from ._gains import copies_gain
 
@@ -93,6 +93,17 @@ def per_channel_linear(ctx: OpContext) -> Bound:
     if dense_is_cheap(math.prod(in_shape), out_numel):
         return dense_norm(fn, in_shape, 2)
     return schur_bound(fn, in_shape)
+
+
+def adaptive_avg_pool(ctx: OpContext) -> Bound | Transfer:
+    """Adaptive average pooling: :func:`per_channel_linear`; to one position per channel (global average pooling)
+    with the structure :class:`~lipgraph.ruleapi.ChannelMean`, which fusion folds into a following linear layer."""
+    gain = per_channel_linear(ctx)
+    d = _dims(ctx.key)
+    if len(ctx.input.shape) != d + 2 or any(m != 1 for m in ctx.output_shape[-d:]):
+        return gain
+    return Transfer(gains=(gain,), affine=True,
+                    structure=ChannelMean(ctx.input.shape[1], math.prod(ctx.input.shape[-d:])))
 
 
 def window_lengths(n: int, kernel: int, stride: int, n_out: int) -> list[int]:
@@ -170,7 +181,7 @@ def register(registry: Registry) -> None:
         registry.register(f"max_pool{d}d", max_pool)
         registry.register(f"adaptive_max_pool{d}d", adaptive_max_pool)
         registry.register(f"avg_pool{d}d", per_channel_linear, affine=True)
-        registry.register(f"adaptive_avg_pool{d}d", per_channel_linear, affine=True)
+        registry.register(f"adaptive_avg_pool{d}d", adaptive_avg_pool, affine=True)
     registry.register("upsample", per_channel_linear, affine=True)
 
 

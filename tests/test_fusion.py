@@ -92,3 +92,38 @@ def test_fusion_never_loosens_and_stops_at_nonlinearities() -> None:
     assert chains == [["0", "1"], ["3", "4"]], chains
     product = math.prod(c.bound.value for c in report.tree.children)
     assert report.bound.value < product
+
+
+POOLED = {  # global average pooling, then dense layers: folded as W·mean, with no dense operator
+    "pool-flatten-linear": lambda: nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5)),
+    "pool-flatten-linear-bn": lambda: nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5),
+                                                    _bn(5, 1)),
+    "pool-flatten-linear-linear": lambda: nn.Sequential(nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(),
+                                                        nn.Linear(4, 6), nn.Linear(6, 3)),
+    "pool1d-flatten-linear": lambda: nn.Sequential(nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(4, 5)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(POOLED))
+@pytest.mark.parametrize("p", [2, 1, math.inf], ids=["l2", "l1", "linf"])
+def test_global_pool_then_linear_folds_to_its_exact_norm(name: str, p: float, monkeypatch) -> None:
+    from lipgraph.passes import fuse
+    monkeypatch.setattr(fuse, "_dense", lambda *a: pytest.fail("the pooled chain must fold, not materialise"))
+    torch.manual_seed(4)
+    model = POOLED[name]().eval()
+    x = torch.randn(1, 4, 5) if "1d" in name else torch.randn(1, 4, 3, 5)  # 15 positions: ‖W‖₂/√15
+    report = lipgraph.analyze(model, x, norm=p, lower=False)
+    exact = _exact_norm(model, x, p)
+    fused = _fused(report)
+    assert fused >= exact * (1 - 1e-12)
+    assert fused == pytest.approx(exact, rel=1e-5)  # certified margins are 1e-6
+    assert report.bound.value >= exact * (1 - 1e-12)
+
+
+def test_pool_not_to_one_position_does_not_fold() -> None:
+    """AdaptiveAvgPool2d(2) keeps 4 positions per channel: no channel-mean structure; the bound stays sound."""
+    torch.manual_seed(5)
+    model, x = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 3)).eval(), torch.randn(1, 4, 4, 4)
+    report = lipgraph.analyze(model, x, lower=False)
+    assert report.bound.value >= _exact_norm(model, x) * (1 - 1e-12)
+    assert all("channel means" not in node.fused.bound.method for node in report.tree.walk() if node.fused)

@@ -35,7 +35,8 @@ from typing import Sequence
 import torch
 
 from lipgraph.bound import Bound, certified
-from lipgraph.estimators.recertify import UNIT_ROUNDOFF, InfeasibleMultipliers, reduce_input, verified_psd
+from lipgraph.estimators.recertify import (UNIT_ROUNDOFF, InfeasibleMultipliers, ReducedInput, reduce_input,
+                                           verified_psd)
 
 #: relative diagonal margins δ tried for each piece (the first that verifies is kept)
 PIECE_MARGINS = (1e-12, 1e-10, 1e-8, 1e-6, 1e-4)
@@ -83,8 +84,8 @@ def _verified_piece(top: torch.Tensor, E: torch.Tensor, bottom: torch.Tensor, to
     return verified_psd(piece, error)
 
 
-def _prepare(weights: Sequence[torch.Tensor], multipliers: Sequence[torch.Tensor]):
-    reduced = reduce_input(weights[0])
+def _prepare(weights: Sequence[torch.Tensor], multipliers: Sequence[torch.Tensor], reduced: ReducedInput | None):
+    reduced = reduced or reduce_input(weights[0])
     W = (reduced.weight,) + tuple(weights[1:])
     mults = [torch.as_tensor(t, dtype=torch.float64, device=W[0].device).reshape(-1) for t in multipliers]
     for k, (t, Wk) in enumerate(zip(mults, W), start=1):
@@ -96,12 +97,14 @@ def _prepare(weights: Sequence[torch.Tensor], multipliers: Sequence[torch.Tensor
 
 
 def block_certificate(weights: Sequence[torch.Tensor], slopes: Sequence[tuple[float, float]],
-                      multipliers: Sequence[torch.Tensor], method: str = METHOD) -> Bound:
+                      multipliers: Sequence[torch.Tensor], method: str = METHOD,
+                      reduced: ReducedInput | None = None) -> Bound:
     """Certified √ρ for the multipliers T (one vector ≥ 0 per hidden layer) of the chain W_0, φ_1, …, W_l (dense
-    float64 matrices, any device) by the piecewise proof of the module docstring.
+    float64 matrices, any device) by the piecewise proof of the module docstring; ``reduced``: the input reduction
+    of ``weights[0]`` when the caller has it (``DenseChain.reduced_input``).
 
     Raises :class:`InfeasibleMultipliers` when a Cholesky fails (T proves nothing) or no margin verifies."""
-    W, mults, factor = _prepare(weights, multipliers)
+    W, mults, factor = _prepare(weights, multipliers, reduced)
     l = len(W) - 1
     if l == 0:
         raise ValueError("a chain without hidden layers needs no multipliers: use its operator norm")

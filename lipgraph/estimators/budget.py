@@ -1,22 +1,32 @@
 """A total time budget for the chain and block estimators of one analysis (``analyze(..., budget=S)``,
 ``lipgraph explain --budget S``; ``--method best`` gets :data:`BEST_SECONDS` unless told otherwise).
 
-The graph passes ask :func:`skip` before each estimator and :func:`spent` after it. The budget spends its time by
-measured tightness per second:
+The graph passes run each estimator through :func:`timed`, which asks :meth:`Budget.skip` before it starts and
+records its run after. The budget spends its time by measured tightness per second:
 
 - the estimators run cheapest first (:func:`order`, by :data:`COST_ORDER`);
 - an estimator of :data:`CHEAP_NAMES`, or whose last run took at most :data:`CHEAP` of the budget (or
-  :data:`CHEAP_SECONDS`), always runs, so the cheap certified bounds (CP, ECLipsE-Fast, the whole-block bounds of
+  :data:`CHEAP_SECONDS`), always starts, so the cheap certified bounds (CP, ECLipsE-Fast, the whole-block bounds of
   ``--method cp``) exist for every chain and block: ``best`` is never looser than ``cp``, and its time is that
   of ``cp`` plus the budget;
 - on a graph with additions, the chain estimators may spend :data:`CHAIN_SHARE` of the budget, the whole-block
-  estimators (which run after them, and win most on residual networks) the rest (:func:`reserve_for_blocks`); once a share is spent, nothing else of it starts;
+  estimators (which run after them, and win most on residual networks) the rest (:func:`reserve_for_blocks`); once
+  a share is spent, nothing else of it starts;
 - an estimator that already ran is skipped when its last run would not fit in what is left, or when it improved
   nothing (less than :data:`GAIN` relative over the best certified value already found for its chain or block)
   on every earlier run that took more than :data:`CHEAP_SECONDS`: it cost time for no tightness.
 
-An estimator once started is not interrupted: the total can overrun by one estimator's run, never more. Whatever
-is skipped, the bound is the certified minimum of what finished (never looser than the cheap bounds above).
+**A deadline, checked cooperatively.** A running estimator has a deadline: the end of its share (chain
+estimators) or of the budget (block estimators); none for :data:`CHEAP_NAMES`, which are never cut. The long
+estimators call :func:`expired` once per iteration (an optimiser's function evaluation, an ECLipsE or
+ECLipsE-Fast stage, a step of the exact input reduction, a coordinate of a block pair's multiplier search, a DCP
+block or piece, a SeqLip enumeration prefix; docs/residual.md). Past the deadline, an iterative solver
+stops and its best point so far goes through the same rigorous certificate as a finished run's (a result that
+does not verify is dropped, never trusted); a solver stopped before it had any point, or a loop whose partial
+work bounds nothing (DCP's pieces), raises :class:`BudgetExpired` and contributes nothing. So the total overruns
+the budget by at most one iteration and one certificate, and the report's notes name the estimator that was
+stopped. Whatever is skipped or stopped, the bound is the certified minimum of what finished (never looser than
+the cheap bounds above). Without a budget, :func:`expired` is one context-variable read.
 """
 from __future__ import annotations
 
@@ -25,7 +35,9 @@ import contextvars
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
+
+from lipgraph.bound import Bound, Kind
 
 #: the default total seconds of ``--method best``
 BEST_SECONDS = 120.0
@@ -44,18 +56,62 @@ COST_ORDER = ("cp", "eclipse-fast", "seqlip-greedy", "seqlip", "eclipse", "lipsd
 CHAIN_SHARE = 0.5
 
 
+class BudgetExpired(Exception):
+    """An estimator reached the budget's deadline before it had anything to certify: it contributes nothing."""
+
+
+@dataclass
+class Run:
+    """The estimator running now: its name, the clock reading it must stop at (inf: never), whether it did."""
+
+    name: str
+    deadline: float
+    stopped: bool = False
+
+
 @dataclass
 class Budget:
-    """``seconds`` from the first estimator on; per estimator, its runs' (seconds, relative gain)."""
+    """``seconds`` from the first estimator on (read on ``clock``); per estimator, its runs' (seconds, relative
+    gain); ``current``: the estimator running now."""
 
     seconds: float
-    start: float = field(default_factory=time.perf_counter)
+    clock: Callable[[], float] = time.perf_counter
+    start: float | None = None
     runs: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     chain_share: float = CHAIN_SHARE
+    current: Run | None = None
+
+    def __post_init__(self) -> None:
+        if self.start is None:
+            self.start = self.clock()
 
     @property
     def left(self) -> float:
-        return self.seconds - (time.perf_counter() - self.start)
+        return self.seconds - (self.clock() - self.start)
+
+    def deadline(self, name: str) -> float:
+        """When ``name`` must stop: the end of its share (module docstring); never for :data:`CHEAP_NAMES`."""
+        if name in CHEAP_NAMES:
+            return math.inf
+        return self.start + (1.0 if name.startswith("residual") else self.chain_share) * self.seconds
+
+    @contextlib.contextmanager
+    def running(self, name: str) -> Iterator[Run]:
+        """``name`` is the running estimator inside the block (:meth:`expired` reads its deadline)."""
+        run, previous = Run(name, self.deadline(name)), self.current
+        self.current = run
+        try:
+            yield run
+        finally:
+            self.current = previous
+
+    def expired(self) -> bool:
+        """Whether the running estimator is past its deadline (then marked as stopped)."""
+        run = self.current
+        if run is None or not (run.stopped or self.clock() > run.deadline):
+            return False
+        run.stopped = True
+        return True
 
     def skip(self, name: str) -> str | None:
         """None when ``name`` may start now, else why not (a note for the report)."""
@@ -87,9 +143,9 @@ _CURRENT: contextvars.ContextVar[Budget | None] = contextvars.ContextVar("lipgra
 
 
 @contextlib.contextmanager
-def spending(seconds: float | None) -> Iterator[Budget | None]:
-    """The budget of the estimators run inside the block (None: unlimited)."""
-    budget = None if seconds is None else Budget(float(seconds))
+def spending(seconds: float | None, clock: Callable[[], float] = time.perf_counter) -> Iterator[Budget | None]:
+    """The budget of the estimators run inside the block (None: unlimited), timed by ``clock``."""
+    budget = None if seconds is None else Budget(float(seconds), clock)
     token = _CURRENT.set(budget)
     try:
         yield budget
@@ -103,6 +159,48 @@ def reserve_for_blocks(has_blocks: bool) -> None:
     budget = _CURRENT.get()
     if budget is not None:
         budget.chain_share = CHAIN_SHARE if has_blocks else 1.0
+
+
+def expired() -> bool:
+    """Whether the estimator running now must stop (module docstring): never without a budget, never for
+    :data:`CHEAP_NAMES`. Long estimators call it once per iteration."""
+    budget = _CURRENT.get()
+    return budget is not None and budget.expired()
+
+
+class Outcome(NamedTuple):
+    """What :func:`timed` got: ``finished`` (``bound`` is the estimator's result, in ``seconds``) or not, and the
+    notes for the report (skipped, failed, stopped at the deadline)."""
+
+    finished: bool
+    bound: Bound | None
+    seconds: float
+    notes: list[str]
+
+
+def timed(name: str, compute: Callable[[], Bound | None], previous: float) -> Outcome:
+    """Run estimator ``name`` (``compute``) under the current budget, unless it must be skipped; a failure or a
+    stop before a result becomes a note; ``previous``: the best certified value before it (for its gain)."""
+    if why := skip(name):
+        return Outcome(False, None, 0.0, [f"{name}: {why}"])
+    budget = _CURRENT.get()
+    start, notes, bound, finished = time.perf_counter(), [], None, False
+    with budget.running(name) if budget is not None else contextlib.nullcontext() as run:
+        try:
+            bound, finished = compute(), True
+        except BudgetExpired:
+            pass
+        except Exception as exc:  # noqa: BLE001 - a failed estimator (solver error, missing extra) leaves the others
+            notes.append(f"{name} failed: {type(exc).__name__}: {exc}")
+    seconds = time.perf_counter() - start
+    if run is not None and run.stopped:
+        kept = ("its best point so far was certified" if finished and bound is not None
+                and bound.kind is Kind.CERTIFIED else "nothing certified from it")
+        notes.append(f"{name}: stopped at the budget's deadline ({run.deadline - budget.start:.3g} s into "
+                     f"{budget.seconds:g} s) after {seconds:.3g} s; {kept}")
+    certified = bound.value if finished and bound is not None and bound.kind is Kind.CERTIFIED else None
+    spent(name, seconds, certified, previous)
+    return Outcome(finished, bound, seconds, notes)
 
 
 def skip(name: str) -> str | None:

@@ -40,8 +40,8 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -50,10 +50,12 @@ from torch import nn
 from lipgraph.bound import Bound, certified
 from lipgraph.errors import InputError
 from lipgraph.estimators import CHAIN_ESTIMATORS, ChainEstimator, DenseChain, register_estimator
+from lipgraph.estimators.budget import BudgetExpired, expired
 from lipgraph.estimators.recertify import UNIT_ROUNDOFF
 from lipgraph.estimators.lmi import cvxpy_missing, lmi_size
 from lipgraph.linalg import conv_norm, materialize, matrix_norm
 
+T = TypeVar("T")
 #: rows [r0, r1) and columns [c0, c1) of a feature map
 Region = tuple[int, int, int, int]
 #: default largest LMI side of one piece (CVXOPT: a few seconds)
@@ -149,6 +151,8 @@ class ConvChain:
     layers: tuple[Layer, ...]
     slopes: tuple[tuple[float, float], ...]
     input_shape: tuple[int, int, int]
+    #: what the estimators of one analysis computed on this chain (:meth:`cached`)
+    memo: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.slopes) != len(self.layers) - 1:
@@ -165,8 +169,15 @@ class ConvChain:
         return shapes
 
     def to_dense(self) -> DenseChain:
-        """Every layer unrolled on its whole map (for chains small enough: n = C·H·W per layer)."""
-        return _piece(self, 0, len(self.layers), _whole(self.shapes[-1]))[0]
+        """Every layer unrolled on its whole map (for chains small enough: n = C·H·W per layer), once."""
+        return self.cached("dense", lambda: _piece(self, 0, len(self.layers), _whole(self.shapes[-1]))[0])
+
+    def cached(self, key: object, compute: Callable[[], T]) -> T:
+        """``compute()`` once per chain: the estimators that share it (DCP, lipsdp-conv) share its dense form and
+        ECLipsE-Fast's multipliers and bound (minutes each on maps of 4,096)."""
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
 
     @classmethod
     def from_sequential(cls, model: nn.Sequential, input_shape: Sequence[int]) -> "ConvChain":
@@ -297,7 +308,16 @@ def solve_pieces(pieces: Sequence[DenseChain], estimator: str, workers: int) -> 
                 return list(pool.map(_bound_piece, jobs))
         except (OSError, BrokenProcessPool, RuntimeError):
             pass  # no pool here (sandbox, frozen interpreter, …): solve in this process
-    return [_bound_piece(job) for job in jobs]
+    return [_bound_piece(job) for job in _until_expired(jobs)]
+
+
+def _until_expired(jobs: Sequence) -> Iterator:
+    """``jobs`` one by one; :class:`~.budget.BudgetExpired` once the analysis's budget has expired (some pieces of
+    a block bound nothing: DCP then contributes nothing)."""
+    for job in jobs:
+        if expired():
+            raise BudgetExpired
+        yield job
 
 
 def block_bound(chain: ConvChain, i: int, j: int, *, estimator: str, max_piece: int, workers: int) -> BlockBound | None:
@@ -334,8 +354,15 @@ def whole_block_bound(chain: ConvChain, i: int, j: int) -> BlockBound | None:
     limit = WHOLE_CHAIN_MAX if (i, j) == (0, len(chain.layers)) else WHOLE_MAX
     if max(math.prod(shape) for shape in chain.shapes[i:j + 1]) > limit:
         return None
-    dense = _piece(chain, i, j, _whole(chain.shapes[j]))[0]
-    name, bound = min(((n, CHAIN_ESTIMATORS[n].fn(dense)) for n in WHOLE_ESTIMATORS), key=lambda nb: nb[1].value)
+    if (i, j) == (0, len(chain.layers)):  # shared with lipsdp-conv's fallback: computed once per chain
+        from lipgraph.estimators.lipsdp_fo import conv_eclipse_fast
+
+        dense = chain.to_dense()
+        bounds = {"eclipse-fast": conv_eclipse_fast(chain), "cp": CHAIN_ESTIMATORS["cp"].fn(dense)}
+    else:
+        dense = _piece(chain, i, j, _whole(chain.shapes[j]))[0]
+        bounds = {n: CHAIN_ESTIMATORS[n].fn(dense) for n in WHOLE_ESTIMATORS}
+    name, bound = min(bounds.items(), key=lambda nb: nb[1].value)
     return BlockBound(i, j, bound.value, 1, 1, 1, whole=name)
 
 
@@ -352,7 +379,9 @@ def dcp(chain: ConvChain, *, estimator: str | None = None, max_piece: int = MAX_
     """Certified DCP bound of a conv chain (module docstring). ``estimator``: the chain estimator for the pieces
     (default lipsdp-neuron, eclipse-fast without cvxpy); ``max_piece``: largest LMI side of a piece;
     ``seconds``: budget of the search (one-layer blocks are always evaluated); ``workers``: process pool size
-    (default: CPU count); ``max_block``: longest block tried (default: the whole chain)."""
+    (default: CPU count); ``max_block``: longest block tried (default: the whole chain). Past the analysis's
+    deadline (:func:`~.budget.expired`, checked per block and per piece solved here): :class:`~.budget.BudgetExpired`,
+    no bound."""
     estimator = estimator or _default_estimator()
     if estimator not in CHAIN_ESTIMATORS:
         raise InputError(f"unknown chain estimator {estimator!r}; known: {', '.join(sorted(CHAIN_ESTIMATORS))}")
@@ -364,6 +393,8 @@ def dcp(chain: ConvChain, *, estimator: str | None = None, max_piece: int = MAX_
     K = len(chain.layers)
     start = time.perf_counter()
     blocks: dict[tuple[int, int], BlockBound] = {}
+    if expired():  # started past the deadline (a cheap earlier run lets it start): nothing to materialise
+        raise BudgetExpired
     if K > 1 and (max_block or K) >= K:  # the whole chain untiled first: cheap, and often the best single block
         whole = whole_block_bound(chain, 0, K)
         if whole is not None:
@@ -371,7 +402,7 @@ def dcp(chain: ConvChain, *, estimator: str | None = None, max_piece: int = MAX_
     for length in range(1, min(K, max_block or K) + 1):
         if length > 1 and time.perf_counter() - start > seconds:
             break
-        for i in range(K - length + 1):
+        for i in _until_expired(range(K - length + 1)):
             block = block_bound(chain, i, i + length, estimator=estimator, max_piece=max_piece, workers=workers)
             if length > 1:
                 block = _smaller(block, whole_block_bound(chain, i, i + length))

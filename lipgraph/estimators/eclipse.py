@@ -24,6 +24,7 @@ import torch
 
 from lipgraph.bound import Bound
 from lipgraph.estimators import ChainEstimator, DenseChain, register_estimator
+from lipgraph.estimators.budget import BudgetExpired, expired
 from lipgraph.estimators.lmi import MAX_LMI, SolverFailed, cvxpy_missing, solve_lmi
 from lipgraph.estimators.eclipse_fast import (fast_multipliers, fast_stage, next_stage, normalised_to_multipliers,
                                               reduced_weights)
@@ -32,12 +33,15 @@ from lipgraph.estimators.recertify import InfeasibleMultipliers, reduce_input
 def eclipse_multipliers(chain: DenseChain, solver: str | None = None, seconds: float = 60.0) -> list[torch.Tensor]:
     """ECLipsE's multipliers: per hidden layer, the small SDP of the module docstring, by cvxpy when its LMI has
     side ≤ ``lmi.MAX_LMI`` and cvxpy is installed, else by the first-order solver (:func:`stage_first_order`);
-    a stage whose solve fails, or whose Λ breaks X ≻ 0, takes Fast's Λ instead."""
+    a stage whose solve fails, or whose Λ breaks X ≻ 0, or that comes after the budget's deadline
+    (:func:`~.budget.expired`), takes Fast's Λ instead (:class:`~.budget.BudgetExpired` at the first stage)."""
     weights = reduced_weights(chain)
     Y = torch.eye(weights[0].shape[1], dtype=torch.float64, device=weights[0].device)
     lams = []
     for k, slope in enumerate(chain.slopes):
         try:
+            if expired():  # the budget's deadline: the remaining stages take Fast's Λ
+                raise BudgetExpired
             if cvxpy_missing() or Y.shape[0] + weights[k].shape[0] > MAX_LMI:
                 lam = stage_first_order(Y, weights[k], weights[k + 1], slope, seconds / len(chain.slopes))
             else:
@@ -46,7 +50,9 @@ def eclipse_multipliers(chain: DenseChain, solver: str | None = None, seconds: f
             Y_next = next_stage(Y, weights[k], lam, slope)
             if int(torch.linalg.cholesky_ex(Y_next).info) != 0:
                 raise InfeasibleMultipliers("stage matrix not positive definite")
-        except (SolverFailed, InfeasibleMultipliers):
+        except (SolverFailed, InfeasibleMultipliers, BudgetExpired) as err:
+            if isinstance(err, BudgetExpired) and k == 0:
+                raise  # nothing solved: ECLipsE-Fast alone, which runs anyway
             lam = fast_stage(Y, weights[k], slope)
             Y_next = next_stage(Y, weights[k], lam, slope)
         lams.append(lam)
@@ -82,7 +88,7 @@ def eclipse(chain: DenseChain) -> Bound:
     is repaired towards Fast's T (dense) or replaced by it."""
     from lipgraph.estimators.lipsdp_fo import certify_multipliers
 
-    fast = fast_multipliers(chain)
+    fast = fast_multipliers(chain, stoppable=True)
     return certify_multipliers(chain, [eclipse_multipliers(chain), fast], "eclipse", fallback=fast)
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 
 from lipgraph.estimators import DenseChain
-from lipgraph.estimators.recertify import InfeasibleMultipliers, reduce_input
+from lipgraph.estimators.budget import BudgetExpired, expired
+from lipgraph.estimators.recertify import InfeasibleMultipliers
 
 #: t is capped so that 1 + 2at ≥ 1 − 0.99 (a < 0) and r ≥ 1e-3·|m| (a linear activation would give t = ∞)
 SAFETY = 0.99
@@ -60,16 +61,22 @@ def normalised_to_multipliers(weights: tuple[torch.Tensor, ...], Y: torch.Tensor
     return [(1 + STRICT) * rho * lam for lam in lams]
 
 
-def reduced_weights(chain: DenseChain) -> tuple[torch.Tensor, ...]:
-    return (reduce_input(chain.weights[0]).weight,) + tuple(chain.weights[1:])
+def reduced_weights(chain: DenseChain, stoppable: bool = False) -> tuple[torch.Tensor, ...]:
+    reduced = chain.reduced_input_by_deadline() if stoppable else chain.reduced_input
+    return (reduced.weight,) + tuple(chain.weights[1:])
 
 
-def fast_multipliers(chain: DenseChain) -> list[torch.Tensor]:
-    """ECLipsE-Fast's multipliers T_k = ρλ_k I (closed form, module docstring)."""
-    weights = reduced_weights(chain)
+def fast_multipliers(chain: DenseChain, stoppable: bool = False) -> list[torch.Tensor]:
+    """ECLipsE-Fast's multipliers T_k = ρλ_k I (closed form, module docstring). ``stoppable`` (the start of a
+    costlier estimator, not a fallback of a finished solve): :class:`~.budget.BudgetExpired` in the input reduction
+    or at a stage past the analysis's deadline (never within ECLipsE-Fast itself, a cheap estimator:
+    :func:`~.budget.expired`)."""
+    weights = reduced_weights(chain, stoppable)
     Y = torch.eye(weights[0].shape[1], dtype=torch.float64, device=weights[0].device)
     lams = []
     for W, slope in zip(weights, chain.slopes):
+        if stoppable and expired():
+            raise BudgetExpired
         lams.append(fast_stage(Y, W, slope))
         Y = next_stage(Y, W, lams[-1], slope)
     return normalised_to_multipliers(weights, Y, lams)

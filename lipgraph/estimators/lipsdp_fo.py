@@ -37,8 +37,9 @@ import torch
 from lipgraph.bound import Bound
 from lipgraph.estimators import ESTIMATORS, ChainEstimator, DenseChain, register_estimator
 from lipgraph.estimators.blockcert import block_certificate, schur_rho
+from lipgraph.estimators.budget import BudgetExpired, expired
 from lipgraph.estimators.operators import OperatorChain, lipsdp_apply, multiplier_gradient, top_eigenpair
-from lipgraph.estimators.recertify import InfeasibleMultipliers, best_recertified, reduce_input
+from lipgraph.estimators.recertify import InfeasibleMultipliers, best_recertified
 from lipgraph.estimators.schur_operator import OperatorSchur
 
 #: LMI side up to which the dense shifted-Cholesky re-certification is used (above: block-tridiagonal)
@@ -58,7 +59,7 @@ TEMPERATURES = (1e2, 1e3, 1e4, 1e5, 1e6, 1e7)
 
 
 def _weights(chain: DenseChain) -> tuple[torch.Tensor, ...]:
-    return (reduce_input(chain.weights[0]).weight,) + tuple(chain.weights[1:])
+    return (chain.reduced_input.weight,) + tuple(chain.weights[1:])
 
 
 def _schur_objective(weights, slopes):
@@ -104,17 +105,21 @@ def optimise(evaluate, start: Sequence[torch.Tensor], *, steps: int = STEPS, sec
     one run per soft-maximum temperature β·ρ (``None``: the exact objective), each from the best T so far.
     ``evaluate(log_t, β)`` returns (objective, exact ρ, ∂objective/∂log t) or raises
     :class:`InfeasibleMultipliers`: an infeasible trial point halves the step, like one that does not decrease
-    enough. Returns the T of the smallest exact ρ seen (``steps`` evaluations or ``seconds`` at most). Unverified."""
+    enough. Returns the T of the smallest exact ρ seen (``steps`` evaluations or ``seconds`` at most, or until the
+    analysis's budget expires: :func:`~.budget.expired`, checked before each evaluation; expired before any
+    evaluation: :class:`~.budget.BudgetExpired`). Unverified."""
     sizes = [t.numel() for t in start]
     x = torch.cat([torch.log(t.clamp(min=float(t.max()) * 1e-12 + 1e-300)).reshape(-1) for t in start])
     best = [math.inf, x.clone()]
     deadline = time.perf_counter() + seconds
-    budget = [steps]
+    left = [steps]
 
     def call(point: torch.Tensor, beta: float | None) -> tuple[float, torch.Tensor]:
-        if budget[0] <= 0 or time.perf_counter() > deadline:
+        if expired() and left[0] == steps:
+            raise BudgetExpired
+        if left[0] <= 0 or time.perf_counter() > deadline or expired():
             raise TimeoutError
-        budget[0] -= 1
+        left[0] -= 1
         value, exact, grads = evaluate(list(torch.split(point, sizes)), beta)
         if exact < best[0]:
             best[0], best[1] = exact, point.clone()
@@ -175,17 +180,19 @@ def certify_multipliers(chain: DenseChain, candidates: Sequence[Sequence[torch.T
     """The smallest certified √ρ*(T) over the candidates by the dense shifted Cholesky
     (:func:`~.recertify.recertify`, with repair towards ``fallback``) when the LMI has side ≤
     :data:`DENSE_CERTIFICATE`; above, the block-tridiagonal certificate of the first candidate that verifies
-    (minutes each on large chains: callers list the candidates best first). Raises :class:`InfeasibleMultipliers`
-    when none verifies."""
+    (minutes each on large chains: callers list the candidates best first; once the analysis's budget has expired,
+    none after the first). Raises :class:`InfeasibleMultipliers` when none verifies."""
     widths = chain.widths
     if min(widths[0], widths[1]) + sum(widths[1:-1]) <= DENSE_CERTIFICATE:
         return best_recertified(chain, candidates, method, fallback=fallback)
     failures = []
     for T in candidates:
         try:
-            return block_certificate(chain.weights, chain.slopes, T, method)
+            return block_certificate(chain.weights, chain.slopes, T, method, reduced=chain.reduced_input)
         except InfeasibleMultipliers as err:
             failures.append(str(err))
+            if expired():
+                break
     raise InfeasibleMultipliers(failures[-1] if failures else "no candidate multipliers")
 
 
@@ -236,7 +243,7 @@ def lipsdp_first_order(chain: DenseChain, *, steps: int = STEPS, seconds: float 
 
     if len(chain.weights) == 1:
         return best_recertified(chain, [[]], "lipsdp-neuron (first-order)")
-    fast = fast_multipliers(chain)
+    fast = fast_multipliers(chain, stoppable=True)
     T = first_order_multipliers(chain, fast, mode=mode, steps=steps, seconds=seconds)
     return certify_multipliers(chain, [T, fast], "lipsdp-neuron (first-order)", fallback=fast)
 
@@ -245,19 +252,41 @@ def lipsdp_first_order(chain: DenseChain, *, steps: int = STEPS, seconds: float 
 PASS_SECONDS = 60.0
 
 
+def conv_fast_multipliers(conv) -> list[torch.Tensor]:
+    """ECLipsE-Fast's multipliers of a DCP ``ConvChain`` on its whole maps, once per chain (``conv.cached``)."""
+    from lipgraph.estimators.eclipse_fast import fast_multipliers
+
+    return conv.cached("eclipse-fast multipliers", lambda: fast_multipliers(conv.to_dense(), stoppable=True))
+
+
+def conv_eclipse_fast(conv) -> Bound:
+    """ECLipsE-Fast of a DCP ``ConvChain`` on its whole maps, re-certified, once per chain: DCP's untiled
+    whole-chain bound and lipsdp-conv's fallback share it."""
+    return conv.cached("eclipse-fast", lambda: certify_multipliers(conv.to_dense(), [conv_fast_multipliers(conv)],
+                                                                   "eclipse-fast"))
+
+
 def lipsdp_conv(conv, seconds: float = PASS_SECONDS) -> Bound:
     """LipSDP-Neuron on a DCP ``ConvChain`` too large for the dense estimators: the layers are materialised once
     (float64, for the certificate), the multipliers optimised by the Schur recursion on the conv operators
     (``operator-schur``; float32 above :data:`SCHUR_WIDTH` neurons per layer), warm-started from ECLipsE-Fast, and
-    certified in float64 (block-tridiagonal above LMI side :data:`DENSE_CERTIFICATE`); never above ECLipsE-Fast,
-    which is a candidate."""
-    from lipgraph.estimators.eclipse_fast import fast_multipliers
-
+    certified in float64 (block-tridiagonal above LMI side :data:`DENSE_CERTIFICATE`); never above ECLipsE-Fast
+    (:func:`conv_eclipse_fast`, computed once per chain with DCP): its bound when the optimised
+    multipliers do not verify (unless the budget's deadline has passed and it is not computed yet)."""
     chain = conv.to_dense()
-    fast = fast_multipliers(chain)
+    if expired():  # the budget's deadline passed while the layers were materialised
+        raise BudgetExpired
+    fast = conv_fast_multipliers(conv)
     dtype = torch.float32 if max(chain.widths[1:-1]) > SCHUR_WIDTH else torch.float64
     T = first_order_multipliers(chain, fast, operators=OperatorChain.from_conv(conv, dtype=dtype), seconds=seconds)
-    return certify_multipliers(chain, [T, fast], "lipsdp-neuron (first-order, conv)", fallback=fast)
+    try:
+        bound = certify_multipliers(chain, [T], "lipsdp-neuron (first-order, conv)", fallback=fast)
+    except InfeasibleMultipliers:
+        if expired() and "eclipse-fast" not in conv.memo:
+            raise  # stopped at the budget's deadline: no second certificate
+        return conv_eclipse_fast(conv)
+    known = conv.memo.get("eclipse-fast")
+    return known if known is not None and known.value < bound.value else bound
 
 
 def _conv_applies(conv) -> str | None:

@@ -31,6 +31,7 @@ import torch
 from lipgraph.bound import Bound, certified
 from lipgraph.errors import LipgraphError
 from lipgraph.estimators import DenseChain
+from lipgraph.estimators.budget import BudgetExpired, expired
 
 #: unit roundoff of float64
 UNIT_ROUNDOFF = 2.0 ** -53
@@ -143,20 +144,33 @@ class ReducedInput:
     factor: float
 
 
-def reduce_input(W0: torch.Tensor) -> ReducedInput:
+def _check_deadline(stoppable: bool) -> None:
+    """Between the costly steps of :func:`reduce_input` (minutes each on a 16,384-input conv layer), when it
+    prepares an estimator (``stoppable``): past the analysis's deadline, that estimator stops
+    (:func:`~.budget.expired`); never inside a certificate."""
+    if stoppable and expired():
+        raise BudgetExpired
+
+
+def reduce_input(W0: torch.Tensor, stoppable: bool = False) -> ReducedInput:
     """W_0 (n_1 × n_0, n_0 > n_1) → Rᵀ (n_1 × n_1) from the thin QR of W_0ᵀ, with a proof that
     W_0 W_0ᵀ ⪯ (1 + ε)² RᵀR, i.e. ‖R⁻ᵀ W_0‖ ≤ 1 + ε (module docstring). Unreduced when n_0 ≤ n_1 or no ε verifies
-    (W_0 of deficient row rank)."""
+    (W_0 of deficient row rank). ``stoppable``: :class:`~.budget.BudgetExpired` between its steps past the
+    analysis's deadline (an estimator's preparation, never a certificate)."""
     n1, n0 = W0.shape
     if n0 <= n1:
         return ReducedInput(W0, 1.0)
     R = torch.linalg.qr(W0.T, mode="r").R  # n1 × n1, W0ᵀ = Q R
+    _check_deadline(stoppable)
     gram_R, gram_W = R.T @ R, W0 @ W0.T
+    _check_deadline(stoppable)
+    abs_R, abs_W = R.abs().T @ R.abs(), W0.abs() @ W0.abs().T
     inner = max(n0, n1)
     for eps in REDUCTION_SLACK:
+        _check_deadline(stoppable)
         factor = (1.0 + eps) ** 2
         diff = factor * gram_R - gram_W
-        err = _forming_error(factor * (R.abs().T @ R.abs()) + W0.abs() @ W0.abs().T, inner)
+        err = _forming_error(factor * abs_R + abs_W, inner)
         if verified_psd(diff, err):
             return ReducedInput(R.T.contiguous(), factor)
     return ReducedInput(W0, 1.0)
@@ -207,7 +221,7 @@ def recertify(chain: DenseChain, multipliers: Sequence[torch.Tensor], method: st
     Raises :class:`InfeasibleMultipliers` when −H is not positive definite, i.e. this T proves nothing.
     """
     mults = _check_multipliers(chain, multipliers)
-    reduced = reduce_input(chain.weights[0])
+    reduced = chain.reduced_input
     weights = (reduced.weight,) + tuple(chain.weights[1:])
     rho = schur_rho(weights, chain.slopes, mults)
     inner = max(chain.widths)

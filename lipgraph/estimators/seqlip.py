@@ -30,6 +30,7 @@ import torch
 
 from lipgraph.bound import FLOAT_MARGIN, Bound, certified, estimate
 from lipgraph.estimators import ChainEstimator, DenseChain, register_estimator
+from lipgraph.estimators.budget import expired
 from lipgraph.linalg.dense import batched_spectral_norm
 
 #: At most this many coordinates per pair are enumerated exactly (2^e small SVDs per pair) ...
@@ -70,13 +71,17 @@ def pair_max(A: torch.Tensor, B: torch.Tensor, slope: tuple[float, float], max_e
              ) -> tuple[float, int]:
     """Certified upper bound on max_{σ ∈ [α, β]^n} ‖A diag(σ) B‖₂ and how many coordinates were enumerated
     (n of them: the exact maximum). Below n, the smallest bound over every prefix of the enumeration order
-    (each is certified; the cost at most doubles)."""
+    (each is certified; the cost at most doubles), the prefixes stopping at the analysis's deadline
+    (:func:`~.budget.expired`; the empty prefix, one product, always runs)."""
     n = A.shape[1]
     order = torch.argsort(A.norm(dim=0) * B.norm(dim=1), descending=True)
     e = enumerable(n, A.shape[0], B.shape[1], max_enumerate)
     if e == n:
         return _enumerated(A, B, slope, order, e), e
-    return min(_enumerated(A, B, slope, order, k) for k in range(e + 1)), e
+    values = [_enumerated(A, B, slope, order, 0)]
+    while len(values) <= e and not expired():
+        values.append(_enumerated(A, B, slope, order, len(values)))
+    return min(values), len(values) - 1
 
 
 def _enumerated(A: torch.Tensor, B: torch.Tensor, slope: tuple[float, float], order: torch.Tensor, e: int) -> float:

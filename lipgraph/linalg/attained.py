@@ -18,7 +18,6 @@ import math
 from typing import Callable
 
 import torch
-from torch.func import vjp
 
 from lipgraph.linalg.device import norm_device
 
@@ -42,7 +41,7 @@ def attained_norm(fn: Callable[[torch.Tensor], torch.Tensor], in_shape: tuple[in
         x = x.sign() if p == math.inf else x
     best = 0.0
     for _ in range(steps):
-        y, pullback = vjp(fn, x.unsqueeze(0))
+        y, pullback = _vjp(fn, x.unsqueeze(0))
         y = y.squeeze(0)
         best = max(best, (torch.linalg.vector_norm(y, p) / torch.linalg.vector_norm(x, p)).item())
         if p == math.inf:
@@ -52,8 +51,7 @@ def attained_norm(fn: Callable[[torch.Tensor], torch.Tensor], in_shape: tuple[in
             direction = direction.reshape(y.shape)
         else:
             direction = y.sign() if p == 1 else y
-        (g,) = pullback(direction.unsqueeze(0))
-        g = g.squeeze(0)
+        g = pullback(direction.unsqueeze(0)).squeeze(0)
         best = max(best, _dual_ratio(g, x, p))
         if not bool(g.any()):
             break
@@ -66,6 +64,22 @@ def attained_norm(fn: Callable[[torch.Tensor], torch.Tensor], in_shape: tuple[in
         else:
             x = torch.where(g >= 0, 1.0, -1.0).to(dtype)
     return best
+
+
+def _vjp(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+         ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """y = fn(x) and the pullback d ↦ Aᵀd as the gradient of ⟨y, d⟩ (the same backward pass, same values): plain
+    autograd with no seed tensor, since ``torch.func.vjp`` (like ``autograd.grad`` with ``grad_outputs``) imports
+    sympy on its first use, ≈ 0.8 s of a fresh process."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        y = fn(x)
+
+    def pullback(d: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            return torch.autograd.grad((y * d).sum(), x)[0]
+
+    return y.detach(), pullback
 
 
 def _dual_ratio(g: torch.Tensor, x: torch.Tensor, p: float) -> float:

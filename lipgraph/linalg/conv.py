@@ -126,9 +126,9 @@ def conv_norm(
 def lazy_conv_norm(weight: torch.Tensor, in_spatial: tuple[int, ...], **options) -> Bound:
     """:func:`conv_norm`, for p = 2 computed on first read (:class:`lipgraph.linalg.lazy.LazyBound`): a conv
     fused with the BatchNorm after it is bounded by the fused operator, and its own norm only shown. Its ``below``
-    is the largest ratio ‖Cx‖/‖x‖ of ``BELOW_STEPS`` power steps (float32, less 1e-4 for rounding): ≤ ‖C‖, and
-    so ≤ the certified value. The weight is copied now: a norm read later is that of the weights analysed, even if
-    the caller changed them since (a training step, an in-place edit)."""
+    is the largest ratio ‖Cx‖/‖x‖ of ``BELOW_STEPS`` power steps (float32, less 1e-4 for rounding, on one torch
+    thread): ≤ ‖C‖, and so ≤ the certified value. The weight is copied now: a norm read later is that of the
+    weights analysed, even if the caller changed them since (a training step, an in-place edit)."""
     if options.get("p", 2) != 2:
         return conv_norm(weight, in_spatial, **options)
     weight = weight.detach().clone()
@@ -136,10 +136,11 @@ def lazy_conv_norm(weight: torch.Tensor, in_spatial: tuple[int, ...], **options)
                     options.get("dilation", 1), options.get("groups", 1), options.get("padding_mode", "zeros"),
                     options.get("transposed", False), options.get("output_padding", 0))
 
-    def below() -> float:
+    def below() -> float:  # on one thread like the norms (read outside the pool, by fusion's comparison)
         w = weight.detach().to("cpu", torch.float32)
-        return attained_norm(geo.linear_map(w), (w.shape[1] * geo.groups, *geo.n), 2, steps=BELOW_STEPS,
-                             dtype=torch.float32) * (1 - 1e-4)
+        with one_thread():
+            return attained_norm(geo.linear_map(w), (w.shape[1] * geo.groups, *geo.n), 2, steps=BELOW_STEPS,
+                                 dtype=torch.float32) * (1 - 1e-4)
 
     def compute() -> Bound:
         with one_thread():

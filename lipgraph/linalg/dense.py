@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from torch.func import vjp, vmap
 
 from lipgraph.bound import FLOAT_MARGIN, Bound, certified
 from lipgraph.cache import FINGERPRINT_SETTINGS, RECHECK_STEPS, memoised, tensor_digest
@@ -51,7 +50,7 @@ def materialize(fn: LinearMap, in_shape: tuple[int, ...]) -> torch.Tensor:
     """The float64 matrix (out_numel × in_numel) of the linear map ``fn`` (batched: ``(B, *in_shape)`` in).
 
     From its smaller side: column j is ``fn(e_j)``, or, when there are fewer outputs than inputs, row i is Aᵀe_i
-    (one ``vjp`` per output, batched), checked against ``fn`` on a random vector (a map that autograd cannot see
+    (one batched backward pass), checked against ``fn`` on a random vector (a map that autograd cannot see
     through falls back to columns). Basis vectors are fed in chunks so that memory stays near one chunk plus the
     result. ``fn`` must accept float64 CPU inputs.
     """
@@ -73,24 +72,32 @@ def materialize(fn: LinearMap, in_shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def _rows(fn: LinearMap, in_shape: tuple[int, ...], m: int) -> torch.Tensor | None:
-    """The matrix of ``fn`` row by row (rows of Aᵀ by vjp), or None when the vjp does not reproduce ``fn``."""
+    """The matrix of ``fn`` row by row (rows of Aᵀ by backward passes), or None when they do not reproduce ``fn``."""
     n = math.prod(in_shape)
     try:
-        out, pullback = vjp(fn, torch.zeros(1, *in_shape, dtype=torch.float64))
-        rows = vmap(pullback)
+        with torch.no_grad():
+            out_shape = tuple(fn(torch.zeros(1, *in_shape, dtype=torch.float64)).shape[1:])
         W = torch.empty(m, n, dtype=torch.float64)
         chunk = max(1, _CHUNK_ENTRIES // (n + m))
         for start in range(0, m, chunk):
             stop = min(start + chunk, m)
-            (block,) = rows(_basis(start, stop, tuple(out.shape[1:])).unsqueeze(1))
-            W[start:stop] = block.detach().reshape(stop - start, n)
+            W[start:stop] = _pullbacks(fn, in_shape, _basis(start, stop, out_shape)).reshape(stop - start, n)
         v = torch.randn(1, *in_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             expected = fn(v).reshape(-1)
-    except Exception:  # noqa: BLE001 - an op without a vjp or vmap rule: materialise by columns instead
+    except Exception:  # noqa: BLE001 - an op without a backward: materialise by columns instead
         return None
     ok = torch.allclose(W @ v.reshape(-1), expected, rtol=1e-9, atol=1e-12 * float(expected.abs().max()))
     return W if ok else None
+
+
+def _pullbacks(fn: LinearMap, in_shape: tuple[int, ...], cotangents: torch.Tensor) -> torch.Tensor:
+    """Aᵀd for each d of a batch, as the gradient of Σ_b ⟨fn(x_b), d_b⟩ at x = 0 (``fn`` maps each sample on its
+    own): one batched backward pass, no ``torch.func`` (whose batched pullback imports torch._dynamo and sympy on
+    first use, seconds in a fresh process)."""
+    x = torch.zeros(len(cotangents), *in_shape, dtype=torch.float64, requires_grad=True)
+    with torch.enable_grad():
+        return torch.autograd.grad((fn(x) * cotangents).sum(), x)[0].detach()
 
 
 def _basis(start: int, stop: int, in_shape: tuple[int, ...]) -> torch.Tensor:

@@ -112,7 +112,7 @@ def frequencies(modulus: tuple[int, ...]) -> torch.Tensor:
     """One frequency ω ∈ Z_M^d of each pair {ω, −ω} (F, d): the rfft half-grid (last axis 0..M/2) without the
     duplicates on its boundary planes (last = 0 or M/2), where ω and −ω are both in the half-grid."""
     half = (*modulus[:-1], modulus[-1] // 2 + 1)
-    f = torch.stack(torch.unravel_index(torch.arange(math.prod(half)), half), -1)
+    f = _unravel(torch.arange(math.prod(half)), half)
     if len(modulus) == 1:
         return f
     last = f[:, -1]
@@ -120,6 +120,15 @@ def frequencies(modulus: tuple[int, ...]) -> torch.Tensor:
     rest, m_rest = f[:, :-1], torch.tensor(modulus[:-1])
     keep = ~boundary | (_ravel(rest, m_rest) <= _ravel((-rest) % m_rest, m_rest))
     return f[keep]
+
+
+def _unravel(flat: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
+    """C-order multi-indices (F, d) of flat indices (``torch.unravel_index``, which imports sympy on first use)."""
+    out = []
+    for m in reversed(sizes):
+        out.append(flat % m)
+        flat = flat // m
+    return torch.stack(out[::-1], -1)
 
 
 def _ravel(index: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:

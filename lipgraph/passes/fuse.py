@@ -20,7 +20,7 @@ from ..bound import Bound, Kind, certified
 from ..linalg import conv_norm, dense_is_cheap, dense_norm, matrix_norm
 from ..linalg.lazy import is_pending, lazy_product, product_above
 from ..ir import LipGraph
-from ..ruleapi import AffineStructure, ChannelScale, Conv, Matrix
+from ..ruleapi import AffineStructure, ChannelMean, ChannelScale, Conv, Matrix
 from .context import context
 from .autolip import add_shortcut
 from ..record import FusedRun, record
@@ -100,7 +100,8 @@ def folded_structure(chain: list[fx.Node]) -> AffineStructure | None:
     :class:`~lipgraph.ruleapi.ChannelScale`) of the composed operator of affine ops, folding channel scales into
     convolutions/matrices and multiplying matrices; None if the chain has ops without a structure or a pair that
     does not fold."""
-    parts = [record(n).transfer.structure for n in chain if record(n).key not in _IDENTITIES]
+    parts = [record(n).transfer.structure for n in chain
+             if record(n).key not in _IDENTITIES and not _drops_unit_dims(n)]
     if not parts or any(p is None for p in parts):
         return None
     acc = parts[0]
@@ -111,6 +112,31 @@ def folded_structure(chain: list[fx.Node]) -> AffineStructure | None:
     return acc
 
 
+def _drops_unit_dims(n: fx.Node) -> bool:
+    """A reshape (N, C, 1, …, 1) → (N, C): the identity on the channel index (as after global pooling)."""
+    if record(n).key not in ("flatten", "reshape", "squeeze"):
+        return False
+    source, out = record(record(n).inputs[0]).info.shape, record(n).info.shape
+    return bool(source) and len(source) > 2 and tuple(source[:2]) == tuple(out or ()) and all(
+        m == 1 for m in source[2:])
+
+
+@dataclass(frozen=True)
+class _MeanThenMatrix:
+    """x ↦ W·mean(x): :class:`~lipgraph.ruleapi.ChannelMean` over ``size`` positions, then the matrix W."""
+
+    weight: torch.Tensor
+    size: int
+
+    def norm(self, p: float) -> Bound:
+        """Exact: the mean is M = (I_C ⊗ 1ᵀ)/size with MMᵀ = I/size, so ‖WM‖₂ = ‖W‖₂/√size; the entries of |WM|
+        are |w_ic|/size, so ‖WM‖_∞ = ‖W‖_∞ (rows) and ‖WM‖₁ = ‖W‖₁/size (columns). The margin covers the
+        float division (a few ulps) on top of ``matrix_norm``'s."""
+        b = matrix_norm(self.weight, p)
+        factor = 1 / math.sqrt(self.size) if p == 2 else 1.0 if math.isinf(p) else 1 / self.size
+        return certified(b.value * factor, f"{b.method} of the channel means", exact=b.exact, margin=1e-15)
+
+
 def _folded(chain: list[fx.Node], norm: float) -> Bound | None:
     """Exact norm of the folded structure (:func:`folded_structure`); None when the chain does not fold."""
     acc = folded_structure(chain)
@@ -118,6 +144,8 @@ def _folded(chain: list[fx.Node], norm: float) -> Bound | None:
         return conv_norm(acc.weight, p=norm, **acc.options)
     if isinstance(acc, Matrix):
         return matrix_norm(acc.weight, norm)
+    if isinstance(acc, _MeanThenMatrix):
+        return acc.norm(norm)
     if isinstance(acc, ChannelScale):  # float64 products of the scales: a relative rounding error of a few 1e-16
         return certified(float(acc.scale.abs().max()), "diagonal", exact=True, margin=1e-12)
     return None
@@ -138,6 +166,12 @@ def _fold_pair(first: AffineStructure, second: AffineStructure) -> AffineStructu
             return Conv(_scale_conv(first.weight, first.options, second.scale, output=True), first.options)
         case ChannelScale(), Conv():
             return Conv(_scale_conv(second.weight, second.options, first.scale, output=False), second.options)
+        case ChannelMean(), Matrix() if second.weight.shape[1] == first.channels:
+            return _MeanThenMatrix(second.weight.double(), first.size)
+        case _MeanThenMatrix(), Matrix():
+            return _MeanThenMatrix(second.weight.double() @ first.weight, first.size)
+        case _MeanThenMatrix(), ChannelScale() if first.weight.shape[0] == second.scale.numel():
+            return _MeanThenMatrix(second.scale[:, None] * first.weight, first.size)
     return None
 
 

@@ -11,7 +11,6 @@ Writes ``residual`` (a :class:`ResidualResult`) in the add node's record.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -156,21 +155,14 @@ def bound_block(lg: LipGraph, chain: ChainResult, shortcut: tuple[fx.Node, ...],
 
 
 def _timed(result: ResidualResult, name: str, compute) -> None:
-    """Run one block estimator unless the time budget skips it (:mod:`lipgraph.estimators.budget`)."""
-    if why := budget.skip(name):
-        result.notes.append(f"{name}: {why}")
-        return
-    start = time.perf_counter()
+    """Run one block estimator unless the time budget skips it; it may be stopped at the budget's deadline
+    (:mod:`lipgraph.estimators.budget`)."""
     previous = min([result.separate] + [b.value for b in result.results.values() if b.kind is Kind.CERTIFIED])
-    try:
-        result.results[name] = compute()
-    except Exception as exc:  # noqa: BLE001 - a failed estimator (solver error) leaves the others
-        result.notes.append(f"{name} failed: {type(exc).__name__}: {exc}")
-        budget.spent(name, time.perf_counter() - start, None, previous)
-        return
-    result.seconds[name] = time.perf_counter() - start
-    bound = result.results[name]
-    budget.spent(name, result.seconds[name], bound.value if bound.kind is Kind.CERTIFIED else None, previous)
+    outcome = budget.timed(name, compute, previous)
+    result.notes += outcome.notes
+    if outcome.finished:
+        result.results[name] = outcome.bound
+        result.seconds[name] = outcome.seconds
 
 
 def _conv_block(chain: ChainResult, shortcut: tuple[fx.Node, ...], result: ResidualResult) -> ConvResidualBlock | None:

@@ -187,21 +187,12 @@ def _dense_estimators(result: ChainResult, parts: list[LinearPart], norm: float,
 
 def _timed(result: ChainResult, name: str, compute) -> None:
     """Run one estimator, record its bound and seconds (a failure becomes a note); under a time budget it may be
-    skipped (:mod:`lipgraph.estimators.budget`)."""
-    if why := budget.skip(name):
-        result.notes.append(f"{name}: {why}")
-        return
-    start, previous = time.perf_counter(), result.best.value
-    try:
-        bound = compute()
-    except Exception as exc:  # noqa: BLE001 - a failed estimator (solver error, missing extra) leaves the others
-        result.notes.append(f"{name} failed: {type(exc).__name__}: {exc}")
-        budget.spent(name, time.perf_counter() - start, None, previous)
-        return
-    result.results[name] = bound
-    result.seconds[name] = time.perf_counter() - start
-    certified_value = bound.value if bound is not None and bound.kind is Kind.CERTIFIED else None
-    budget.spent(name, result.seconds[name], certified_value, previous)
+    skipped or stopped at the deadline (:mod:`lipgraph.estimators.budget`)."""
+    outcome = budget.timed(name, compute, result.best.value)
+    result.notes += outcome.notes
+    if outcome.finished:
+        result.results[name] = outcome.bound
+        result.seconds[name] = outcome.seconds
 
 
 def _cp_structured(lg: LipGraph, chain: SeqChain, gains: list[Bound], norm: float) -> Bound:

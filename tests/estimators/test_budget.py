@@ -2,6 +2,7 @@
 from recorded runs, not from timing), and that the bound is the certified minimum of what finished."""
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -11,8 +12,13 @@ from torch import nn
 
 import lipgraph
 from lipgraph.cli import main
-from lipgraph.estimators import budget
+from lipgraph.estimators import budget, lipsdp_fo
 from lipgraph.estimators.budget import Budget, budget_seconds, order
+from lipgraph.estimators.dcp import ConvChain, dcp
+from lipgraph.estimators.eclipse import eclipse, eclipse_fast
+from lipgraph.estimators.sdp import lipsdp
+from tests.estimators.nets import chain_of, mlp
+from tests.estimators.test_residual_pair import attained_norm
 
 
 def _elapsed(b: Budget, seconds: float) -> Budget:
@@ -93,3 +99,99 @@ def test_without_blocks_the_chains_may_spend_it_all() -> None:
         assert budget.skip("eclipse") is None
         _elapsed(b, 101.0)
         assert budget.skip("eclipse") == "skipped: the estimator budget of 100 s is spent"
+
+
+class _Clock:
+    """A fake clock for a budget: time stands still except while estimator ``name`` runs, when each read (one
+    :func:`budget.expired` check) is one second; so ``name`` reaches a deadline of S seconds after S checks, and
+    nothing depends on how fast the machine is."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.now, self.budget = name, 0.0, None
+
+    def __call__(self) -> float:
+        run = self.budget.current if self.budget is not None else None
+        if run is not None and run.name == self.name:
+            self.now += 1.0
+        return self.now
+
+
+@contextlib.contextmanager
+def _fake_spending(name: str, seconds: float):
+    clock = _Clock(name)
+    with budget.spending(seconds, clock) as b:
+        clock.budget = b
+        yield b
+
+
+def _counted(monkeypatch, b: Budget) -> list[bool]:
+    """Per evaluation of the first-order objective (schur mode): whether the estimator was already stopped."""
+    calls: list[bool] = []
+    objective = lipsdp_fo._schur_objective
+
+    def counting(weights, slopes):
+        evaluate = objective(weights, slopes)
+
+        def wrapped(log_t, beta):
+            calls.append(b.current.stopped)
+            return evaluate(log_t, beta)
+        return wrapped
+    monkeypatch.setattr(lipsdp_fo, "_schur_objective", counting)
+    return calls
+
+
+def test_first_order_solver_stops_at_the_deadline_and_its_point_is_certified(monkeypatch) -> None:
+    model = mlp((5, 12, 12, 12, 3), act="relu", seed=3)
+    chain = chain_of(model, 5)
+    unlimited = lipsdp_fo.lipsdp_first_order(chain)
+    with _fake_spending("lipsdp-neuron", 6.0) as b:
+        budget.reserve_for_blocks(False)
+        calls = _counted(monkeypatch, b)
+        outcome = budget.timed("lipsdp-neuron", lambda: lipsdp_fo.lipsdp_first_order(chain), math.inf)
+    assert outcome.finished and outcome.bound.kind is lipgraph.Kind.CERTIFIED
+    assert 0 < len(calls) <= 6 and not any(calls)  # no evaluation after the stop: overrun = the certificate
+    assert len(outcome.notes) == 1 and outcome.notes[0].startswith("lipsdp-neuron: stopped at the budget's deadline")
+    assert outcome.notes[0].endswith("its best point so far was certified")
+    attained = attained_norm(model, (5,))
+    assert attained <= outcome.bound.value and unlimited.value <= outcome.bound.value * (1 + 1e-9)
+    assert outcome.bound.value <= eclipse_fast(chain).value * (1 + 1e-9)  # its start, ECLipsE-Fast, verifies
+
+
+def test_an_estimator_stopped_before_any_point_contributes_nothing() -> None:
+    model = mlp((15, 12, 12, 3), seed=4)  # 15 inputs > 12: the input reduction runs (and may stop) too
+    chain = chain_of(model, 15)
+    conv = ConvChain.from_sequential(nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(),
+                                                   nn.Conv2d(2, 2, 3, padding=1)).double(), (1, 4, 4))
+    with _fake_spending("none", 1.0) as b:
+        b.clock.now = 5.0  # past the deadline before anything starts
+        for name, compute in [("lipsdp-neuron", lambda: lipsdp_fo.lipsdp_first_order(chain)),
+                              ("eclipse", lambda: eclipse(chain)),
+                              ("dcp", lambda: dcp(conv, estimator="eclipse-fast", workers=1))]:
+            b.spent(name, 0.0, None, math.inf)  # its last run was cheap: it starts whatever is left
+            outcome = budget.timed(name, compute, math.inf)
+            assert not outcome.finished and outcome.bound is None
+            assert outcome.notes == [f"{name}: stopped at the budget's deadline (0.5 s into 1 s) after "
+                                     f"{outcome.seconds:.3g} s; nothing certified from it"]
+        cheap = budget.timed("eclipse-fast", lambda: eclipse_fast(chain), math.inf)  # never cut
+        b.spent("lipsdp-layer", 0.0, None, math.inf)
+        solved = budget.timed("lipsdp-layer", lambda: lipsdp(chain, per_neuron=False), math.inf)
+    assert cheap.finished and cheap.notes == [] and b.deadline("cp") == math.inf
+    # one interior-point solve has no iteration to stop at; its ECLipsE-Fast fallback and its certificate (input
+    # reduction included) never stop it: a finished solve is certified, not dropped
+    assert solved.finished and solved.bound.kind is lipgraph.Kind.CERTIFIED and solved.notes == []
+
+
+def test_best_with_an_estimator_stopped_is_certified_and_never_above_cp(monkeypatch) -> None:
+    """``best`` whose ECLipsE is stopped after one stage (fake clock): its mixed multipliers are certified, the
+    report says it was stopped, the costly estimators after it are skipped, and best ≤ cp ≥ attained."""
+    model = mlp((4, 10, 10, 10, 10, 2), seed=5)
+    x = torch.randn(1, 4, dtype=torch.float64)
+    monkeypatch.setattr(lipgraph.api, "spending", lambda seconds: _fake_spending("eclipse", 1.5))
+    report = lipgraph.analyze(model, x, method="best", lower=False, quiet=True, cache=False, budget=100.0)
+    (chain,) = report.chains
+    assert any(n.startswith("eclipse: stopped at the budget's deadline") for n in chain.notes), chain.notes
+    assert any("is spent" in n for n in chain.notes)
+    cp = lipgraph.analyze(model, x, method="cp", lower=False, quiet=True, cache=False)
+    attained = attained_norm(model, (4,))
+    assert attained <= report.bound.value <= cp.bound.value
+    assert all(attained <= b.value for b in chain.results.values() if b.kind is lipgraph.Kind.CERTIFIED)

@@ -143,3 +143,28 @@ def test_dcp_whole_chain_fallback_reaches_wider_maps_than_blocks(monkeypatch):
     assert "untiled" in bound.method and bound.value <= cheap * (1 + 1e-9)
     monkeypatch.setattr(dcp_module, "WHOLE_CHAIN_MAX", 0)
     assert "untiled" not in dcp(chain, estimator="eclipse-fast", max_piece=40, workers=1, seconds=5).method
+
+
+def test_eclipse_fast_is_computed_once_per_conv_chain(monkeypatch) -> None:
+    """DCP's untiled whole chain and lipsdp-conv's start and fallback share one ECLipsE-Fast (multipliers and
+    certificate) and one dense form of the chain (minutes each on maps of 4,096 neurons); both stay ≥ attained."""
+    from lipgraph.estimators import eclipse, eclipse_fast
+    from lipgraph.estimators.lipsdp_fo import lipsdp_conv
+
+    model = cnn(dict(out=3, kernel_size=3, padding=1), dict(out=2, kernel_size=3, padding=1), in_shape=(2, 5, 5))
+    conv = ConvChain.from_sequential(model, (2, 5, 5))
+    whole = conv.to_dense().widths
+    calls = []
+    original = eclipse_fast.fast_multipliers
+
+    def counted(chain, **options):
+        calls.append(chain.widths)
+        return original(chain, **options)
+    for module in (eclipse, eclipse_fast):
+        monkeypatch.setattr(module, "fast_multipliers", counted)
+    by_dcp = dcp(conv, estimator="eclipse-fast", workers=1, max_piece=60)  # pieces smaller than the chain
+    by_lipsdp = lipsdp_conv(conv, seconds=5.0)
+    assert calls.count(whole) == 1 and conv.to_dense() is conv.to_dense()
+    attained = lower(model, (2, 5, 5))
+    assert attained <= by_lipsdp.value <= conv.memo["eclipse-fast"].value * (1 + 1e-12)
+    assert attained <= by_dcp.value <= conv.memo["eclipse-fast"].value * (1 + 1e-9)
