@@ -19,8 +19,17 @@ import sys as _sys
 import types as _types
 import warnings as _warnings
 
-_MODULE = _sys.orig_argv[_sys.orig_argv.index("-m") + 1:][:1] if "-m" in _sys.orig_argv else []
-if _os.path.basename(_sys.argv[0] if _sys.argv else "").removesuffix(".exe") == "lipgraph" or _MODULE == ["lipgraph"]:
+
+def _run_as_module() -> bool:
+    """``python -m lipgraph`` (or ``-mlipgraph``): while runpy imports the package, ``sys.argv[0]`` is ``-m``; the
+    module's name is the interpreter's first ``-m`` argument (not a script's own ``-m lipgraph`` arguments)."""
+    if _sys.argv[:1] != ["-m"]:
+        return False
+    flag = next((i for i, a in enumerate(_sys.orig_argv) if a.startswith("-m")), None)
+    return flag is not None and (_sys.orig_argv[flag][2:] or "".join(_sys.orig_argv[flag + 1:flag + 2])) == "lipgraph"
+
+
+if _os.path.basename(_sys.argv[0] if _sys.argv else "").removesuffix(".exe") == "lipgraph" or _run_as_module():
     def _interrupted_while_loading(kind, value, tb, _default=_sys.excepthook):
         """`lipgraph` or `python -m lipgraph`, Ctrl-C while torch loads (before cli.main can catch it): no traceback."""
         if issubclass(kind, KeyboardInterrupt):

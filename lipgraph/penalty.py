@@ -9,7 +9,8 @@ between them, which analyze bounds as one operator) is the power-iteration value
 persists from call to call (warm-started, as ``torch.nn.utils.spectral_norm`` keeps its ``u``): ``iters`` no-grad
 power steps, then one differentiable evaluation, so the gradient flows to the weights. Every other op keeps its
 certified constant gain, and gains combine as in ``lipgraph.passes.autolip.combine`` (a q-norm over the inputs:
-residual additions sum, concatenations take the ℓ2 root of squares).
+residual additions sum, concatenations take the ℓ2 root of squares), with analyze's shortcut for a joint op on
+functions of disjoint selections of one tensor (max_i g_i·L_i·L(s), docs/by-construction.md §1).
 
 ``method="cp"`` also tightens every sequential chain W_K ∘ φ_{K−1} ∘ ⋯ ∘ φ_1 ∘ W_1 of the graph
 (:func:`lipgraph.passes.chains.sequential_chains`: affine runs alternating with elementwise activations of slopes
@@ -55,6 +56,7 @@ from .norms import parse_norm
 from .pipeline import Analysis, Pass, graph_passes, run_passes
 from .passes.chains import SeqChain, sequential_chains
 from .passes.fuse import affine_chains
+from .passes.joint import joint_split
 from .registry import default_registry
 from .record import record
 
@@ -241,9 +243,16 @@ class _Plan:
         """AutoLip over the DAG in torch (``passes.autolip.propagate``), operators' gains replaced by ``norms``;
         ``chains`` maps a chain's last op to (its first op, its CP value): a shortcut, as a chain pass records."""
         lg = self.graph
-        bounds: dict[fx.Node, Tensor] = {p: self.one for p in lg.placeholders}
-        for node in lg.ops():
-            if node in self.inside:  # an op inside an operator only feeds the next one
+        bounds = self._propagate(lg.ops(), {p: self.one for p in lg.placeholders}, norms, chains)
+        return self._qnorm([bounds[n] for n in record(lg.output).inputs], 2.0)
+
+    def _propagate(self, nodes: Iterable[fx.Node], entry: dict[fx.Node, Tensor], norms: dict[_Operator, Tensor],
+                   chains: dict[fx.Node, tuple[fx.Node, Tensor]]) -> dict[fx.Node, Tensor]:
+        """:meth:`_autolip`'s propagation over ``nodes`` from the bounds ``entry``; an operator whose source is not
+        reached stops it (``KeyError``: a joint op's branch that does not start at its pieces)."""
+        bounds = dict(entry)
+        for node in nodes:
+            if node in self.inside or node in entry:  # an op inside an operator only feeds the next one
                 continue
             if node in self.ending:  # its fusion shortcut is the operator itself
                 op = self.ending[node]
@@ -255,11 +264,29 @@ class _Plan:
                          if g.value != 0]
                 bounds[node] = self._qnorm(terms, transfer.combine)
                 shortcuts = [(s.first, s.bound.value) for s in record(node).shortcuts]  # fusion
+                shortcuts += self._joint(node, bounds, norms, chains)
             for first, value in shortcuts + ([chains[node]] if node in chains else []):
                 source = record(first).inputs[0]
                 if source in bounds:  # as passes.autolip: min(AutoLip so far, shortcut · L(source))
                     bounds[node] = torch.minimum(bounds[node], value * bounds[source])
-        return self._qnorm([bounds[n] for n in record(lg.output).inputs], 2.0)
+        return bounds
+
+    def _joint(self, node: fx.Node, bounds: dict[fx.Node, Tensor], norms: dict[_Operator, Tensor],
+               chains: dict[fx.Node, tuple[fx.Node, Tensor]]) -> list[tuple[fx.Node, Tensor]]:
+        """A joint op on functions of disjoint selections (:func:`lipgraph.passes.autolip.joint_shortcut`): the
+        shortcut max_i g_i·L_i from its first selection, L_i each branch's value from its pieces at 1."""
+        transfer = record(node).transfer
+        split = joint_split(node) if transfer.joint and len(transfer.gains) > 1 else None
+        if split is None or not all(t in bounds for ts in split.pieces for t in ts):
+            return []
+        inner = []
+        for u, gain, pieces, branch in zip(record(node).inputs, transfer.gains, split.pieces, split.branches):
+            try:
+                value = self._propagate(branch, {t: self.one for t in pieces}, norms, chains)[u] if branch else self.one
+            except KeyError:  # a fused run that starts before the pieces
+                return []
+            inner.append(gain.value * value)
+        return [(split.first, torch.stack(inner).amax())]
 
     def _qnorm(self, terms: list[Tensor], q: float) -> Tensor:
         """‖(t_i)_i‖_q, as ``passes.autolip.combine`` (q = 1: sum, 2: root of squares, ∞: max)."""

@@ -83,10 +83,11 @@ class Transfer:
     as one composed operator (docs/mathematics.md §4). ``structure`` optionally describes A for exact folding:
     a :class:`Matrix`, :class:`Conv` or :class:`ChannelScale`.
 
-    ``joint`` (set it only with ``combine = p``: cat/stack, elementwise max/min, clamp) declares
-    ‖Δy‖_p ≤ ‖(g_i·‖Δx_i‖_p)_i‖_p, hence the op ``max(gains)``-Lipschitz in its inputs *jointly*. AutoLip then bounds
-    y by max_i g_i·L_i·L(s) when input i is a function (AutoLip bound L_i) of pieces of one tensor s that, all inputs
-    together, are disjoint selections of s (the two halves of a split: 1, not √2; docs/by-construction.md §1).
+    ``joint`` (set it only with ``combine = p``, a :class:`RuleError` below p: cat/stack, elementwise max/min,
+    clamp) declares ‖Δy‖_p ≤ ‖(g_i·‖Δx_i‖_p)_i‖_p, hence the op ``max(gains)``-Lipschitz in its inputs *jointly*.
+    AutoLip then bounds y by max_i g_i·L_i·L(s) when input i is a function (AutoLip bound L_i) of pieces of one
+    tensor s that, all inputs together, are disjoint selections of s (the two halves of a split: 1, not √2;
+    docs/by-construction.md §1).
     """
 
     gains: tuple[Bound, ...]
@@ -131,6 +132,11 @@ class Rule:
             raise RuleError(
                 f"rule {self.name!r} for {ctx.describe()} returned {len(out.gains)} gains for "
                 f"{len(ctx.inputs)} input-dependent arguments"
+            )
+        if out.joint and out.combine < ctx.norm:  # the joint claim would be stronger than the combination's
+            raise RuleError(
+                f"rule {self.name!r} for {ctx.describe()} returned a joint Transfer with combine={out.combine:g}; "
+                f"joint=True needs combine >= the norm p={ctx.norm:g} (e.g. combine=ctx.norm, as cat and maximum)"
             )
         return out
 

@@ -40,7 +40,7 @@ def div(ctx: OpContext) -> Transfer:
         raise ctx.not_lipschitz(f"rounding_mode={ctx.kwargs['rounding_mode']!r} makes it a step function")
     if isinstance(denominator, Var):
         raise ctx.not_lipschitz("it divides by an input-dependent tensor (unbounded as the divisor nears 0)",
-                                product=True)
+                                product=isinstance(numerator, Var))  # 1/x is a reciprocal, not a quotient
     c = 1.0 / torch.as_tensor(denominator, dtype=torch.float64)
     return Transfer(gains=(constant_scale_gain(c, numerator, ctx.output_shape, ctx.norm, "constant-scale"),),
                     affine=True)

@@ -259,6 +259,11 @@ def dropout(ctx: OpContext) -> Any:
     return ctx.bounds[0]
 
 
+def cast(ctx: OpContext) -> Any:
+    """A floating-point dtype or device change: the same interval (the global rule refuses other casts)."""
+    return ctx.bounds[0]
+
+
 def tuple_values(ctx: OpContext) -> Any:
     """``.values`` of (values, indices): the first part's interval."""
     return ctx.bounds[0][0]
@@ -414,6 +419,6 @@ def register(registry: Registry) -> None:
         registry.register_interval(key, non_float)
     for fn, keys in ((linear, ("linear",)), (matmul, ("matmul",)), (addmm, ("addmm",)), (add, ("add", "sub")),
                      (mul, ("mul",)), (div, ("div",)), (neg, ("neg",)), (threshold, ("threshold",)),
-                     (dropout, ("dropout",)), (tuple_values, ("values",)), (log_softmax, ("log_softmax",)), (upsample, ("upsample",))):
+                     (dropout, ("dropout",)), (cast, ("cast",)), (tuple_values, ("values",)), (log_softmax, ("log_softmax",)), (upsample, ("upsample",))):
         for key in keys:
             registry.register_interval(key, fn)

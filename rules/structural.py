@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 from lipgraph.bound import exact
+from lipgraph.errors import NormNotSupported
 from lipgraph.registry import Registry
 from lipgraph.ruleapi import OpContext, Transfer, Var, isometry
 
@@ -20,6 +21,19 @@ def dropout(ctx: OpContext) -> Transfer:
     p = float(ctx.arg("p", 1, 0.5))
     return Transfer(gains=(exact(1.0 / (1.0 - p), "dropout-scale"),),
                     notes=(f"dropout is active (training=True): random mask scaled by 1/(1-{p:g})",))
+
+
+def cast(ctx: OpContext) -> Transfer:
+    """A change of dtype or device (``x.float()``, ``x.to(torch.float64)``, ``x.cpu()``): the identity on the values
+    when the result is floating point (rounding to the new precision is floating-point error, as in every op). A
+    cast to an integer or bool dtype rounds or thresholds the values, a step function; the network may still be
+    Lipschitz (a mask that selects between Lipschitz branches), so it is declined, not called unbounded."""
+    ctx.input  # noqa: B018 - raises unless exactly one argument depends on the input
+    dtype = ctx.output.dtype if isinstance(ctx.output, Var) else None
+    if dtype is None or not (dtype.is_floating_point or dtype.is_complex):
+        raise NormNotSupported(f"{ctx.describe()}: a cast to {dtype} rounds or thresholds the values (a step "
+                               "function); no rule bounds what uses it")
+    return Transfer(gains=(exact(1.0, "cast"),), slope=(1.0, 1.0), affine=True)
 
 
 def gather(ctx: OpContext) -> Transfer:
@@ -60,6 +74,7 @@ def register(registry: Registry) -> None:
     for key in ISOMETRIES:
         registry.register(key, isometry(name=key))
     registry.register("dropout", dropout, exact=True)
+    registry.register("cast", cast, exact=True)
     for key in ("getitem", "expand", "pad"):
         registry.register(key, gather, key=key, exact=True)
     for key in ("cat", "stack"):

@@ -146,14 +146,25 @@ def exponential():
     return _Exponential(), torch.ones(1, 3)
 
 
+class _Reciprocal(nn.Module):
+    def forward(self, x):
+        return 1 / x  # a reciprocal, as torch.reciprocal(x): no second input-dependent tensor
+
+
+def reciprocal_by_division():
+    return _Reciprocal(), torch.ones(1, 3)
+
+
 @pytest.mark.parametrize("fixture, product", [(attention_like, True), (product_of_branches, True),
-                                              (division_by_branch, True), (exponential, False)])
+                                              (division_by_branch, True), (exponential, False),
+                                              (reciprocal_by_division, False)])
 def test_not_lipschitz_hint_names_products_only_for_products(fixture, product: bool) -> None:
     model, x = fixture()
     with pytest.raises(lipgraph.NotLipschitzError) as info:
         lipgraph.analyze(model, x)
     msg = str(info.value)
     assert ("A product or quotient of two input-dependent tensors" in msg) is product, msg
+    assert info.value.product is product  # the error the caller catches says it too
     assert product or "Bound the input domain or replace the op by a Lipschitz one." in msg
     assert "lipgraph explain MODEL --box 0,1" in msg
 

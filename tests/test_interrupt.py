@@ -72,3 +72,12 @@ def test_ctrl_c_while_the_command_loads_torch(tmp_path, spelling: str):
         if child.poll() is None:
             child.kill()
     assert (child.returncode, err) == (130, "lipgraph: interrupted\n"), err
+
+
+def test_a_program_with_its_own_m_lipgraph_arguments_keeps_its_excepthook():
+    """Only the interpreter's ``-m lipgraph`` installs the loading-time Ctrl-C hook: ``python -c CODE -m lipgraph``
+    (CODE's own arguments) keeps Python's excepthook (it printed 'lipgraph: interrupted' and skipped atexit)."""
+    code = "import sys, lipgraph; print(sys.excepthook is sys.__excepthook__)"
+    done = subprocess.run([sys.executable, "-c", code, "-m", "lipgraph"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+    assert done.stdout.strip() == "True", done.stderr

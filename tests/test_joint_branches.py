@@ -267,3 +267,36 @@ def test_random_graphs_stay_above_attained_jacobian_norms() -> None:
             assert report.bound.value >= attained * (1 - SLACK), (seed, p, model.cuts, model.branches)
             used += any(n.bound.method == "autolip+joint-branches" for n in report.tree.walk())
     assert used >= 10
+
+
+def test_a_rule_declaring_joint_with_a_smaller_combination_is_refused() -> None:
+    """joint=True claims ‖Δy‖_p ≤ ‖(g_i‖Δx_i‖_p)_i‖_p; with combine=1 (a sum: a + b of the two halves, ℓ2 norm √2)
+    the claim contradicts the rule's own combination, and the joint bound would certify 1 < √2."""
+    registry = lipgraph.default_registry().copy()
+    registry.register("add", lambda ctx: lipgraph.Transfer(gains=(lipgraph.exact(1.0, "add"),) * 2, combine=1.0,
+                                                           joint=True), override=True)
+    model = Lambda(lambda x: torch.add(*x.chunk(2, dim=1)))
+    with pytest.raises(lipgraph.RuleError, match=r"joint=True needs combine >= the norm p=2"):
+        lipgraph.analyze(model, torch.randn(1, 4), rules=registry, lower=False, quiet=True, cache=False)
+
+
+class Lambda(nn.Module):
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+@pytest.mark.parametrize("kind", ["concat", "both", "maximum", "nested"])
+def test_the_penalty_takes_the_branch_bound_too(kind: str) -> None:
+    """lipschitz_penalty ≤ analyze's bound (its documented invariant) and, converged, equal to it: cat(a, f(b)) is
+    max(1, ‖f‖), not √(1 + ‖f‖²) (the penalty gave 2.236 for analyze's 2.000); the gradient reaches the branch."""
+    model, x = Coupled(kind).eval(), torch.randn(1, 8)
+    certified = analyze(model, x, 2).bound.value
+    penalty = lipgraph.lipschitz_penalty(model, x, iters=300)
+    assert certified * (1 - 1e-4) <= penalty.item() <= certified * (1 + 1e-9)
+    penalty.backward()
+    branch = model.g if kind == "nested" else model.f
+    assert branch.weight.grad is not None and branch.weight.grad.abs().sum() > 0

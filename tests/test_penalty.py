@@ -90,6 +90,21 @@ def chain_cnn() -> nn.Module:
                          nn.Linear(6, 3))
 
 
+class SplitUnit(nn.Module):
+    """A ShuffleNet-style unit: split the channels, conv → BN on one half, concatenate, then a linear head (the
+    fused conv run starts by picking the half out of the split's tuple)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(2, 2, 3, padding=1), nn.BatchNorm2d(2)
+        self.fc = nn.Linear(4 * 3 * 3, 3)
+        randomise_bn(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = x.chunk(2, dim=1)
+        return self.fc(torch.cat([a, F.relu(self.bn(self.conv(b)))], dim=1).flatten(1))
+
+
 CASES = {
     "mlp": (lambda: nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 6), nn.ReLU(), nn.Linear(6, 3)), (1, 5)),
     "branchy": (Branchy, (1, 6)),
@@ -97,6 +112,7 @@ CASES = {
     "computed_weight": (ComputedWeight, (1, 6)),
     "residual": (Residual, (1, 2, 3, 3)),
     "chain_cnn": (chain_cnn, (1, 1, 5, 5)),
+    "split_unit": (SplitUnit, (1, 4, 3, 3)),
 }
 CHAINED = ["mlp", "residual", "chain_cnn"]  # models with sequential chains, which method="cp" tightens
 

@@ -31,7 +31,9 @@ OUT_OF_PLACE = ("lipgraph cannot follow that update through the graph. Write the
                 "(y = y.exp() instead of y.exp_(), y = y * 3 instead of y.view(-1).mul_(3))")
 
 
-def _name(n: fx.Node) -> str:
+def op_name(n: fx.Node) -> str:
+    """The name of a method call or a torch function (an aten overload's schema name: ``aten::mul_`` → ``mul_``);
+    '' for anything else."""
     if n.op == "call_method":
         return str(n.target)
     if n.op == "call_function" and is_torch_owned(n.target):
@@ -47,7 +49,7 @@ def is_in_place(n: fx.Node, gm: fx.GraphModule | None = None) -> bool:
         return True
     if n.op == "call_module" and gm is not None:
         return getattr(gm.get_submodule(n.target), "inplace", False) is True
-    name = _name(n)
+    name = op_name(n)
     return name.endswith("_") and not name.startswith("_")
 
 
@@ -57,7 +59,7 @@ def _is_view(gm: fx.GraphModule, n: fx.Node) -> bool:
         return isinstance(gm.get_submodule(n.target), (nn.Identity, nn.Flatten, nn.Unflatten, nn.modules.dropout._DropoutNd))
     if n.op == "call_function" and n.target is getattr:  # x.T, x.mT
         return n.args[1] in _VIEWS
-    return n.op in ("call_method", "call_function") and (_name(n) or getattr(n.target, "__name__", "")) in _VIEWS
+    return n.op in ("call_method", "call_function") and (op_name(n) or getattr(n.target, "__name__", "")) in _VIEWS
 
 
 def _aliases(gm: fx.GraphModule, node: fx.Node) -> set[fx.Node]:

@@ -110,6 +110,8 @@ _SPELLINGS: dict[str, list[Any]] = {
     "squeeze": [torch.squeeze, "squeeze"],
     "unsqueeze": [torch.unsqueeze, "unsqueeze"],
     "contiguous": ["contiguous", "clone", torch.clone, "alias", "detach_copy"],
+    "cast": ["to", "float", "double", "half", "bfloat16", "type", "cpu", "cuda", "_to_copy", "long", "int", "short",
+             "char", "byte", "bool"],
     "identity": [nn.Identity],
     # recurrent layers (module rules only: rules/recurrent.py)
     "rnn": [nn.RNN], "gru": [nn.GRU], "lstm": [nn.LSTM],

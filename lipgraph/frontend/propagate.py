@@ -29,18 +29,25 @@ class _Propagate(fx.Interpreter):
     It also checks what :mod:`.inplace` cannot see in the code, on the actual tensors: an op that changes an
     input-dependent input without being a known in-place op (a leaf module that updates its argument), and a
     known in-place op whose target shares storage with a tensor read after it (a leaf module that returns a
-    view). Either would change a tensor the graph does not connect: a :class:`TraceError`."""
+    view), and an op that writes input-dependent values into a constant read again afterwards (``self.buf.copy_(x)``
+    then ``self.buf``: a module's state, which each read fetches anew). Each would change a tensor the graph does
+    not connect: a :class:`TraceError`."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.order = {m: i for i, m in enumerate(gm.graph.nodes)}
 
     def fetch_args_kwargs_from_env(self, n: fx.Node) -> tuple[tuple, dict]:
         args, kwargs = super().fetch_args_kwargs_from_env(n)
         if is_in_place(n, self.module) and args and isinstance(args[0], torch.Tensor):
             _refuse_hidden_aliases(self, n, args[0])
+            if not record(n.args[0]).dep:
+                _refuse_constant_written(self, n, n.args[0], lost=n.args[0].op == "get_attr" and not n.users)
             args = (args[0].clone(), *args[1:])
         return args, kwargs
 
     def run_node(self, n: fx.Node) -> Any:
-        versions = {a: self.env[a]._version for a in n.all_input_nodes
-                    if record(a).dep and isinstance(self.env.get(a), torch.Tensor)}
+        versions = {a: self.env[a]._version for a in n.all_input_nodes if isinstance(self.env.get(a), torch.Tensor)}
         try:
             result = super().run_node(n)
         except TraceError:
@@ -50,7 +57,10 @@ class _Propagate(fx.Interpreter):
                 f"running node {n.name} ({n.format_node()}) on the example input failed: "
                 f"{type(exc).__name__}: {exc}\n  at {user_frame(exc)}"
             ) from None
-        changed = [a.name for a, version in versions.items() if self.env[a]._version != version]
+        changed = [a.name for a, version in versions.items() if self.env[a]._version != version and record(a).dep]
+        for a, version in versions.items():
+            if self.env[a]._version != version and not record(a).dep:
+                _refuse_constant_written(self, n, a)
         if changed:
             raise TraceError(f"{n.format_node()} changes its input {', '.join(changed)} in place, which the graph "
                              f"does not show; {OUT_OF_PLACE}")
@@ -62,13 +72,38 @@ class _Propagate(fx.Interpreter):
         return result
 
 
-def _refuse_hidden_aliases(interpreter: fx.Interpreter, n: fx.Node, target: torch.Tensor) -> None:
+def _refuse_constant_written(interpreter: _Propagate, n: fx.Node, constant: fx.Node, lost: bool = False) -> None:
+    """``n`` writes into ``constant`` (a tensor that does not depend on the input): refused when what it writes
+    depends on the input and the constant, or a module attribute sharing its storage, is read after ``n``: that
+    read would take an input-dependent value for a constant (``self.buf.copy_(x); return x * self.buf``: x²).
+    ``lost``: an in-place op on an attribute read (``get_attr``) whose result nobody uses is refused even with no
+    later read in the graph: the update can only matter through the attribute, e.g. through what torch.fx computed
+    from it while tracing (``out = torch.zeros(4); out.add_(x); return 3 * out`` traces to a constant output)."""
+    if not any(record(a).dep for a in n.all_input_nodes):
+        return
+    if lost:
+        raise TraceError(f"{n.format_node()} writes input-dependent values into the attribute {constant.target} in "
+                         "place; its later reads, and what torch.fx computed from it while tracing, do not see the "
+                         f"update; {OUT_OF_PLACE}")
+    order, storage = interpreter.order, interpreter.env[constant].untyped_storage().data_ptr()
+    later = [u for u in constant.users if u is not n and order[u] > order[n]]
+    attributes = [(m, interpreter.fetch_attr(m.target)) for m in interpreter.module.graph.nodes
+                  if m.op == "get_attr" and order[m] > order[n]]
+    later += [m for m, t in attributes if isinstance(t, torch.Tensor) and t.numel()
+              and t.untyped_storage().data_ptr() == storage]
+    if later:
+        raise TraceError(f"{n.format_node()} writes input-dependent values into {constant.name} in place, which "
+                         f"{later[0].name} reads afterwards as a constant; {OUT_OF_PLACE}")
+
+
+def _refuse_hidden_aliases(interpreter: _Propagate, n: fx.Node, target: torch.Tensor) -> None:
     """The in-place op ``n`` must not write storage that a tensor read after it shares (beyond its own target)."""
-    order = {m: i for i, m in enumerate(interpreter.module.graph.nodes)}
+    order = interpreter.order
     storage = target.untyped_storage().data_ptr()
     for m, value in interpreter.env.items():
         if (m is not n.args[0] and isinstance(value, torch.Tensor) and value.numel() and target.numel()
-                and value.untyped_storage().data_ptr() == storage and any(order[u] > order[n] for u in m.users if u is not n)):
+                and value.untyped_storage().data_ptr() == storage
+                and any(order[u] > order[n] for u in m.users if u is not n)):
             raise TraceError(f"{n.format_node()} updates a tensor in place that shares storage with {m.name} "
                              f"({m.format_node()}), read afterwards; {OUT_OF_PLACE}")
 

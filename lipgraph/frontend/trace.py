@@ -20,6 +20,7 @@ from torch.nn.utils import parametrize
 from ..errors import TraceError
 from ..registry import Registry
 from .inplace import rebind_in_place
+from .shape_args import read_metadata_only
 from .opkeys import CONTAINERS, module_key
 
 FRONTENDS = ("auto", "fx", "export")
@@ -92,6 +93,7 @@ def _fx(model: nn.Module, registry: Registry, concrete_args: dict[str, Any] | No
             "  - use the export frontend: --frontend export (Python API: frontend='export')"
         ) from None
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    read_metadata_only(gm)
     rebind_in_place(gm)
     return gm
 
@@ -126,6 +128,7 @@ def _export(model: nn.Module, inputs: tuple) -> fx.GraphModule:
             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}\n  at {user_frame(exc)}"
         ) from None
     gm = program.module()
+    read_metadata_only(gm)
     rebind_in_place(gm)  # torch.export's graph keeps in-place ops too
     return gm
 

@@ -101,7 +101,8 @@ def _raise_problems(lg: LipGraph, not_lipschitz: list[tuple[NotLipschitzError, f
                 else "Bound the input domain or replace the op by a Lipschitz one.")
         raise NotLipschitzError(
             "the network is not globally Lipschitz, so no finite bound exists:\n"
-            + "\n".join(f"  - {error}{_at(node)}" for error, node in not_lipschitz) + f"\n{hint}\n" + REGION_HINT)
+            + "\n".join(f"  - {error}{_at(node)}" for error, node in not_lipschitz) + f"\n{hint}\n" + REGION_HINT,
+            product=hint is PRODUCT_HINT)
     if missing and unsupported == "error":
         raise UnsupportedOpsError(_unsupported_message(lg, missing, declined, norm, registry), missing)
 

@@ -44,10 +44,11 @@ def fused_members(node: fx.Node) -> list[fx.Node]:
 
 
 def is_affine_link(n: fx.Node) -> bool:
-    """A single-input affine op with a certified gain: a possible member of an affine run."""
+    """A single-input affine op with a certified gain, whose input is a tensor (not the tuple of a split, which
+    its getitem picks from: a composed operator needs an input shape): a possible member of an affine run."""
     t = record(n).transfer
-    return (n.op not in ("placeholder", "output") and t is not None and t.affine
-            and len(record(n).inputs) == 1 and t.gains[0].kind is Kind.CERTIFIED)
+    return (n.op not in ("placeholder", "output") and t is not None and t.affine and len(record(n).inputs) == 1
+            and t.gains[0].kind is Kind.CERTIFIED and record(record(n).inputs[0]).info.parts is None)
 
 
 def sole_consumer(lg: LipGraph, n: fx.Node) -> fx.Node | None:

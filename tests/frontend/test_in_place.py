@@ -142,3 +142,102 @@ def test_a_leaf_that_updates_its_input_is_followed_by_export(restore_default_reg
     """torch.export traces into the leaf and records its update: bounded, at the true constant 4."""
     report = _analyze(LeafUpdatesInput(), "export", restore_default_registry)
     assert report.bound.value == pytest.approx(4.0)
+
+
+# -- input-dependent values written into a constant that is read again ------------------------------------------
+class StashesInput(nn.Module):
+    """A leaf module (it has a rule) that copies its input into its second argument, a buffer of the caller."""
+
+    def forward(self, x: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
+        buf.copy_(x)
+        return x
+
+
+class StateWrittenByLeaf(nn.Module):
+    """x · buf once the leaf has written x into buf: x², not Lipschitz (certified as |x_example| before)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stash = StashesInput()
+        self.register_buffer("buf", torch.ones(1, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stash(x, self.buf) * self.buf
+
+
+class StateWrittenByOut(nn.Module):
+    """torch.add(x, 1, out=self.buf), then x · self.buf = x(x + 1): not Lipschitz."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("buf", torch.ones(1, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch.add(x, 1, out=self.buf)
+        return x * self.buf
+
+
+class StateWrittenInPlace(nn.Module):
+    """self.buf.copy_(x), then x · self.buf (a second read of the attribute, which the update does not rebind): x²."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("buf", torch.ones(1, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.buf.copy_(x)
+        return x * self.buf
+
+
+class TensorBuiltInForward(nn.Module):
+    """out = zeros; out.add_(x repeated twice); 3·out: fx computes 3·out while tracing (a constant output, certified
+    0 before); the true constant is 3√2."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(1, 4)
+        out.add_(x.repeat(1, 2))
+        return out * 3
+
+
+class FilledBySlices(nn.Module):
+    """out = zeros; out[:, :2] = x: fx returns a second read of the constant (certified 0 before; the constant is 1)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(1, 4)
+        out[:, :2] = x
+        return out
+
+
+@pytest.mark.parametrize("model, width, op, target", [(StateWrittenInPlace(), 3, "copy_", "buf"),
+                                                      (TensorBuiltInForward(), 2, "add_", "_tensor_constant0")])
+def test_input_written_into_an_attribute_in_place_is_refused(model, width: int, op: str, target: str) -> None:
+    with pytest.raises(lipgraph.TraceError, match=rf"^%{op} .* writes input-dependent values into the attribute "
+                                                  rf"{target} in place; its later reads, and what torch.fx computed"):
+        lipgraph.analyze(model, torch.full((1, width), 5.0), lower=False, cache=False, quiet=True)
+
+
+@pytest.mark.parametrize("model, width, op, target", [(StateWrittenByLeaf(), 3, "stash", "buf"),
+                                                      (StateWrittenByOut(), 3, "add", "buf"),
+                                                      (FilledBySlices(), 2, "setitem", "_tensor_constant0")])
+def test_input_written_into_a_constant_read_again_is_refused(model, width: int, op: str, target: str,
+                                                             restore_default_registry) -> None:
+    restore_default_registry.register(StashesInput, lipgraph.isometry())
+    with pytest.raises(lipgraph.TraceError, match=rf"^%{op} .* writes input-dependent values into {target} in place, "
+                                                  rf"which {target}_1 reads afterwards as a constant; lipgraph cannot"):
+        lipgraph.analyze(model, torch.full((1, width), 5.0), lower=False, cache=False, quiet=True)
+
+
+def test_batch_statistics_updated_in_place_keep_the_rules_message() -> None:
+    """F.batch_norm(training=True) writes its running statistics, read by nobody afterwards: not this refusal."""
+
+    class TrainingBatchNorm(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("mean", torch.zeros(3))
+            self.register_buffer("var", torch.ones(3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return nn.functional.batch_norm(x, self.mean, self.var, training=True)
+
+    with pytest.raises(lipgraph.RuleError, match="batch statistics"):
+        lipgraph.analyze(TrainingBatchNorm(), torch.randn(4, 3), lower=False, cache=False, quiet=True)
