@@ -27,12 +27,17 @@ def cast(ctx: OpContext) -> Transfer:
     """A change of dtype or device (``x.float()``, ``x.to(torch.float64)``, ``x.cpu()``): the identity on the values
     when the result is floating point (rounding to the new precision is floating-point error, as in every op). A
     cast to an integer or bool dtype rounds or thresholds the values, a step function; the network may still be
-    Lipschitz (a mask that selects between Lipschitz branches), so it is declined, not called unbounded."""
-    ctx.input  # noqa: B018 - raises unless exactly one argument depends on the input
+    Lipschitz (a mask that selects between Lipschitz branches), so it is declined, not called unbounded. In
+    ``x.to(y)`` the output does not depend on y's values: gain 0 in y."""
+    like = len(ctx.inputs) == 2 and ctx.args[:2] == ctx.inputs  # x.to(y): y's dtype and device, not its values
+    if not like:
+        ctx.input  # noqa: B018 - raises unless exactly one argument depends on the input
     dtype = ctx.output.dtype if isinstance(ctx.output, Var) else None
     if dtype is None or not (dtype.is_floating_point or dtype.is_complex):
         raise NormNotSupported(f"{ctx.describe()}: a cast to {dtype} rounds or thresholds the values (a step "
                                "function); no rule bounds what uses it")
+    if like:
+        return Transfer(gains=(exact(1.0, "cast"), exact(0.0, "x.to(y) reads y's dtype and device only")))
     return Transfer(gains=(exact(1.0, "cast"),), slope=(1.0, 1.0), affine=True)
 
 

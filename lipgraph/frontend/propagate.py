@@ -6,7 +6,9 @@ Fields of the node's record (:class:`lipgraph.record.NodeRecord`) written here:
 - ``info``   its output: a :class:`Var` (shape, dtype), a tuple of them, or ``None`` for non-tensors
 - ``value``  the value of a constant node that feeds an input-dependent one (weights, sizes, flags)
 
-Non-tensor results (``x.size(0)``, ``x.shape``) depend on shapes only, which are fixed: they are constants.
+Non-tensor results (``x.size(0)``, ``x.shape``) depend on shapes only, which are fixed: they are constants. A
+number read from an input-dependent tensor's values (``x.item()``, ``x.tolist()``) is not: it is refused
+(:func:`_refuse_value_read`), since the graph would treat it as a constant.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from torch import fx
 
 from ..errors import InputError, TraceError
 from ..ruleapi import Var
-from .inplace import OUT_OF_PLACE, is_in_place
+from .inplace import OUT_OF_PLACE, is_in_place, op_name
 from .trace import user_frame
 from ..record import record
 
@@ -64,12 +66,38 @@ class _Propagate(fx.Interpreter):
         if changed:
             raise TraceError(f"{n.format_node()} changes its input {', '.join(changed)} in place, which the graph "
                              f"does not show; {OUT_OF_PLACE}")
-        dep = _has_tensor(result) and (n.op == "placeholder" or any(record(a).dep for a in n.all_input_nodes))
+        from_input = n.op == "placeholder" or any(record(a).dep for a in n.all_input_nodes)
+        if from_input and not _has_tensor(result):
+            _refuse_value_read(n, result)
+        dep = _has_tensor(result) and from_input
         record(n).dep = dep
         record(n).info = describe(result, index=-1)
         if not dep and n.op != "output":
             record(n).value = result
         return result
+
+
+#: ops that return a Python number read from a tensor's values (not from its shape)
+_VALUE_READS = frozenset({"item", "tolist", "_local_scalar_dense", "equal", "allclose", "is_nonzero", "__float__",
+                          "__int__", "__bool__", "__index__", "__complex__"})
+
+
+def _refuse_value_read(n: fx.Node, result: Any) -> None:
+    """A non-tensor result of input-dependent arguments must be metadata (a shape, a dtype): a number read from the
+    values (``x.item()``, ``x.tolist()``; any float) would be recorded as a constant, and the bound would miss how
+    the output depends on it (unsound), so it is a :class:`TraceError`."""
+    name = op_name(n) or getattr(n.target, "__name__", "")
+    if name in _VALUE_READS or _has_float(result):
+        raise TraceError(f"{n.format_node()} reads the values of an input-dependent tensor as a Python number "
+                         f"({type(result).__name__}); lipgraph cannot follow a dependence through it. Keep it a "
+                         "tensor (x.sum() instead of x.sum().item(), torch.full_like(x, 0) + v instead of "
+                         "torch.full_like(x, v.item()))")
+
+
+def _has_float(value: Any) -> bool:
+    if isinstance(value, (float, complex, torch.SymFloat)):
+        return True
+    return isinstance(value, (tuple, list)) and any(_has_float(v) for v in value)
 
 
 def _refuse_constant_written(interpreter: _Propagate, n: fx.Node, constant: fx.Node, lost: bool = False) -> None:

@@ -28,6 +28,7 @@ SHAPE_ONLY = {  # f(a, y) and its exact constant in x (ℓ2), a = 3·x[:, :4]
     "reshape_as": (lambda a, y: a.reshape_as(y), 3.0),
     "expand_as": (lambda a, y: a[:, :1].expand_as(y), 6.0),  # one coordinate copied 4 times: 3·√4
     "type_as": (lambda a, y: a.type_as(y), 3.0),
+    "to_other": (lambda a, y: a.to(y), 3.0),  # x.to(y): y's dtype and device (fx keeps y as an argument)
     "zeros_like": (lambda a, y: a + torch.zeros_like(y), 3.0),
     "full_like": (lambda a, y: a + torch.full_like(y, 5.0), 3.0),
     "new_zeros": (lambda a, y: a + y.new_zeros(y.shape), 3.0),
@@ -76,3 +77,26 @@ def test_integer_casts_are_declined_with_their_reason(spelling, dtype: str, fron
     assert "its rule has no constant here: op 'cast' " in str(info.value)
     assert f"a cast to {dtype} rounds or thresholds the values (a step function); no rule bounds what uses it" \
         in str(info.value)
+
+
+VALUE_READS = {  # a Python number read from the values of an input-dependent tensor; true ℓ2 constants ≥ 7
+    "item": lambda x: x + (x[:, 0] * 7).sum().item(),
+    "full_like": lambda x: torch.full_like(x, (x[0, 0] * 7).item()),
+    "scale": lambda x: x * (x[0, 0] * 7).item(),  # not even Lipschitz
+}
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+@pytest.mark.parametrize("name", list(VALUE_READS))
+def test_numbers_read_from_input_dependent_values_are_refused(name: str, frontend: str) -> None:
+    """Recorded as a constant, such a number hid the dependence (``x + x[0].item()`` certified 1)."""
+    fn = VALUE_READS[name]
+
+    class Read(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return fn(x)
+
+    with pytest.raises(lipgraph.TraceError) as info:
+        lipgraph.analyze(Read(), torch.randn(1, 3), frontend=frontend, lower=False, cache=False, quiet=True)
+    assert "reads the values of an input-dependent tensor as a Python number" in str(info.value)
+    assert "Keep it a tensor (x.sum() instead of x.sum().item()" in str(info.value)
