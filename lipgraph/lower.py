@@ -64,6 +64,8 @@ from .norms import parse_norm
 METHOD = "jacobian-ascent"
 #: numerator allowance (relative to ‖f(a)‖ + ‖f(b)‖) and relative allowance for float64 rounding
 ROUNDING = 1e-12
+#: the allowance when f runs in float32 only (no float64 copy computes it)
+FLOAT32_ROUNDING = 1e-5
 #: the full Jacobian is materialised at the final candidates when it has at most this many entries
 DENSE_JACOBIAN = 1 << 21
 #: ... and built row by row (one backward pass each) up to this many outputs: torch's vectorised Jacobian, like any
@@ -188,6 +190,10 @@ class _Net:
                 raise _NotBatched
         except Exception:  # noqa: BLE001 - points interact across the batch: run them one by one
             self.mode = "loop"
+            again = self(rows[:1], mode="loop")
+            if again.shape != single[0].shape or not bool(torch.equal(again, single[0])):
+                raise InputError("the model's output at one input changes from one call to the next (a random op): "
+                                 "it is no function, so no difference quotient bounds its Lipschitz constant")
         self.m = single[0].shape[1]
 
     @property
@@ -658,6 +664,10 @@ def search(model: nn.Module, x: Any, *, norm: Any = 2, starts: int = 8, steps: i
                     raise
                 exact = _float64_net(model, inputs, fn)
                 verified = _verify(exact, fn, pool.items[:plan.verify], p, scale, plan.polish, clock, exact_seconds)
+            a, b = verified[1:3]
+            if exact[0] is not fn and not _computes_f(fn, exact[0], a):  # the witness's quotient in f itself
+                value = float(_ratio(fn, a[None].to(fn.dtype), b[None].to(fn.dtype), p, FLOAT32_ROUNDING)[0])
+                verified = (value, *verified[1:5], None)
         finally:
             bar.close()
     value, a, b, z, v, jac = verified
@@ -802,7 +812,15 @@ def _float64_net(model: nn.Module, inputs: tuple[Tensor, ...], fn: _Net, check: 
                     return net, ROUNDING
         except Exception:  # noqa: BLE001
             continue
-    return fn, 1e-5  # the model does not run in float64: a much larger allowance for float32 rounding
+    return fn, FLOAT32_ROUNDING  # the model does not run in float64
+
+
+def _computes_f(fn: _Net, net: _Net, a: Tensor) -> bool:
+    """Whether ``net`` (f's float64 copy) agrees with f at the point ``a`` up to float32 error: a model may compute
+    another function in float64 (a branch on the dtype), whose quotients say nothing of f's constant."""
+    with torch.no_grad():
+        want, got = fn(a[None].to(fn.dtype)).to(net.dtype), net(a[None])
+    return want.shape == got.shape and bool(((want - got).abs() <= 1e-3 * (1 + float(want.abs().max()))).all())
 
 
 def _ratio(net: _Net, a: Tensor, b: Tensor, p: float, rounding: float) -> Tensor:

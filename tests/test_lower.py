@@ -556,3 +556,34 @@ def test_steered_direction_is_a_power_step() -> None:
     (-q.sum()).backward()
     step = v @ W.T @ W
     assert torch.allclose(_steered(vv, 2), step / step.norm(), atol=1e-12)
+
+
+class _ScaledInFloat64(nn.Module):
+    """An affine map whose float64 run computes 1000·f (same width): its quotients are no lower bound of f's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.lin(x) * (1e3 if x.dtype == torch.float64 else 1.0)
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_a_float64_copy_computing_another_function_of_the_same_width_is_not_believed(lean: bool) -> None:
+    torch.manual_seed(2)
+    model = _ScaledInFloat64().eval()
+    x = torch.randn(1, 4)
+    exact = _op_norm(model.lin.weight.detach(), 2)
+    res = lipgraph.lower_search(model, x, work=_lean_work(model, x) if lean else None)
+    assert 0.5 * exact < res.value <= exact * (1 + SLACK), (res.value, exact)
+
+
+def test_a_random_model_has_no_lower_bound() -> None:
+    class Noisy(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return x + torch.randn_like(x)
+
+    with pytest.raises(InputError, match=r"the model's output at one input changes from one call to the next "
+                                         r"\(a random op\): it is no function"):
+        lipgraph.lower_bound(Noisy(), torch.randn(2, 3))
