@@ -179,7 +179,9 @@ class _Net:
             single = [self(rows[i:i + 1], mode="loop") for i in range(min(len(rows), 2))]
         except Exception:  # noqa: BLE001 - the model only accepts the example's exact shape
             self.mode, self.shapes = "whole", [tuple(x.shape) for x in self.example]
-            self.m = self(self.pack(self.example)).shape[1]
+            out = self(self.pack(self.example))
+            _same_twice(out, self(self.pack(self.example)))
+            self.m = out.shape[1]
             return
         probe = torch.cat([rows[:1], rows[:1] * 0.5 + 0.1], 0)
         try:
@@ -190,10 +192,7 @@ class _Net:
                 raise _NotBatched
         except Exception:  # noqa: BLE001 - points interact across the batch: run them one by one
             self.mode = "loop"
-            again = self(rows[:1], mode="loop")
-            if again.shape != single[0].shape or not bool(torch.equal(again, single[0])):
-                raise InputError("the model's output at one input changes from one call to the next (a random op): "
-                                 "it is no function, so no difference quotient bounds its Lipschitz constant")
+            _same_twice(single[0], self(rows[:1], mode="loop"))
         self.m = single[0].shape[1]
 
     @property
@@ -234,6 +233,14 @@ class _Net:
         parts = self.unpack(z.reshape(1, -1))
         parts = tuple(p.detach().to(x.dtype) for p, x in zip(parts, like))
         return parts[0] if len(parts) == 1 else parts
+
+
+def _same_twice(first: Tensor, again: Tensor) -> None:
+    """Two runs at one input must agree (checked where the batched run did not reproduce the single ones, or could
+    not run): a random op makes the model no function, whose quotients bound nothing."""
+    if again.shape != first.shape or not bool(torch.equal(again, first)):
+        raise InputError("the model's output at one input changes from one call to the next (a random op): it is "
+                         "no function, so no difference quotient bounds its Lipschitz constant")
 
 
 def _jvp(fn: _Net, z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:

@@ -587,3 +587,12 @@ def test_a_random_model_has_no_lower_bound() -> None:
     with pytest.raises(InputError, match=r"the model's output at one input changes from one call to the next "
                                          r"\(a random op\): it is no function"):
         lipgraph.lower_bound(Noisy(), torch.randn(2, 3))
+
+
+def test_a_random_model_of_one_input_shape_has_no_lower_bound() -> None:
+    class NoisyFixedShape(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return x.reshape(2, 3) + torch.randn(2, 3)
+
+    with pytest.raises(InputError, match=r"changes from one call to the next \(a random op\)"):
+        lipgraph.lower_bound(NoisyFixedShape(), torch.randn(2, 3))
