@@ -19,8 +19,8 @@ records its run after. The budget spends its time by measured tightness per seco
 **A deadline, checked cooperatively.** A running estimator has a deadline: the end of its share (chain
 estimators) or of the budget (block estimators); none for :data:`CHEAP_NAMES`, which are never cut. The long
 estimators call :func:`expired` once per iteration (an optimiser's function evaluation, an ECLipsE or
-ECLipsE-Fast stage, a step of the exact input reduction, a coordinate of a block pair's multiplier search, a DCP
-block or piece, a SeqLip enumeration prefix; docs/residual.md). Past the deadline, an iterative solver
+ECLipsE-Fast stage, a step of the exact input reduction, a DCP block or piece, a SeqLip enumeration prefix;
+docs/residual.md). Past the deadline, an iterative solver
 stops and its best point so far goes through the same rigorous certificate as a finished run's (a result that
 does not verify is dropped, never trusted); a solver stopped before it had any point, or a loop whose partial
 work bounds nothing (DCP's pieces), raises :class:`BudgetExpired` and contributes nothing. So the total overruns
@@ -48,7 +48,7 @@ GAIN = 1e-3
 #: estimators that run whatever the budget: closed forms (milliseconds per chain or block) and the whole-block
 #: bounds that ``--method cp`` runs too, so that ``best`` is never looser than ``cp``; the budget caps the rest
 CHEAP_NAMES = frozenset({"cp", "eclipse-fast", "seqlip-greedy", "residual-cp", "residual-eclipse-fast",
-                         "residual-fft", "residual-joint"})
+                         "residual-fft", "residual-joint", "residual-pair"})
 #: the order the chain estimators run in under a budget (cheapest first; others after, in their own order)
 COST_ORDER = ("cp", "eclipse-fast", "seqlip-greedy", "seqlip", "eclipse", "lipsdp-layer", "lipsdp-neuron", "dcp",
               "lipsdp-conv")

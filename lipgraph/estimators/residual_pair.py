@@ -35,7 +35,6 @@ import torch
 
 from lipgraph.bound import Bound, certified
 from lipgraph.errors import InputError
-from lipgraph.estimators.budget import BudgetExpired, expired
 from lipgraph.estimators.dcp import Conv2dSpec
 from lipgraph.estimators.recertify import UNIT_ROUNDOFF, InfeasibleMultipliers, verified_psd
 from lipgraph.estimators.residual import _golden
@@ -275,8 +274,7 @@ def _direction(lmi: PairLMI) -> list[float]:
 
 
 def search(lmi: PairLMI, start: Sequence[float] | None = None, steps: int = STEPS) -> tuple[float, list[float]]:
-    """(ρ*(λ), λ) after the search of the module docstring from ``start`` (else a scaled :func:`_direction`);
-    the coordinate sweeps stop at the analysis's deadline (:func:`~.budget.expired`)."""
+    """(ρ*(λ), λ) after the search of the module docstring from ``start`` (else a scaled :func:`_direction`)."""
     if start is None:
         lam = _direction(lmi)
         scale = _golden(lambda c: lmi.rho([c * x for x in lam]), 1e-4, 1e4, 2 * steps)
@@ -286,8 +284,6 @@ def search(lmi: PairLMI, start: Sequence[float] | None = None, steps: int = STEP
     best = lmi.rho(lam)
     for _ in range(SWEEPS):
         for k in range(len(lam)):
-            if expired():  # the budget's deadline: the best λ so far goes to the certificate
-                break
             def at(c: float, k: int = k) -> float:
                 return lmi.rho(lam[:k] + [c * lam[k]] + lam[k + 1:])
             c = _golden(at, 1 / 8, 8, steps)
@@ -338,10 +334,8 @@ def _post_gain(slope: tuple[float, float]) -> float:
 def composed_bound(nets: Sequence[ConvNet], posts: Sequence[tuple[float, float]]) -> Bound:
     """Certified bound of the composition (:func:`compose`), searched from the product of the parts' own
     certificates (so its ρ*(λ) starts at Π ρ_i · Π K_i: never above the product of the parts' searched values).
-    Past the analysis's deadline before the composition is searched: :class:`~.budget.BudgetExpired`."""
+    Run by ``--method cp`` too, so never stopped by a budget (``budget.CHEAP_NAMES``: ``best`` ≤ ``cp``)."""
     parts = [search(PairLMI(net)) for net in nets]
-    if expired():
-        raise BudgetExpired
     lam: list[float] = []
     for i, (rho_i, lam_i) in enumerate(parts):
         downstream = math.prod(rho for rho, _ in parts[i + 1:]) * math.prod(_post_gain(s) for s in posts[i + 1:])
