@@ -19,30 +19,13 @@ from torch import Tensor, nn
 
 import lipgraph
 from lipgraph import Kind
+from tests.fixtures.jacobian import jacobian_norm
 from tests.fixtures.zoo import ZOO
 
 SLACK = 1e-7  # relative float slack when comparing a certified bound with a float64 Jacobian norm
 
 
 # -- the lower-bound oracle ------------------------------------------------------------------------------
-def _flat_outputs(out) -> Tensor:
-    if isinstance(out, Tensor):
-        return out.reshape(-1)
-    return torch.cat([o.reshape(-1) for o in out])  # multi-output: the concatenated outputs
-
-
-def jacobian_norm(model: nn.Module, x: Tensor, p: float = 2) -> float:
-    """‖J_f(x)‖_p for the float64 copy ``model`` (ℓ2: σ_max; ℓ∞: max abs row sum; ℓ1: max abs column sum)."""
-    jac = torch.autograd.functional.jacobian(lambda v: _flat_outputs(model(v)), x.to(torch.float64),
-                                             vectorize=True)
-    jac = jac.reshape(jac.shape[0], -1)
-    if p == 2:
-        return torch.linalg.matrix_norm(jac, 2).item()
-    if math.isinf(p):
-        return jac.abs().sum(1).max().item()
-    return jac.abs().sum(0).max().item()
-
-
 def lower_bound(model: nn.Module, x: Tensor, n: int = 8, p: float = 2, seed: int = 0) -> float:
     """max over ``n`` inputs (the example, random ones, scaled and shifted ones) of ‖J_f(x)‖_p: a lower bound of L."""
     m = copy.deepcopy(model).to(torch.float64).eval()

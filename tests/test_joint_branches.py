@@ -18,7 +18,8 @@ from lipgraph.passes.annotate import annotate
 from lipgraph.passes.joint import joint_split
 from lipgraph.record import record
 from tests.rules.oracle import op_norm
-from tests.test_autolip_soundness import jacobian_norm, lower_bound
+from tests.fixtures.jacobian import jacobian_norm
+from tests.test_autolip_soundness import lower_bound
 from tests.test_by_construction import worst_jacobian
 
 NORMS = (2, 1, math.inf)

@@ -18,6 +18,7 @@ from lipgraph.passes.interval import propagate_intervals
 from lipgraph.passes.localchains import local_cp, reduce_chain, vertex_bound
 from lipgraph.registry import default_registry
 from lipgraph.record import record
+from tests.fixtures.jacobian import jacobian_norm
 from tests.property.netgen import RandomDraw, build, draw_spec
 
 
@@ -70,14 +71,6 @@ def check_intervals(model: nn.Module, x: torch.Tensor, region, samples: int = 64
         for node in lg.ops():
             assert_contains(record(node).interval, seen[node.name], f"{record(node).key} at {node.name}")
     return lg
-
-
-def jacobian_norm(model: nn.Module, z: torch.Tensor) -> float:
-    import copy
-
-    net = copy.deepcopy(model).double().eval()
-    J = torch.autograd.functional.jacobian(lambda t: net(t).reshape(-1), z.double())
-    return float(torch.linalg.matrix_norm(J.reshape(-1, z.numel()), 2))
 
 
 # -- every interval rule against sampled outputs -----------------------------------------------------------------
@@ -139,8 +132,6 @@ def test_slopes_cover_derivatives_per_neuron():
         s_lo, s_hi = transfer.neuron_slopes
         for k in range(50):
             t = (lo + (hi - lo) * torch.rand(lo.shape, generator=torch.Generator().manual_seed(k))).requires_grad_()
-            import copy
-
             f = copy.deepcopy(act).double()
             (g,) = torch.autograd.grad(f(t).sum(), t)
             assert bool(((g >= s_lo - 1e-7) & (g <= s_hi + 1e-7)).all()), repr(act)  # torch: 1/6 in float32

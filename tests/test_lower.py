@@ -183,7 +183,7 @@ def test_return_input_and_structure() -> None:
 
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_zoo_lower_is_below_certified_and_above_the_start(name: str) -> None:
-    from tests.test_autolip_soundness import jacobian_norm
+    from tests.fixtures.jacobian import jacobian_norm
 
     model, x = ZOO[name]()
     lo = lipgraph.lower_bound(model, x, starts=4, steps=20).value

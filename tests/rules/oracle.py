@@ -28,6 +28,7 @@ import lipgraph
 from lipgraph import ir
 from lipgraph.passes.annotate import annotate
 from lipgraph.registry import default_registry
+from tests.fixtures.jacobian import jacobian, op_norm  # noqa: F401 - the oracle's API
 
 INF = math.inf
 ALL = (2, 1, INF)
@@ -131,29 +132,6 @@ def built(case: Case) -> tuple[nn.Module, torch.Tensor]:
         model = nn.Sequential(case.make()).eval()
         x = torch.randn(*case.shape)
     return model, x
-
-
-def jacobian(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """(out_numel × in_numel) float64 Jacobian of ``model`` at ``x`` (model already in float64)."""
-    x = x.to(torch.float64)
-
-    def f(v):
-        return model(v.reshape(x.shape)).reshape(-1)
-
-    try:
-        jac = torch.autograd.functional.jacobian(f, x.reshape(-1), vectorize=True)
-    except Exception:  # noqa: BLE001 - some ops have no batching rule
-        jac = torch.autograd.functional.jacobian(f, x.reshape(-1))
-    return jac.reshape(-1, x.numel())
-
-
-def op_norm(J: torch.Tensor, p: float) -> float:
-    """The exact ℓp → ℓp operator norm of ``J`` for p ∈ {1, 2, ∞}."""
-    if p == 1:
-        return J.abs().sum(0).max().item()
-    if math.isinf(p):
-        return J.abs().sum(1).max().item()
-    return torch.linalg.matrix_norm(J, 2).item()
 
 
 def probes(case: Case, x: torch.Tensor) -> list[torch.Tensor]:
