@@ -11,6 +11,17 @@ import lipgraph
 from tests.fixtures.jacobian import jacobian_norm
 
 
+class Apply(nn.Module):
+    """x ↦ fn(x)."""
+
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
 class Twice(nn.Module):
     """f(x[:, :4]·3, y) with y = 2x input-dependent: f uses y's metadata only (or, for type_as, its dtype)."""
 
@@ -53,13 +64,10 @@ CASTS = [lambda x: x.float(), lambda x: x.double(), lambda x: x.to(torch.float64
 @pytest.mark.parametrize("frontend", ["fx", "export"])
 @pytest.mark.parametrize("cast", range(len(CASTS)))
 def test_floating_point_casts_are_the_identity(cast: int, frontend: str) -> None:
-    class Cast(nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return CASTS[cast](x * 2)
-
-    report = lipgraph.analyze(Cast(), torch.randn(1, 3), frontend=frontend, lower=False, cache=False, quiet=True)
+    model = Apply(lambda x: CASTS[cast](x * 2))
+    report = lipgraph.analyze(model, torch.randn(1, 3), frontend=frontend, lower=False, cache=False, quiet=True)
     assert report.bound.value == pytest.approx(2.0)
-    local = lipgraph.analyze(Cast(), torch.randn(1, 3), frontend=frontend, lower=False, cache=False, quiet=True,
+    local = lipgraph.analyze(model, torch.randn(1, 3), frontend=frontend, lower=False, cache=False, quiet=True,
                              region=lipgraph.Box(-1, 1))
     assert local.bound.value == pytest.approx(2.0)
 
@@ -68,12 +76,8 @@ def test_floating_point_casts_are_the_identity(cast: int, frontend: str) -> None
 @pytest.mark.parametrize("spelling, dtype", [(lambda x: x.long(), "torch.int64"), (lambda x: x.bool(), "torch.bool"),
                                              (lambda x: x.to(torch.int32), "torch.int32")])
 def test_integer_casts_are_declined_with_their_reason(spelling, dtype: str, frontend: str) -> None:
-    class Cast(nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return spelling(x)
-
     with pytest.raises(lipgraph.UnsupportedOpsError) as info:
-        lipgraph.analyze(Cast(), torch.randn(1, 3), frontend=frontend, lower=False, cache=False, quiet=True)
+        lipgraph.analyze(Apply(spelling), torch.randn(1, 3), frontend=frontend, lower=False, cache=False, quiet=True)
     assert "its rule has no constant here: op 'cast' " in str(info.value)
     assert f"a cast to {dtype} rounds or thresholds the values (a step function); no rule bounds what uses it" \
         in str(info.value)
@@ -90,13 +94,8 @@ VALUE_READS = {  # a Python number read from the values of an input-dependent te
 @pytest.mark.parametrize("name", list(VALUE_READS))
 def test_numbers_read_from_input_dependent_values_are_refused(name: str, frontend: str) -> None:
     """Recorded as a constant, such a number hid the dependence (``x + x[0].item()`` certified 1)."""
-    fn = VALUE_READS[name]
-
-    class Read(nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return fn(x)
-
     with pytest.raises(lipgraph.TraceError) as info:
-        lipgraph.analyze(Read(), torch.randn(1, 3), frontend=frontend, lower=False, cache=False, quiet=True)
+        lipgraph.analyze(Apply(VALUE_READS[name]), torch.randn(1, 3), frontend=frontend, lower=False, cache=False,
+                         quiet=True)
     assert "reads the values of an input-dependent tensor as a Python number" in str(info.value)
     assert "Keep it a tensor (x.sum() instead of x.sum().item()" in str(info.value)
