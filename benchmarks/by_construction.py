@@ -20,7 +20,7 @@ from lipgraph import ir
 from lipgraph.errors import LipgraphError
 from lipgraph.passes.annotate import annotate
 from lipgraph.passes.autolip import autolip
-from results_file import machine, write_section
+from results_file import publish
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.fixtures.by_construction import FAMILIES  # noqa: E402 - the literature's families, tiny
@@ -98,10 +98,7 @@ def main() -> None:
         lower = f"{report.lower.value:.4g}" if report.lower else "—"
         lines.append(f"| {name} | {baseline(model, x)} | {report.bound.value:.7g} | {construction:g} | {lower} | "
                      f"{seconds:.2f} |")
-    table = "\n".join(lines) + f"\n\n{machine()}"
-    print(table)
-    if args.write:
-        write_section("by-construction", "## Lipschitz by construction (benchmarks/by_construction.py)\n\n" + table)
+    publish("by-construction", "Lipschitz by construction (benchmarks/by_construction.py)", lines, args.write)
 
 
 if __name__ == "__main__":

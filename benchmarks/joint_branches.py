@@ -21,7 +21,7 @@ from torch import nn
 import lipgraph
 from lipgraph.passes import joint
 from lipgraph.userfile import run_user_file
-from results_file import machine, write_section
+from results_file import publish
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 REPEATS = 2
@@ -90,10 +90,7 @@ def main() -> None:
             lines.append(f"| {name} | {'∞' if math.isinf(p) else p} | {before.bound.value:.6g} | "
                          f"{after.bound.value:.6g} | {before.bound.value / after.bound.value:.3f} | {lower} | "
                          f"{s_before:.2f} | {s_after:.2f} |")
-    table = "\n".join(lines) + f"\n\n{machine()}"
-    print(table)
-    if args.write:
-        write_section("joint-branches", "## Joint ops through branches (benchmarks/joint_branches.py)\n\n" + table)
+    publish("joint-branches", "Joint ops through branches (benchmarks/joint_branches.py)", lines, args.write)
 
 
 if __name__ == "__main__":

@@ -35,3 +35,12 @@ def machine() -> str:
     return (f"{cpu}; nproc {os.cpu_count()} (usable {len(os.sched_getaffinity(0))}); torch {torch.__version__}, "
             f"{torch.get_num_threads()} thread(s); Python {platform.python_version()}; "
             f"load average {os.getloadavg()[0]:.1f} at the end (a shared VM: times are indicative)")
+
+
+def publish(section: str, title: str, lines: list[str], write: bool) -> None:
+    """Print the table ``lines`` with the machine line; with ``write``, also make it the section ``section`` of
+    RESULTS.md under the heading ``title``."""
+    table = "\n".join(lines) + f"\n\n{machine()}"
+    print(table)
+    if write:
+        write_section(section, f"## {title}\n\n" + table)
