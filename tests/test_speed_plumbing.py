@@ -118,6 +118,28 @@ def test_pool_gives_the_same_report(torch_threads):
         assert strip_seconds(pooled.to_dict()) == strip_seconds(serial.to_dict()), name
 
 
+def test_fused_chain_norms_run_in_the_pool(torch_threads, monkeypatch):
+    """conv → BatchNorm chains are most of a CNN's work: the pool's workers compute their norms (they once ran
+    in the calling thread, one at a time: the rules' pool still held torch on one thread)."""
+    import lipgraph.passes.fuse as fuse
+
+    torch_threads(2)
+    seen, original = [], fuse.fused_bound
+
+    def spy(lg, chain, norm):
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return original(lg, chain, norm)
+
+    monkeypatch.setattr(fuse, "fused_bound", spy)
+    torch.manual_seed(0)
+    model = nn.Sequential(*[m for _ in range(3) for m in (nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())])
+    model[1].running_var.uniform_(0.5, 2.0)
+    lipgraph.analyze(model.eval(), torch.zeros(1, 4, 6, 6), lower=False, cache=False)
+    in_pool = [threads for name, threads in seen if name.startswith("lipgraph-norms")]
+    assert in_pool == [1, 1, 1], seen  # fusion's own calls later find them memoised
+    assert torch.get_num_threads() == 2
+
+
 def test_user_rules_run_in_the_calling_thread(torch_threads):
     torch_threads(2)
     threads = []
