@@ -39,7 +39,7 @@ def cast(ctx: OpContext) -> Transfer:
 
 
 def _refuse_rounding(ctx: OpContext, what: str) -> None:
-    """An output of integer or bool dtype rounds or thresholds the values written into it: declined (NormNotSupported)."""
+    """An output of integer or bool dtype rounds or thresholds the values written into it: declined."""
     dtype = ctx.output.dtype if isinstance(ctx.output, Var) else None
     if dtype is None or not (dtype.is_floating_point or dtype.is_complex):
         raise NormNotSupported(f"{ctx.describe()}: {what} to {dtype} rounds or thresholds the values (a step "
