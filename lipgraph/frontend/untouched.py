@@ -8,10 +8,11 @@ on the way out (result or error), every parameter, buffer and input tensor writt
 ``requires_grad``, the tensor each parameter and buffer name holds, and the plain attributes tracing left a
 ``Proxy`` in. The training flags are :func:`lipgraph.frontend.prepare.eval_mode`'s.
 
-The snapshot is a copy of every parameter, buffer and input tensor (11 ms for ResNet-18's 45 MiB, under 1 % of its
-analysis: benchmarks/untouched.py); a value is copied back only where the tensor was written (:func:`_written`).
+A block copies every parameter, buffer and input tensor on the way in and compares them on the way out (about two
+copies' time: benchmarks/untouched.py); a value is copied back only where the tensor was written (:func:`_written`).
 torch's copy-on-write clone (``torch._lazy_clone``) would copy nothing, but a tensor it shares then crashes
-torch.multiprocessing's pickler (``certify`` on spawned workers, torch 2.13): not used.
+torch.multiprocessing's pickler (``certify`` on spawned workers, torch 2.13), and BatchNorm's running statistics
+move no version counter, so neither saves the copy or the comparison.
 """
 from __future__ import annotations
 
