@@ -8,8 +8,9 @@ on the way out (result or error), every parameter, buffer and input tensor writt
 ``requires_grad``, the tensor each parameter and buffer name holds, and the plain attributes tracing left a
 ``Proxy`` in. The training flags are :func:`lipgraph.frontend.prepare.eval_mode`'s.
 
-A block copies every parameter, buffer and input tensor on the way in and compares them on the way out (about two
-copies' time: benchmarks/untouched.py); a value is copied back only where the tensor was written (:func:`_written`).
+A block copies every parameter, buffer and input tensor on the way in (once: blocks inside it reuse the copies) and
+compares them on the way out (benchmarks/untouched.py); a value is copied back only where the tensor was written
+(:func:`_written`).
 torch's copy-on-write clone (``torch._lazy_clone``) would copy nothing, but a tensor it shares then crashes
 torch.multiprocessing's pickler (``certify`` on spawned workers, torch 2.13), and BatchNorm's running statistics
 move no version counter, so neither saves the copy or the comparison.
@@ -25,6 +26,9 @@ import torch
 from torch import fx, nn
 
 F = TypeVar("F", bound=Callable[..., Any])
+#: the snapshots of the blocks open now, by tensor: a block inside another (the input check inside ``analyze``)
+#: copies nothing the enclosing one holds, and puts back the value the tensor had on the way into the outermost
+_OPEN: dict[int, torch.Tensor] = {}
 
 
 @contextlib.contextmanager
@@ -36,11 +40,16 @@ def untouched(model: Any, example_input: Any = ()) -> Iterator[None]:
     tensors = {id(t): t for m in modules for t in [*m._parameters.values(), *m._buffers.values()] if t is not None}
     inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
     tensors.update((id(t), t) for t in inputs if isinstance(t, torch.Tensor))
+    tensors = {key: t for key, t in tensors.items() if not t.is_inference()}  # (never written outside inference)
     with torch.no_grad():
-        saved = [(t, t._version, t.clone(), t.requires_grad) for t in tensors.values() if not t.is_inference()]
+        own = {key: t.clone() for key, t in tensors.items() if key not in _OPEN}
+    _OPEN.update(own)
+    saved = [(t, t._version, _OPEN[key], t.requires_grad) for key, t in tensors.items()]
     try:
         yield
     finally:
+        for key in own:
+            del _OPEN[key]
         for m, parameters, buffers, attributes in entries:
             _put_back(m._parameters, parameters)
             _put_back(m._buffers, buffers)

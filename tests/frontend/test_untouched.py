@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import lipgraph
+from lipgraph.frontend import untouched as module
 
 
 class WritesInput(nn.Module):
@@ -156,3 +157,21 @@ def test_the_other_entry_points_leave_the_model_untouched(entry) -> None:
     before = model[1].calls.clone()
     entry(model, torch.randn(1, 3))
     assert torch.equal(model[1].calls, before)
+
+
+def test_a_block_inside_another_copies_nothing_and_puts_back_the_first_value() -> None:
+    """The input check inside analyze: its block reuses analyze's copy, and restores the value as given."""
+    model = nn.Linear(3, 3)
+    weight = model.weight.detach().clone()
+    with module.untouched(model):
+        held = dict(module._OPEN)
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        with module.untouched(model):
+            assert module._OPEN.keys() == held.keys() and all(module._OPEN[k] is v for k, v in held.items())
+            with torch.no_grad():
+                model.weight.mul_(3.0)
+        assert torch.equal(model.weight, weight)
+        with torch.no_grad():
+            model.weight.add_(1.0)
+    assert torch.equal(model.weight, weight) and module._OPEN == {}
