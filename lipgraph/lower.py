@@ -55,6 +55,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from .bound import Bound, lower
 from .errors import InputError, LipgraphError
@@ -820,9 +822,8 @@ def _float64_net(model: nn.Module, inputs: tuple[Tensor, ...], fn: _Net, check: 
             if not check:
                 return net, ROUNDING
             with torch.no_grad():
-                out = net(net.pack(net.example)[:1])
-            if out.shape[1] == fn.m:  # an output left in float32 (a float32 tensor made inside): float32 error
-                return net, ROUNDING if out.dtype == torch.float64 else FLOAT32_ROUNDING
+                if net(net.pack(net.example)[:1]).shape[1] == fn.m:  # (float32 inside: :func:`_ratio`'s allowance)
+                    return net, ROUNDING
         except Exception:  # noqa: BLE001
             continue
     return fn, FLOAT32_ROUNDING  # the model does not run in float64
@@ -836,16 +837,52 @@ def _computes_f(fn: _Net, net: _Net, a: Tensor) -> bool:
     return want.shape == got.shape and bool(((want - got).abs() <= 1e-3 * (1 + float(want.abs().max()))).all())
 
 
+class _Downcasts(TorchDispatchMode):
+    """Records the coarsest floating dtype an op rounds to from a finer floating input (``x.float()``,
+    ``x.bfloat16()``, ``buf.copy_(x)`` into a float32 buffer): below it, the computation has that dtype's precision,
+    whatever the dtype of the output. Constants computed in a coarse dtype from coarse constants round the same way
+    in every copy of the model (part of f): not recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.eps = 0.0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        finest = min((torch.finfo(t.dtype).eps for t in tree_leaves((args, kwargs)) if _floating(t)), default=None)
+        if finest is not None:
+            coarsest = max((torch.finfo(t.dtype).eps for t in tree_leaves(out) if _floating(t)), default=0.0)
+            if coarsest > finest:
+                self.eps = max(self.eps, coarsest)
+        return out
+
+
+def _floating(t: Any) -> bool:
+    return isinstance(t, Tensor) and (t.dtype.is_floating_point or t.dtype.is_complex)
+
+
+def _allowance(eps: float) -> float:
+    """The rounding allowance of a computation in a dtype of machine epsilon ``eps``: ROUNDING in float64,
+    FLOAT32_ROUNDING in float32, scaled like FLOAT32_ROUNDING below (half, bfloat16)."""
+    if eps <= torch.finfo(torch.float64).eps:
+        return ROUNDING
+    return FLOAT32_ROUNDING * max(1.0, eps / torch.finfo(torch.float32).eps)
+
+
 def _ratio(net: _Net, a: Tensor, b: Tensor, p: float, rounding: float) -> Tensor:
-    """‖f(a) − f(b)‖_p / ‖a − b‖_p per row, minus the rounding allowance (each one ≤ L)."""
-    with torch.no_grad():
+    """‖f(a) − f(b)‖_p / ‖a − b‖_p per row, minus the rounding allowance (each one ≤ L): ``rounding``, or the
+    allowance of the coarsest dtype the computation rounds to inside (:class:`_Downcasts`, the output included)."""
+    with torch.no_grad(), _Downcasts() as downcasts:
         if net.mode == "batched":  # both ends in one pass
             both = net(torch.cat([a, b], 0))
             fa, fb = both[:len(a)], both[len(a):]
         else:
             fa, fb = net(a), net(b)
+    with torch.no_grad():
         if fa.shape[1] != net.m:
             raise _OtherFunction
+        output_eps = torch.finfo(fa.dtype).eps if _floating(fa) else 0.0
+        rounding = max(rounding, _allowance(max(downcasts.eps, output_eps)))
         num = _norm(fa - fb, p) - rounding * (_norm(fa, p) + _norm(fb, p))
         den = _norm(a - b, p)
         out = num.clamp_min(0) / den * (1 - rounding)

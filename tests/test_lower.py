@@ -597,3 +597,23 @@ def test_a_random_model_of_one_input_shape_has_no_lower_bound() -> None:
 
     with pytest.raises(InputError, match=r"changes from one call to the next \(a random op, or a forward"):
         lipgraph.lower_bound(NoisyFixedShape(), torch.randn(2, 3))
+
+
+class _RoundsInside(nn.Module):
+    """3·W x rounded to ``dtype`` inside and cast back: the float64 copy returns float64 but computes in ``dtype``."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.lin, self.dtype = nn.Linear(4, 3), dtype
+
+    def forward(self, x: Tensor) -> Tensor:
+        return 3 * self.lin(x).to(self.dtype).to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_a_lower_bound_allows_for_the_precision_used_inside(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    model, x = _RoundsInside(dtype), torch.randn(2, 4) * 10
+    exact = 3 * _op_norm(model.lin.weight, 2)
+    assert lipgraph.lower_bound(model, x).value <= exact * (1 + SLACK)
+    assert lipgraph.analyze(model, x).lower.value <= exact * (1 + SLACK)  # the report's (a lean search)
