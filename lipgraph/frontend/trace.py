@@ -21,6 +21,7 @@ from ..errors import TraceError
 from ..registry import Registry
 from .inplace import rebind_in_place
 from .shape_args import read_metadata_only
+from .untouched import untouched
 from .opkeys import CONTAINERS, module_key
 
 FRONTENDS = ("auto", "fx", "export")
@@ -78,21 +79,22 @@ def trace(model: nn.Module, inputs: tuple, registry: Registry, frontend: str = "
 
 def _fx(model: nn.Module, registry: Registry, concrete_args: dict[str, Any] | None) -> fx.GraphModule:
     tracer = LipTracer(registry)
-    try:
-        graph = tracer.trace(model, concrete_args=concrete_args)
-    except Exception as exc:  # noqa: BLE001 - every fx failure is reported the same way
-        scope = next(reversed(tracer.module_stack.values()), None) if tracer.module_stack else None
-        where = f" inside module {scope[0] or '<root>'} ({_type_name(scope[1])})" if scope else ""
-        raise TraceError(
-            f"torch.fx could not trace {type(model).__name__}{where}: {type(exc).__name__}: {exc}\n"
-            f"  at {user_frame(exc)}\n"
-            "Remedies:\n"
-            "  - make the module that contains this line a leaf by giving its class a rule:\n"
-            "      lipgraph.register(ThatModule, rule)   (or @lipgraph.rule(ThatModule))\n"
-            "  - fix the value that drives Python control flow with concrete_args={'flag': value}\n"
-            "  - use the export frontend: --frontend export (Python API: frontend='export')"
-        ) from None
-    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    with untouched(model):  # what tracing wrote into the model (``self.last = x``: a Proxy) is gone before it runs
+        try:
+            graph = tracer.trace(model, concrete_args=concrete_args)
+        except Exception as exc:  # noqa: BLE001 - every fx failure is reported the same way
+            scope = next(reversed(tracer.module_stack.values()), None) if tracer.module_stack else None
+            where = f" inside module {scope[0] or '<root>'} ({_type_name(scope[1])})" if scope else ""
+            raise TraceError(
+                f"torch.fx could not trace {type(model).__name__}{where}: {type(exc).__name__}: {exc}\n"
+                f"  at {user_frame(exc)}\n"
+                "Remedies:\n"
+                "  - make the module that contains this line a leaf by giving its class a rule:\n"
+                "      lipgraph.register(ThatModule, rule)   (or @lipgraph.rule(ThatModule))\n"
+                "  - fix the value that drives Python control flow with concrete_args={'flag': value}\n"
+                "  - use the export frontend: --frontend export (Python API: frontend='export')"
+            ) from None
+        gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     read_metadata_only(gm)
     rebind_in_place(gm)
     return gm

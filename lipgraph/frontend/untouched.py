@@ -4,9 +4,12 @@ lipgraph runs the user's ``forward`` several times: the input check, torch.fx tr
 export frontend, the lower-bound search. A forward may change the model: a counter (``self.calls.add_(1)``),
 ``self.buf.copy_(x)`` (refused, but after it ran), ``F.batch_norm(..., training=True)`` updating its running
 statistics, ``self.last = x`` (while fx traces, the attribute receives a ``Proxy``). :func:`untouched` puts back,
-on the way out (result or error), every parameter, buffer and input tensor written in place, their
-``requires_grad``, the tensor each parameter and buffer name holds, and the plain attributes tracing left a
-``Proxy`` in. The training flags are :func:`lipgraph.frontend.prepare.eval_mode`'s.
+on the way out (result or error), every parameter, buffer and input tensor written in place (or given other
+``.data``), their ``requires_grad``, every module attribute rebound (the tensor each parameter and buffer name
+holds, a Python counter, a ``Proxy`` fx tracing left) and the contents of its list, dict and set attributes
+(``self.seen.append(x)``). The training flags are :func:`lipgraph.frontend.prepare.eval_mode`'s. Left alone: a lazy
+module not yet run (its first run changes its class), sparse and meta tensors, objects reached through other
+objects (a list's elements).
 
 A block copies every parameter, buffer and input tensor on the way in (once: blocks inside it reuse the copies) and
 compares them on the way out (benchmarks/untouched.py); a value is copied back only where the tensor was written
@@ -18,49 +21,85 @@ move no version counter, so neither saves the copy or the comparison.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import inspect
 from typing import Any, Callable, Iterator, TypeVar
 
 import torch
-from torch import fx, nn
+from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import is_lazy
 
 F = TypeVar("F", bound=Callable[..., Any])
 #: the snapshots of the blocks open now, by tensor: a block inside another (the input check inside ``analyze``)
 #: copies nothing the enclosing one holds, and puts back the value the tensor had on the way into the outermost
 _OPEN: dict[int, torch.Tensor] = {}
+#: the attribute values whose contents are put back too (a forward's ``self.seen.append(x)``); the module's own
+#: ``_parameters``, ``_buffers``, ``_modules`` among them
+_CONTAINERS = (list, dict, set)
+_MISSING = object()
 
 
 @contextlib.contextmanager
 def untouched(model: Any, example_input: Any = ()) -> Iterator[None]:
     """Within the block, ``model`` (an ``nn.Module``; anything else is left alone) and the tensors of
-    ``example_input`` (a tensor or a sequence) may change; after it they are restored (see the module doc)."""
-    modules = list(model.modules()) if isinstance(model, nn.Module) else []
-    entries = [(m, dict(m._parameters), dict(m._buffers), dict(m.__dict__)) for m in modules]
+    ``example_input`` (a tensor or a sequence) may change; after it they are restored (see the module doc). Where the
+    block raised, a failure to restore is added to its error as a note, never raised instead of it."""
+    modules = [m for m in model.modules() if not _lazy(m)] if isinstance(model, nn.Module) else []
+    entries = [(m, dict(m.__dict__), {k: copy.copy(v) for k, v in m.__dict__.items() if type(v) in _CONTAINERS})
+               for m in modules]
     tensors = {id(t): t for m in modules for t in [*m._parameters.values(), *m._buffers.values()] if t is not None}
     inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
     tensors.update((id(t), t) for t in inputs if isinstance(t, torch.Tensor))
-    tensors = {key: t for key, t in tensors.items() if not t.is_inference()}  # (never written outside inference)
+    tensors = {key: t for key, t in tensors.items() if _copyable(t)}
     with torch.no_grad():
         own = {key: t.clone() for key, t in tensors.items() if key not in _OPEN}
     _OPEN.update(own)
     saved = [(t, t._version, _OPEN[key], t.requires_grad) for key, t in tensors.items()]
     try:
         yield
-    finally:
-        for key in own:
-            del _OPEN[key]
-        for m, parameters, buffers, attributes in entries:
-            _put_back(m._parameters, parameters)
-            _put_back(m._buffers, buffers)
-            for name in [k for k, v in m.__dict__.items() if isinstance(v, fx.Proxy)]:
-                _put_back_attribute(m, name, attributes)
-        with torch.no_grad():
-            for t, version, snapshot, requires_grad in saved:
-                if _written(t, version, snapshot):
-                    t.copy_(snapshot)
-                if t.requires_grad != requires_grad:
-                    t.requires_grad_(requires_grad)
+    except BaseException as exc:
+        try:
+            _restore(own, entries, saved)
+        except Exception as failure:  # noqa: BLE001 - the block's own error is the one to see
+            exc.add_note(f"lipgraph could not put the model back as it was: {type(failure).__name__}: {failure}")
+        raise
+    _restore(own, entries, saved)
+
+
+def _copyable(t: torch.Tensor) -> bool:
+    """Tensors whose values are copied and compared: dense, with values (not meta), not inference tensors (never
+    written outside inference mode), not a lazy module's uninitialized parameters (the module replaces them)."""
+    return t.layout is torch.strided and not t.is_meta and not t.is_inference() and not is_lazy(t)
+
+
+def _lazy(module: nn.Module) -> bool:
+    """A lazy module not yet run: its first forward turns it into another class with new attributes, for good."""
+    return isinstance(module, LazyModuleMixin) and module.has_uninitialized_params()
+
+
+def _restore(own: dict, entries: list, saved: list) -> None:
+    """Put back the modules' attributes and the tensors' values as :func:`untouched` took them."""
+    for key in own:
+        _OPEN.pop(key, None)
+    for m, attributes, contents in entries:
+        for name, value in contents.items():
+            if m.__dict__.get(name) is attributes[name]:
+                _put_back_contents(attributes[name], value)
+        for name in [k for k in m.__dict__ if k not in attributes]:
+            del m.__dict__[name]
+        for name, value in attributes.items():
+            if m.__dict__.get(name, _MISSING) is not value:
+                m.__dict__[name] = value
+    with torch.no_grad():
+        for t, version, snapshot, requires_grad in saved:
+            if (t.shape, t.dtype, t.device) != (snapshot.shape, snapshot.dtype, snapshot.device):
+                t.data = snapshot.clone()  # ``t.data = ...`` or ``t.resize_``: the values cannot be copied back
+            elif _written(t, version, snapshot):
+                t.copy_(snapshot)
+            if t.requires_grad != requires_grad:
+                t.requires_grad_(requires_grad)
 
 
 def leaves_untouched(fn: F) -> F:
@@ -84,15 +123,17 @@ def _written(t: torch.Tensor, version: int, snapshot: torch.Tensor) -> bool:
     return t._version != version or not torch.equal(t, snapshot)
 
 
-def _put_back(current: dict, saved: dict) -> None:
-    """Make ``current`` hold ``saved``'s objects again (compared by identity: tensors have no truth value)."""
-    if list(current) != list(saved) or any(current[k] is not v for k, v in saved.items()):
-        current.clear()
-        current.update(saved)
-
-
-def _put_back_attribute(module: nn.Module, name: str, attributes: dict) -> None:
-    if name in attributes:
-        module.__dict__[name] = attributes[name]
+def _put_back_contents(current: Any, saved: Any) -> None:
+    """Make the list, dict or set ``current`` hold ``saved``'s objects again (compared by identity: tensors have no
+    truth value)."""
+    if isinstance(current, dict):
+        changed = list(current) != list(saved) or any(current[k] is not v for k, v in saved.items())
     else:
-        del module.__dict__[name]
+        changed = len(current) != len(saved) or any(a is not b for a, b in zip(current, saved))
+    if not changed:
+        return
+    current.clear()
+    if isinstance(current, list):
+        current.extend(saved)
+    else:
+        current.update(saved)

@@ -175,3 +175,67 @@ def test_a_block_inside_another_copies_nothing_and_puts_back_the_first_value() -
         with torch.no_grad():
             model.weight.add_(1.0)
     assert torch.equal(model.weight, weight) and module._OPEN == {}
+
+
+def test_a_proxy_left_by_tracing_is_gone_before_the_lower_search() -> None:
+    """self.last = x: fx tracing leaves a Proxy in the buffer; the search, which runs the model after the trace,
+    must see a tensor there (it failed: 'symbolically traced variables cannot be used as inputs to control flow')."""
+    report = lipgraph.analyze(nn.Sequential(KeepsLast(), nn.Linear(3, 3)), torch.randn(1, 3), frontend="fx",
+                              cache=False, quiet=True)
+    assert report.notes == [] and 0 < report.lower.value <= report.bound.value
+
+
+class Remembers(nn.Module):
+    """A Python counter and a list of the inputs seen: plain attributes, no tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls, self.seen = 0, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self.seen.append(x)
+        return 2 * x
+
+
+def test_python_attributes_come_back_too() -> None:
+    model = nn.Sequential(Remembers(), nn.Linear(3, 3))
+    seen = model[0].seen
+    lipgraph.analyze(model, torch.randn(1, 3), cache=False, quiet=True)
+    assert model[0].calls == 0 and model[0].seen is seen and seen == []
+
+
+class Reshapes(nn.Module):
+    """Resizes its buffer, or gives it other ``.data``, then (``fails``) raises."""
+
+    def __init__(self, how: str, fails: bool) -> None:
+        super().__init__()
+        self.how, self.fails = how, fails
+        self.lin = nn.Linear(3, 3)
+        self.register_buffer("buf", torch.arange(3.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.how == "resize":
+            self.buf.resize_(5)
+        else:
+            self.buf.data = torch.zeros(5)
+        if self.fails:
+            raise ValueError("the model's own error")
+        return self.lin(x)
+
+
+@pytest.mark.parametrize("how", ["resize", "data"])
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_tensor_given_another_shape_comes_back_and_the_error_is_the_models(how: str, fails: bool) -> None:
+    """Putting back values of another shape raised (copy_), in place of the model's own error."""
+    model = Reshapes(how, fails)
+    before = _state(model)
+    if fails:
+        with pytest.raises(lipgraph.InputError, match=r"^the model does not run on the example input of shape "
+                                                      r"\(1, 3\): ValueError: the model's own error"):
+            lipgraph.analyze(model, torch.randn(1, 3), cache=False, quiet=True)
+    else:
+        lipgraph.analyze(model, torch.randn(1, 3), cache=False, quiet=True)
+    after = _state(model)
+    for name, (value, *_, tensor) in before.items():
+        assert after[name][3] is tensor and torch.equal(tensor, value), name
