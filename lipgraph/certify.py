@@ -19,6 +19,7 @@ and the result says so. Floating-point rounding of the network's own evaluation 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import multiprocessing
 import pickle
@@ -116,7 +117,7 @@ def _finite(values: list[float]) -> list[float | None]:
     return [v if math.isfinite(v) else None for v in values]
 
 
-@leaves_untouched
+@functools.partial(leaves_untouched, inputs=False)  # x is not copied whole: each batch runs on a copy
 def certify(model: nn.Module, x: Tensor, y: Tensor, *, norm: Any = 2, report: Report | None = None,
             radii: Sequence[float] | None = None, pairwise: bool = True, unsupported: str = "error",
             batch_size: int = 1024, local: bool = False, executor: Executor | None = None,
@@ -141,7 +142,7 @@ def certify(model: nn.Module, x: Tensor, y: Tensor, *, norm: Any = 2, report: Re
     notes: list[str] = []
     with eval_mode(model, notes), torch.no_grad():
         check_runs(model, (x[:1],))
-        outputs = [model(chunk) for chunk in x.split(batch_size)]
+        outputs = [model(chunk.clone()) for chunk in x.split(batch_size)]
     logits = torch.cat(outputs).double().cpu() if all(isinstance(o, Tensor) for o in outputs) else None
     if logits is None or logits.ndim != 2 or logits.shape[1] < 2 or len(logits) != len(x):
         got = f"shape {tuple(logits.shape)}" if logits is not None else f"a {type(outputs[0]).__name__}"
@@ -307,7 +308,7 @@ def local_radii_of(model: nn.Module, x: Tensor, logits: Tensor, predicted: Tenso
     if executor is None and workers is not None and workers > 1:  # spawned: torch's thread pools do not survive fork
         own = executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     sent = _shippable(model) if executor is not None and not isinstance(executor, ThreadPoolExecutor) else model
-    jobs = [(sent, x[k:k + 1], int(predicted[k]), gaps[k], starts[k], p) for k in index]
+    jobs = [(sent, x[k:k + 1].clone(), int(predicted[k]), gaps[k], starts[k], p) for k in index]
     try:
         results = executor.map(_local_job, jobs) if executor is not None else map(_local_job, jobs)
         with LayerProgress(len(jobs), "local radii", progress) as bar:

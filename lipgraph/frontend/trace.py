@@ -21,7 +21,7 @@ from ..errors import TraceError
 from ..registry import Registry
 from .inplace import rebind_in_place
 from .shape_args import read_metadata_only
-from .untouched import untouched
+from .untouched import without_proxies
 from .opkeys import CONTAINERS, module_key
 
 FRONTENDS = ("auto", "fx", "export")
@@ -79,7 +79,7 @@ def trace(model: nn.Module, inputs: tuple, registry: Registry, frontend: str = "
 
 def _fx(model: nn.Module, registry: Registry, concrete_args: dict[str, Any] | None) -> fx.GraphModule:
     tracer = LipTracer(registry)
-    with untouched(model):  # what tracing wrote into the model (``self.last = x``: a Proxy) is gone before it runs
+    with without_proxies(model):  # a Proxy tracing left in the model (``self.last = x``) is gone before it runs
         try:
             graph = tracer.trace(model, concrete_args=concrete_args)
         except Exception as exc:  # noqa: BLE001 - every fx failure is reported the same way

@@ -27,7 +27,7 @@ import inspect
 from typing import Any, Callable, Iterator, TypeVar
 
 import torch
-from torch import nn
+from torch import fx, nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import is_lazy
 
@@ -68,6 +68,28 @@ def untouched(model: Any, example_input: Any = ()) -> Iterator[None]:
     _restore(own, entries, saved)
 
 
+@contextlib.contextmanager
+def without_proxies(model: nn.Module) -> Iterator[None]:
+    """Around torch.fx tracing: an attribute of a module of ``model``, or an entry of a dict attribute
+    (``_buffers``), that holds an ``fx.Proxy`` after the block (``self.last = x`` while tracing) gets its value from
+    before the block back (or goes, if it is new), since the model runs again after tracing (shape propagation, the
+    lower-bound search). Nothing else is put back: the graph describes the model as tracing left it (a forward that
+    assigns ``self.lin.weight`` traces a call of ``lin`` with that weight)."""
+    entries = [(m, dict(m.__dict__), {k: dict(v) for k, v in m.__dict__.items() if type(v) is dict})
+               for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, attributes, contents in entries:
+            for holder, before in [(m.__dict__, attributes), *((m.__dict__[k], v) for k, v in contents.items()
+                                                                if m.__dict__.get(k) is attributes[k])]:
+                for name in [k for k, v in holder.items() if isinstance(v, fx.Proxy)]:
+                    if name in before:
+                        holder[name] = before[name]
+                    else:
+                        del holder[name]
+
+
 def _copyable(t: torch.Tensor) -> bool:
     """Tensors whose values are copied and compared: dense, with values (not meta), not inference tensors (never
     written outside inference mode), not a lazy module's uninitialized parameters (the module replaces them)."""
@@ -102,16 +124,17 @@ def _restore(own: dict, entries: list, saved: list) -> None:
                 t.requires_grad_(requires_grad)
 
 
-def leaves_untouched(fn: F) -> F:
+def leaves_untouched(fn: F, *, inputs: bool = True) -> F:
     """Decorate an entry point ``fn(model, example_input, ...)`` (its first two parameters, whatever their names):
-    it runs inside :func:`untouched`."""
+    it runs inside :func:`untouched`. ``inputs=False``: the model only (an entry point that runs the model on copies
+    of a dataset's batches, rather than copy the whole dataset)."""
     signature = inspect.signature(fn)
     model_name, input_name = list(signature.parameters)[:2]
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         given = signature.bind_partial(*args, **kwargs).arguments
-        with untouched(given.get(model_name), given.get(input_name)):
+        with untouched(given.get(model_name), given.get(input_name) if inputs else ()):
             return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

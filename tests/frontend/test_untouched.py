@@ -239,3 +239,35 @@ def test_a_tensor_given_another_shape_comes_back_and_the_error_is_the_models(how
     after = _state(model)
     for name, (value, *_, tensor) in before.items():
         assert after[name][3] is tensor and torch.equal(tensor, value), name
+
+
+def test_certify_runs_the_dataset_on_copies_of_its_batches() -> None:
+    """certify does not copy its dataset whole (benchmarks/RESULTS.md, untouched): a first ReLU(inplace=True)
+    writes into copies of the batches, never into x."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.ReLU(inplace=True), nn.Linear(3, 4))
+    x, y = torch.randn(6, 3), torch.randint(0, 4, (6,))
+    x_before = x.clone()
+    lipgraph.certify(model, x, y, batch_size=4)
+    assert torch.equal(x, x_before)
+
+
+class ReplacesWeight(nn.Module):
+    """Assigns a new weight on every call: the function is x ↦ 3x + b from the first call on, whatever the weight
+    was; the traced graph must bound that (putting the weight back after tracing gave a bound below it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.lin.weight = nn.Parameter(3 * torch.eye(3))
+        return self.lin(x)
+
+
+def test_the_graph_describes_the_model_as_tracing_left_it() -> None:
+    model = ReplacesWeight()
+    weight = model.lin.weight
+    report = lipgraph.analyze(model, torch.randn(1, 3), lower=False, cache=False, quiet=True)
+    assert report.bound.value >= 3.0 * (1 - 1e-9)
+    assert model.lin.weight is weight
