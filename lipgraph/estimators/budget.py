@@ -22,8 +22,9 @@ estimators call :func:`expired` once per iteration (an optimiser's function eval
 ECLipsE-Fast stage, a step of the exact input reduction, a DCP block or piece, a SeqLip enumeration prefix;
 docs/residual.md). Past the deadline, an iterative solver
 stops and its best point so far goes through the same rigorous certificate as a finished run's (a result that
-does not verify is dropped, never trusted); a solver stopped before it had any point, or a loop whose partial
-work bounds nothing (DCP's pieces), raises :class:`BudgetExpired` and contributes nothing. So the total overruns
+does not verify is dropped, never trusted); DCP returns the best cut into the blocks it finished (a block stopped
+halfway is dropped); a solver stopped before it had any point, or DCP before its blocks cut the chain, raises
+:class:`BudgetExpired` and contributes nothing. So the total overruns
 the budget by at most one iteration and one certificate, and the report's notes name the estimator that was
 stopped. Whatever is skipped or stopped, the bound is the certified minimum of what finished (never looser than
 the cheap bounds above). Without a budget, :func:`expired` is one context-variable read.

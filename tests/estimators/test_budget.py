@@ -14,7 +14,7 @@ import lipgraph
 from lipgraph.cli import main
 from lipgraph.estimators import budget, lipsdp_fo
 from lipgraph.estimators.budget import Budget, budget_seconds, order
-from lipgraph.estimators.dcp import ConvChain, dcp
+from lipgraph.estimators.dcp import ConvChain, block_bound, dcp, whole_block_bound
 from lipgraph.estimators.eclipse import eclipse, eclipse_fast
 from lipgraph.estimators.sdp import lipsdp
 from tests.estimators.nets import chain_of, mlp
@@ -217,3 +217,37 @@ def test_best_with_its_budget_spent_keeps_the_block_pairs_of_cp() -> None:
     cp = lipgraph.analyze(model, x, method="cp", lower=False, quiet=True, cache=False)
     best = lipgraph.analyze(model, x, method="best", budget=1e-9, lower=False, quiet=True, cache=False)
     assert best.bound.value <= cp.bound.value
+
+
+def _conv3() -> tuple[nn.Module, ConvChain]:
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 2, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(2, 2, 3, padding=1)).double()
+    return model, ConvChain.from_sequential(model, (1, 4, 4))
+
+
+@pytest.mark.parametrize("deadline, cut", [(1.5, "untiled"), (4.5, "one-layer")])
+def test_dcp_stopped_returns_the_best_cut_into_its_finished_blocks(deadline: float, cut: str) -> None:
+    """Fake clock, one second per deadline check (one at the start, one per block): DCP stopped after the whole
+    chain untiled (1.5 s), or after the one-layer blocks too (4.5 s, before any two-layer block), returns the best
+    cut into what it finished — certified as a finished search's, ≥ the attained norm and ≥ the unlimited search —
+    and the note names it; stopped before any block cuts the chain (0.5 s) it contributes nothing."""
+    model, chain = _conv3()
+    unlimited = dcp(chain, estimator="eclipse-fast", workers=1)
+    whole = whole_block_bound(chain, 0, 3).value
+    layers = math.prod(block_bound(chain, i, i + 1, estimator="eclipse-fast", max_piece=200, workers=1).value
+                       for i in range(3))
+    with _fake_spending("dcp", deadline):
+        budget.reserve_for_blocks(False)
+        outcome = budget.timed("dcp", lambda: dcp(chain, estimator="eclipse-fast", workers=1), math.inf)
+    assert outcome.finished and outcome.bound.kind is lipgraph.Kind.CERTIFIED
+    assert outcome.notes == [f"dcp: stopped at the budget's deadline ({deadline:.3g} s into {deadline:g} s) after "
+                             f"{outcome.seconds:.3g} s; its best point so far was certified"]
+    expected = whole if cut == "untiled" else min(whole, layers)  # ReLU slopes: 1 at the cuts
+    assert outcome.bound.value == pytest.approx(expected, rel=1e-12)
+    assert ("untiled" in outcome.bound.method) == (expected == whole)
+    assert attained_norm(model, (1, 4, 4)) <= unlimited.value <= outcome.bound.value * (1 + 1e-12)
+    with _fake_spending("dcp", 0.5):
+        budget.reserve_for_blocks(False)
+        nothing = budget.timed("dcp", lambda: dcp(chain, estimator="eclipse-fast", workers=1), math.inf)
+    assert not nothing.finished and nothing.notes[0].endswith("nothing certified from it")
