@@ -5,10 +5,11 @@ The graph passes run each estimator through :func:`timed`, which asks :meth:`Bud
 records its run after. The budget spends its time by measured tightness per second:
 
 - the estimators run cheapest first (:func:`order`, by :data:`COST_ORDER`);
-- an estimator of :data:`CHEAP_NAMES`, or whose last run took at most :data:`CHEAP` of the budget (or
-  :data:`CHEAP_SECONDS`), always starts, so the cheap certified bounds (CP, ECLipsE-Fast, the whole-block bounds of
-  ``--method cp``) exist for every chain and block: ``best`` is never looser than ``cp``, and its time is that
-  of ``cp`` plus the budget;
+- an estimator of :data:`CHEAP_NAMES` always starts, so the cheap certified bounds (CP, ECLipsE-Fast, the
+  whole-block bounds of ``--method cp``) exist for every chain and block: ``best`` is never looser than ``cp``, and
+  its time is that of ``cp`` plus the budget; one whose last run took at most :data:`CHEAP` of the budget (or
+  :data:`CHEAP_SECONDS`) starts while its share lasts (a cheap run on one chain says little about the next, larger
+  one: nothing else starts past the deadline);
 - on a graph with additions, the chain estimators may spend :data:`CHAIN_SHARE` of the budget, the whole-block
   estimators (which run after them, and win most on residual networks) the rest (:func:`reserve_for_blocks`); once
   a share is spent, nothing else of it starts;
@@ -116,15 +117,15 @@ class Budget:
 
     def skip(self, name: str) -> str | None:
         """None when ``name`` may start now, else why not (a note for the report)."""
-        runs = self.runs.get(name)
-        if name in CHEAP_NAMES or (runs and runs[-1][0] <= max(CHEAP * self.seconds, CHEAP_SECONDS)):
+        if name in CHEAP_NAMES:
             return None
         block = name.startswith("residual")
         left = self.left if block else self.left - (1 - self.chain_share) * self.seconds
         if left <= 0:
             share = "" if block or self.chain_share == 1 else f"the chain estimators' share ({self.chain_share:g}) of "
             return f"skipped: {share}the estimator budget of {self.seconds:g} s is spent"
-        if not runs:
+        runs = self.runs.get(name)
+        if not runs or runs[-1][0] <= max(CHEAP * self.seconds, CHEAP_SECONDS):
             return None
         if runs[-1][0] > left:
             return f"skipped: its last run took {runs[-1][0]:.3g} s, {left:.3g} s of the budget are left"
