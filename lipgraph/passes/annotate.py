@@ -174,7 +174,8 @@ def _prefetch_fused_norms(lg: LipGraph, norm: float, bar: Ticker) -> None:
     for chain, (folds, bound, seconds) in zip(chains, parallel_map(prefetch, chains)):
         record(chain[-1]).seconds += seconds
         record(chain[-1]).fused_norm = bound
-        folded |= set(chain) if folds else set()
+        if folds:
+            folded.update(chain)
         bar.advance(record(chain[-1]).path)
     gains = [(n, g) for n in lg.ops() if n not in folded for g in record(n).transfer.gains]  # the rest: now
     for (n, _), seconds in zip(gains, force_all(g for _, g in gains)):

@@ -27,6 +27,11 @@ from ..record import FusedRun, record
 
 
 def fuse(lg: LipGraph, norm: float) -> None:
+    """Record each affine chain whose fused norm beats the product of its members' gains beyond rounding (1e-6),
+    with its shortcut. Soundness does not rest on this comparison: it only chooses between two certified bounds of
+    the same sub-network (AutoLip takes the smaller anyway). Its answer is the one the computed gains give: the
+    pending conv norms' attained values (:func:`lipgraph.linalg.lazy.product_above`) are below those gains, so
+    a product of them that passes proves the real product passes; when none does, the gains are computed."""
     for chain in affine_chains(lg):
         fused = record(chain[-1]).fused_norm  # computed by annotate (in the norm pool) when the chain folds
         fused = fused_bound(lg, chain, norm) if fused is None else fused
