@@ -44,7 +44,7 @@ from functools import cached_property
 import torch
 
 #: Gram matrices are summed over blocks of this many columns of the inner dimension.
-GRAM_BLOCK = 128
+GRAM_BLOCK = 256
 #: Unit roundoffs of float32 and float64.
 U32, U64 = 2.0 ** -24, 2.0 ** -53
 #: Gram iteration runs until its worst-case relative excess is below this.
@@ -55,6 +55,14 @@ MAX_WINDOW = 1e-2
 CHUNK_ENTRIES = 1 << 22
 #: Per-frequency matrices smaller than this are computed in float64 directly (screening would not pay).
 SCREEN_MIN_DIM = 24
+#: Per-frequency matrices at least this large are screened by float64 Cholesky tests on a CPU (faster than float32
+#: eigenvalues there).
+CHOLESKY_MIN_DIM = 256
+#: Chunks of the Cholesky tests are this many times larger (whole grids of 512-channel layers at 4×4 maps: the
+#: first value found is then the largest, not the largest of a chunk, and fewer frequencies are computed in float64).
+TESTED_CHUNKS = 4
+#: Lanczos steps of the estimates that order the frequencies for the Cholesky tests.
+LANCZOS_STEPS = 12
 #: Absolute slack for float32 underflow of the (normalised, |a| ≤ 1) symbol entries.
 _UNDERFLOW = 1e-30
 
@@ -92,14 +100,28 @@ class Symbol:
         return replace(self, taps=self.taps.to(device), offsets=self.offsets.to(device), phase=self.phase.to(device))
 
     def at(self, freqs: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """The symbols at ``freqs`` (F, d), shape (F, g, c_out, width), complex ``dtype`` on ``device``."""
+        """The symbols at ``freqs`` (F, d), shape (F, g, c_out, width), complex ``dtype`` on ``device``: the real and
+        imaginary parts are real products of cos/sin rows with the real taps, written into the complex result."""
         T, g, co, ci = self.taps.shape
         M = torch.tensor(self.modulus, device=device)
         f, u = freqs.to(device), self.offsets.to(device)
         turns = (((f[:, None, :] * u[None]) % M).double() / M).sum(-1)  # Σ (ω·u mod M)/M: exact integer parts
-        z = torch.polar(torch.ones_like(turns), -2 * math.pi * turns).to(dtype)
-        flat = self.taps.reshape(T, -1).to(device=device, dtype=dtype)
-        return torch.cat([(z[:, idx] @ flat[idx]).reshape(-1, g, co, ci) for idx in self._blocks], dim=-1)
+        angle = -2 * math.pi * turns
+        real = self._float32_taps if dtype == torch.complex64 else self.taps.reshape(T, -1).to(dtype.to_real())
+        taps = real.to(device)
+        trig = torch.cat([torch.cos(angle), torch.sin(angle)]).to(taps.dtype)  # (2F, T): real rows, then imaginary
+        out = torch.empty(len(freqs), g, co, ci * self.n_phases, dtype=dtype, device=device)
+        parts = torch.view_as_real(out)
+        for p, idx in enumerate(self._blocks):
+            prod = (trig[:, idx] @ taps[idx]).view(2, len(freqs), g, co, ci)
+            parts[..., p * ci:(p + 1) * ci, 0] = prod[0]
+            parts[..., p * ci:(p + 1) * ci, 1] = prod[1]
+        return out
+
+    @cached_property
+    def _float32_taps(self) -> torch.Tensor:
+        """The taps as a (T, g·c_out·c_in) float32 matrix, converted once per symbol (not per chunk)."""
+        return self.taps.reshape(self.taps.shape[0], -1).float()
 
     @cached_property
     def abs_sum(self) -> torch.Tensor:
@@ -146,8 +168,8 @@ def _chunk_entries(device: torch.device) -> int:
     return CHUNK_ENTRIES * (16 if device.type == "cuda" else 1)
 
 
-def _chunks(n_freq: int, per_freq: int, device: torch.device):
-    step = max(1, _chunk_entries(device) // max(per_freq, 1))
+def _chunks(n_freq: int, per_freq: int, device: torch.device, entries: int | None = None):
+    step = max(1, (entries or _chunk_entries(device)) // max(per_freq, 1))
     for start in range(0, n_freq, step):
         yield slice(start, min(start + step, n_freq))
 
@@ -230,6 +252,8 @@ def max_singular_value(symbol: Symbol, device: torch.device | str | None = None)
     gpu = device.type == "cuda"
     if min(co, w) < SCREEN_MIN_DIM and not gpu:
         return scale * _exact_max(symbol, freqs, device)
+    if min(co, w) >= CHOLESKY_MIN_DIM and not gpu:
+        return scale * _tested_max(symbol, freqs, device)
     lows, highs = [], []
     for part in _chunks(len(freqs), _entries_per_frequency(symbol), device):
         low, high = (_gram_iteration_bounds if gpu else _screen)(symbol, freqs[part], device)
@@ -255,6 +279,62 @@ def _recheck(symbol: Symbol, freqs: torch.Tensor, low: torch.Tensor, high: torch
         exact = max(exact, _exact_max(symbol, freqs[batch], device))
         best = max(best, exact)
     return exact
+
+
+def _tested_max(symbol: Symbol, freqs: torch.Tensor, device: torch.device) -> float:
+    """max_ω σ_max(S(ω)): float64 values in decreasing order of Lanczos estimates, skipping every frequency that a
+    float64 Cholesky test proves not above the largest value found (module docstring, "Cholesky tests")."""
+    best, e_s = 0.0, _symbol_error(symbol)
+    per_freq = _entries_per_frequency(symbol)
+    for first, part in enumerate(_chunks(len(freqs), per_freq, device, TESTED_CHUNKS * _chunk_entries(device))):
+        gram, e_g = _float32_grams(symbol, freqs[part], device)
+        estimate = _lanczos_estimates(gram)
+        if first == 0 and (e_g / estimate.clamp(min=1e-300)).median() > MAX_WINDOW:  # the tests would not pay
+            return _exact_max(symbol, freqs, device)
+        for i in torch.argsort(estimate.amax(-1), descending=True).tolist():
+            if best > e_s and _below(gram[i], ((best - e_s) ** 2 - e_g[i]) * (1 - 1e-12)):
+                continue
+            best = max(best, _exact_max(symbol, freqs[part][i:i + 1], device))
+    return best
+
+
+def _lanczos_estimates(gram: torch.Tensor) -> torch.Tensor:
+    """Estimates of λ_max of each Hermitian matrix of the batch (…, n, n): the top Ritz value of ``LANCZOS_STEPS``
+    Lanczos steps from a fixed random start (no reorthogonalisation: only an order, proven by nothing), float64."""
+    *batch, n, _ = gram.shape
+    mats = gram.reshape(-1, n, n)
+    start = torch.randn(mats.shape[0], n, 1, generator=torch.Generator().manual_seed(0), dtype=gram.dtype)
+    q = (start / torch.linalg.vector_norm(start, dim=1, keepdim=True)).to(gram.device)
+    previous, beta, alphas, betas = torch.zeros_like(q), torch.zeros_like(q.real[:, :1]), [], []
+    for _ in range(min(LANCZOS_STEPS, n)):
+        w = torch.bmm(mats, q)
+        alpha = (q.conj() * w).sum(1, keepdim=True).real
+        w = w - alpha * q - beta * previous
+        beta = torch.linalg.vector_norm(w, dim=1, keepdim=True)
+        alphas.append(alpha.flatten())
+        betas.append(beta.flatten())
+        previous, q = q, w / beta.clamp(min=1e-30)  # an invariant subspace: q = 0, the Ritz values stay exact
+    off = torch.stack(betas, -1)[:, :-1].double()
+    tridiagonal = torch.diag_embed(torch.stack(alphas, -1).double()) + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
+    return torch.linalg.eigvalsh(tridiagonal)[..., -1].reshape(batch)
+
+
+def _below(gram: torch.Tensor, bound: torch.Tensor) -> bool:
+    """Is λ_max(G) ≤ ``bound`` for every Hermitian matrix G (read from its lower triangle) of the batch (…, n, n)?
+    True only with a proof: a float64 Cholesky factorisation of (bound − c)·I − G that runs to completion
+    (module docstring, "Cholesky tests", for the shift c)."""
+    n = gram.shape[-1]
+    if bool((bound <= 0).any()):
+        return False
+    a = gram.to(torch.complex128).neg_()
+    diagonal = a.diagonal(dim1=-2, dim2=-1)
+    g_diag = diagonal.real.abs()
+    gamma = 2 * _gamma(n + 4, U64)
+    trace = (n * bound + g_diag.sum(-1)) * (1 + 1e-6)
+    shift = (gamma / (1 - gamma) * trace + 2 * U64 * (bound + g_diag.amax(-1)) * (1 + 1e-6)
+             + n * (n + 3) * 2.0 ** -1022)
+    diagonal.add_((bound - shift)[..., None])
+    return bool((torch.linalg.cholesky_ex(a).info == 0).all())
 
 
 def _exact_max(symbol: Symbol, freqs: torch.Tensor, device: torch.device) -> float:
