@@ -30,7 +30,23 @@ others, which is smaller): a float64 value, certified by the caller with ``FLOAT
 e_G grows like ‖|S|‖₂²/‖S‖₂², large for the wide polyphase symbols of strided convolutions: when the first
 chunk's enclosures are wider than ``MAX_WINDOW`` (relative, median) they could not exclude frequencies of a flat
 spectrum, and every frequency is computed in float64 instead, as are small matrices (n < ``SCREEN_MIN_DIM``).
-(A float64 Cholesky test of τ²·I − G̃ in place of the float32 eigensolver was measured no faster here.)
+
+Cholesky tests, on a CPU for matrices with n ≥ ``CHOLESKY_MIN_DIM`` (there a float64 Cholesky factorisation costs
+about half a float32 eigensolver): the frequencies of a chunk are visited in decreasing order of a Lanczos estimate
+of λ_max(G̃) (``LANCZOS_STEPS`` steps: an order, proven by nothing). The first is computed in float64; its value τ is
+attained. Every later one is skipped when λ_max(G̃) ≤ b = (τ − e_S)² − e_G is proven (then σ_max(S(ω)) ≤
+√(λ_max(G̃) + e_G) + e_S ≤ τ by Weyl), else computed in float64, which raises τ if larger. The proof: G̃ is exact in
+complex128; form Ã = fl((b − c)·I − G̃) and factorise it in float64. Demmel's bound (Higham Thm 10.3): a
+completed Cholesky factorisation of a Hermitian Ã gives R̃ᴴR̃ = Ã + ΔA with |ΔA| ≤ γ_c|R̃ᴴ||R̃|, γ_c = γ_{n+1} in
+real arithmetic, for any order of the inner products; we take γ_c = 2γ_{n+4} (u = 2⁻⁵³), room for complex products
+(√2γ₂ ≤ γ₃) and a division done as a product with a reciprocal. Then ‖R̃‖_F² = Σ_j (R̃ᴴR̃)_jj ≤ tr Ã + γ_c‖R̃‖_F²,
+so λ_min(Ã) ≥ −‖ΔA‖₂ ≥ −γ_c‖R̃‖_F² ≥ −γ_c·tr(Ã)/(1 − γ_c) (the trace form of Rump, "Verification of positive
+definiteness", BIT 46 (2006), Thm 2.3), with tr Ã ≤ D = (1 + u)(n·b + Σ_j|g̃_jj|); forming Ã rounds its diagonal
+(≤ u|ã_jj|) and b − c (≤ u·b). Hence λ_max(G̃) ≤ b whenever c ≥ γ_c·D/(1 − γ_c) + 2u·(b + max_j|g̃_jj|), plus
+n(n + 3)·2⁻¹⁰²² for underflow (Rump's term is O(n(n + max ã_jj))·2⁻¹⁰⁷⁴, smaller for these normalised matrices).
+c ≈ 2n²u·b: 6e-11 of b at n = 512, far inside e_G. Both tests and eigensolvers read the lower triangle: the
+Hermitian matrix it defines obeys the same bound e_G (S̃S̃ᴴ is Hermitian). Frequencies are tested in chunks
+``TESTED_CHUNKS`` times larger, so that the first value is the largest of the grid, not of a chunk.
 On a GPU the screen is float64 Gram iteration instead (:func:`_gram_iteration_bounds`: batched matrix products,
 enclosures within ``GRAM_TOLERANCE``), since batched eigensolvers are slow there and float32 products may run
 in TF32 (u ≈ 2⁻¹¹, not the 2⁻²⁴ assumed above); the recheck is the same.
@@ -100,28 +116,21 @@ class Symbol:
         return replace(self, taps=self.taps.to(device), offsets=self.offsets.to(device), phase=self.phase.to(device))
 
     def at(self, freqs: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """The symbols at ``freqs`` (F, d), shape (F, g, c_out, width), complex ``dtype`` on ``device``: the real and
-        imaginary parts are real products of cos/sin rows with the real taps, written into the complex result."""
+        """The symbols at ``freqs`` (F, d), shape (F, g, c_out, width), complex ``dtype`` on ``device``."""
         T, g, co, ci = self.taps.shape
         M = torch.tensor(self.modulus, device=device)
         f, u = freqs.to(device), self.offsets.to(device)
         turns = (((f[:, None, :] * u[None]) % M).double() / M).sum(-1)  # Σ (ω·u mod M)/M: exact integer parts
-        angle = -2 * math.pi * turns
-        real = self._float32_taps if dtype == torch.complex64 else self.taps.reshape(T, -1).to(dtype.to_real())
-        taps = real.to(device)
-        trig = torch.cat([torch.cos(angle), torch.sin(angle)]).to(taps.dtype)  # (2F, T): real rows, then imaginary
-        out = torch.empty(len(freqs), g, co, ci * self.n_phases, dtype=dtype, device=device)
-        parts = torch.view_as_real(out)
-        for p, idx in enumerate(self._blocks):
-            prod = (trig[:, idx] @ taps[idx]).view(2, len(freqs), g, co, ci)
-            parts[..., p * ci:(p + 1) * ci, 0] = prod[0]
-            parts[..., p * ci:(p + 1) * ci, 1] = prod[1]
-        return out
+        z = torch.polar(torch.ones_like(turns), -2 * math.pi * turns).to(dtype)
+        if dtype not in self._complex_taps:  # converted once per symbol, not per chunk of frequencies
+            self._complex_taps[dtype] = self.taps.reshape(T, -1).to(dtype)
+        flat = self._complex_taps[dtype].to(device)
+        return torch.cat([(z[:, idx] @ flat[idx]).reshape(-1, g, co, ci) for idx in self._blocks], dim=-1)
 
     @cached_property
-    def _float32_taps(self) -> torch.Tensor:
-        """The taps as a (T, g·c_out·c_in) float32 matrix, converted once per symbol (not per chunk)."""
-        return self.taps.reshape(self.taps.shape[0], -1).float()
+    def _complex_taps(self) -> dict[torch.dtype, torch.Tensor]:
+        """The taps as (T, g·c_out·c_in) complex matrices, per dtype."""
+        return {}
 
     @cached_property
     def abs_sum(self) -> torch.Tensor:
@@ -240,8 +249,8 @@ def _screen(symbol: Symbol, freqs: torch.Tensor, device: torch.device) -> tuple[
 
 def max_singular_value(symbol: Symbol, device: torch.device | str | None = None) -> float:
     """max over ω of σ_max(S(ω)) (every group): screening, then a float64 recheck (module docstring). The screen
-    is float32 eigenvalues on a CPU, float64 Gram iteration on a GPU (matrix products; batched eigensolvers are
-    slow there and float32 products may run in TF32)."""
+    is float32 eigenvalues on a CPU (float64 Cholesky tests from n = ``CHOLESKY_MIN_DIM``), float64 Gram iteration
+    on a GPU (matrix products; batched eigensolvers are slow there and float32 products may run in TF32)."""
     device = torch.device(device or "cpu")
     symbol, scale = _normalised(symbol)
     if scale == 0.0:
@@ -291,50 +300,53 @@ def _tested_max(symbol: Symbol, freqs: torch.Tensor, device: torch.device) -> fl
         estimate = _lanczos_estimates(gram)
         if first == 0 and (e_g / estimate.clamp(min=1e-300)).median() > MAX_WINDOW:  # the tests would not pay
             return _exact_max(symbol, freqs, device)
-        for i in torch.argsort(estimate.amax(-1), descending=True).tolist():
-            if best > e_s and _below(gram[i], ((best - e_s) ** 2 - e_g[i]) * (1 - 1e-12)):
-                continue
-            best = max(best, _exact_max(symbol, freqs[part][i:i + 1], device))
+        pending = torch.argsort(estimate.amax(-1), descending=True)
+        while len(pending):
+            if best > e_s:  # test all that are left against the largest value found: batched, then the failures
+                pending = pending[~_below(gram[pending], ((best - e_s) ** 2 - e_g[pending]) * (1 - 1e-12))]
+            if len(pending):
+                best = max(best, _exact_max(symbol, freqs[part][pending[:1]], device))
+                pending = pending[1:]
     return best
 
 
 def _lanczos_estimates(gram: torch.Tensor) -> torch.Tensor:
-    """Estimates of λ_max of each Hermitian matrix of the batch (…, n, n): the top Ritz value of ``LANCZOS_STEPS``
-    Lanczos steps from a fixed random start (no reorthogonalisation: only an order, proven by nothing), float64."""
+    """Estimates of λ_max of each Hermitian matrix G of the batch (…, n, n): the top Ritz value of ``LANCZOS_STEPS``
+    Lanczos steps on Gᵀ (same eigenvalues; row vectors times G run faster than G times columns) from a fixed random
+    start, without reorthogonalisation: only an order, proven by nothing. float64."""
     *batch, n, _ = gram.shape
     mats = gram.reshape(-1, n, n)
-    start = torch.randn(mats.shape[0], n, 1, generator=torch.Generator().manual_seed(0), dtype=gram.dtype)
-    q = (start / torch.linalg.vector_norm(start, dim=1, keepdim=True)).to(gram.device)
-    previous, beta, alphas, betas = torch.zeros_like(q), torch.zeros_like(q.real[:, :1]), [], []
+    start = torch.randn(mats.shape[0], 1, n, generator=torch.Generator().manual_seed(0), dtype=gram.dtype)
+    q = (start / torch.linalg.vector_norm(start, dim=-1, keepdim=True)).to(gram.device)
+    previous, beta, alphas, betas = torch.zeros_like(q), torch.zeros_like(q.real[..., :1]), [], []
     for _ in range(min(LANCZOS_STEPS, n)):
-        w = torch.bmm(mats, q)
-        alpha = (q.conj() * w).sum(1, keepdim=True).real
+        w = torch.bmm(q, mats)
+        alpha = (q.conj() * w).sum(-1, keepdim=True).real
         w = w - alpha * q - beta * previous
-        beta = torch.linalg.vector_norm(w, dim=1, keepdim=True)
+        beta = torch.linalg.vector_norm(w, dim=-1, keepdim=True)
         alphas.append(alpha.flatten())
         betas.append(beta.flatten())
         previous, q = q, w / beta.clamp(min=1e-30)  # an invariant subspace: q = 0, the Ritz values stay exact
     off = torch.stack(betas, -1)[:, :-1].double()
-    tridiagonal = torch.diag_embed(torch.stack(alphas, -1).double()) + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
+    tridiagonal = torch.diag_embed(torch.stack(alphas, -1).double())
+    tridiagonal += torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
     return torch.linalg.eigvalsh(tridiagonal)[..., -1].reshape(batch)
 
 
-def _below(gram: torch.Tensor, bound: torch.Tensor) -> bool:
-    """Is λ_max(G) ≤ ``bound`` for every Hermitian matrix G (read from its lower triangle) of the batch (…, n, n)?
-    True only with a proof: a float64 Cholesky factorisation of (bound − c)·I − G that runs to completion
-    (module docstring, "Cholesky tests", for the shift c)."""
+def _below(gram: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
+    """Is λ_max(G) ≤ ``bound`` proven, per leading index of the batch (F, g, n, n) of Hermitian matrices G (read from
+    their lower triangles; ``bound`` (F, g)), for all g? By float64 Cholesky factorisations of (bound − c)·I − G that
+    run to completion (module docstring, "Cholesky tests", for the shift c). (F,) bool."""
     n = gram.shape[-1]
-    if bool((bound <= 0).any()):
-        return False
     a = gram.to(torch.complex128).neg_()
     diagonal = a.diagonal(dim1=-2, dim2=-1)
     g_diag = diagonal.real.abs()
     gamma = 2 * _gamma(n + 4, U64)
-    trace = (n * bound + g_diag.sum(-1)) * (1 + 1e-6)
-    shift = (gamma / (1 - gamma) * trace + 2 * U64 * (bound + g_diag.amax(-1)) * (1 + 1e-6)
+    trace = (n * bound.abs() + g_diag.sum(-1)) * (1 + 1e-6)
+    shift = (gamma / (1 - gamma) * trace + 2 * U64 * (bound.abs() + g_diag.amax(-1)) * (1 + 1e-6)
              + n * (n + 3) * 2.0 ** -1022)
     diagonal.add_((bound - shift)[..., None])
-    return bool((torch.linalg.cholesky_ex(a).info == 0).all())
+    return ((torch.linalg.cholesky_ex(a).info == 0) & (bound > 0)).all(-1)
 
 
 def _exact_max(symbol: Symbol, freqs: torch.Tensor, device: torch.device) -> float:

@@ -96,8 +96,8 @@ def test_frequencies_hold_one_of_each_conjugate_pair():
 @settings(max_examples=150, deadline=None, derandomize=True)
 @given(symbols())
 def test_symbol_matches_numpy_within_its_rounding_bound(sym):
-    """Symbol.at from real products: complex128 equals numpy's S(ω) to rounding, and complex64 is within the
-    module docstring's step 1 bound c_S·u·B entrywise (normalised taps, as the screen uses them)."""
+    """Symbol.at (taps converted once per symbol and dtype): complex128 equals numpy's S(ω) to rounding, and complex64
+    is within the module docstring's step 1 bound c_S·u·B entrywise (normalised taps, as the screen uses them)."""
     normalised = _normalised(sym)
     if normalised is None:
         return
