@@ -125,7 +125,8 @@ class Symbol:
         if dtype not in self._complex_taps:  # converted once per symbol, not per chunk of frequencies
             self._complex_taps[dtype] = self.taps.reshape(T, -1).to(dtype)
         flat = self._complex_taps[dtype].to(device)
-        return torch.cat([(z[:, idx] @ flat[idx]).reshape(-1, g, co, ci) for idx in self._blocks], dim=-1)
+        blocks = [(z[:, idx] @ flat[idx]).reshape(-1, g, co, ci) for idx in self._blocks]
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1)
 
     @cached_property
     def _complex_taps(self) -> dict[torch.dtype, torch.Tensor]:
@@ -300,13 +301,10 @@ def _tested_max(symbol: Symbol, freqs: torch.Tensor, device: torch.device) -> fl
         estimate = _lanczos_estimates(gram)
         if first == 0 and (e_g / estimate.clamp(min=1e-300)).median() > MAX_WINDOW:  # the tests would not pay
             return _exact_max(symbol, freqs, device)
-        pending = torch.argsort(estimate.amax(-1), descending=True)
-        while len(pending):
-            if best > e_s:  # test all that are left against the largest value found: batched, then the failures
-                pending = pending[~_below(gram[pending], ((best - e_s) ** 2 - e_g[pending]) * (1 - 1e-12))]
-            if len(pending):
-                best = max(best, _exact_max(symbol, freqs[part][pending[:1]], device))
-                pending = pending[1:]
+        for i in torch.argsort(estimate.amax(-1), descending=True).tolist():  # one at a time: one float64 copy
+            if best > e_s and _below(gram[i], ((best - e_s) ** 2 - e_g[i]) * (1 - 1e-12)):
+                continue
+            best = max(best, _exact_max(symbol, freqs[part][i:i + 1], device))
     return best
 
 
@@ -333,10 +331,10 @@ def _lanczos_estimates(gram: torch.Tensor) -> torch.Tensor:
     return torch.linalg.eigvalsh(tridiagonal)[..., -1].reshape(batch)
 
 
-def _below(gram: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
-    """Is λ_max(G) ≤ ``bound`` proven, per leading index of the batch (F, g, n, n) of Hermitian matrices G (read from
-    their lower triangles; ``bound`` (F, g)), for all g? By float64 Cholesky factorisations of (bound − c)·I − G that
-    run to completion (module docstring, "Cholesky tests", for the shift c). (F,) bool."""
+def _below(gram: torch.Tensor, bound: torch.Tensor) -> bool:
+    """Is λ_max(G) ≤ ``bound`` proven for every Hermitian matrix G (read from its lower triangle) of the batch
+    (…, n, n)? By float64 Cholesky factorisations of (bound − c)·I − G that run to completion (module docstring,
+    "Cholesky tests", for the shift c)."""
     n = gram.shape[-1]
     a = gram.to(torch.complex128).neg_()
     diagonal = a.diagonal(dim1=-2, dim2=-1)
@@ -346,7 +344,7 @@ def _below(gram: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
     shift = (gamma / (1 - gamma) * trace + 2 * U64 * (bound.abs() + g_diag.amax(-1)) * (1 + 1e-6)
              + n * (n + 3) * 2.0 ** -1022)
     diagonal.add_((bound - shift)[..., None])
-    return ((torch.linalg.cholesky_ex(a).info == 0) & (bound > 0)).all(-1)
+    return bool(((torch.linalg.cholesky_ex(a).info == 0) & (bound > 0)).all())
 
 
 def _exact_max(symbol: Symbol, freqs: torch.Tensor, device: torch.device) -> float:
