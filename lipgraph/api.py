@@ -16,6 +16,7 @@ from .estimators import ESTIMATORS, EstimatorCatalogue
 from .estimators.budget import budget_seconds, order, spending
 from .frontend.prepare import as_inputs, check_finite_weights, eval_mode, to_model_device, unwrap
 from .frontend.trace import LipTracer
+from .frontend.untouched import leaves_untouched
 from .linalg.device import on_device
 from .norms import NORMS, parse_norm  # noqa: F401 - part of this module's API
 from .pipeline import Analysis, Pass, analysis_passes, failing_unsound, run_passes
@@ -34,6 +35,7 @@ METHODS = ESTIMATORS.method_names()
 chain_estimators = ESTIMATORS.resolve
 
 
+@leaves_untouched
 def analyze(
     model: nn.Module,
     example_input: Any = None,

@@ -35,6 +35,7 @@ from .bound import FLOAT_MARGIN, Bound, Kind, join_kinds
 from .errors import InputError, LipgraphError
 from .formats import default_formats
 from .frontend.prepare import check_runs, eval_mode, unwrap
+from .frontend.untouched import leaves_untouched
 from .ir import LipGraph
 from .norms import parse_norm
 from .penalty import Replay, build_graph, is_linear_op
@@ -115,6 +116,7 @@ def _finite(values: list[float]) -> list[float | None]:
     return [v if math.isfinite(v) else None for v in values]
 
 
+@leaves_untouched
 def certify(model: nn.Module, x: Tensor, y: Tensor, *, norm: Any = 2, report: Report | None = None,
             radii: Sequence[float] | None = None, pairwise: bool = True, unsupported: str = "error",
             batch_size: int = 1024, local: bool = False, executor: Executor | None = None,

@@ -59,6 +59,7 @@ from torch.func import functional_call, jvp
 from .bound import Bound, lower
 from .errors import InputError, LipgraphError
 from .frontend.prepare import as_inputs, eval_mode, frozen_parametrizations, to_model_device, unwrap
+from .frontend.untouched import leaves_untouched
 from .norms import parse_norm
 
 METHOD = "jacobian-ascent"
@@ -216,6 +217,7 @@ class _Net:
         return tuple(parts)
 
     def _call(self, args: tuple[Tensor, ...]) -> Any:
+        args = tuple(a.clone() for a in args)  # a model may update its input in place (a first ReLU(inplace=True))
         if self.state is None:
             return self.module(*args)
         return functional_call(self.module, self.state, args)
@@ -237,10 +239,12 @@ class _Net:
 
 def _same_twice(first: Tensor, again: Tensor) -> None:
     """Two runs at one input must agree (checked where the batched run did not reproduce the single ones, or could
-    not run): a random op makes the model no function, whose quotients bound nothing."""
+    not run): a random op, or a forward that updates the model's own state, makes the model no function, whose
+    quotients bound nothing."""
     if again.shape != first.shape or not bool(torch.equal(again, first)):
-        raise InputError("the model's output at one input changes from one call to the next (a random op): it is "
-                         "no function, so no difference quotient bounds its Lipschitz constant")
+        raise InputError("the model's output at one input changes from one call to the next (a random op, or a "
+                         "forward that updates the model's parameters or buffers): it is no function, so no "
+                         "difference quotient bounds its Lipschitz constant")
 
 
 def _jvp(fn: _Net, z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -578,6 +582,7 @@ class _Clock:
         return self.seconds is None or self.elapsed() + seconds <= self.seconds
 
 
+@leaves_untouched
 def search(model: nn.Module, x: Any, *, norm: Any = 2, starts: int = 8, steps: int = 50,
            seconds: float | None = None, data: Any = None, seed: int = 0, power_steps: int = 8, screen: int = 4,
            verify: int = 3, work: float | None = None,
@@ -815,8 +820,9 @@ def _float64_net(model: nn.Module, inputs: tuple[Tensor, ...], fn: _Net, check: 
             if not check:
                 return net, ROUNDING
             with torch.no_grad():
-                if net(net.pack(net.example)[:1]).shape[1] == fn.m:
-                    return net, ROUNDING
+                out = net(net.pack(net.example)[:1])
+            if out.shape[1] == fn.m:  # an output left in float32 (a float32 tensor made inside): float32 error
+                return net, ROUNDING if out.dtype == torch.float64 else FLOAT32_ROUNDING
         except Exception:  # noqa: BLE001
             continue
     return fn, FLOAT32_ROUNDING  # the model does not run in float64

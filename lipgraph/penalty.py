@@ -50,6 +50,7 @@ from .api import traceable_root
 from .errors import InputError
 from .estimators.cp import cp_value
 from .frontend.prepare import as_inputs, eval_mode, to_model_device, unwrap
+from .frontend.untouched import leaves_untouched
 from .ir import LipGraph, map_args
 from .linalg import power_iteration
 from .norms import parse_norm
@@ -94,6 +95,7 @@ def lipschitz_penalty(model: nn.Module, example_input: Any, method: str = "autol
     return plans[key](iters, tol)
 
 
+@leaves_untouched
 def build_graph(model: nn.Module, inputs: tuple, norm: float, *, unsupported: str = "error",
                 frontend: str = "auto", then: Sequence[Pass] = ()) -> Analysis:
     """The recipe of the penalty and of ``certify``: the graph passes of ``analyze`` (trace, rules, fusion chains,

@@ -17,6 +17,7 @@ from torch import nn
 
 from .errors import InputError
 from .frontend.prepare import as_inputs, eval_mode, unwrap
+from .frontend.untouched import leaves_untouched
 from .report import Report
 
 
@@ -27,6 +28,7 @@ def capture_input(model: nn.Module, path: str, example_input: Any) -> Any:
     return args[0] if len(args) == 1 else args
 
 
+@leaves_untouched
 def analyze_slice(model: nn.Module, example_input: Any, start: str, end: str | None = None,
                   **options: Any) -> Report:
     """``lipgraph.analyze`` of submodule ``start``, or of the siblings ``start`` … ``end`` (children of one module,

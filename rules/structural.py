@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from lipgraph.bound import exact
+from lipgraph.bound import Bound, exact
 from lipgraph.errors import NormNotSupported
 from lipgraph.registry import Registry
 from lipgraph.ruleapi import OpContext, Transfer, Var, isometry
@@ -32,13 +32,44 @@ def cast(ctx: OpContext) -> Transfer:
     like = len(ctx.inputs) == 2 and ctx.args[:2] == ctx.inputs  # x.to(y): y's dtype and device, not its values
     if not like:
         ctx.input  # noqa: B018 - raises unless exactly one argument depends on the input
-    dtype = ctx.output.dtype if isinstance(ctx.output, Var) else None
-    if dtype is None or not (dtype.is_floating_point or dtype.is_complex):
-        raise NormNotSupported(f"{ctx.describe()}: a cast to {dtype} rounds or thresholds the values (a step "
-                               "function); no rule bounds what uses it")
+    _refuse_rounding(ctx, "a cast")
     if like:
         return Transfer(gains=(exact(1.0, "cast"), exact(0.0, "x.to(y) reads y's dtype and device only")))
     return Transfer(gains=(exact(1.0, "cast"),), slope=(1.0, 1.0), affine=True)
+
+
+def _refuse_rounding(ctx: OpContext, what: str) -> None:
+    """An output of integer or bool dtype rounds or thresholds the values written into it: declined."""
+    dtype = ctx.output.dtype if isinstance(ctx.output, Var) else None
+    if dtype is None or not (dtype.is_floating_point or dtype.is_complex):
+        raise NormNotSupported(f"{ctx.describe()}: {what} to {dtype} rounds or thresholds the values (a step "
+                               "function); no rule bounds what uses it")
+
+
+def _broadcast_gain(ctx: OpContext, source: Var) -> Bound:
+    """The output is ``source`` broadcast to the output's shape: each of its coordinates is copied
+    numel(out) / numel(source) times (broadcasting repeats every coordinate equally often): ``copies_gain``."""
+    return copies_gain(ctx.output.numel / source.numel, ctx.norm, "broadcast")
+
+
+def full(ctx: OpContext) -> Transfer:
+    """``torch.full(size, t)`` (and ``full_like(x, t)``, ``x.new_full(size, t)``: frontend/shape_args.py) with an
+    input-dependent one-element t: every output coordinate is t, t ↦ t·1 with ‖1‖_p = numel^{1/p} (ℓ2 √numel,
+    ℓ1 numel, ℓ∞ 1; exact). torch reads the fill value as a number (its autograd does not see the dependence);
+    the values do depend on t, and the rule says how."""
+    _refuse_rounding(ctx, "a fill")
+    return Transfer(gains=(_broadcast_gain(ctx, ctx.input),), affine=True)
+
+
+def copy(ctx: OpContext) -> Transfer:
+    """``dst.copy_(src)`` (the "preallocate, then fill" pattern ``out = torch.zeros_like(x); out.copy_(f(x))``): the
+    result is src broadcast to dst's shape, cast to dst's dtype, whatever dst held: gain ``_broadcast_gain`` in
+    src (exact), 0 in dst. A copy into a view is refused before (frontend/inplace.py), into an integer tensor here
+    (it rounds)."""
+    _refuse_rounding(ctx, "a copy")
+    src = ctx.arg("src", 1)
+    return Transfer(gains=tuple(_broadcast_gain(ctx, v) if v is src else exact(0.0, "overwritten")
+                                for v in ctx.inputs))
 
 
 def gather(ctx: OpContext) -> Transfer:
@@ -82,6 +113,8 @@ def register(registry: Registry) -> None:
     registry.register("cast", cast, exact=True)
     for key in ("getitem", "expand", "pad"):
         registry.register(key, gather, key=key, exact=True)
+    registry.register("full", full, exact=True)
+    registry.register("copy", copy, exact=True)
     for key in ("cat", "stack"):
         registry.register(key, concatenate, exact=True)
     for key in ("sum", "mean"):

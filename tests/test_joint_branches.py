@@ -301,3 +301,69 @@ def test_the_penalty_takes_the_branch_bound_too(kind: str) -> None:
     penalty.backward()
     branch = model.g if kind == "nested" else model.f
     assert branch.weight.grad is not None and branch.weight.grad.abs().sum() > 0
+
+
+class NestedJoint(nn.Module):
+    """Joint ops of joint ops on three pieces of x (lipgraph/passes/autolip.py ``nested_joint``): ``kind`` names
+    the combination; the pieces a, b, c of x (1, 6) go through linear maps f, g, h of ℓ2 norms 2, 1.5, 0.5."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.f, self.g, self.h = linear(2, 2, 2.0, 4), linear(2, 2, 1.5, 5), linear(2, 2, 0.5, 6)
+        self.k = linear(6, 2, 1.0, 7)
+
+    def forward(self, x):
+        a, b, c = x[:, :2], x[:, 2:4], x[:, 4:]
+        if self.kind == "max-of-max":
+            return torch.maximum(torch.maximum(self.f(a), self.g(b)), self.h(c))
+        if self.kind == "cat-of-cat":
+            return torch.cat([torch.cat([self.f(a), b], 1), self.h(c)], 1)
+        if self.kind == "clamp-chain":
+            return torch.clamp(torch.clamp(self.f(a), min=self.g(b)), max=self.h(c))
+        if self.kind == "overlap":  # the inner pieces overlap in x[:, 2]
+            return torch.maximum(torch.maximum(self.f(x[:, :2]), self.g(x[:, 1:3])), self.h(c))
+        if self.kind == "other-route":  # an inner input reads all of x
+            return torch.maximum(torch.maximum(self.f(a), self.g(b) + self.k(x)), self.h(c))
+        raise ValueError(self.kind)
+
+
+def _norms(model: NestedJoint, p: float) -> list[float]:
+    return [op_norm(layer.weight.detach().double(), p) for layer in (model.f, model.g, model.h)]
+
+
+@pytest.mark.parametrize("kind", ["max-of-max", "cat-of-cat", "clamp-chain"])
+@pytest.mark.parametrize("p", NORMS)
+def test_nested_joint_ops_on_disjoint_pieces_take_the_bound_over_all_of_them(kind: str, p: float) -> None:
+    """The bound is the flat joint op's, max_i ‖W_i‖_p (cat of cats: block-diagonal diag(F, I, H), its norm exactly;
+    max of max, clamp chain: attained where f's branch wins everywhere), not the generic root of squares inside."""
+    model = NestedJoint(kind).eval()
+    x = torch.randn(1, 6)
+    report = analyze(model, x, p)
+    norms = _norms(model, p)
+    if kind == "cat-of-cat":
+        expected = max(norms[0], 1.0, norms[2])
+    else:  # f's branch is the largest: attained where f(a) wins in every coordinate (max: above g(b) and h(c);
+        targets = (100.0, 0.0, 0.0) if kind == "max-of-max" else (0.0, -100.0, 100.0)  # clamp: between them)
+        x = torch.cat([torch.linalg.solve(layer.weight.detach(), torch.full((2,), t) - layer.bias.detach())
+                       for layer, t in zip((model.f, model.g, model.h), targets)])[None]
+        expected = norms[0]
+    assert dense_norm(model, x, p) == pytest.approx(expected, rel=1e-9)
+    assert report.bound.value == pytest.approx(expected, rel=1e-5)
+    assert report.bound.value >= lower_bound(model, x, n=8, p=p) * (1 - SLACK)
+
+
+@pytest.mark.parametrize("kind", ["overlap", "other-route"])
+@pytest.mark.parametrize("p", NORMS)
+def test_nested_joint_ops_on_pieces_that_meet_keep_the_generic_bound(kind: str, p: float) -> None:
+    """Overlapping pieces, or an inner input reading x by another route: no bound over all pieces may apply."""
+    model, x = NestedJoint(kind).eval(), torch.randn(1, 6)
+    if kind == "overlap":
+        model.f.weight.data[:, 1] *= 4  # the shared coordinate x[:, 1] weighs in both inner branches
+    report = analyze(model, x, p)
+    assert report.bound.value >= lower_bound(model, x, n=8, p=p) * (1 - SLACK)
+    ops = report_graph(model, x, p)
+    inner, outer = [n for n in ops if record(n).key == "maximum"]
+    assert joint_split(outer) is None and joint_split(inner) is None
+    if not math.isinf(p):  # (in ℓ∞ the generic combination is the max already)
+        assert report.bound.value > max(_norms(model, p)) * 1.01

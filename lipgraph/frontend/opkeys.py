@@ -128,6 +128,8 @@ _SPELLINGS: dict[str, list[Any]] = {
     "split": [torch.split, "split", "split_with_sizes", "tensor_split", torch.tensor_split],
     "unbind": [torch.unbind, "unbind"],
     "expand": ["expand", "expand_as", "repeat", "broadcast_to", torch.broadcast_to],
+    "full": [torch.full, "full"],
+    "copy": ["copy_", "copy"],
     "mean": [torch.mean, "mean"],
     "sum": [torch.sum, "sum"],
     # rules/nonlipschitz.py: ops with no global Lipschitz constant, refused whatever their spelling

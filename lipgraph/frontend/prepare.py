@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from .untouched import untouched
 
 _WRAPPERS = (nn.DataParallel, nn.parallel.DistributedDataParallel)
 
@@ -124,13 +125,14 @@ def to_model_device(model: nn.Module, inputs: tuple) -> tuple:
 
 
 def check_runs(model: nn.Module, inputs: tuple) -> None:
-    """Run the model once so a wrong input shape fails here, with the shape its first layer expects."""
+    """Run the model once so a wrong input shape fails here, with the shape its first layer expects. What the run
+    changes in the model is put back: the graph is traced from the model's state as given."""
     called: list[tuple[str, nn.Module]] = []
     names = {m: name for name, m in model.named_modules()}
     hooks = [m.register_forward_pre_hook(lambda m, _: called.append((names[m], m)))
              for m in model.modules() if isinstance(m, _INPUT_LAYERS)]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), untouched(model, inputs):
             model(*inputs)
     except Exception as exc:  # noqa: BLE001 - any failure means the example input does not fit
         shapes = ", ".join(str(tuple(x.shape)) for x in inputs)

@@ -110,9 +110,12 @@ def _refuse_constant_written(interpreter: _Propagate, n: fx.Node, constant: fx.N
     if not any(record(a).dep for a in n.all_input_nodes):
         return
     if lost:
+        made = (" (a tensor made in forward without the input, which torch.fx turns into a constant: make it from "
+                "the input, e.g. torch.zeros_like(x) or x.new_zeros(size), and fx traces the update)"
+                if str(constant.target).startswith("_tensor_constant") else "")
         raise TraceError(f"{n.format_node()} writes input-dependent values into the attribute {constant.target} in "
                          "place; its later reads, and what torch.fx computed from it while tracing, do not see the "
-                         f"update; {OUT_OF_PLACE}")
+                         f"update{made}; {OUT_OF_PLACE}")
     order, storage = interpreter.order, interpreter.env[constant].untyped_storage().data_ptr()
     later = [u for u in constant.users if u is not n and order[u] > order[n]]
     attributes = [(m, interpreter.fetch_attr(m.target)) for m in interpreter.module.graph.nodes

@@ -14,7 +14,7 @@ from ..bound import Bound, Kind, exact, join_kinds
 from ..linalg.lazy import is_pending, pending_combination
 from ..ir import LipGraph
 from ..record import Shortcut, record
-from .joint import joint_split
+from .joint import JointSplit, joint_split
 
 
 def combine(terms: list[tuple[Bound, Bound]], q: float, method: str = "autolip") -> Bound:
@@ -35,11 +35,13 @@ def combine(terms: list[tuple[Bound, Bound]], q: float, method: str = "autolip")
 
 
 def propagate(nodes: Iterable[fx.Node], entry: Mapping[fx.Node, Bound], *, estimates: bool = False,
-              ) -> dict[fx.Node, Bound]:
+              pieces: bool = False) -> dict[fx.Node, Bound]:
     """AutoLip over ``nodes`` (topologically sorted); ``entry`` gives the bounds of nodes outside the set.
 
     Shortcuts whose bound is only an estimate (greedy SeqLip) are used when ``estimates`` is true: the result is
-    then an estimate of the network's constant, not a bound.
+    then an estimate of the network's constant, not a bound. ``pieces``: the entries are disjoint selections of
+    one tensor, each at 1 (a joint op's branch, :func:`joint_shortcut`), so a joint op inside whose own pieces are
+    entries takes its bound over them (:func:`nested_joint`).
     """
     bounds: dict[fx.Node, Bound] = dict(entry)
     for node in nodes:
@@ -52,6 +54,9 @@ def propagate(nodes: Iterable[fx.Node], entry: Mapping[fx.Node, Bound], *, estim
         for shortcut in [*joint_shortcut(node, bounds, entry, estimates=estimates), *rec.shortcuts]:
             if estimates or shortcut.bound.kind is not Kind.ESTIMATE:
                 bounds[node] = through_shortcut(shortcut, bounds[node], bounds, entry)
+        nested = nested_joint(node, bounds, entry, estimates=estimates) if pieces else None
+        if nested is not None and nested.value < bounds[node].value:
+            bounds[node] = nested
     return bounds
 
 
@@ -61,17 +66,47 @@ def joint_shortcut(node: fx.Node, bounds: Mapping[fx.Node, Bound], entry: Mappin
     (:mod:`lipgraph.passes.joint`): the shortcut L ≤ max_i g_i·L_i · L(s), L_i the AutoLip bound of input i from its
     pieces (:func:`propagate` over its branch, the pieces at 1; 1 for a piece itself). Empty when there is none or
     a branch is not inside the sub-network ``bounds`` covers (a module call's entries start elsewhere)."""
-    transfer = record(node).transfer
-    split = joint_split(node) if transfer.joint and len(transfer.gains) > 1 else None
+    split = _split(node)
     if split is None or any(n not in bounds or n in entry
                             for nodes in (*split.pieces, *split.branches) for n in nodes):
         return []
+    return [Shortcut(split.first, _joint_gain(node, split, estimates), split.label)]
+
+
+def nested_joint(node: fx.Node, bounds: Mapping[fx.Node, Bound], entry: Mapping[fx.Node, Bound], *,
+                 estimates: bool = False) -> Bound | None:
+    """A joint op inside a joint op's branch (``max(max(f(a), f(b)), f(c))``, ``cat(cat(a, f(b)), c)``, clamp
+    chains) whose pieces are among the branch's entries: max_i g_i·L_i, over its own pieces; None otherwise.
+
+    Proof. In the branch of :func:`joint_shortcut` the entries are disjoint selections t of one tensor s, at 1;
+    write Q(v) for the entries v reads. By induction over the branch, ‖Δv‖_p ≤ bounds[v]·‖ΔQ(v)‖_p (the
+    coordinates of the entries of Q(v), together): true at an entry; an op with inputs a_j obeys
+    ‖Δv‖ ≤ ‖(g_j‖Δa_j‖)_j‖_q ≤ ‖(g_j bounds[a_j])_j‖_q·‖ΔQ(v)‖ since Q(a_j) ⊆ Q(v); and a joint op whose inputs are
+    functions of disjoint pieces P_j (its :func:`joint_split`, every piece an entry, P_j ⊆ Q(a_j)) obeys
+    ‖Δv‖_p ≤ ‖(g_j L_j ‖ΔP_j‖_p)_j‖_p ≤ max_j g_j L_j · (Σ_j ‖ΔP_j‖_p^p)^{1/p} = max_j g_j L_j ·‖ΔQ(v)‖_p, the pieces
+    being disjoint (ℓ∞: the max directly). The enclosing joint op then reads its input u_i at bounds[u_i] times
+    ‖ΔQ(u_i)‖ ≤ ‖ΔP_i‖: docs/by-construction.md §1 with these L_i. Nested ops of any depth: the L_j here are
+    computed the same way (:func:`_joint_gain`)."""
+    split = _split(node)
+    if split is None or any(t not in entry for ts in split.pieces for t in ts) or any(
+            n not in bounds or n in entry for ns in split.branches for n in ns):
+        return None
+    return _joint_gain(node, split, estimates)
+
+
+def _split(node: fx.Node) -> JointSplit | None:
+    transfer = record(node).transfer
+    return joint_split(node) if transfer.joint and len(transfer.gains) > 1 else None
+
+
+def _joint_gain(node: fx.Node, split: JointSplit, estimates: bool) -> Bound:
+    """max_i g_i·L_i, L_i the AutoLip bound of input i over its branch from its pieces (each at 1; 1 for a piece
+    itself), nested joint ops bounded over their own pieces (:func:`nested_joint`)."""
     one = exact(1.0, "selection")
-    inner = [propagate(branch, {t: one for t in pieces}, estimates=estimates)[u] if branch else one
+    inner = [propagate(branch, {t: one for t in pieces}, estimates=estimates, pieces=True)[u] if branch else one
              for u, pieces, branch in zip(record(node).inputs, split.pieces, split.branches)]
     reason = "disjoint selections" if split.plain else "disjoint selections through branches"
-    gain = combine(list(zip(transfer.gains, inner)), math.inf, method=reason)
-    return [Shortcut(split.first, gain, split.label)]
+    return combine(list(zip(record(node).transfer.gains, inner)), math.inf, method=reason)
 
 
 def add_shortcut(node: fx.Node, first: fx.Node, bound: Bound, label: str) -> None:

@@ -12,6 +12,8 @@ so L(y) ≤ max_i g_i L_i · L(s) in every ℓp (ℓ∞: the combination is a ma
 selection, L_i = 1) gives max_i g_i·L(s): max of the two halves of a split is 1, not √2; ``cat(x₁, f(x₂))`` of the
 two halves is max(1, L(f)), not √(1 + L(f)²). This module finds the pieces and the ops between them and each input
 (:func:`joint_split`); :func:`lipgraph.passes.autolip.propagate` computes the L_i and uses the bound where tighter.
+L_i need only bound ‖Δu_i‖_p by L_i·‖ΔP_i‖_p (P_i's coordinates together), which lets a joint op nested in the
+branch take the same bound over its own pieces (:func:`lipgraph.passes.autolip.nested_joint`).
 """
 from __future__ import annotations
 

@@ -1,0 +1,177 @@
+"""``analyze`` (and the other entry points) leave the user's model and input as they were, accepted or refused
+(lipgraph/frontend/untouched.py)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import lipgraph
+from lipgraph.frontend import untouched as module
+
+
+class WritesInput(nn.Module):
+    """self.buf.copy_(x), then x · self.buf: x², refused (fx), or bounded as not Lipschitz (export)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("buf", torch.ones(1, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.buf.copy_(x)
+        return x * self.buf
+
+
+class Counts(nn.Module):
+    """A call counter: accepted (the count is read by nobody)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.add_(1)
+        return 2 * x
+
+
+class BatchStatistics(nn.Module):
+    """F.batch_norm(training=True): updates its running statistics, refused (batch statistics)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(3))
+        self.register_buffer("var", torch.ones(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.batch_norm(torch.cat([x, -x]), self.mean, self.var, training=True)
+
+
+class KeepsLast(nn.Module):
+    """self.last = x: while fx traces, the buffer receives a Proxy; accepted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("last", torch.zeros(1, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.last = x.detach().clone()
+        return x
+
+
+class DriftsWeights(nn.Module):
+    """Adds 1 to its bias and freezes its weight on every call: no function of x (the lower bound says so)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            self.lin.bias.add_(1.0)
+        self.lin.weight.requires_grad_(False)
+        return self.lin(x)
+
+
+class ScalesInput(nn.Module):
+    """x.mul_(2) on the caller's tensor: 2x, accepted."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x.mul_(2)
+        return x
+
+
+def _state(model: nn.Module) -> dict:
+    return {name: (t.clone(), t.dtype, t.requires_grad, t) for name, t in
+            [*model.named_parameters(), *model.named_buffers()]}
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+@pytest.mark.parametrize("first, outcome", [
+    (WritesInput, (lipgraph.TraceError, lipgraph.NotLipschitzError)),
+    (Counts, None),
+    (BatchStatistics, lipgraph.RuleError),
+    (KeepsLast, None),
+    (DriftsWeights, lipgraph.InputError),
+    (ScalesInput, None),
+])
+def test_the_model_and_input_come_back_bit_for_bit(first, outcome, frontend: str) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(first(), nn.Linear(3, 3), nn.BatchNorm1d(3)).train()
+    model[2].running_mean.uniform_()
+    x = torch.randn(1, 3)
+    before, x_before = _state(model), x.clone()
+    if outcome is None:
+        lipgraph.analyze(model, x, frontend=frontend, cache=False, quiet=True)
+    else:
+        with pytest.raises(outcome):
+            lipgraph.analyze(model, x, frontend=frontend, cache=False, quiet=True)
+    after = _state(model)
+    assert list(after) == list(before)
+    for name, (value, dtype, requires_grad, tensor) in before.items():
+        assert after[name][3] is tensor, name  # the same tensor object under each name
+        assert after[name][1:3] == (dtype, requires_grad), name
+        assert torch.equal(after[name][0], value), name
+    assert torch.equal(x, x_before)
+    assert all(m.training for m in model.modules())
+
+
+def test_a_model_that_updates_its_weights_is_no_function() -> None:
+    with pytest.raises(lipgraph.InputError, match=r"^the model's output at one input changes from one call to the "
+                                                  r"next \(a random op, or a forward that updates the model's "
+                                                  r"parameters or buffers\): it is no function"):
+        lipgraph.lower_bound(DriftsWeights(), torch.randn(1, 3))
+
+
+def test_a_model_that_updates_its_input_in_place_has_a_lower_bound() -> None:
+    """A first ReLU(inplace=True) updates the search's own points: each evaluation gets a copy."""
+    model = nn.Sequential(nn.ReLU(inplace=True), nn.Linear(3, 3))
+    report = lipgraph.analyze(model, torch.randn(1, 3), cache=False, quiet=True)
+    assert report.notes == []
+    assert 0 < report.lower.value <= report.bound.value
+
+
+def test_a_model_in_train_mode_is_analysed_in_eval_mode_and_keeps_its_statistics() -> None:
+    """BatchNorm in train mode: bounded with its running statistics, as in eval mode, which running one batch in
+    train mode would have updated; the report says so, and the model leaves in train mode."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    model[1].running_var.uniform_(0.5, 2.0)
+    x = torch.randn(4, 3)
+    evaluated = lipgraph.analyze(model.eval(), x, lower=False, cache=False, quiet=True)
+    statistics = {k: v.clone() for k, v in model.state_dict().items()}
+    trained = lipgraph.analyze(model.train(), x, lower=False, cache=False, quiet=True)
+    assert trained.bound.value == evaluated.bound.value
+    assert any(note.startswith("model was in train mode: analysed in eval mode") for note in trained.notes)
+    assert model.training and model[1].training
+    assert all(torch.equal(v, statistics[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("entry", [
+    lambda m, x: lipgraph.lower_bound(m, x),
+    lambda m, x: lipgraph.lower_search(model=m, x=x),
+    lambda m, x: lipgraph.analyze_slice(m, x, "0", "1"),
+    lambda m, x: lipgraph.lipschitz_penalty(m, x),
+])
+def test_the_other_entry_points_leave_the_model_untouched(entry) -> None:
+    model = nn.Sequential(nn.Linear(3, 3), Counts())
+    before = model[1].calls.clone()
+    entry(model, torch.randn(1, 3))
+    assert torch.equal(model[1].calls, before)
+
+
+def test_a_block_inside_another_copies_nothing_and_puts_back_the_first_value() -> None:
+    """The input check inside analyze: its block reuses analyze's copy, and restores the value as given."""
+    model = nn.Linear(3, 3)
+    weight = model.weight.detach().clone()
+    with module.untouched(model):
+        held = dict(module._OPEN)
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        with module.untouched(model):
+            assert module._OPEN.keys() == held.keys() and all(module._OPEN[k] is v for k, v in held.items())
+            with torch.no_grad():
+                model.weight.mul_(3.0)
+        assert torch.equal(model.weight, weight)
+        with torch.no_grad():
+            model.weight.add_(1.0)
+    assert torch.equal(model.weight, weight) and module._OPEN == {}
