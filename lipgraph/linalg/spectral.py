@@ -46,7 +46,9 @@ definiteness", BIT 46 (2006), Thm 2.3), with tr Ã ≤ D = (1 + u)(n·b + Σ_j|g
 n(n + 3)·2⁻¹⁰²² for underflow (Rump's term is O(n(n + max ã_jj))·2⁻¹⁰⁷⁴, smaller for these normalised matrices).
 c ≈ 2n²u·b: 6e-11 of b at n = 512, far inside e_G. Both tests and eigensolvers read the lower triangle: the
 Hermitian matrix it defines obeys the same bound e_G (S̃S̃ᴴ is Hermitian). Frequencies are tested in chunks
-``TESTED_CHUNKS`` times larger, so that the first value is the largest of the grid, not of a chunk.
+``TESTED_CHUNKS`` times larger, so that the first value is the largest of the grid, not of a chunk. As for the
+screen, when e_G / estimate in the first chunk exceeds ``MAX_WINDOW`` (median), every frequency is computed in
+float64 instead.
 On a GPU the screen is float64 Gram iteration instead (:func:`_gram_iteration_bounds`: batched matrix products,
 enclosures within ``GRAM_TOLERANCE``), since batched eigensolvers are slow there and float32 products may run
 in TF32 (u ≈ 2⁻¹¹, not the 2⁻²⁴ assumed above); the recheck is the same.
