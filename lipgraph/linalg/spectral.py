@@ -221,9 +221,9 @@ def _float32_grams(symbol: Symbol, freqs: torch.Tensor, device: torch.device) ->
     """G̃ (F, g, n, n) complex64 and e_G (F, g) float64 at ``freqs`` (module docstring, step 2)."""
     s = symbol.at(freqs, torch.complex64, device)
     k = max(s.shape[-2:])
-    modulus = torch.hypot(s.real, s.imag)  # |s| within one ulp (2u), several times faster than complex abs()
+    # |s| by hypot: within one ulp (2u), several times faster than complex abs(); freed before the Gram product.
     # computed ‖|S̃|‖₁‖|S̃|‖∞ ≥ exact · (1 − γ(2k+3)): moduli (2u each, in both sums), two sums of ≤ k terms, a product
-    e_g = _gram_error(k) * _schur(modulus).double() / (1 - _gamma(2 * k + 3))
+    e_g = _gram_error(k) * _schur(torch.hypot(s.real, s.imag)).double() / (1 - _gamma(2 * k + 3))
     return _gram(s), e_g
 
 
