@@ -543,8 +543,9 @@ def _lean_cost() -> float:
     return LEAN["screen"] * LEAN["power_steps"] + LEAN["steps"] * 1.5
 
 
-def _forward_cost(fn: _Net, z: Tensor) -> tuple[float, Tensor]:
-    """(multiply-adds of the forward pass at the points z, f(z)), the cost from the leaf modules' outputs: a module
+def _forward_cost(fn: _Net, z: Tensor) -> tuple[float, _Linearized]:
+    """(multiply-adds of the forward pass at the points z, J at z): the cost from the leaf modules' outputs, counted
+    on the forward pass of the linearization, which the lean search's first (half) power step then reuses. A module
     with a weight of ≥ 2 dimensions (linear, conv) costs its output size × its weight's fan-in, any other leaf its
     output size. Deterministic (no clock); ops called as functions count nothing, so this can only err low."""
     total = [0.0]
@@ -557,12 +558,11 @@ def _forward_cost(fn: _Net, z: Tensor) -> tuple[float, Tensor]:
     leaves = [m for m in fn.module.modules() if not any(True for _ in m.children())]
     hooks = [m.register_forward_hook(hook) for m in leaves]
     try:
-        with torch.no_grad():
-            out = fn(z)
+        lin = _Linearized(fn, z)
     finally:
         for h in hooks:
             h.remove()
-    return max(total[0], float(len(z) * (fn.n + fn.m))), out
+    return max(total[0], float(len(z) * (fn.n + fn.m))), lin
 
 
 class _Clock:
@@ -620,8 +620,8 @@ def search(model: nn.Module, x: Any, *, norm: Any = 2, starts: int = 8, steps: i
             raise InputError(f"the model does not run on the example input: {type(exc).__name__}: {exc}") from None
         example = fn.pack(fn.example)
         started = time.perf_counter()
-        cost, out = _forward_cost(fn, example)
-        if not bool(torch.isfinite(out).all()):
+        cost, at_example = _forward_cost(fn, example)
+        if not bool(torch.isfinite(at_example.y.detach()).all()):
             raise InputError("the model's output is not finite (NaN or Inf) at the example input: no lower bound")
         forward_seconds = (time.perf_counter() - started) / len(example)
         plan = _schedule(cost / len(example), work, starts, steps, power_steps, screen, verify)
@@ -663,7 +663,9 @@ def search(model: nn.Module, x: Any, *, norm: Any = 2, starts: int = 8, steps: i
                     z0 = _later_starts(fn, best_z, plan.starts * plan.screen if kind == 0 else sample, scale, mean,
                                        gen, round_)
                 evaluations += _ascend(fn, z0, plan.starts, p, plan.steps if kind == 0 else 0, plan.power_steps,
-                                       plan.lr, plan.steer, plan.paired, scale, pool, history, clock, bar, gen)
+                                       plan.lr, plan.steer, plan.paired, scale, pool, history, clock, bar, gen,
+                                       at_example)
+                at_example = None  # its graph is freed
                 if round_ > 0 and seconds is not None:
                     spent[kind] = time.perf_counter() - started
                     if kind == 1 and spent[0] > 0 and spent[1] > 0:
@@ -678,13 +680,13 @@ def search(model: nn.Module, x: Any, *, norm: Any = 2, starts: int = 8, steps: i
                     raise
                 exact = _float64_net(model, inputs, fn)
                 verified = _verify(exact, fn, pool.items[:plan.verify], p, scale, plan.polish, clock, exact_seconds)
-            a, b = verified[1:3]
-            if exact[0] is not fn and not _computes_f(fn, exact[0], a):  # the witness's quotient in f itself
+            a, b, fa = verified[1], verified[2], verified[6]
+            if exact[0] is not fn and not _computes_f(fn, fa, a):  # the witness's quotient in f itself
                 value = float(_ratio(fn, a[None].to(fn.dtype), b[None].to(fn.dtype), p, FLOAT32_ROUNDING)[0])
-                verified = (value, *verified[1:5], None)
+                verified = (value, *verified[1:5], None, fa)
         finally:
             bar.close()
-    value, a, b, z, v, jac = verified
+    value, a, b, z, v, jac, _ = verified
     elapsed = time.perf_counter() - t0
     history.append((elapsed, max(value, history[-1][1] if history else 0.0)))
     like = fn.example
@@ -695,12 +697,14 @@ def search(model: nn.Module, x: Any, *, norm: Any = 2, starts: int = 8, steps: i
 
 def _ascend(fn: _Net, z0: Tensor, keep: int, p: float, steps: int, power_steps: int, lr: float, steer: bool,
             paired: bool, scale: float, pool: _Pool, history: list[tuple[float, float]], clock: _Clock,
-            bar: _Progress, gen: torch.Generator) -> int:
-    """Power iteration at all the candidate points (``power_steps = 0``: half a step, nothing to rank them by), then
-    Adam on the ``keep`` best ones with their power-iterated directions, Adam's learning rate ``lr`` × ``scale``;
-    after each ascent step the direction takes a power step at the new point, or with ``steer`` one from the
-    ascent's own backward pass (:func:`_steered`, no extra pass); ``paired``: see :func:`_difference`. Stops as soon
-    as the clock's search share is spent."""
+            bar: _Progress, gen: torch.Generator, known: _Linearized | None = None) -> int:
+    """Power iteration at all the candidate points (``power_steps = 0``: half a step, nothing to rank them by, on
+    the forward pass of ``known`` when it is J at exactly these points), then Adam on the ``keep`` best ones with
+    their power-iterated directions, Adam's learning rate ``lr`` × ``scale``; after each ascent step the direction
+    takes a power step at the new point, or with ``steer`` one from the ascent's own backward pass
+    (:func:`_steered`, no extra pass; after the last step, whose quotient is recorded, no backward pass: its
+    gradients would move a point nobody evaluates); ``paired``: see :func:`_difference`. Stops as soon as the
+    clock's search share is spent."""
     b, n = z0.shape
     v = _unit_in(torch.randn(b, n, generator=gen, dtype=fn.dtype).to(fn.device), p)
     z = z0.detach().clone()
@@ -728,8 +732,9 @@ def _ascend(fn: _Net, z0: Tensor, keep: int, p: float, steps: int, power_steps: 
     if power_steps:
         value, v = _power_steps(fn, z, v, p, power_steps, power_record(z, no_eps))
     else:  # half a power step: v ∝ Jᵀw for a random w, in J's row space (no J v, no double backward)
-        g = _Linearized(fn, z).transposed(_dual_out(torch.randn(b, fn.m, generator=gen, dtype=fn.dtype)
-                                                    .to(fn.device), p))
+        same = known is not None and known.z.shape == z.shape and bool(torch.equal(known.z.detach(), z))
+        g = (known if same else _Linearized(fn, z)).transposed(
+            _dual_out(torch.randn(b, fn.m, generator=gen, dtype=fn.dtype).to(fn.device), p))
         value, v = torch.zeros(b, dtype=fn.dtype, device=fn.device), torch.where(
             (g.abs().amax(1) > 0)[:, None], _unit_in(g, p), v)
     if steps == 0 or clock.search_over():
@@ -748,7 +753,8 @@ def _ascend(fn: _Net, z0: Tensor, keep: int, p: float, steps: int, power_steps: 
         d = eps * vv
         q = _norm(_difference(fn, zp, d, paired), p, smooth=True) / (2 * eps * _norm(v, p))
         q = torch.nan_to_num(q, nan=0.0, posinf=0.0)
-        if record(q.detach(), zp.detach(), v, torch.full((b,), eps, dtype=fn.dtype, device=fn.device)):
+        if record(q.detach(), zp.detach(), v, torch.full((b,), eps, dtype=fn.dtype, device=fn.device)) or (
+                steer and t == steps - 1):
             break
         zp.grad = None
         (-q.sum()).backward()
@@ -829,11 +835,13 @@ def _float64_net(model: nn.Module, inputs: tuple[Tensor, ...], fn: _Net, check: 
     return fn, FLOAT32_ROUNDING  # the model does not run in float64
 
 
-def _computes_f(fn: _Net, net: _Net, a: Tensor) -> bool:
-    """Whether ``net`` (f's float64 copy) agrees with f at the point ``a`` up to float32 error: a model may compute
-    another function in float64 (a branch on the dtype), whose quotients say nothing of f's constant."""
+def _computes_f(fn: _Net, got: Tensor, a: Tensor) -> bool:
+    """Whether f's float64 copy, whose output at the point ``a`` is ``got`` (from the verification's own pass),
+    agrees with f there up to float32 error: a model may compute another function in float64 (a branch on the
+    dtype), whose quotients say nothing of f's constant."""
     with torch.no_grad():
-        want, got = fn(a[None].to(fn.dtype)).to(net.dtype), net(a[None])
+        want = fn(a[None].to(fn.dtype)).to(got.dtype)
+    got = got[None]
     return want.shape == got.shape and bool(((want - got).abs() <= 1e-3 * (1 + float(want.abs().max()))).all())
 
 
@@ -869,20 +877,28 @@ def _allowance(eps: float) -> float:
     return FLOAT32_ROUNDING * max(1.0, eps / torch.finfo(torch.float32).eps)
 
 
-def _ratio(net: _Net, a: Tensor, b: Tensor, p: float, rounding: float) -> Tensor:
-    """‖f(a) − f(b)‖_p / ‖a − b‖_p per row, minus the rounding allowance (each one ≤ L): ``rounding``, or the
-    allowance of the coarsest dtype the computation rounds to inside (:class:`_Downcasts`, the output included)."""
+def _ends(net: _Net, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, float]:
+    """(f(a), f(b)) row by row, both ends in one pass where the points run batched, and the machine epsilon of the
+    coarsest dtype the computation rounded to inside (:class:`_Downcasts`, the output's included)."""
     with torch.no_grad(), _Downcasts() as downcasts:
-        if net.mode == "batched":  # both ends in one pass
+        if net.mode == "batched":
             both = net(torch.cat([a, b], 0))
             fa, fb = both[:len(a)], both[len(a):]
         else:
             fa, fb = net(a), net(b)
+    if fa.shape[1] != net.m:
+        raise _OtherFunction
+    return fa, fb, max(downcasts.eps, torch.finfo(fa.dtype).eps if _floating(fa) else 0.0)
+
+
+def _ratio(net: _Net, a: Tensor, b: Tensor, p: float, rounding: float,
+           ends: tuple[Tensor, Tensor, float] | None = None) -> Tensor:
+    """‖f(a) − f(b)‖_p / ‖a − b‖_p per row, minus the rounding allowance (each one ≤ L): ``rounding``, or the
+    allowance of the coarsest dtype the computation rounds to inside; ``ends``: :func:`_ends`, when already
+    computed."""
+    fa, fb, eps = _ends(net, a, b) if ends is None else ends
+    rounding = max(rounding, _allowance(eps))
     with torch.no_grad():
-        if fa.shape[1] != net.m:
-            raise _OtherFunction
-        output_eps = torch.finfo(fa.dtype).eps if _floating(fa) else 0.0
-        rounding = max(rounding, _allowance(max(downcasts.eps, output_eps)))
         num = _norm(fa - fb, p) - rounding * (_norm(fa, p) + _norm(fb, p))
         den = _norm(a - b, p)
         out = num.clamp_min(0) / den * (1 - rounding)
@@ -919,13 +935,17 @@ def _pairs_seconds(polish: bool, exact_seconds: float) -> float:
     return 2 * (len(STEP_SIZES) + 3 if polish else 2) * exact_seconds
 
 
+_Verified = tuple[float, Tensor, Tensor, Tensor, Tensor, float | None, Tensor]
+
+
 def _verify(exact: tuple[_Net, float], fn: _Net, candidates: list, p: float, scale: float, polish: bool,
-            clock: _Clock, exact_seconds: float) -> tuple[float, Tensor, Tensor, Tensor, Tensor, float | None]:
+            clock: _Clock, exact_seconds: float) -> _Verified:
     """The candidates' difference quotients in float64 (after ``polish``: the exact local direction from a small
     dense Jacobian, else float64 power steps), each part only when the clock says it fits (``exact_seconds``:
-    one float64 forward pass at one point); the first candidate's quotients always (at its smallest)."""
+    one float64 forward pass at one point); the first candidate's quotients always (at its smallest). The best:
+    (value, a, b, the point, the direction, ‖J‖ there when computed, f(a) as the verification computed it)."""
     net, rounding = exact
-    best: tuple[float, Tensor, Tensor, Tensor, Tensor, float | None] | None = None
+    best: _Verified | None = None
     gen = torch.Generator().manual_seed(12345)
     pairs_seconds = _pairs_seconds(polish, exact_seconds)
     for _, z32, v32, eps in candidates:
@@ -962,14 +982,16 @@ def _verify(exact: tuple[_Net, float], fn: _Net, candidates: list, p: float, sca
             b_rows.append(z.clone())
         # the pair is rounded to the example's dtype first, so that the returned witness reproduces the value
         a, b = (torch.stack(rows).to(fn.dtype).to(net.dtype) for rows in (a_rows, b_rows))
-        ratios = _ratio(net, a, b, p, rounding)
+        ends = _ends(net, a, b)
+        ratios = _ratio(net, a, b, p, rounding, ends)
         k = int(ratios.argmax())
         value = float(ratios[k])
         if best is None or value > best[0]:
-            best = (value, a[k], b[k], z, v, jac_value)
+            best = (value, a[k], b[k], z, v, jac_value, ends[0][k])
     if best is None:  # nothing was found (no steps ran): the example itself, any direction
         z = fn.pack(fn.example)[0].to(net.dtype)
         v = _unit_in(torch.ones(1, net.n, dtype=net.dtype, device=z.device), p)[0]
         a, b = (t.to(fn.dtype).to(net.dtype) for t in (z + 1e-3 * v, z - 1e-3 * v))
-        best = (float(_ratio(net, a[None], b[None], p, rounding)[0]), a, b, z, v, None)
+        ends = _ends(net, a[None], b[None])
+        best = (float(_ratio(net, a[None], b[None], p, rounding, ends)[0]), a, b, z, v, None, ends[0][0])
     return best

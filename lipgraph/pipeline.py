@@ -159,7 +159,7 @@ class Intervals(Pass):
 class Annotate(Pass):
     """Every op's rule, and the norms of the affine runs fusion will ask for (:mod:`lipgraph.passes.annotate`)."""
 
-    name, requires, ensures = "annotate", TRACED, frozenset({"transfer", "rule", "seconds"})
+    name, requires, ensures = "annotate", TRACED, frozenset({"transfer", "rule", "seconds", "fused_norm"})
 
     def __call__(self, state: Analysis) -> None:
         annotate(state.graph, state.registry, state.norm, state.unsupported, fusion=True, progress=state.progress)

@@ -69,7 +69,8 @@ class NodeRecord:
     intervals (region analyses): ``interval`` bounds (lo, hi) of the tensor over the region (a tuple of pairs
         for a tuple-valued op, None for integer results).
     annotate: ``transfer`` the rule's :class:`~lipgraph.ruleapi.Transfer`; ``rule`` the rule that gave it;
-        ``seconds`` the wall time of its rule (and of the fused norms ending here).
+        ``seconds`` the wall time of its rule (and of the fused norms ending here); ``fused_norm`` the certified
+        norm of the folded affine chain ending here (computed in the norm pool for fusion), or None.
     fuse: ``fused`` the :class:`FusedRun` ending here; ``shortcuts`` certified (or estimated) bounds of paths
         ending here, which AutoLip takes where tighter (fusion, chains, residual blocks).
     layer_lower: ``layer_lower`` power iteration on this layer's operator (kind ``lower``).
@@ -93,6 +94,7 @@ class NodeRecord:
     transfer: Transfer | None = None
     rule: Rule | None = None
     seconds: float = 0.0
+    fused_norm: Bound | None = None
     fused: FusedRun | None = None
     shortcuts: list[Shortcut] = field(default_factory=list)
     layer_lower: Bound | None = None

@@ -277,6 +277,18 @@ def test_inf_buffer_is_named() -> None:
         lipgraph.analyze(model, torch.randn(1, 4))
 
 
+@pytest.mark.parametrize("bad", [float("-inf"), float("nan")])
+def test_one_bad_entry_in_a_large_weight_is_named(bad: float) -> None:
+    """The check reads each tensor's extremes (NaN propagates through them): one entry among 10⁵ is enough, and an
+    empty parameter is no error."""
+    model = nn.Sequential(nn.Linear(400, 250), nn.Linear(250, 4)).eval()
+    model.register_parameter("empty", nn.Parameter(torch.empty(0)))
+    with torch.no_grad():
+        model[0].weight[123, 45] = bad
+    with pytest.raises(lipgraph.InputError, match=r"in 1 tensor\(s\): 0\.weight$"):
+        lipgraph.analyze(model, torch.randn(1, 400))
+
+
 # -- model state ---------------------------------------------------------------------------------------
 def test_train_mode_is_analysed_in_eval_and_restored() -> None:
     model, x = tiny_cnn()

@@ -471,6 +471,28 @@ def test_lean_search_is_sound(p: float) -> None:
 
 
 
+def test_lean_search_runs_no_pass_it_does_not_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lean search's passes over the network (one start): 3 to probe batching, 1 for the work count that the half
+    power step reuses, one per ascent step (both ends in one batch), 1 float64 verification whose f(a) also checks the float64
+    copy against f's own (1 more); and no backward pass after the last ascent step (Adam steps one fewer)."""
+    from lipgraph.lower import LEAN, _Adam, _forward_cost, _lean_cost, _Net
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    fn = _Net(model, (x,), None)
+    work = 4 * _forward_cost(fn, fn.pack(fn.example))[0] * 1.5 * _lean_cost()  # one start, where the work is counted
+    calls, adam = [], []
+    model.register_forward_pre_hook(lambda m, args: calls.append(args[0].dtype))
+    original = _Adam.step
+    monkeypatch.setattr(_Adam, "step", lambda self, grad: adam.append(1) or original(self, grad))
+    res = lipgraph.lower_search(model, x, work=work)
+    assert res.rounds == 1 and 0 < res.value
+    assert calls == [torch.float32] * (3 + 1 + LEAN["steps"]) + [torch.float64, torch.float32]
+    assert len(adam) == LEAN["steps"] - 1
+
+
 def _lean_work(model: nn.Module, x: Tensor) -> float:
     """A work budget that gives ``model`` the lean schedule (a tenth of the full schedule's)."""
     from lipgraph.lower import FULL_WORK, _Net, _forward_cost

@@ -15,7 +15,7 @@ Used by :mod:`lipgraph.cache`: a cached *certified* value below what a few steps
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -33,6 +33,17 @@ def attained_norm(fn: Callable[[torch.Tensor], torch.Tensor], in_shape: tuple[in
                   seed: int = 0) -> float:
     """max over ``steps`` steps of ‖A x‖_p / ‖x‖_p for the linear map ``fn`` (batched on ``(B, *in_shape)``,
     computing on ``device`` in ``dtype``)."""
+    best = 0.0
+    for best in attained_steps(fn, in_shape, p, steps=steps, dtype=dtype, device=device, seed=seed):
+        pass
+    return best
+
+
+def attained_steps(fn: Callable[[torch.Tensor], torch.Tensor], in_shape: tuple[int, ...], p: float, *,
+                   steps: int = 3, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
+                   seed: int = 0) -> Iterator[float]:
+    """:func:`attained_norm` step by step: the largest ratio so far after each of the (at most) ``steps`` steps, so
+    that a caller that needs only a value above some threshold stops as soon as one is."""
     n = math.prod(in_shape)
     if p == 1:
         x = torch.full(in_shape, 1.0 / n, dtype=dtype, device=device)
@@ -53,6 +64,7 @@ def attained_norm(fn: Callable[[torch.Tensor], torch.Tensor], in_shape: tuple[in
             direction = y.sign() if p == 1 else y
         g = pullback(direction.unsqueeze(0)).squeeze(0)
         best = max(best, _dual_ratio(g, x, p))
+        yield best
         if not bool(g.any()):
             break
         if p == 2:
@@ -63,7 +75,6 @@ def attained_norm(fn: Callable[[torch.Tensor], torch.Tensor], in_shape: tuple[in
             x = x.reshape(g.shape)
         else:
             x = torch.where(g >= 0, 1.0, -1.0).to(dtype)
-    return best
 
 
 def _vjp(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor

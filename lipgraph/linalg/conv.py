@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Iterator, Literal
 
 import torch
 import torch.nn.functional as F
 
 from lipgraph.bound import FLOAT_MARGIN, Bound, Kind, certified
 from lipgraph.cache import RECHECK_STEPS, memoised, tensor_digest
-from lipgraph.linalg.attained import attained_norm, working_copy
+from lipgraph.linalg.attained import attained_norm, attained_steps, working_copy
 from lipgraph.linalg.dense import LinearMap, batched_spectral_norm, dense_is_cheap, dense_norm
 from lipgraph.linalg.nonneg import col_sum_max, row_sum_max
 from lipgraph.linalg.device import norm_device
@@ -126,9 +126,10 @@ def conv_norm(
 def lazy_conv_norm(weight: torch.Tensor, in_spatial: tuple[int, ...], **options) -> Bound:
     """:func:`conv_norm`, for p = 2 computed on first read (:class:`lipgraph.linalg.lazy.LazyBound`): a conv
     fused with the BatchNorm after it is bounded by the fused operator, and its own norm only shown. Its ``below``
-    is the largest ratio ‖Cx‖/‖x‖ of ``BELOW_STEPS`` power steps (float32, less 1e-4 for rounding, on one torch
-    thread): ≤ ‖C‖, and so ≤ the certified value. The weight is copied now: a norm read later is that of the
-    weights analysed, even if the caller changed them since (a training step, an in-place edit)."""
+    gives, step by step, the largest ratio ‖Cx‖/‖x‖ of up to ``BELOW_STEPS`` power steps (float32, less 1e-4 for
+    rounding, each on one torch thread): ≤ ‖C‖, and so ≤ the certified value. The weight is copied now: a norm read
+    later is that of the weights analysed, even if the caller changed them since (a training step, an in-place
+    edit)."""
     if options.get("p", 2) != 2:
         return conv_norm(weight, in_spatial, **options)
     weight = weight.detach().clone()
@@ -136,11 +137,16 @@ def lazy_conv_norm(weight: torch.Tensor, in_spatial: tuple[int, ...], **options)
                     options.get("dilation", 1), options.get("groups", 1), options.get("padding_mode", "zeros"),
                     options.get("transposed", False), options.get("output_padding", 0))
 
-    def below() -> float:  # on one thread like the norms (read outside the pool, by fusion's comparison)
+    def below() -> Iterator[float]:  # read outside the pool, by fusion's comparison: one thread, as the norms
         w = weight.detach().to("cpu", torch.float32)
-        with one_thread():
-            return attained_norm(geo.linear_map(w), (w.shape[1] * geo.groups, *geo.n), 2, steps=BELOW_STEPS,
-                                 dtype=torch.float32) * (1 - 1e-4)
+        steps = attained_steps(geo.linear_map(w), (w.shape[1] * geo.groups, *geo.n), 2, steps=BELOW_STEPS,
+                               dtype=torch.float32)
+        while True:
+            with one_thread():  # per step: a generator must not hold the thread setting while suspended
+                value = next(steps, None)
+            if value is None:
+                return
+            yield value * (1 - 1e-4)
 
     def compute() -> Bound:
         with one_thread():

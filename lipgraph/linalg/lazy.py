@@ -13,7 +13,7 @@ import contextvars
 import math
 import threading
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from lipgraph.bound import Bound, Kind, join_kinds
 from lipgraph.linalg.parallel import parallel_map
@@ -24,11 +24,11 @@ _UNSET = object()
 class LazyBound(Bound):
     """The Bound ``compute()`` returns, evaluated on first read of its value, method or exactness. Its ``kind``
     is declared up front (reading it computes nothing); a computed Bound of another kind is an error. ``below``
-    (optional) is a cheap attained value, ≤ the computed one: enough to decide some comparisons without it
-    (:func:`product_above`)."""
+    (optional) gives cheap attained values one at a time, each ≤ the computed one and growing: enough to decide
+    some comparisons without it (:func:`product_above`)."""
 
     def __init__(self, compute: Callable[[], Bound], kind: Kind = Kind.CERTIFIED,
-                 below: Callable[[], float] | None = None) -> None:
+                 below: Callable[[], Iterator[float]] | None = None) -> None:
         object.__setattr__(self, "_compute", compute)
         object.__setattr__(self, "_context", contextvars.copy_context())  # the analysis' cache, device, label
         object.__setattr__(self, "_kind", kind)
@@ -81,12 +81,23 @@ def is_pending(value: object) -> bool:
 
 
 def product_above(gains: Sequence[Bound], test: Callable[[float], bool]) -> bool:
-    """``test(Π gains)`` for a ``test`` that is monotone (true stays true as the product grows): decided from the
-    pending gains' cheap attained values (:attr:`LazyBound.below`, each ≤ its gain) when that already passes,
-    else from the computed product."""
-    if any(is_pending(g) and g.below is not None for g in gains):
-        low = math.prod(g.below() if is_pending(g) and g.below is not None else g.value for g in gains)
-        if test(low):
+    """``test(Π gains)`` for a ``test`` that is monotone (true stays true as the product grows).
+
+    The pending gains' cheap attained values (:attr:`LazyBound.below`, each ≤ its gain) are drawn one round at a
+    time (one more of each per round: a power step of each pending conv norm) and the product with them tested after
+    each round; the first that passes decides (the real product, its factors multiplied in the same order, is no
+    smaller: rounding is monotone, so it passes too) and the rest is not computed. When they never pass, the gains are read and the real product decides. Either way the answer is
+    ``test(Π gains)``: the values drawn only decide how soon it is known, never what it is."""
+    drawn = {i: iter(g.below()) for i, g in enumerate(gains) if is_pending(g) and g.below is not None}
+    low = {i: 0.0 for i in drawn}
+    while drawn:
+        for i, values in list(drawn.items()):
+            value = next(values, None)
+            if value is None:
+                del drawn[i]
+            else:
+                low[i] = max(low[i], value)
+        if test(math.prod(low[i] if i in low else g.value for i, g in enumerate(gains))):
             return True
     return test(math.prod(g.value for g in gains))
 

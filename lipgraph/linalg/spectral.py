@@ -30,7 +30,25 @@ others, which is smaller): a float64 value, certified by the caller with ``FLOAT
 e_G grows like ‖|S|‖₂²/‖S‖₂², large for the wide polyphase symbols of strided convolutions: when the first
 chunk's enclosures are wider than ``MAX_WINDOW`` (relative, median) they could not exclude frequencies of a flat
 spectrum, and every frequency is computed in float64 instead, as are small matrices (n < ``SCREEN_MIN_DIM``).
-(A float64 Cholesky test of τ²·I − G̃ in place of the float32 eigensolver was measured no faster here.)
+
+Cholesky tests, on a CPU for matrices with n ≥ ``CHOLESKY_MIN_DIM`` (there a float64 Cholesky factorisation costs
+about half a float32 eigensolver): the frequencies of a chunk are visited in decreasing order of a Lanczos estimate
+of λ_max(G̃) (``LANCZOS_STEPS`` steps: an order, proven by nothing). The first is computed in float64; its value τ is
+attained. Every later one is skipped when λ_max(G̃) ≤ b = (τ − e_S)² − e_G is proven (then σ_max(S(ω)) ≤
+√(λ_max(G̃) + e_G) + e_S ≤ τ by Weyl), else computed in float64, which raises τ if larger. The proof: G̃ is exact in
+complex128; form Ã = fl((b − c)·I − G̃) and factorise it in float64. Demmel's bound (Higham Thm 10.3): a
+completed Cholesky factorisation of a Hermitian Ã gives R̃ᴴR̃ = Ã + ΔA with |ΔA| ≤ γ_c|R̃ᴴ||R̃|, γ_c = γ_{n+1} in
+real arithmetic, for any order of the inner products; we take γ_c = 2γ_{n+4} (u = 2⁻⁵³), room for complex products
+(√2γ₂ ≤ γ₃) and a division done as a product with a reciprocal. Then ‖R̃‖_F² = Σ_j (R̃ᴴR̃)_jj ≤ tr Ã + γ_c‖R̃‖_F²,
+so λ_min(Ã) ≥ −‖ΔA‖₂ ≥ −γ_c‖R̃‖_F² ≥ −γ_c·tr(Ã)/(1 − γ_c) (the trace form of Rump, "Verification of positive
+definiteness", BIT 46 (2006), Thm 2.3), with tr Ã ≤ D = (1 + u)(n·b + Σ_j|g̃_jj|); forming Ã rounds its diagonal
+(≤ u|ã_jj|) and b − c (≤ u·b). Hence λ_max(G̃) ≤ b whenever c ≥ γ_c·D/(1 − γ_c) + 2u·(b + max_j|g̃_jj|), plus
+n(n + 3)·2⁻¹⁰²² for underflow (Rump's term is O(n(n + max ã_jj))·2⁻¹⁰⁷⁴, smaller for these normalised matrices).
+c ≈ 2n²u·b: 6e-11 of b at n = 512, far inside e_G. Both tests and eigensolvers read the lower triangle: the
+Hermitian matrix it defines obeys the same bound e_G (S̃S̃ᴴ is Hermitian). Frequencies are tested in chunks
+``TESTED_CHUNKS`` times larger, so that the first value is the largest of the grid, not of a chunk. As for the
+screen, when e_G / estimate in the first chunk exceeds ``MAX_WINDOW`` (median), every frequency is computed in
+float64 instead.
 On a GPU the screen is float64 Gram iteration instead (:func:`_gram_iteration_bounds`: batched matrix products,
 enclosures within ``GRAM_TOLERANCE``), since batched eigensolvers are slow there and float32 products may run
 in TF32 (u ≈ 2⁻¹¹, not the 2⁻²⁴ assumed above); the recheck is the same.
@@ -44,7 +62,7 @@ from functools import cached_property
 import torch
 
 #: Gram matrices are summed over blocks of this many columns of the inner dimension.
-GRAM_BLOCK = 128
+GRAM_BLOCK = 256
 #: Unit roundoffs of float32 and float64.
 U32, U64 = 2.0 ** -24, 2.0 ** -53
 #: Gram iteration runs until its worst-case relative excess is below this.
@@ -55,6 +73,14 @@ MAX_WINDOW = 1e-2
 CHUNK_ENTRIES = 1 << 22
 #: Per-frequency matrices smaller than this are computed in float64 directly (screening would not pay).
 SCREEN_MIN_DIM = 24
+#: Per-frequency matrices at least this large are screened by float64 Cholesky tests on a CPU (faster than float32
+#: eigenvalues there).
+CHOLESKY_MIN_DIM = 256
+#: Chunks of the Cholesky tests are this many times larger (whole grids of 512-channel layers at 4×4 maps: the
+#: first value found is then the largest, not the largest of a chunk, and fewer frequencies are computed in float64).
+TESTED_CHUNKS = 4
+#: Lanczos steps of the estimates that order the frequencies for the Cholesky tests.
+LANCZOS_STEPS = 12
 #: Absolute slack for float32 underflow of the (normalised, |a| ≤ 1) symbol entries.
 _UNDERFLOW = 1e-30
 
@@ -98,8 +124,16 @@ class Symbol:
         f, u = freqs.to(device), self.offsets.to(device)
         turns = (((f[:, None, :] * u[None]) % M).double() / M).sum(-1)  # Σ (ω·u mod M)/M: exact integer parts
         z = torch.polar(torch.ones_like(turns), -2 * math.pi * turns).to(dtype)
-        flat = self.taps.reshape(T, -1).to(device=device, dtype=dtype)
-        return torch.cat([(z[:, idx] @ flat[idx]).reshape(-1, g, co, ci) for idx in self._blocks], dim=-1)
+        if dtype not in self._complex_taps:  # converted once per symbol, not per chunk of frequencies
+            self._complex_taps[dtype] = self.taps.reshape(T, -1).to(dtype)
+        flat = self._complex_taps[dtype].to(device)
+        blocks = [(z[:, idx] @ flat[idx]).reshape(-1, g, co, ci) for idx in self._blocks]
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1)
+
+    @cached_property
+    def _complex_taps(self) -> dict[torch.dtype, torch.Tensor]:
+        """The taps as (T, g·c_out·c_in) complex matrices, per dtype."""
+        return {}
 
     @cached_property
     def abs_sum(self) -> torch.Tensor:
@@ -146,8 +180,8 @@ def _chunk_entries(device: torch.device) -> int:
     return CHUNK_ENTRIES * (16 if device.type == "cuda" else 1)
 
 
-def _chunks(n_freq: int, per_freq: int, device: torch.device):
-    step = max(1, _chunk_entries(device) // max(per_freq, 1))
+def _chunks(n_freq: int, per_freq: int, device: torch.device, entries: int | None = None):
+    step = max(1, (entries or _chunk_entries(device)) // max(per_freq, 1))
     for start in range(0, n_freq, step):
         yield slice(start, min(start + step, n_freq))
 
@@ -187,9 +221,9 @@ def _float32_grams(symbol: Symbol, freqs: torch.Tensor, device: torch.device) ->
     """G̃ (F, g, n, n) complex64 and e_G (F, g) float64 at ``freqs`` (module docstring, step 2)."""
     s = symbol.at(freqs, torch.complex64, device)
     k = max(s.shape[-2:])
-    modulus = torch.hypot(s.real, s.imag)  # |s| within one ulp (2u), several times faster than complex abs()
+    # |s| by hypot: within one ulp (2u), several times faster than complex abs(); freed before the Gram product.
     # computed ‖|S̃|‖₁‖|S̃|‖∞ ≥ exact · (1 − γ(2k+3)): moduli (2u each, in both sums), two sums of ≤ k terms, a product
-    e_g = _gram_error(k) * _schur(modulus).double() / (1 - _gamma(2 * k + 3))
+    e_g = _gram_error(k) * _schur(torch.hypot(s.real, s.imag)).double() / (1 - _gamma(2 * k + 3))
     return _gram(s), e_g
 
 
@@ -218,8 +252,8 @@ def _screen(symbol: Symbol, freqs: torch.Tensor, device: torch.device) -> tuple[
 
 def max_singular_value(symbol: Symbol, device: torch.device | str | None = None) -> float:
     """max over ω of σ_max(S(ω)) (every group): screening, then a float64 recheck (module docstring). The screen
-    is float32 eigenvalues on a CPU, float64 Gram iteration on a GPU (matrix products; batched eigensolvers are
-    slow there and float32 products may run in TF32)."""
+    is float32 eigenvalues on a CPU (float64 Cholesky tests from n = ``CHOLESKY_MIN_DIM``), float64 Gram iteration
+    on a GPU (matrix products; batched eigensolvers are slow there and float32 products may run in TF32)."""
     device = torch.device(device or "cpu")
     symbol, scale = _normalised(symbol)
     if scale == 0.0:
@@ -230,6 +264,8 @@ def max_singular_value(symbol: Symbol, device: torch.device | str | None = None)
     gpu = device.type == "cuda"
     if min(co, w) < SCREEN_MIN_DIM and not gpu:
         return scale * _exact_max(symbol, freqs, device)
+    if min(co, w) >= CHOLESKY_MIN_DIM and not gpu:
+        return scale * _tested_max(symbol, freqs, device)
     lows, highs = [], []
     for part in _chunks(len(freqs), _entries_per_frequency(symbol), device):
         low, high = (_gram_iteration_bounds if gpu else _screen)(symbol, freqs[part], device)
@@ -255,6 +291,62 @@ def _recheck(symbol: Symbol, freqs: torch.Tensor, low: torch.Tensor, high: torch
         exact = max(exact, _exact_max(symbol, freqs[batch], device))
         best = max(best, exact)
     return exact
+
+
+def _tested_max(symbol: Symbol, freqs: torch.Tensor, device: torch.device) -> float:
+    """max_ω σ_max(S(ω)): float64 values in decreasing order of Lanczos estimates, skipping every frequency that a
+    float64 Cholesky test proves not above the largest value found (module docstring, "Cholesky tests")."""
+    best, e_s = 0.0, _symbol_error(symbol)
+    per_freq = _entries_per_frequency(symbol)
+    for first, part in enumerate(_chunks(len(freqs), per_freq, device, TESTED_CHUNKS * _chunk_entries(device))):
+        gram, e_g = _float32_grams(symbol, freqs[part], device)
+        estimate = _lanczos_estimates(gram)
+        if first == 0 and (e_g / estimate.clamp(min=1e-300)).median() > MAX_WINDOW:  # the tests would not pay
+            return _exact_max(symbol, freqs, device)
+        for i in torch.argsort(estimate.amax(-1), descending=True).tolist():  # one at a time: one float64 copy
+            if best > e_s and _below(gram[i], ((best - e_s) ** 2 - e_g[i]) * (1 - 1e-12)):
+                continue
+            best = max(best, _exact_max(symbol, freqs[part][i:i + 1], device))
+    return best
+
+
+def _lanczos_estimates(gram: torch.Tensor) -> torch.Tensor:
+    """Estimates of λ_max of each Hermitian matrix G of the batch (…, n, n): the top Ritz value of ``LANCZOS_STEPS``
+    Lanczos steps on Gᵀ (same eigenvalues; row vectors times G run faster than G times columns) from a fixed random
+    start, without reorthogonalisation: only an order, proven by nothing. float64."""
+    *batch, n, _ = gram.shape
+    mats = gram.reshape(-1, n, n)
+    start = torch.randn(mats.shape[0], 1, n, generator=torch.Generator().manual_seed(0), dtype=gram.dtype)
+    q = (start / torch.linalg.vector_norm(start, dim=-1, keepdim=True)).to(gram.device)
+    previous, beta, alphas, betas = torch.zeros_like(q), torch.zeros_like(q.real[..., :1]), [], []
+    for _ in range(min(LANCZOS_STEPS, n)):
+        w = torch.bmm(q, mats)
+        alpha = (q.conj() * w).sum(-1, keepdim=True).real
+        w = w - alpha * q - beta * previous
+        beta = torch.linalg.vector_norm(w, dim=-1, keepdim=True)
+        alphas.append(alpha.flatten())
+        betas.append(beta.flatten())
+        previous, q = q, w / beta.clamp(min=1e-30)  # an invariant subspace: q = 0, the Ritz values stay exact
+    off = torch.stack(betas, -1)[:, :-1].double()
+    tridiagonal = torch.diag_embed(torch.stack(alphas, -1).double())
+    tridiagonal += torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
+    return torch.linalg.eigvalsh(tridiagonal)[..., -1].reshape(batch)
+
+
+def _below(gram: torch.Tensor, bound: torch.Tensor) -> bool:
+    """Is λ_max(G) ≤ ``bound`` proven for every Hermitian matrix G (read from its lower triangle) of the batch
+    (…, n, n)? By float64 Cholesky factorisations of (bound − c)·I − G that run to completion (module docstring,
+    "Cholesky tests", for the shift c)."""
+    n = gram.shape[-1]
+    a = gram.to(torch.complex128).neg_()
+    diagonal = a.diagonal(dim1=-2, dim2=-1)
+    g_diag = diagonal.real.abs()
+    gamma = 2 * _gamma(n + 4, U64)
+    trace = (n * bound.abs() + g_diag.sum(-1)) * (1 + 1e-6)
+    shift = (gamma / (1 - gamma) * trace + 2 * U64 * (bound.abs() + g_diag.amax(-1)) * (1 + 1e-6)
+             + n * (n + 3) * 2.0 ** -1022)
+    diagonal.add_((bound - shift)[..., None])
+    return bool(((torch.linalg.cholesky_ex(a).info == 0) & (bound > 0)).all())
 
 
 def _exact_max(symbol: Symbol, freqs: torch.Tensor, device: torch.device) -> float:

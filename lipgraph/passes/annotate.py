@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import fx
 
-from ..bound import unbounded
+from ..bound import Bound, unbounded
 from ..cache import layer_label
 from ..errors import LipgraphError, NormNotSupported, NotLipschitzError, RuleError, UnsupportedOpsError
 from ..hints import PRODUCT_HINT, REGION_HINT
@@ -152,25 +152,31 @@ def _apply(job: tuple[fx.Node, Rule, OpContext]) -> tuple[Transfer | Exception, 
 
 
 def _prefetch_fused_norms(lg: LipGraph, norm: float, bar: Ticker) -> None:
-    """Compute the norms of the folded affine chains now, in the pool (see :func:`annotate`)."""
+    """Compute the norms of the folded affine chains now, in the pool (see :func:`annotate`), into ``fused_norm``
+    of each chain's last op, where fusion reads them."""
     from .fuse import affine_chains, folded_structure, fused_bound  # fusion runs after this pass
 
-    def prefetch(chain: list[fx.Node]) -> float:
-        start = time.perf_counter()
+    def prefetch(chain: list[fx.Node]) -> tuple[bool, Bound | None, float]:
+        start, folded, bound = time.perf_counter(), False, None
         try:
-            if folded_structure(chain) is not None:
+            structure = folded_structure(chain)
+            folded = structure is not None
+            if folded:
                 with layer_label(f"the fused chain ending at {record(chain[-1]).path}"):
-                    fused_bound(lg, chain, norm)
+                    bound = fused_bound(lg, chain, norm, structure)
         except Exception:  # noqa: BLE001 - fusion itself will meet the same error and handle it
             pass
-        return time.perf_counter() - start
+        return folded, bound, time.perf_counter() - start
 
     chains = affine_chains(lg)
     bar.extend(len(chains))
-    for chain, seconds in zip(chains, parallel_map(prefetch, chains)):
+    folded = set()  # the members of folded chains: their own norms are only shown
+    for chain, (folds, bound, seconds) in zip(chains, parallel_map(prefetch, chains)):
         record(chain[-1]).seconds += seconds
+        record(chain[-1]).fused_norm = bound
+        if folds:
+            folded.update(chain)
         bar.advance(record(chain[-1]).path)
-    folded = {n for chain in chains if folded_structure(chain) is not None for n in chain}  # norms only shown
     gains = [(n, g) for n in lg.ops() if n not in folded for g in record(n).transfer.gains]  # the rest: now
     for (n, _), seconds in zip(gains, force_all(g for _, g in gains)):
         record(n).seconds += seconds

@@ -27,8 +27,14 @@ from ..record import FusedRun, record
 
 
 def fuse(lg: LipGraph, norm: float) -> None:
+    """Record each affine chain whose fused norm beats the product of its members' gains beyond rounding (1e-6),
+    with its shortcut. Soundness does not rest on this comparison: it only chooses between two certified bounds of
+    the same sub-network (AutoLip takes the smaller anyway). Its answer is the one the computed gains give: the
+    pending conv norms' attained values (:func:`lipgraph.linalg.lazy.product_above`) are below those gains, so
+    a product of them that passes proves the real product passes; when none does, the gains are computed."""
     for chain in affine_chains(lg):
-        fused = fused_bound(lg, chain, norm)
+        fused = record(chain[-1]).fused_norm  # computed by annotate (in the norm pool) when the chain folds
+        fused = fused_bound(lg, chain, norm) if fused is None else fused
         gains = [record(n).transfer.gains[0] for n in chain]  # a conv's own norm may be pending (linalg.lazy)
         if fused is not None and product_above(gains, lambda product: fused.value < product * (1 - 1e-6)):
             record(chain[-1]).fused = FusedRun(chain[0], fused, lazy_product(gains))  # tighter beyond rounding
@@ -79,9 +85,11 @@ def affine_chains(lg: LipGraph) -> list[list[fx.Node]]:
     return [run for run in affine_runs(lg) if sum(not is_trivial(c) for c in run) >= 2]
 
 
-def fused_bound(lg: LipGraph, chain: list[fx.Node], norm: float) -> Bound | None:
-    """Norm of the composed operator: exact folding of structured ops, else the dense operator when small."""
-    bound = _folded(chain, norm)
+def fused_bound(lg: LipGraph, chain: list[fx.Node], norm: float,
+                structure: AffineStructure | None = None) -> Bound | None:
+    """Norm of the composed operator: exact folding of structured ops (``structure``: the chain's
+    :func:`folded_structure`, when the caller has it), else the dense operator when small."""
+    bound = _folded(folded_structure(chain) if structure is None else structure, norm)
     if bound is None:
         bound = _dense(lg, chain, norm)
     return None if bound is None else Bound(bound.value, bound.kind, f"fused {bound.method}", exact=bound.exact)
@@ -138,9 +146,8 @@ class _MeanThenMatrix:
         return certified(b.value * factor, f"{b.method} of the channel means", exact=b.exact, margin=1e-15)
 
 
-def _folded(chain: list[fx.Node], norm: float) -> Bound | None:
-    """Exact norm of the folded structure (:func:`folded_structure`); None when the chain does not fold."""
-    acc = folded_structure(chain)
+def _folded(acc: AffineStructure | None, norm: float) -> Bound | None:
+    """Exact norm of a chain's folded structure (:func:`folded_structure`); None when the chain does not fold."""
     if isinstance(acc, Conv):
         return conv_norm(acc.weight, p=norm, **acc.options)
     if isinstance(acc, Matrix):

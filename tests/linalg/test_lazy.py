@@ -13,7 +13,7 @@ import lipgraph.linalg.conv as conv_module
 import lipgraph.rules.conv as conv_rule
 from lipgraph.bound import Bound, Kind, certified
 from lipgraph.linalg import conv_norm, lazy_conv_norm
-from lipgraph.linalg.lazy import LazyBound, is_pending
+from lipgraph.linalg.lazy import LazyBound, is_pending, product_above
 
 
 def _conv_bn(uniform: bool = False) -> tuple[nn.Module, torch.Tensor]:
@@ -75,14 +75,70 @@ def test_a_fusion_that_does_not_tighten_reads_the_norms_and_is_dropped(monkeypat
     assert _numbers(report) == _numbers(_eager(monkeypatch, model, x))
 
 
+@pytest.fixture
+def drawn(monkeypatch):
+    """How many power steps each pending conv norm's ``below`` ran (one entry per conv whose steps were drawn)."""
+    counts = []
+    original = conv_module.attained_steps
+
+    def spy(*args, **kwargs):
+        counts.append(0)
+        for value in original(*args, **kwargs):
+            counts[-1] += 1
+            yield value
+    monkeypatch.setattr(conv_module, "attained_steps", spy)
+    return counts
+
+
+@pytest.mark.parametrize("scales", ["differ", "barely differ", "equal"])
+def test_fusion_decides_as_the_eager_analysis_and_stops_the_power_steps_early(monkeypatch, computed, drawn, scales):
+    """BatchNorm scales that differ (0.3 to 1), barely differ (one channel 0.1 % smaller: the steps cannot show it,
+    the norms are computed) or are equal (at initialisation: ‖s·C‖ = s‖C‖, never tighter beyond rounding): the same
+    report as the eager analysis; fewer power steps than ``BELOW_STEPS`` and no norm computed where they differ."""
+    model, x = _conv_bn(uniform=True)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d) and scales == "differ":
+            m.weight.data = torch.linspace(0.3, 1.0, m.num_features)
+        elif isinstance(m, nn.BatchNorm2d) and scales == "barely differ":
+            m.weight.data[0] = 1 - 1e-3
+    report = lipgraph.analyze(model, x, lower=False, quiet=True, cache=False)
+    if scales == "differ":
+        assert len(computed) == 1 and drawn and max(drawn) < conv_module.BELOW_STEPS
+    else:
+        assert drawn == [conv_module.BELOW_STEPS] * 2 and len(computed) == 3
+    assert sum(n.fused is not None for n in report.tree.walk()) == (0 if scales == "equal" else 2)
+    assert _numbers(report) == _numbers(_eager(monkeypatch, model, x))
+
+
+def _lazy(value: float, below: list[float], calls: list[str]) -> LazyBound:
+    def values():
+        for v in below:
+            calls.append(f"below {v}")
+            yield v
+    return LazyBound(lambda: calls.append("computed") or certified(value, "test"), below=values)
+
+
+def test_product_above_draws_one_value_of_each_pending_gain_per_round_until_one_passes():
+    calls = []
+    gains = [_lazy(4.0, [1.0, 2.0, 3.0], calls), certified(2.0, "known"), _lazy(1.0, [0.5, 0.75, 0.9], calls)]
+    assert product_above(gains, lambda product: product > 2.5)  # round 2: 2 · 2 · 0.75 = 3 passes
+    assert calls == ["below 1.0", "below 0.5", "below 2.0", "below 0.75"]
+    calls.clear()
+    assert product_above(gains, lambda product: product > 7.5)  # the values never pass (5.4); 4 · 2 · 1 = 8 does
+    assert calls == ["below 1.0", "below 0.5", "below 2.0", "below 0.75", "below 3.0", "below 0.9", "computed",
+                     "computed"]
+    assert not product_above(gains, lambda product: product > 8.5)  # computed: the real product decides
+
+
 def test_lazy_conv_norm_is_conv_norm_and_below_is_attained():
     w = torch.randn(4, 3, 3, 3, generator=torch.Generator().manual_seed(1))
     lazy = lazy_conv_norm(w, in_spatial=(9, 9), padding=1)
     assert is_pending(lazy) and lazy.kind is Kind.CERTIFIED  # the kind is declared: reading it computes nothing
     assert is_pending(lazy)
-    below = lazy.below()
+    below = list(lazy.below())
     exact = conv_norm(w, in_spatial=(9, 9), padding=1, strategy="dense")
-    assert 0.5 * exact.value < below <= exact.value
+    assert len(below) == conv_module.BELOW_STEPS and below == sorted(below)  # one value per power step, growing
+    assert 0.5 * exact.value < below[-1] <= exact.value
     assert lazy == conv_norm(w, in_spatial=(9, 9), padding=1) and not is_pending(lazy)
     assert not isinstance(lazy_conv_norm(w, in_spatial=(9, 9), p=1), LazyBound)  # ℓ1: abs sums, no reason to wait
 

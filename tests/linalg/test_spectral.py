@@ -19,19 +19,24 @@ from lipgraph.linalg import spectral
 from lipgraph.linalg.spectral import Symbol, frequencies, gram_iteration_norm, max_singular_value
 
 
-def oracle_sigmas(sym: Symbol) -> dict[tuple[int, ...], float]:
-    """max over groups of σ_max(S(ω)) for every ω of the full grid, by numpy."""
+def oracle_symbol(sym: Symbol, omega: tuple[int, ...]) -> np.ndarray:
+    """S(ω) (g, c_out, width) by numpy in complex128."""
     taps = sym.taps.numpy()
     T, g, co, ci = taps.shape
-    P = sym.n_phases
+    S = np.zeros((g, co, ci * sym.n_phases), dtype=np.complex128)
+    for t in range(T):
+        angle = sum(o * int(u) / m for o, u, m in zip(omega, sym.offsets[t], sym.modulus))
+        p = int(sym.phase[t])
+        S[:, :, p * ci:(p + 1) * ci] += taps[t] * np.exp(-2j * np.pi * angle)
+    return S
+
+
+def oracle_sigmas(sym: Symbol) -> dict[tuple[int, ...], float]:
+    """max over groups of σ_max(S(ω)) for every ω of the full grid, by numpy."""
     out = {}
     for omega in itertools.product(*(range(m) for m in sym.modulus)):
-        S = np.zeros((g, co, ci * P), dtype=np.complex128)
-        for t in range(T):
-            angle = sum(o * int(u) / m for o, u, m in zip(omega, sym.offsets[t], sym.modulus))
-            p = int(sym.phase[t])
-            S[:, :, p * ci:(p + 1) * ci] += taps[t] * np.exp(-2j * np.pi * angle)
-        out[omega] = max(np.linalg.norm(S[i], 2) for i in range(g))
+        S = oracle_symbol(sym, omega)
+        out[omega] = max(np.linalg.norm(S[i], 2) for i in range(S.shape[0]))
     return out
 
 
@@ -69,6 +74,14 @@ def always_screen(monkeypatch):
     monkeypatch.setattr(spectral, "MAX_WINDOW", math.inf)
 
 
+@pytest.fixture
+def always_test(monkeypatch):
+    """Run the Cholesky tests (Lanczos order, float64 Cholesky exclusion) on every size and never drop them."""
+    monkeypatch.setattr(spectral, "SCREEN_MIN_DIM", 1)
+    monkeypatch.setattr(spectral, "CHOLESKY_MIN_DIM", 1)
+    monkeypatch.setattr(spectral, "MAX_WINDOW", math.inf)
+
+
 def test_frequencies_hold_one_of_each_conjugate_pair():
     for modulus in [(1,), (2,), (7,), (4, 1), (3, 4), (5, 6), (2, 3, 4), (4, 4, 2)]:
         freqs = {tuple(f) for f in frequencies(modulus).tolist()}
@@ -78,6 +91,23 @@ def test_frequencies_hold_one_of_each_conjugate_pair():
         assert all(tuple((-o) % m for o, m in zip(f, modulus)) not in freqs or
                    tuple((-o) % m for o, m in zip(f, modulus)) == f for f in freqs), modulus  # no pair twice
         assert len(freqs) == (len(full) + sum(f == tuple((-o) % m for o, m in zip(f, modulus)) for f in full)) // 2
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(symbols())
+def test_symbol_matches_numpy_within_its_rounding_bound(sym):
+    """Symbol.at (taps converted once per symbol and dtype): complex128 equals numpy's S(ω) to rounding, and complex64
+    is within the module docstring's step 1 bound c_S·u·B entrywise (normalised taps, as the screen uses them)."""
+    normalised = _normalised(sym)
+    if normalised is None:
+        return
+    freqs = frequencies(sym.modulus)
+    exact = np.stack([oracle_symbol(normalised, tuple(f)) for f in freqs.tolist()])
+    bound = (2 * sym.taps.shape[0] + 8) * spectral.U32 * normalised.abs_sum.numpy() + 1e-30
+    s64 = normalised.at(freqs, torch.complex128, torch.device("cpu")).numpy()
+    s32 = normalised.at(freqs, torch.complex64, torch.device("cpu")).numpy().astype(np.complex128)
+    assert np.abs(s64 - exact).max() <= 1e-13 * max(np.abs(exact).max(), 1e-300) + 1e-300
+    assert (np.abs(s32 - exact) <= bound).all()
 
 
 @settings(max_examples=250, deadline=None, derandomize=True)
@@ -180,6 +210,105 @@ def test_flat_spectrum_skips_the_screening(monkeypatch):
     value = max_singular_value(sym)
     assert calls == [len(frequencies((6,)))]
     assert value == pytest.approx(max(oracle_sigmas(sym).values()), rel=1e-12)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(symbols())
+def test_cholesky_tests_give_the_exact_max(always_test, sym):
+    expected = max(oracle_sigmas(sym).values())
+    value = max_singular_value(sym)
+    assert value == pytest.approx(expected, rel=1e-9, abs=1e-300)
+    assert value >= expected * (1 - 1e-12)
+
+
+def _hermitian(eigenvalues: torch.Tensor, seed: int) -> torch.Tensor:
+    """U diag(λ) Uᴴ in complex64 (rounded from complex128) for a random unitary U."""
+    n = len(eigenvalues)
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.complex(torch.randn(n, n, generator=gen, dtype=torch.float64),
+                      torch.randn(n, n, generator=gen, dtype=torch.float64))
+    q, _ = torch.linalg.qr(z)
+    return ((q * eigenvalues.to(torch.complex128)) @ q.mH).to(torch.complex64)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 40, 300])
+@pytest.mark.parametrize("spectrum", ["generic", "near-tie", "rank-one", "psd-gram"])
+def test_cholesky_test_is_sound_and_sharp(n, spectrum):
+    """_below(G, b) holds only when λ_max(G) ≤ b (here: never for b a relative 1e-9 below λ_max, computed in
+    float64 from the float32 matrix itself), and does hold 1e-9 above it (the rounding shift is ≈ n²·2⁻⁵³)."""
+    gen = torch.Generator().manual_seed(n)
+    if spectrum == "psd-gram":
+        s = torch.randn(n, 2 * n, generator=gen, dtype=torch.complex64)
+        gram = s @ s.mH
+    else:
+        lam = torch.rand(n, generator=gen, dtype=torch.float64) * 3
+        if spectrum == "near-tie":
+            lam[:2] = torch.tensor([4.0, 4.0 * (1 - 1e-12)])[:n]
+        elif spectrum == "rank-one":
+            lam = torch.zeros(n, dtype=torch.float64)
+            lam[0] = 2.5
+        gram = _hermitian(lam, n)
+    top = torch.linalg.eigvalsh(gram.to(torch.complex128))[-1].item()
+    bound = torch.tensor([top], dtype=torch.float64)
+    assert spectral._below(gram[None], bound * (1 + 1e-9))
+    assert not spectral._below(gram[None], bound * (1 - 1e-9))
+    assert not spectral._below(gram[None], bound * 0)
+
+
+def test_lanczos_estimates_order_and_degenerate_matrices():
+    """Estimates within 1 % of λ_max from below on a generic batch; zero and rank-one matrices give finite values."""
+    gen = torch.Generator().manual_seed(4)
+    s = torch.randn(6, 2, 50, 80, generator=gen, dtype=torch.complex64)
+    gram = s @ s.mH
+    top = torch.linalg.eigvalsh(gram)[..., -1].double()
+    estimate = spectral._lanczos_estimates(gram)
+    assert estimate.shape == (6, 2)
+    assert (estimate <= top * (1 + 1e-5)).all() and (estimate >= top * 0.99).all()
+    v = torch.randn(1, 30, 1, generator=gen, dtype=torch.complex64)
+    degenerate = torch.cat([torch.zeros(1, 30, 30, dtype=torch.complex64), v @ v.mH])
+    estimate = spectral._lanczos_estimates(degenerate)
+    assert estimate[0] == 0 and estimate[1] == pytest.approx((v.abs() ** 2).sum().item(), rel=1e-5)
+
+
+def _tested_symbol() -> Symbol:
+    taps = torch.randn(9, 1, 40, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    return Symbol(taps, torch.randint(0, 3, (9, 2), generator=torch.Generator().manual_seed(6)),
+                  torch.zeros(9, dtype=torch.long), (6, 6))
+
+
+def test_cholesky_tests_skip_all_but_the_top_frequencies(always_test, monkeypatch):
+    """Not vacuous: on a generic symbol the tests leave one or two of 20 frequencies to float64 values."""
+    calls = []
+    real = spectral._top_eigenvalues
+    monkeypatch.setattr(spectral, "_top_eigenvalues", lambda s, f, d: calls.append(len(f)) or real(s, f, d))
+    sym = _tested_symbol()
+    assert max_singular_value(sym) == pytest.approx(max(oracle_sigmas(sym).values()), rel=1e-12)
+    assert 1 <= sum(calls) <= 2
+
+
+@pytest.mark.parametrize("order", ["reversed", "chunks of one"])
+def test_a_wrong_lanczos_order_or_small_chunks_only_cost_time(always_test, monkeypatch, order):
+    """Frequencies met in increasing order of σ (estimates reversed), or one per chunk: every test fails until the
+    top, each failure is computed in float64, and the result is still the exact max."""
+    if order == "reversed":
+        real = spectral._lanczos_estimates
+        monkeypatch.setattr(spectral, "_lanczos_estimates", lambda g: -real(g))
+    else:
+        monkeypatch.setattr(spectral, "CHUNK_ENTRIES", 1)
+    sym = _tested_symbol()
+    assert max_singular_value(sym) == pytest.approx(max(oracle_sigmas(sym).values()), rel=1e-12)
+
+
+def test_wide_windows_skip_the_cholesky_tests(always_test, monkeypatch):
+    """Enclosures wider than MAX_WINDOW: every frequency goes to float64 directly (same value)."""
+    monkeypatch.setattr(spectral, "MAX_WINDOW", 0.0)
+    calls = []
+    real = spectral._top_eigenvalues
+    monkeypatch.setattr(spectral, "_top_eigenvalues", lambda s, f, d: calls.append(len(f)) or real(s, f, d))
+    sym = _tested_symbol()
+    assert max_singular_value(sym) == pytest.approx(max(oracle_sigmas(sym).values()), rel=1e-12)
+    assert calls == [len(frequencies((6, 6)))]
 
 
 def test_zero_symbol():
