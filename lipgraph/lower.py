@@ -13,8 +13,9 @@ representable in the example's dtype, so the witness reproduces), minus a roundi
 computation rounds to float32 inside (a ``.float()`` in forward, or no float64 copy), more in half or bfloat16
 (:func:`_allowance`). No differentiability is needed, so kinks (ReLU at 0, max-pool ties) cannot make it
 unsound. The pairs are a = x + h·v, b = x − h·v around the best points x and directions v found by the search
-(several h, the best kept), plus the wider pairs the ascent itself used and a few random nearby pairs. Where f is differentiable at x the ratio tends to
-‖J_f(x) v‖_p / ‖v‖_p as h → 0: it *is* the attained Jacobian norm (to ~1e-8), which the search maximises.
+(several h, the best kept), plus the wider pairs the ascent itself used and a few random nearby pairs. Where f
+is differentiable at x the ratio tends to ‖J_f(x) v‖_p / ‖v‖_p as h → 0: it *is* the attained Jacobian norm (to
+~1e-8), which the search maximises.
 
 **The search** (batched over starts, in the model's own dtype):
 
