@@ -57,7 +57,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from .bound import Bound, lower
@@ -847,17 +847,18 @@ def _computes_f(fn: _Net, got: Tensor, a: Tensor) -> bool:
     return want.shape == got.shape and bool(((want - got).abs() <= 1e-3 * (1 + float(want.abs().max()))).all())
 
 
-class _Downcasts(TorchDispatchMode):
-    """Records the coarsest floating dtype an op rounds to from a finer floating input (``x.float()``,
-    ``x.bfloat16()``, ``buf.copy_(x)`` into a float32 buffer): below it, the computation has that dtype's precision,
-    whatever the dtype of the output. Constants computed in a coarse dtype from coarse constants round the same way
-    in every copy of the model (part of f): not recorded."""
+class _Downcasts(TorchFunctionMode):
+    """Records the coarsest floating dtype a torch function rounds to from a finer floating input (``x.float()``,
+    ``x.bfloat16()``, ``buf.copy_(x)`` into a float32 buffer, a linear layer under ``torch.autocast``): below it, the
+    computation has that dtype's precision, whatever the dtype of the output. Constants computed in a coarse dtype
+    from coarse constants round the same way in every copy of the model (part of f): not recorded. (A torch function
+    mode, not a dispatch mode: the first use of a dispatch mode imports torch._dynamo, seconds.)"""
 
     def __init__(self) -> None:
         super().__init__()
         self.eps = 0.0
 
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
         finest = min((torch.finfo(t.dtype).eps for t in tree_leaves((args, kwargs)) if _floating(t)), default=None)
         if finest is not None:
