@@ -20,7 +20,12 @@ CP/LipLT) (Combettes & Pesquet 2020, Prop. 3.6; Fazlyab et al. 2023; docs/mathem
 values of the composed linear maps (runs j..k, activations skipped), each with its own persistent vector (a
 single run that is already a layer's operator shares that operator). CP is monotone in these norms and ≤ the
 product with exact norms, so once converged the cp penalty is ≤ the autolip one (before that, up to the power
-iteration's convergence: the two methods keep their own vectors).
+iteration's convergence: the two methods keep their own vectors). A residual addition y = P x + branch(x) whose
+branch is such a chain and whose shortcut P is the identity or an affine run from x (:func:`lipgraph.passes.residual.
+residual_adds`, the blocks of ``analyze(method="cp")``) also gets CP/LipLT with the shortcut folded into its linear
+term, ‖P + (Π m_k) W_l⋯W_0‖ + Σ_j r_j |m_{j+1}⋯m_l| ‖W_l⋯W_j‖ L_{j−1} (docs/residual.md, "Combettes–Pesquet / LipLT
+with the shortcut"; :func:`lipgraph.estimators.residual.residual_cp_value`), the first norm one more
+power-iteration operator x ↦ P x + (Π m_k) W_l⋯W_0 x: AutoLip takes min(‖P‖-path + L(branch), that · L(x)).
 
 **An estimate from below, never a certificate.** For any unit v, ‖A v‖ ≤ ‖A‖ ≤ the certified norm that analyze
 uses, and AutoLip is monotone in every gain, so at every call
@@ -29,8 +34,11 @@ uses, and AutoLip is monotone in every gain, so at every call
 
 with equality on the left once the vectors have converged (power iteration converges from below, and slowly when
 the top singular values are close — which a spectral penalty tends to make them). For ``method="cp"`` the same
-holds with CP/LipLT in every chain on both sides: ≤ ``lipgraph.analyze(model, x, method="cp").bound``; analyze's
-``method="seqlip"`` (CP and SeqLip) can certify less than either penalty. The number to report for a trained model
+holds with CP/LipLT in every chain and residual block on both sides: ≤ ``analyze(model, x, method="cp").bound``
+without the block estimators that solve an LMI (``residual-eclipse-fast``, ``residual-fft``, block pairs), which
+``analyze(method="cp")`` adds (no differentiable counterpart here: the cp penalty can be above its bound); analyze's
+``method="seqlip"`` (CP and SeqLip) can certify less than either penalty. Once converged, either penalty is AutoLip
+(with CP) on exact norms: a certified bound, ≥ the true constant. The number to report for a trained model
 comes from ``lipgraph.analyze`` (``method="seqlip"`` or ``"cp"`` for the tightest chains) or ``lipgraph.certify``,
 never from the penalty.
 
@@ -43,12 +51,15 @@ from __future__ import annotations
 from functools import reduce
 from typing import Any, Iterable, Sequence
 
+import math
+
 import torch
 from torch import Tensor, fx, nn
 
 from .api import traceable_root
 from .errors import InputError
 from .estimators.cp import cp_value
+from .estimators.residual import residual_cp_value
 from .frontend.prepare import as_inputs, eval_mode, to_model_device, unwrap
 from .frontend.untouched import leaves_untouched
 from .ir import LipGraph, map_args
@@ -58,6 +69,7 @@ from .pipeline import Analysis, Pass, graph_passes, run_passes
 from .passes.chains import SeqChain, sequential_chains
 from .passes.fuse import affine_chains
 from .passes.joint import joint_split
+from .passes.residual import residual_adds
 from .registry import default_registry
 from .record import record
 
@@ -160,12 +172,16 @@ def _live_constants(nodes: Sequence[fx.Node]) -> list[fx.Node]:
 
 class _Operator:
     """A linear operator A x = g(x) − g(0), g the composition of runs of affine ops (one run: a layer or a fused
-    chain; runs j..k of a sequential chain with its activations skipped: the partial product W_k⋯W_j), and its
-    persistent power-iteration vector."""
+    chain; runs j..k of a sequential chain with its activations skipped: the partial product W_k⋯W_j), with a
+    ``shortcut`` (a residual block's P: an affine run, ``()`` the identity) g(x) = P x + scale · (the composition),
+    and its persistent power-iteration vector."""
 
-    def __init__(self, runs: Iterable[Sequence[fx.Node]]) -> None:
+    def __init__(self, runs: Iterable[Sequence[fx.Node]], shortcut: Sequence[fx.Node] | None = None,
+                 scale: float = 1.0) -> None:
         self.runs = tuple(tuple(run) for run in runs)
-        self.nodes = [n for run in self.runs for n in run]
+        self.shortcut = None if shortcut is None else tuple(shortcut)
+        self.scale = scale
+        self.nodes = [n for run in self.runs for n in run] + list(self.shortcut or ())
         self.source = record(self.nodes[0]).inputs[0]
         self.info = record(self.source).info
         self.vector: Tensor | None = None  # unit, float64, the shape of the operator's input
@@ -184,15 +200,35 @@ class _CpChain:
         return cp_value(lambda j, k: norms[self.products[j, k]], self.chain.slopes)
 
 
+class _ResidualCp:
+    """A residual add P x + branch(x), the branch a sequential chain: CP/LipLT with the shortcut in its linear term
+    (docs/residual.md), from the branch's partial products and the operator x ↦ P x + (Π m_k) W_l⋯W_0 x."""
+
+    def __init__(self, add: fx.Node, branch: _CpChain, shortcut: Sequence[fx.Node], store: dict[tuple, _Operator]
+                 ) -> None:
+        self.add, self.branch = add, branch
+        scale = math.prod((lo + hi) / 2 for lo, hi in branch.chain.slopes)
+        self.top = _stored(store, branch.chain.runs, shortcut, scale)
+
+    def value(self, norms: dict[_Operator, Tensor]) -> Tensor:
+        """``estimators.residual.residual_cp_value`` on the estimated norms."""
+        return residual_cp_value(norms[self.top], lambda j, k: norms[self.branch.products[j, k]],
+                                 self.branch.chain.slopes)
+
+
 def _replayable(chain: SeqChain) -> bool:
     """Every run of ``chain`` reads one tensor (not a tuple, e.g. the result of a split): its vector's shape."""
     return all(record(record(run[0]).inputs[0]).info.parts is None for run in chain.runs)
 
 
-def _stored(store: dict[tuple, _Operator], runs: Sequence[Sequence[fx.Node]]) -> _Operator:
-    """The operator of ``runs`` in ``store``, added if new (a run that is already a layer's operator is shared)."""
-    key = tuple(tuple(run) for run in runs)
-    return store.setdefault(key, _Operator(key))
+def _stored(store: dict[tuple, _Operator], runs: Sequence[Sequence[fx.Node]],
+            shortcut: Sequence[fx.Node] | None = None, scale: float = 1.0) -> _Operator:
+    """The operator of ``runs`` (and ``shortcut``) in ``store``, added if new (a run that is already a layer's
+    operator is shared)."""
+    key = (tuple(tuple(run) for run in runs), None if shortcut is None else tuple(shortcut), scale)
+    if key not in store:
+        store[key] = _Operator(key[0], shortcut, scale)
+    return store[key]
 
 
 class _Plan:
@@ -205,6 +241,9 @@ class _Plan:
         self.operators = [_stored(store, [run]) for run in _operator_runs(self.graph)]
         chains = sequential_chains(self.graph) if method == "cp" else []
         self.chains = [_CpChain(chain, store) for chain in chains if _replayable(chain)]
+        branches = {c.chain.last: c for c in self.chains}
+        self.blocks = [_ResidualCp(add, branches[chain.last], shortcut, store) for add, chain, shortcut
+                       in residual_adds(self.graph, {c.chain.last: c.chain for c in self.chains})]
         self.store = list(store.values())  # every operator whose norm a call estimates
         self.replay = Replay(self.graph.gm, [op.nodes for op in self.store])
         self.ending = {op.nodes[-1]: op for op in self.operators}
@@ -221,17 +260,21 @@ class _Plan:
             constants = self.replay.constants()
             norms = {op: self._norm(op, constants, steps, tol) for op in self.store}
         self.warm = True
-        return self._autolip(norms, {c.chain.last: (c.chain.first, c.value(norms)) for c in self.chains})
+        shortcuts = {c.chain.last: (c.chain.first, c.value(norms)) for c in self.chains}
+        shortcuts.update({b.add: (b.branch.chain.first, b.value(norms)) for b in self.blocks})
+        return self._autolip(norms, shortcuts)
 
     def _norm(self, op: _Operator, constants: dict[fx.Node, Any], steps: int, tol: float) -> Tensor:
         """‖A v‖₂ after ``steps`` no-grad power steps from the stored v (Scaman & Virmaux 2018, Alg. 1)."""
         shape, dtype = op.info.shape, op.info.dtype
 
         def apply(x: Tensor) -> Tensor:
-            x = x.reshape(shape).to(dtype)
+            x = y = x.reshape(shape).to(dtype)
             for run in op.runs:  # activations between runs are skipped: the partial product's linear part
-                x = self.replay.run(run, x, constants)
-            return x
+                y = self.replay.run(run, y, constants)
+            if op.shortcut is None:
+                return y
+            return (self.replay.run(op.shortcut, x, constants) if op.shortcut else x) + op.scale * y
 
         offset = apply(torch.zeros_like(op.vector))  # f(0): A x = f(x) − f(0)
         if steps:
@@ -243,7 +286,8 @@ class _Plan:
 
     def _autolip(self, norms: dict[_Operator, Tensor], chains: dict[fx.Node, tuple[fx.Node, Tensor]]) -> Tensor:
         """AutoLip over the DAG in torch (``passes.autolip.propagate``), operators' gains replaced by ``norms``;
-        ``chains`` maps a chain's last op to (its first op, its CP value): a shortcut, as a chain pass records."""
+        ``chains`` maps a chain's last op to (its first op, its CP value), and a residual add to (its branch's first op,
+        the block's CP value): shortcuts, as the chain and residual passes record."""
         lg = self.graph
         bounds = self._propagate(lg.ops(), {p: self.one for p in lg.placeholders}, norms, chains)
         return self._qnorm([bounds[n] for n in record(lg.output).inputs], 2.0)

@@ -18,10 +18,15 @@ from torch import nn
 
 import lipgraph
 from lipgraph import penalty as penalty_module
+from lipgraph.estimators.residual import RESIDUAL_ESTIMATORS
+from lipgraph.passes import residual as residual_pass
 from lipgraph.userfile import run_user_file
+from tests.fixtures.jacobian import jacobian, op_norm
+from tests.fixtures.zoo import tiny_resnet
 
 CONVERGED = {"iters": 20000, "tol": 1e-13}  # power steps until the estimate stops moving (float64)
 CONVERGED_FLOAT32 = {"iters": 3000, "tol": 1e-6}
+CONVERGED_RESNET = {"iters": 3000, "tol": 1e-12}  # float64; its close singular values converge slowly
 
 
 class Branchy(nn.Module):
@@ -156,16 +161,24 @@ def test_converged_value_is_autolip_with_exact_norms_and_never_above_analyze(nam
     assert converged <= certified * (1 + 1e-9)
 
 
+def analyze_cp_without_lmis(model: nn.Module, x: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> float:
+    """analyze(method="cp") whose residual blocks get residual-cp only (no LMI: not eclipse-fast, not block
+    pairs): the certified bound the cp penalty is a differentiable version of."""
+    with monkeypatch.context() as patch:
+        patch.setattr(residual_pass, "RESIDUAL_ESTIMATORS", {"residual-cp": RESIDUAL_ESTIMATORS["residual-cp"]})
+        patch.setattr(residual_pass, "_tighten_pairs", lambda *args: None)
+        return lipgraph.analyze(model, x, method="cp", lower=False).bound.value
+
+
 @pytest.mark.parametrize("name", CHAINED)
 def test_converged_cp_value_is_analyze_cp_and_below_autolip(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """penalty(cp) → AutoLip with CP/LipLT on exact partial-product norms = analyze(method="cp") without whole
-    residual blocks (the penalty bounds a residual add by 1 + L(branch)) on models whose partial products analyze
-    materialises; strictly below the autolip penalty, since every model has a chain. With whole residual blocks,
-    analyze(method="cp") can only be lower."""
+    """penalty(cp) → AutoLip with CP/LipLT on exact partial-product norms, residual blocks by CP/LipLT with the
+    shortcut = analyze(method="cp") without its LMI block estimators, on models whose partial products analyze
+    materialises; strictly below the autolip penalty, since every model has a chain. With the LMI block
+    estimators, analyze(method="cp") can only be lower."""
     model, x = make(name)
     joint = lipgraph.analyze(model, x, method="cp", lower=False).bound.value
-    monkeypatch.setattr(lipgraph.pipeline, "tighten_residuals", lambda *args, **kwargs: [])
-    certified = lipgraph.analyze(model, x, method="cp", lower=False).bound.value
+    certified = analyze_cp_without_lmis(model, x, monkeypatch)
     assert joint <= certified * (1 + 1e-9)
     first = lipgraph.lipschitz_penalty(model, x, "cp", iters=0).item()
     converged = lipgraph.lipschitz_penalty(model, x, "cp", **CONVERGED).item()
@@ -174,6 +187,32 @@ def test_converged_cp_value_is_analyze_cp_and_below_autolip(name: str, monkeypat
     assert converged == pytest.approx(certified, rel=1e-5)
     assert converged <= certified * (1 + 1e-9)
     assert converged < autolip * (1 - 1e-3)
+
+
+def test_cp_penalty_bounds_residual_blocks_jointly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tests/fixtures/zoo.py's tiny ResNet (an identity block, a projection block): the cp penalty folds each
+    shortcut into CP's linear term, strictly below 1 + L(branch) (the penalty without blocks), equal once converged
+    to analyze's certified residual-cp bound, and ≥ a Jacobian norm attained at random points."""
+    model, x = tiny_resnet()
+    model, x = model.double().eval(), x.double()
+    converged = lipgraph.lipschitz_penalty(model, x, "cp", **CONVERGED_RESNET)
+    (plan,) = model.__dict__[penalty_module._PLANS].values()
+    assert [(b.add.name, [n.name for n in b.top.shortcut]) for b in plan.blocks] == [
+        ("add", []), ("add_1", ["layer2_downsample_0", "layer2_downsample_1"])]
+    assert all(g.abs().sum() > 0 for g in torch.autograd.grad(converged, [model.layer2.downsample[0].weight,
+                                                                          model.layer1.conv1.weight]))
+    monkeypatch.setattr(penalty_module, "residual_adds", lambda *args: [])
+    separate = lipgraph.lipschitz_penalty(model, x, "cp", retrace=True, **CONVERGED_RESNET).item()
+    monkeypatch.undo()
+    assert converged.item() < separate * (1 - 1e-2)
+    certified = analyze_cp_without_lmis(model, x, monkeypatch)
+    assert converged.item() == pytest.approx(certified, rel=1e-4)  # 3000 steps: 3.5e-5 below the limit
+    assert converged.item() <= certified
+    assert certified < lipgraph.analyze(model, x, lower=False).bound.value
+    gen = torch.Generator().manual_seed(3)
+    attained = max(op_norm(jacobian(model, torch.randn(x.shape, dtype=torch.float64, generator=gen)), 2)
+                   for _ in range(5))
+    assert attained <= converged.item()
 
 
 def test_cp_estimates_every_partial_product_and_shares_layer_operators() -> None:

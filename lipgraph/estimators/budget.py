@@ -5,10 +5,11 @@ The graph passes run each estimator through :func:`timed`, which asks :meth:`Bud
 records its run after. The budget spends its time by measured tightness per second:
 
 - the estimators run cheapest first (:func:`order`, by :data:`COST_ORDER`);
-- an estimator of :data:`CHEAP_NAMES`, or whose last run took at most :data:`CHEAP` of the budget (or
-  :data:`CHEAP_SECONDS`), always starts, so the cheap certified bounds (CP, ECLipsE-Fast, the whole-block bounds of
-  ``--method cp``) exist for every chain and block: ``best`` is never looser than ``cp``, and its time is that
-  of ``cp`` plus the budget;
+- an estimator of :data:`CHEAP_NAMES` always starts, so the cheap certified bounds (CP, ECLipsE-Fast, the
+  whole-block bounds of ``--method cp``) exist for every chain and block: ``best`` is never looser than ``cp``, and
+  its time is that of ``cp`` plus the budget; one whose last run took at most :data:`CHEAP` of the budget (or
+  :data:`CHEAP_SECONDS`) starts while its share lasts (a cheap run on one chain says little about the next, larger
+  one: nothing else starts past the deadline);
 - on a graph with additions, the chain estimators may spend :data:`CHAIN_SHARE` of the budget, the whole-block
   estimators (which run after them, and win most on residual networks) the rest (:func:`reserve_for_blocks`); once
   a share is spent, nothing else of it starts;
@@ -22,8 +23,9 @@ estimators call :func:`expired` once per iteration (an optimiser's function eval
 ECLipsE-Fast stage, a step of the exact input reduction, a DCP block or piece, a SeqLip enumeration prefix;
 docs/residual.md). Past the deadline, an iterative solver
 stops and its best point so far goes through the same rigorous certificate as a finished run's (a result that
-does not verify is dropped, never trusted); a solver stopped before it had any point, or a loop whose partial
-work bounds nothing (DCP's pieces), raises :class:`BudgetExpired` and contributes nothing. So the total overruns
+does not verify is dropped, never trusted); DCP returns the best cut into the blocks it finished (a block stopped
+halfway is dropped); a solver stopped before it had any point, or DCP before its blocks cut the chain, raises
+:class:`BudgetExpired` and contributes nothing. So the total overruns
 the budget by at most one iteration and one certificate, and the report's notes name the estimator that was
 stopped. Whatever is skipped or stopped, the bound is the certified minimum of what finished (never looser than
 the cheap bounds above). Without a budget, :func:`expired` is one context-variable read.
@@ -115,15 +117,15 @@ class Budget:
 
     def skip(self, name: str) -> str | None:
         """None when ``name`` may start now, else why not (a note for the report)."""
-        runs = self.runs.get(name)
-        if name in CHEAP_NAMES or (runs and runs[-1][0] <= max(CHEAP * self.seconds, CHEAP_SECONDS)):
+        if name in CHEAP_NAMES:
             return None
         block = name.startswith("residual")
         left = self.left if block else self.left - (1 - self.chain_share) * self.seconds
         if left <= 0:
             share = "" if block or self.chain_share == 1 else f"the chain estimators' share ({self.chain_share:g}) of "
             return f"skipped: {share}the estimator budget of {self.seconds:g} s is spent"
-        if not runs:
+        runs = self.runs.get(name)
+        if not runs or runs[-1][0] <= max(CHEAP * self.seconds, CHEAP_SECONDS):
             return None
         if runs[-1][0] > left:
             return f"skipped: its last run took {runs[-1][0]:.3g} s, {left:.3g} s of the budget are left"

@@ -380,8 +380,9 @@ def dcp(chain: ConvChain, *, estimator: str | None = None, max_piece: int = MAX_
     (default lipsdp-neuron, eclipse-fast without cvxpy); ``max_piece``: largest LMI side of a piece;
     ``seconds``: budget of the search (one-layer blocks are always evaluated); ``workers``: process pool size
     (default: CPU count); ``max_block``: longest block tried (default: the whole chain). Past the analysis's
-    deadline (:func:`~.budget.expired`, checked per block and per piece solved here): :class:`~.budget.BudgetExpired`,
-    no bound."""
+    deadline (:func:`~.budget.expired`, checked per block and per piece solved here) the search stops: a block
+    stopped halfway is dropped (some of its pieces bound nothing), the best cut into the blocks finished so far is
+    the bound, as for a finished search, and :class:`~.budget.BudgetExpired` when they do not cut the chain."""
     estimator = estimator or _default_estimator()
     if estimator not in CHAIN_ESTIMATORS:
         raise InputError(f"unknown chain estimator {estimator!r}; known: {', '.join(sorted(CHAIN_ESTIMATORS))}")
@@ -399,16 +400,22 @@ def dcp(chain: ConvChain, *, estimator: str | None = None, max_piece: int = MAX_
         whole = whole_block_bound(chain, 0, K)
         if whole is not None:
             blocks[0, K] = whole
-    for length in range(1, min(K, max_block or K) + 1):
-        if length > 1 and time.perf_counter() - start > seconds:
-            break
-        for i in _until_expired(range(K - length + 1)):
-            block = block_bound(chain, i, i + length, estimator=estimator, max_piece=max_piece, workers=workers)
-            if length > 1:
-                block = _smaller(block, whole_block_bound(chain, i, i + length))
-            block = _smaller(block, blocks.get((i, i + length)))
-            if block is not None:
-                blocks[i, i + length] = block
+    try:
+        for length in range(1, min(K, max_block or K) + 1):
+            if length > 1 and time.perf_counter() - start > seconds:
+                break
+            for i in _until_expired(range(K - length + 1)):
+                block = block_bound(chain, i, i + length, estimator=estimator, max_piece=max_piece, workers=workers)
+                if length > 1:
+                    block = _smaller(block, whole_block_bound(chain, i, i + length))
+                block = _smaller(block, blocks.get((i, i + length)))
+                if block is not None:
+                    blocks[i, i + length] = block
+    except BudgetExpired:  # the finished blocks bound the chain when they cut it completely
+        bound = _best_cut(chain, blocks, estimator)
+        if not math.isfinite(bound.value):
+            raise
+        return bound
     return _best_cut(chain, blocks, estimator)
 
 

@@ -28,13 +28,15 @@ from lipgraph.estimators.budget import BudgetExpired, expired
 from lipgraph.estimators.lmi import MAX_LMI, SolverFailed, cvxpy_missing, solve_lmi
 from lipgraph.estimators.eclipse_fast import (fast_multipliers, fast_stage, next_stage, normalised_to_multipliers,
                                               reduced_weights)
-from lipgraph.estimators.recertify import InfeasibleMultipliers, reduce_input
+from lipgraph.estimators.recertify import InfeasibleMultipliers
 
 def eclipse_multipliers(chain: DenseChain, solver: str | None = None, seconds: float = 60.0) -> list[torch.Tensor]:
     """ECLipsE's multipliers: per hidden layer, the small SDP of the module docstring, by cvxpy when its LMI has
     side ≤ ``lmi.MAX_LMI`` and cvxpy is installed, else by the first-order solver (:func:`stage_first_order`);
-    a stage whose solve fails, or whose Λ breaks X ≻ 0, or that comes after the budget's deadline
-    (:func:`~.budget.expired`), takes Fast's Λ instead (:class:`~.budget.BudgetExpired` at the first stage)."""
+    a stage whose solve fails, or whose Λ breaks X ≻ 0, or that reaches the budget's deadline
+    (:func:`~.budget.expired`: checked before a stage, after cvxpy's import, in the first-order stage's preparation
+    and per evaluation of its solver) before its solve, takes Fast's Λ instead (:class:`~.budget.BudgetExpired` at
+    the first stage: nothing solved)."""
     weights = reduced_weights(chain)
     Y = torch.eye(weights[0].shape[1], dtype=torch.float64, device=weights[0].device)
     lams = []
@@ -42,9 +44,11 @@ def eclipse_multipliers(chain: DenseChain, solver: str | None = None, seconds: f
         try:
             if expired():  # the budget's deadline: the remaining stages take Fast's Λ
                 raise BudgetExpired
-            if cvxpy_missing() or Y.shape[0] + weights[k].shape[0] > MAX_LMI:
+            if Y.shape[0] + weights[k].shape[0] > MAX_LMI or cvxpy_missing():  # no cvxpy import (seconds) if too big
                 lam = stage_first_order(Y, weights[k], weights[k + 1], slope, seconds / len(chain.slopes))
             else:
+                if expired():  # the import took long: no interior-point solve (which cannot be stopped) after it
+                    raise BudgetExpired
                 rho, (lam,) = solve_lmi(weights[k:k + 2], (slope,), per_neuron=True, input_gram=Y, solver=solver)
                 lam = lam.clamp(min=0) / rho
             Y_next = next_stage(Y, weights[k], lam, slope)
@@ -64,15 +68,17 @@ def stage_first_order(Y: torch.Tensor, W: torch.Tensor, W_next: torch.Tensor, sl
                       seconds: float) -> torch.Tensor:
     """One ECLipsE stage by the first-order LipSDP solver: with Y = LLᵀ (Cholesky), the stage LMI with input
     Gram Y is LipSDP on the two-matrix chain (W L⁻ᵀ, W_next) (substitute x = L⁻ᵀx'); its T divided by its ρ*(T)
-    is the stage's Λ (unverified here: the whole chain is certified at the end)."""
+    is the stage's Λ (unverified here: the whole chain is certified at the end). :class:`~.budget.BudgetExpired`
+    past the analysis's deadline before the solver has a point (its warm start, ECLipsE-Fast of the stage, is
+    computed with the deadline checks of ``stoppable``)."""
     from lipgraph.estimators.blockcert import schur_rho
     from lipgraph.estimators.lipsdp_fo import first_order_multipliers
 
     L = torch.linalg.cholesky(Y)
     stage = DenseChain((torch.linalg.solve_triangular(L, W.T, upper=False).T, W_next), (slope,))
-    start = fast_multipliers(stage)
+    start = fast_multipliers(stage, stoppable=True)
     (T,) = first_order_multipliers(stage, start, seconds=seconds)
-    rho = float(schur_rho((reduce_input(stage.weights[0]).weight, W_next), (slope,), [T]))
+    rho = float(schur_rho((stage.reduced_input.weight, W_next), (slope,), [T]))
     return T / rho
 
 

@@ -205,13 +205,14 @@ def residual_lipsdp(block: ResidualBlock, solver: str | None = None) -> Bound:
 
 def residual_cp_value(top: float, norm_of: Callable[[int, int], float], slopes: Sequence[tuple[float, float]]) -> float:
     """The CP bound with a shortcut (module docstring): ``top`` bounds ‖P + (Π m_k) W_l⋯W_0‖, ``norm_of(j, k)``
-    bounds ‖W_k⋯W_j‖ (0-based, inclusive) as in :func:`~.cp.cp_value`."""
+    bounds ‖W_k⋯W_j‖ (0-based, inclusive) as in :func:`~.cp.cp_value`. Plain arithmetic: torch scalars give a
+    differentiable value (``lipschitz_penalty``)."""
     mids = [(lo + hi) / 2 for lo, hi in slopes]
     rads = [(hi - lo) / 2 for lo, hi in slopes]
     l = len(slopes)
     total = top
     for j in range(1, l + 1):
-        total += rads[j - 1] * abs(math.prod(mids[j:l])) * norm_of(j, l) * cp_value(norm_of, slopes[:j - 1])
+        total = total + rads[j - 1] * abs(math.prod(mids[j:l])) * norm_of(j, l) * cp_value(norm_of, slopes[:j - 1])
     return total
 
 

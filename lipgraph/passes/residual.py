@@ -12,7 +12,7 @@ Writes ``residual`` (a :class:`ResidualResult`) in the add node's record.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from torch import fx
 
@@ -26,7 +26,7 @@ from ..ir import LipGraph
 from ..linalg import dense_is_cheap, materialize
 from ..estimators.residual_pair import ConvNet, Layer, composed_bound, joint_bound
 from .autolip import add_shortcut
-from .chains import is_activation
+from .chains import SeqChain, is_activation
 from .fuse import affine_runs, linear_part
 from .seqlip import ChainResult
 from ..record import record
@@ -63,22 +63,31 @@ class ResidualResult:
 def residual_blocks(lg: LipGraph) -> list[tuple[fx.Node, ChainResult, tuple[fx.Node, ...]]]:
     """(add node, chain result of its branch, shortcut run) for every residual add whose branch is a chain that
     :func:`.seqlip.tighten_chains` bounded."""
+    results = {n: record(n).chain for n in lg.ops() if record(n).chain is not None}
+    return [(node, results[chain.last], run)
+            for node, chain, run in residual_adds(lg, {n: r.chain for n, r in results.items()})]
+
+
+def residual_adds(lg: LipGraph, chains: Mapping[fx.Node, SeqChain]
+                  ) -> list[tuple[fx.Node, SeqChain, tuple[fx.Node, ...]]]:
+    """(add node, branch, shortcut run) for every ``add`` of a chain of ``chains`` (by its last op) that only the
+    add reads, and either the chain's input x (shortcut ``()``) or an affine run from x."""
     run_ending = {run[-1]: tuple(run) for run in affine_runs(lg)}
     blocks = []
     for node in lg.ops():
         if record(node).key != "add" or len(record(node).inputs) != 2:
             continue
         for branch_end, other in (record(node).inputs, record(node).inputs[::-1]):
-            result = record(branch_end).chain
-            if result is None or list(lg.graph.successors(branch_end)) != [node]:
+            chain = chains.get(branch_end)
+            if chain is None or list(lg.graph.successors(branch_end)) != [node]:
                 continue
-            x = record(result.chain.first).inputs[0]
+            x = record(chain.first).inputs[0]
             if other is x:
-                blocks.append((node, result, ()))
+                blocks.append((node, chain, ()))
                 break
             run = run_ending.get(other)
             if run is not None and record(run[0]).inputs[0] is x:
-                blocks.append((node, result, run))
+                blocks.append((node, chain, run))
                 break
     return blocks
 

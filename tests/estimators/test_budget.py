@@ -14,7 +14,7 @@ import lipgraph
 from lipgraph.cli import main
 from lipgraph.estimators import budget, lipsdp_fo
 from lipgraph.estimators.budget import Budget, budget_seconds, order
-from lipgraph.estimators.dcp import ConvChain, dcp
+from lipgraph.estimators.dcp import ConvChain, block_bound, dcp, whole_block_bound
 from lipgraph.estimators.eclipse import eclipse, eclipse_fast
 from lipgraph.estimators.sdp import lipsdp
 from tests.estimators.nets import chain_of, mlp
@@ -47,6 +47,21 @@ def test_measured_runs_decide() -> None:
     assert b.skip("lipsdp-neuron") is None
     b.spent("seqlip", 0.1, None, 2.0)  # cheap in practice: always runs
     assert b.skip("seqlip") is None
+
+
+def test_nothing_but_the_cheap_estimators_starts_past_the_deadline() -> None:
+    """A cheap last run lets an estimator start while its share lasts, never after (on a larger chain it could run
+    for minutes before its first deadline check)."""
+    b = _elapsed(Budget(100.0), 10.0)
+    b.spent("eclipse", 0.1, None, 2.0)
+    b.spent("residual-lipsdp", 0.1, None, 2.0)
+    assert b.skip("eclipse") is None and b.skip("residual-lipsdp") is None
+    _elapsed(b, 50.5)
+    assert "chain estimators' share (0.5) of the estimator budget of 100 s is spent" in b.skip("eclipse")
+    assert b.skip("residual-lipsdp") is None
+    _elapsed(b, 100.5)
+    assert b.skip("residual-lipsdp") == "skipped: the estimator budget of 100 s is spent"
+    assert b.skip("cp") is None and b.skip("residual-cp") is None
 
 
 def test_order_and_defaults() -> None:
@@ -164,17 +179,17 @@ def test_an_estimator_stopped_before_any_point_contributes_nothing() -> None:
     conv = ConvChain.from_sequential(nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(),
                                                    nn.Conv2d(2, 2, 3, padding=1)).double(), (1, 4, 4))
     with _fake_spending("none", 1.0) as b:
-        b.clock.now = 5.0  # past the deadline before anything starts
         for name, compute in [("lipsdp-neuron", lambda: lipsdp_fo.lipsdp_first_order(chain)),
                               ("eclipse", lambda: eclipse(chain)),
                               ("dcp", lambda: dcp(conv, estimator="eclipse-fast", workers=1))]:
-            b.spent(name, 0.0, None, math.inf)  # its last run was cheap: it starts whatever is left
+            b.clock.name, b.clock.now = name, 0.0  # starts in time; its first deadline check is 1 s: past 0.5 s
             outcome = budget.timed(name, compute, math.inf)
             assert not outcome.finished and outcome.bound is None
             assert outcome.notes == [f"{name}: stopped at the budget's deadline (0.5 s into 1 s) after "
                                      f"{outcome.seconds:.3g} s; nothing certified from it"]
+        b.clock.now = 5.0  # past the deadline
         cheap = budget.timed("eclipse-fast", lambda: eclipse_fast(chain), math.inf)  # never cut
-        b.spent("lipsdp-layer", 0.0, None, math.inf)
+        b.clock.name, b.clock.now = "none", 0.0
         solved = budget.timed("lipsdp-layer", lambda: lipsdp(chain, per_neuron=False), math.inf)
     assert cheap.finished and cheap.notes == [] and b.deadline("cp") == math.inf
     # one interior-point solve has no iteration to stop at; its ECLipsE-Fast fallback and its certificate (input
@@ -217,3 +232,66 @@ def test_best_with_its_budget_spent_keeps_the_block_pairs_of_cp() -> None:
     cp = lipgraph.analyze(model, x, method="cp", lower=False, quiet=True, cache=False)
     best = lipgraph.analyze(model, x, method="best", budget=1e-9, lower=False, quiet=True, cache=False)
     assert best.bound.value <= cp.bound.value
+
+
+def _conv3() -> tuple[nn.Module, ConvChain]:
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 2, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(2, 2, 3, padding=1)).double()
+    return model, ConvChain.from_sequential(model, (1, 4, 4))
+
+
+@pytest.mark.parametrize("deadline, cut", [(1.5, "untiled"), (4.5, "one-layer")])
+def test_dcp_stopped_returns_the_best_cut_into_its_finished_blocks(deadline: float, cut: str) -> None:
+    """Fake clock, one second per deadline check (one at the start, one per block): DCP stopped after the whole
+    chain untiled (1.5 s), or after the one-layer blocks too (4.5 s, before any two-layer block), returns the best
+    cut into what it finished — certified as a finished search's, ≥ the attained norm and ≥ the unlimited search —
+    and the note names it; stopped before any block cuts the chain (0.5 s) it contributes nothing."""
+    model, chain = _conv3()
+    unlimited = dcp(chain, estimator="eclipse-fast", workers=1)
+    whole = whole_block_bound(chain, 0, 3).value
+    layers = math.prod(block_bound(chain, i, i + 1, estimator="eclipse-fast", max_piece=200, workers=1).value
+                       for i in range(3))
+    with _fake_spending("dcp", deadline):
+        budget.reserve_for_blocks(False)
+        outcome = budget.timed("dcp", lambda: dcp(chain, estimator="eclipse-fast", workers=1), math.inf)
+    assert outcome.finished and outcome.bound.kind is lipgraph.Kind.CERTIFIED
+    assert outcome.notes == [f"dcp: stopped at the budget's deadline ({deadline:.3g} s into {deadline:g} s) after "
+                             f"{outcome.seconds:.3g} s; its best point so far was certified"]
+    expected = whole if cut == "untiled" else min(whole, layers)  # ReLU slopes: 1 at the cuts
+    assert outcome.bound.value == pytest.approx(expected, rel=1e-12)
+    assert ("untiled" in outcome.bound.method) == (expected == whole)
+    assert attained_norm(model, (1, 4, 4)) <= unlimited.value <= outcome.bound.value * (1 + 1e-12)
+    with _fake_spending("dcp", 0.5):
+        budget.reserve_for_blocks(False)
+        nothing = budget.timed("dcp", lambda: dcp(chain, estimator="eclipse-fast", workers=1), math.inf)
+    assert not nothing.finished and nothing.notes[0].endswith("nothing certified from it")
+
+
+def test_eclipse_first_stage_stops_after_a_slow_cvxpy_import(monkeypatch) -> None:
+    """ECLipsE's first stage (fake clock): a stage too large for cvxpy does not import it; a cold cvxpy import
+    that passes the deadline (20 s of the clock here; 9 s on a loaded machine) is followed by no interior-point
+    solve — ECLipsE stops with nothing, ECLipsE-Fast stands; without a budget its value is unchanged."""
+    from lipgraph.estimators import eclipse as eclipse_module
+
+    chain = chain_of(mlp((6, 10, 10, 3), seed=7), 6)
+    unlimited = eclipse(chain).value
+    imports, solves = [], []
+    monkeypatch.setattr(eclipse_module, "solve_lmi", lambda *args, **kwargs: solves.append(1) or 1 / 0)
+    with _fake_spending("none", 10.0) as b:
+        budget.reserve_for_blocks(False)
+
+        def cold_import() -> bool:
+            imports.append(1)
+            b.clock.now += 20.0
+            return False
+        monkeypatch.setattr(eclipse_module, "cvxpy_missing", cold_import)
+        outcome = budget.timed("eclipse", lambda: eclipse(chain), math.inf)
+    assert imports == [1] and solves == []
+    assert not outcome.finished
+    assert outcome.notes[0].startswith("eclipse: stopped at the budget's deadline (10 s into 10 s)")
+    monkeypatch.setattr(eclipse_module, "MAX_LMI", 12)  # every stage (side 16, 20) by the first-order solver
+    first_order = eclipse(chain)
+    assert len(imports) == 1 and solves == []
+    assert attained_norm(mlp((6, 10, 10, 3), seed=7), (6,)) <= first_order.value
+    assert unlimited <= eclipse_fast(chain).value * (1 + 1e-9)
