@@ -682,10 +682,12 @@ def search(model: nn.Module, x: Any, *, norm: Any = 2, starts: int = 8, steps: i
                     raise
                 exact = _float64_net(model, inputs, fn)
                 verified = _verify(exact, fn, pool.items[:plan.verify], p, scale, plan.polish, clock, exact_seconds)
-            a, b, fa = verified[1], verified[2], verified[6]
-            if exact[0] is not fn and not _computes_f(fn, fa, a):  # the witness's quotient in f itself
-                value = float(_ratio(fn, a[None].to(fn.dtype), b[None].to(fn.dtype), p, FLOAT32_ROUNDING)[0])
-                verified = (value, *verified[1:5], None, fa)
+            if exact[0] is not fn:  # the witness's quotient in f itself, unless the float64 copy computes f there
+                pair = (verified[1][None].to(fn.dtype), verified[2][None].to(fn.dtype))
+                want = _ends(fn, *pair)
+                if not _computes_f(want, verified[6]):
+                    value = float(_ratio(fn, *pair, p, FLOAT32_ROUNDING, want)[0])
+                    verified = (value, *verified[1:5], None, verified[6])
         finally:
             bar.close()
     value, a, b, z, v, jac, _ = verified
@@ -837,14 +839,15 @@ def _float64_net(model: nn.Module, inputs: tuple[Tensor, ...], fn: _Net, check: 
     return fn, FLOAT32_ROUNDING  # the model does not run in float64
 
 
-def _computes_f(fn: _Net, got: Tensor, a: Tensor) -> bool:
-    """Whether f's float64 copy, whose output at the point ``a`` is ``got`` (from the verification's own pass),
-    agrees with f there up to float32 error: a model may compute another function in float64 (a branch on the
-    dtype), whose quotients say nothing of f's constant."""
-    with torch.no_grad():
-        want = fn(a[None].to(fn.dtype)).to(got.dtype)
-    got = got[None]
-    return want.shape == got.shape and bool(((want - got).abs() <= 1e-3 * (1 + float(want.abs().max()))).all())
+def _computes_f(want: tuple[Tensor, Tensor], got: tuple[Tensor, Tensor]) -> bool:
+    """Whether f's float64 copy, whose outputs at the witness pair (a, b) are ``got`` (from the verification's own
+    pass), agrees with f's own outputs ``want`` there, at both ends, up to float32 error: a model may compute another
+    function in float64 (a branch on the dtype), whose quotients say nothing of f's constant."""
+    for w, g in zip(want, got):
+        w, g = w.to(g.dtype), g[None]
+        if w.shape != g.shape or not bool(((w - g).abs() <= 1e-3 * (1 + float(w.abs().max()))).all()):
+            return False
+    return True
 
 
 class _Downcasts(TorchFunctionMode):
@@ -938,7 +941,7 @@ def _pairs_seconds(polish: bool, exact_seconds: float) -> float:
     return 2 * (len(STEP_SIZES) + 3 if polish else 2) * exact_seconds
 
 
-_Verified = tuple[float, Tensor, Tensor, Tensor, Tensor, float | None, Tensor]
+_Verified = tuple[float, Tensor, Tensor, Tensor, Tensor, float | None, tuple[Tensor, Tensor]]
 
 
 def _verify(exact: tuple[_Net, float], fn: _Net, candidates: list, p: float, scale: float, polish: bool,
@@ -946,7 +949,7 @@ def _verify(exact: tuple[_Net, float], fn: _Net, candidates: list, p: float, sca
     """The candidates' difference quotients in float64 (after ``polish``: the exact local direction from a small
     dense Jacobian, else float64 power steps), each part only when the clock says it fits (``exact_seconds``:
     one float64 forward pass at one point); the first candidate's quotients always (at its smallest). The best:
-    (value, a, b, the point, the direction, ‖J‖ there when computed, f(a) as the verification computed it)."""
+    (value, a, b, the point, the direction, ‖J‖ there when computed, (f(a), f(b)) as the verification computed them)."""
     net, rounding = exact
     best: _Verified | None = None
     gen = torch.Generator().manual_seed(12345)
@@ -990,11 +993,11 @@ def _verify(exact: tuple[_Net, float], fn: _Net, candidates: list, p: float, sca
         k = int(ratios.argmax())
         value = float(ratios[k])
         if best is None or value > best[0]:
-            best = (value, a[k], b[k], z, v, jac_value, ends[0][k])
+            best = (value, a[k], b[k], z, v, jac_value, (ends[0][k], ends[1][k]))
     if best is None:  # nothing was found (no steps ran): the example itself, any direction
         z = fn.pack(fn.example)[0].to(net.dtype)
         v = _unit_in(torch.ones(1, net.n, dtype=net.dtype, device=z.device), p)[0]
         a, b = (t.to(fn.dtype).to(net.dtype) for t in (z + 1e-3 * v, z - 1e-3 * v))
         ends = _ends(net, a[None], b[None])
-        best = (float(_ratio(net, a[None], b[None], p, rounding, ends)[0]), a, b, z, v, None, ends[0][0])
+        best = (float(_ratio(net, a[None], b[None], p, rounding, ends)[0]), a, b, z, v, None, (ends[0][0], ends[1][0]))
     return best

@@ -473,7 +473,7 @@ def test_lean_search_is_sound(p: float) -> None:
 
 def test_lean_search_runs_no_pass_it_does_not_use(monkeypatch: pytest.MonkeyPatch) -> None:
     """The lean search's passes over the network (one start): 3 to probe batching, 1 for the work count that the half
-    power step reuses, one per ascent step (both ends in one batch), 1 float64 verification whose f(a) also checks the float64
+    power step reuses, one per ascent step (both ends in one batch), 1 float64 verification whose f(a), f(b) also check the float64
     copy against f's own (1 more); and no backward pass after the last ascent step (Adam steps one fewer)."""
     from lipgraph.lower import LEAN, _Adam, _forward_cost, _lean_cost, _Net
 
@@ -599,6 +599,34 @@ def test_a_float64_copy_computing_another_function_of_the_same_width_is_not_beli
     exact = _op_norm(model.lin.weight.detach(), 2)
     res = lipgraph.lower_search(model, x, work=_lean_work(model, x) if lean else None)
     assert 0.5 * exact < res.value <= exact * (1 + SLACK), (res.value, exact)
+
+
+class _OtherAtTheSecondEndInFloat64(nn.Module):
+    """An affine map whose float64 run computes 10·f on the second half of a batch (the verification's b ends, a
+    batched pass of [a; b]): f(a) agrees with f, f(b) does not, and ‖f(a) − 10 f(b)‖ / ‖a − b‖ is no bound of f's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.lin(x)
+        if x.dtype == torch.float64 and len(x) > 1:
+            y = torch.cat([y[:len(y) // 2], 10 * y[len(y) // 2:]])
+        return y
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_a_float64_copy_is_checked_at_both_ends_of_the_witness(lean: bool) -> None:
+    torch.manual_seed(0)
+    model = _OtherAtTheSecondEndInFloat64().eval()
+    x = torch.randn(1, 4)
+    exact = _op_norm(model.lin.weight.detach(), 2)
+    res = lipgraph.lower_search(model, x, work=_lean_work(model, x) if lean else None)
+    # 1.3e6 when only f(a) was checked. The full search's witness then has a − b at float32 resolution (the 10·f(b)
+    # quotient grows as a − b shrinks), where f's own float32 quotient, less its rounding allowance, is 0: sound.
+    assert res.value <= exact * (1 + SLACK), (res.value, exact)
+    assert not lean or res.value > 0.5 * exact
 
 
 def test_a_random_model_has_no_lower_bound() -> None:

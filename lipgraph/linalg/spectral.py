@@ -34,21 +34,20 @@ spectrum, and every frequency is computed in float64 instead, as are small matri
 Cholesky tests, on a CPU for matrices with n ≥ ``CHOLESKY_MIN_DIM`` (there a float64 Cholesky factorisation costs
 about half a float32 eigensolver): the frequencies of a chunk are visited in decreasing order of a Lanczos estimate
 of λ_max(G̃) (``LANCZOS_STEPS`` steps: an order, proven by nothing). The first is computed in float64; its value τ is
-attained. Every later one is skipped when λ_max(G̃) ≤ b = (τ − e_S)² − e_G is proven (then σ_max(S(ω)) ≤
-√(λ_max(G̃) + e_G) + e_S ≤ τ by Weyl), else computed in float64, which raises τ if larger. The proof: G̃ is exact in
-complex128; form Ã = fl((b − c)·I − G̃) and factorise it in float64. Demmel's bound (Higham Thm 10.3): a
-completed Cholesky factorisation of a Hermitian Ã gives R̃ᴴR̃ = Ã + ΔA with |ΔA| ≤ γ_c|R̃ᴴ||R̃|, γ_c = γ_{n+1} in
-real arithmetic, for any order of the inner products; we take γ_c = 2γ_{n+4} (u = 2⁻⁵³), room for complex products
-(√2γ₂ ≤ γ₃) and a division done as a product with a reciprocal. Then ‖R̃‖_F² = Σ_j (R̃ᴴR̃)_jj ≤ tr Ã + γ_c‖R̃‖_F²,
-so λ_min(Ã) ≥ −‖ΔA‖₂ ≥ −γ_c‖R̃‖_F² ≥ −γ_c·tr(Ã)/(1 − γ_c) (the trace form of Rump, "Verification of positive
-definiteness", BIT 46 (2006), Thm 2.3), with tr Ã ≤ D = (1 + u)(n·b + Σ_j|g̃_jj|); forming Ã rounds its diagonal
-(≤ u|ã_jj|) and b − c (≤ u·b). Hence λ_max(G̃) ≤ b whenever c ≥ γ_c·D/(1 − γ_c) + 2u·(b + max_j|g̃_jj|), plus
-n(n + 3)·2⁻¹⁰²² for underflow (Rump's term is O(n(n + max ã_jj))·2⁻¹⁰⁷⁴, smaller for these normalised matrices).
-c ≈ 2n²u·b: 6e-11 of b at n = 512, far inside e_G. Both tests and eigensolvers read the lower triangle: the
-Hermitian matrix it defines obeys the same bound e_G (S̃S̃ᴴ is Hermitian). Frequencies are tested in chunks
-``TESTED_CHUNKS`` times larger, so that the first value is the largest of the grid, not of a chunk. As for the
-screen, when e_G / estimate in the first chunk exceeds ``MAX_WINDOW`` (median), every frequency is computed in
-float64 instead.
+attained. Every later one is skipped when λ_max(G̃) ≤ b = (τ − e_S)² − e_G is proven (then σ_max(S(ω)) ≤ √(λ_max(G̃) +
+e_G) + e_S ≤ τ by Weyl; b rounded down, :func:`_skip_bound`), else computed in float64, which raises τ if larger. The
+proof: G̃ is exact in complex128; form Ã = fl((b − c)·I − G̃) and factorise it in float64. Demmel's bound (Higham Thm
+10.3): a completed Cholesky factorisation of a Hermitian Ã gives R̃ᴴR̃ = Ã + ΔA with |ΔA| ≤ γ_c|R̃ᴴ||R̃|, γ_c =
+γ_{n+1} in real arithmetic, for any order of the inner products; we take γ_c = 2γ_{n+4} (u = 2⁻⁵³), room for complex
+products (√2γ₂ ≤ γ₃) and a division done as a product with a reciprocal. Then ‖R̃‖_F² = Σ_j (R̃ᴴR̃)_jj ≤ tr Ã +
+γ_c‖R̃‖_F², so λ_min(Ã) ≥ −‖ΔA‖₂ ≥ −γ_c‖R̃‖_F² ≥ −γ_c·tr(Ã)/(1 − γ_c) (the trace form of Rump, "Verification of
+positive definiteness", BIT 46 (2006), Thm 2.3), with tr Ã ≤ D = (1 + u)(n·b + Σ_j|g̃_jj|); forming Ã rounds its
+diagonal (≤ u|ã_jj|) and b − c (≤ u·b). Hence λ_max(G̃) ≤ b whenever c ≥ γ_c·D/(1 − γ_c) + 2u·(b + max_j|g̃_jj|), plus
+n(n + 3)·2⁻¹⁰²² for underflow (Rump's term is O(n(n + max ã_jj))·2⁻¹⁰⁷⁴, smaller for these normalised matrices). c ≈
+2n²u·b: 6e-11 of b at n = 512, far inside e_G. Both tests and eigensolvers read the lower triangle: the Hermitian
+matrix it defines obeys the same bound e_G (S̃S̃ᴴ is Hermitian). Frequencies are tested in chunks ``TESTED_CHUNKS``
+times larger, so that the first value is the largest of the grid, not of a chunk. As for the screen, when e_G /
+estimate in the first chunk exceeds ``MAX_WINDOW`` (median), every frequency is computed in float64 instead.
 On a GPU the screen is float64 Gram iteration instead (:func:`_gram_iteration_bounds`: batched matrix products,
 enclosures within ``GRAM_TOLERANCE``), since batched eigensolvers are slow there and float32 products may run
 in TF32 (u ≈ 2⁻¹¹, not the 2⁻²⁴ assumed above); the recheck is the same.
@@ -304,10 +303,17 @@ def _tested_max(symbol: Symbol, freqs: torch.Tensor, device: torch.device) -> fl
         if first == 0 and (e_g / estimate.clamp(min=1e-300)).median() > MAX_WINDOW:  # the tests would not pay
             return _exact_max(symbol, freqs, device)
         for i in torch.argsort(estimate.amax(-1), descending=True).tolist():  # one at a time: one float64 copy
-            if best > e_s and _below(gram[i], ((best - e_s) ** 2 - e_g[i]) * (1 - 1e-12)):
+            if best > e_s and _below(gram[i], _skip_bound(best, e_s, e_g[i])):
                 continue
             best = max(best, _exact_max(symbol, freqs[part][i:i + 1], device))
     return best
+
+
+def _skip_bound(best: float, e_s: float, e_g: torch.Tensor) -> torch.Tensor:
+    """b = (τ − e_S)² − e_G (per group), rounded down: the computed square (≤ (τ − e_S)²(1 + 4u)) is taken 1e-12
+    smaller before e_G is subtracted, which leaves room for that subtraction's rounding (≤ u·b). A relative margin
+    on the difference would not do: with e_G ≈ (τ − e_S)², b is small and the square's rounding is not."""
+    return (best - e_s) ** 2 * (1 - 1e-12) - e_g
 
 
 def _lanczos_estimates(gram: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -323,3 +324,15 @@ def test_cuda_matches_cpu():
                  torch.arange(9) % 2, (7, 6))
     assert max_singular_value(sym, "cuda") == pytest.approx(max_singular_value(sym, "cpu"), rel=1e-12)
     assert gram_iteration_norm(sym, "cuda") == pytest.approx(gram_iteration_norm(sym, "cpu"), rel=1e-9)
+
+
+@pytest.mark.parametrize("best, e_s, e_g", [
+    (0.5607265672711663, 9.65464886361917e-07, 0.3144132005210145),  # e_G ≈ (τ − e_S)²: b is tiny
+    (1.9516999923802572, 3.580493746949883e-07, 3.8091314626472625),
+    (1.2570302837260854, 2.8183784439970384e-07, 1.580124425646993),
+    (3.0, 1e-6, 1e-5), (1.0, 0.0, 0.0), (2.0 ** 300, 2.0 ** 250, 2.0 ** 590)])
+def test_the_skip_bound_is_rounded_down(best, e_s, e_g):
+    """b = (τ − e_S)² − e_G as computed never exceeds its exact rational value, also when e_G ≈ (τ − e_S)² (there
+    a relative margin taken on the difference, as before, was 1e-17 too large: 3.33e-16 for 3.17e-16)."""
+    b = spectral._skip_bound(best, e_s, torch.tensor([e_g], dtype=torch.float64))
+    assert Fraction(b.item()) <= (Fraction(best) - Fraction(e_s)) ** 2 - Fraction(e_g)
