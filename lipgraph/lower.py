@@ -852,8 +852,8 @@ def _computes_f(want: tuple[Tensor, Tensor], got: tuple[Tensor, Tensor]) -> bool
 
 class _Downcasts(TorchFunctionMode):
     """Records the coarsest floating dtype a torch function rounds to from a finer floating input (``x.float()``,
-    ``x.bfloat16()``, ``buf.copy_(x)`` into a float32 buffer, a linear layer under ``torch.autocast``): below it, the
-    computation has that dtype's precision, whatever the dtype of the output. Constants computed in a coarse dtype
+    ``x.bfloat16()``, ``buf.copy_(x)`` or ``buf[...] = x`` into a float32 buffer, a linear layer under
+    ``torch.autocast``): below it, the computation has that dtype's precision, whatever the dtype of the output. Constants computed in a coarse dtype
     from coarse constants round the same way in every copy of the model (part of f): not recorded. (A torch function
     mode, not a dispatch mode: the first use of a dispatch mode imports torch._dynamo, seconds.)"""
 
@@ -865,7 +865,8 @@ class _Downcasts(TorchFunctionMode):
         out = func(*args, **(kwargs or {}))
         finest = min((torch.finfo(t.dtype).eps for t in tree_leaves((args, kwargs)) if _floating(t)), default=None)
         if finest is not None:
-            coarsest = max((torch.finfo(t.dtype).eps for t in tree_leaves(out) if _floating(t)), default=0.0)
+            written = (out, args[0]) if func is Tensor.__setitem__ else out  # ``b[...] = x`` returns None
+            coarsest = max((torch.finfo(t.dtype).eps for t in tree_leaves(written) if _floating(t)), default=0.0)
             if coarsest > finest:
                 self.eps = max(self.eps, coarsest)
         return out
