@@ -853,23 +853,38 @@ def _computes_f(want: tuple[Tensor, Tensor], got: tuple[Tensor, Tensor]) -> bool
 class _Downcasts(TorchFunctionMode):
     """Records the coarsest floating dtype a torch function rounds to from a finer floating input (``x.float()``,
     ``x.bfloat16()``, ``buf.copy_(x)`` or ``buf[...] = x`` into a float32 buffer, a linear layer under
-    ``torch.autocast``): below it, the computation has that dtype's precision, whatever the dtype of the output. Constants computed in a coarse dtype
-    from coarse constants round the same way in every copy of the model (part of f): not recorded. (A torch function
-    mode, not a dispatch mode: the first use of a dispatch mode imports torch._dynamo, seconds.)"""
+    ``torch.autocast``): below it, the computation has that dtype's precision, whatever the dtype of the output.
+    Constants computed in a coarse dtype from coarse constants round the same way in every copy of the model (part
+    of f): not recorded. Values that leave torch round where no torch function sees it: Python numbers (``tolist``,
+    ``item``), made a tensor again in a coarser dtype (``torch.tensor(x.tolist(), dtype=torch.float32)``): recorded;
+    numpy arrays (``x.numpy()``, ``np.asarray(x)``), made a tensor again by ``torch.from_numpy``, which no mode sees:
+    the coarsest dtype. (A torch function mode, not a dispatch mode: the first use of a dispatch mode imports
+    torch._dynamo, seconds.)"""
 
     def __init__(self) -> None:
         super().__init__()
         self.eps = 0.0
+        self.left: float | None = None  # the finest eps of the floating values that left torch as Python numbers
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
         finest = min((torch.finfo(t.dtype).eps for t in tree_leaves((args, kwargs)) if _floating(t)), default=None)
+        if finest is not None and func in _TO_NUMPY:
+            self.eps = max(self.eps, COARSEST_EPS)
+        elif finest is not None and func in _TO_PYTHON:
+            self.left = finest if self.left is None else min(self.left, finest)
+        finest = self.left if finest is None else finest  # a tensor made of numbers that left torch
         if finest is not None:
             written = (out, args[0]) if func is Tensor.__setitem__ else out  # ``b[...] = x`` returns None
             coarsest = max((torch.finfo(t.dtype).eps for t in tree_leaves(written) if _floating(t)), default=0.0)
             if coarsest > finest:
                 self.eps = max(self.eps, coarsest)
         return out
+
+
+_TO_NUMPY = (Tensor.numpy, Tensor.__array__)
+_TO_PYTHON = (Tensor.tolist, Tensor.item, Tensor.__float__)
+COARSEST_EPS = max(torch.finfo(t).eps for t in (torch.float16, torch.bfloat16))
 
 
 def _floating(t: Any) -> bool:
