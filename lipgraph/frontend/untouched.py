@@ -5,9 +5,9 @@ export frontend, the lower-bound search. A forward may change the model: a count
 ``self.buf.copy_(x)`` (refused, but after it ran), ``F.batch_norm(..., training=True)`` updating its running
 statistics, ``self.last = x`` (while fx traces, the attribute receives a ``Proxy``). :func:`untouched` puts back,
 on the way out (result or error), every parameter, buffer and input tensor written in place (or given other
-``.data``), their ``requires_grad``, every module attribute rebound (the tensor each parameter and buffer name
-holds, a Python counter, a ``Proxy`` fx tracing left) and the contents of its list, dict and set attributes
-(``self.seen.append(x)``). The training flags are :func:`lipgraph.frontend.prepare.eval_mode`'s. Left alone: a lazy
+``.data``: its own memory back, which tensors tied by ``.data`` share), their ``requires_grad``, every module
+attribute rebound (the tensor each parameter and buffer name holds, a Python counter, a ``Proxy`` fx tracing left)
+and the contents of its list, dict and set attributes (``self.seen.append(x)``). The training flags are :func:`lipgraph.frontend.prepare.eval_mode`'s. Left alone: a lazy
 module not yet run (its first run changes its class), sparse and meta tensors, objects reached through other
 objects (a list's elements).
 
@@ -56,7 +56,7 @@ def untouched(model: Any, example_input: Any = ()) -> Iterator[None]:
     with torch.no_grad():
         own = {key: t.clone() for key, t in tensors.items() if key not in _OPEN}
     _OPEN.update(own)
-    saved = [(t, t._version, _OPEN[key], t.requires_grad) for key, t in tensors.items()]
+    saved = [(t, t.detach(), t._version, _OPEN[key], t.requires_grad) for key, t in tensors.items()]
     try:
         yield
     except BaseException as exc:
@@ -115,7 +115,9 @@ def _restore(own: dict, entries: list, saved: list) -> None:
             if m.__dict__.get(name, _MISSING) is not value:
                 m.__dict__[name] = value
     with torch.no_grad():
-        for t, version, snapshot, requires_grad in saved:
+        for t, alias, version, snapshot, requires_grad in saved:
+            if not t.is_set_to(alias):  # ``t.data = ...``: its own memory back (tensors tied by ``.data`` share it)
+                t.data = alias
             if (t.shape, t.dtype, t.device) != (snapshot.shape, snapshot.dtype, snapshot.device):
                 t.data = snapshot.clone()  # ``t.data = ...`` or ``t.resize_``: the values cannot be copied back
             elif _written(t, version, snapshot):

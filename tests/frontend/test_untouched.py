@@ -241,6 +241,29 @@ def test_a_tensor_given_another_shape_comes_back_and_the_error_is_the_models(how
         assert after[name][3] is tensor and torch.equal(tensor, value), name
 
 
+class SwapsTiedData(nn.Module):
+    """Two linear layers whose weights share one memory (``dec.weight.data = enc.weight.data``); the forward gives
+    ``enc.weight`` other ``.data`` of the same shape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc, self.dec = nn.Linear(3, 3), nn.Linear(3, 3)
+        self.dec.weight.data = self.enc.weight.data
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.enc.weight.data = self.enc.weight.data.clone()
+        return self.dec(self.enc(x))
+
+
+def test_weights_tied_by_their_data_stay_tied() -> None:
+    """Copying the values back into the new ``.data`` restored them but untied the weights."""
+    model = SwapsTiedData()
+    before = model.enc.weight.detach().clone()
+    lipgraph.analyze(model, torch.randn(1, 3), cache=False, quiet=True)
+    assert torch.equal(model.enc.weight, before)
+    assert model.enc.weight.is_set_to(model.dec.weight)
+
+
 def test_certify_runs_the_dataset_on_copies_of_its_batches() -> None:
     """certify does not copy its dataset whole (benchmarks/RESULTS.md, untouched): a first ReLU(inplace=True)
     writes into copies of the batches, never into x."""
