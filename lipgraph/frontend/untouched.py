@@ -7,9 +7,9 @@ statistics, ``self.last = x`` (while fx traces, the attribute receives a ``Proxy
 on the way out (result or error), every parameter, buffer and input tensor written in place (or given other
 ``.data``: its own memory back, which tensors tied by ``.data`` share), their ``requires_grad``, every module
 attribute rebound (the tensor each parameter and buffer name holds, a Python counter, a ``Proxy`` fx tracing left)
-and the contents of its list, dict and set attributes (``self.seen.append(x)``). The training flags are :func:`lipgraph.frontend.prepare.eval_mode`'s. Left alone: a lazy
-module not yet run (its first run changes its class), sparse and meta tensors, objects reached through other
-objects (a list's elements).
+and the contents of its list, dict and set attributes (``self.seen.append(x)``). The training flags are
+:func:`lipgraph.frontend.prepare.eval_mode`'s. Left alone: a lazy module not yet run (its first run changes its
+class), sparse and meta tensors, objects reached through other objects (a list's elements).
 
 A block copies every parameter, buffer and input tensor on the way in (once: blocks inside it reuse the copies) and
 compares them on the way out (benchmarks/untouched.py); a value is copied back only where the tensor was written
