@@ -592,16 +592,6 @@ class _ScaledInFloat64(nn.Module):
         return self.lin(x) * (1e3 if x.dtype == torch.float64 else 1.0)
 
 
-@pytest.mark.parametrize("lean", [True, False])
-def test_a_float64_copy_computing_another_function_of_the_same_width_is_not_believed(lean: bool) -> None:
-    torch.manual_seed(2)
-    model = _ScaledInFloat64().eval()
-    x = torch.randn(1, 4)
-    exact = _op_norm(model.lin.weight.detach(), 2)
-    res = lipgraph.lower_search(model, x, work=_lean_work(model, x) if lean else None)
-    assert 0.5 * exact < res.value <= exact * (1 + SLACK), (res.value, exact)
-
-
 class _OtherAtTheSecondEndInFloat64(nn.Module):
     """An affine map whose float64 run computes 10·f on the second half of a batch (the verification's b ends, a
     batched pass of [a; b]): f(a) agrees with f, f(b) does not, and ‖f(a) − 10 f(b)‖ / ‖a − b‖ is no bound of f's."""
@@ -618,16 +608,19 @@ class _OtherAtTheSecondEndInFloat64(nn.Module):
 
 
 @pytest.mark.parametrize("lean", [True, False])
-def test_a_float64_copy_is_checked_at_both_ends_of_the_witness(lean: bool) -> None:
-    torch.manual_seed(0)
-    model = _OtherAtTheSecondEndInFloat64().eval()
+@pytest.mark.parametrize("model_class, seed", [(_ScaledInFloat64, 2), (_OtherAtTheSecondEndInFloat64, 0)])
+def test_a_float64_copy_computing_another_function_of_the_same_width_is_not_believed(model_class, seed, lean: bool
+                                                                                     ) -> None:
+    """Checked at f(a) (1000·f in float64 gave 712 for a constant of 0.712) and at f(b) (1.3e6 when only f(a) was)."""
+    torch.manual_seed(seed)
+    model = model_class().eval()
     x = torch.randn(1, 4)
     exact = _op_norm(model.lin.weight.detach(), 2)
     res = lipgraph.lower_search(model, x, work=_lean_work(model, x) if lean else None)
-    # 1.3e6 when only f(a) was checked. The full search's witness then has a − b at float32 resolution (the 10·f(b)
-    # quotient grows as a − b shrinks), where f's own float32 quotient, less its rounding allowance, is 0: sound.
     assert res.value <= exact * (1 + SLACK), (res.value, exact)
-    assert not lean or res.value > 0.5 * exact
+    # the full search's witness for the second model has a − b at float32 resolution (its 10·f(b) quotient grows
+    # as a − b shrinks), where f's own float32 quotient, less its rounding allowance, is 0: sound, but empty
+    assert res.value > 0.5 * exact or (not lean and model_class is _OtherAtTheSecondEndInFloat64), res.value
 
 
 def test_a_random_model_has_no_lower_bound() -> None:

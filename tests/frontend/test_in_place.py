@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import lipgraph
+from tests.fixtures.stateful import StateWrittenInPlace
 
 
 class Updated(nn.Module):
@@ -174,18 +175,6 @@ class StateWrittenByOut(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         torch.add(x, 1, out=self.buf)
-        return x * self.buf
-
-
-class StateWrittenInPlace(nn.Module):
-    """self.buf.copy_(x), then x · self.buf (a second read of the attribute, which the update does not rebind): x²."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("buf", torch.ones(1, 3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.buf.copy_(x)
         return x * self.buf
 
 

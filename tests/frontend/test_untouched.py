@@ -8,18 +8,7 @@ from torch import nn
 
 import lipgraph
 from lipgraph.frontend import untouched as module
-
-
-class WritesInput(nn.Module):
-    """self.buf.copy_(x), then x · self.buf: x², refused (fx), or bounded as not Lipschitz (export)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("buf", torch.ones(1, 3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.buf.copy_(x)
-        return x * self.buf
+from tests.fixtures.stateful import StateWrittenInPlace as WritesInput
 
 
 class Counts(nn.Module):
