@@ -549,7 +549,8 @@ def _forward_cost(fn: _Net, z: Tensor) -> tuple[float, _Linearized]:
     """(multiply-adds of the forward pass at the points z, J at z): the cost from the leaf modules' outputs, counted
     on the forward pass of the linearization, which the lean search's first (half) power step then reuses. A module
     with a weight of ≥ 2 dimensions (linear, conv) costs its output size × its weight's fan-in, any other leaf its
-    output size. Deterministic (no clock); ops called as functions count nothing, so this can only err low."""
+    output size. Deterministic (no clock); ops called as functions, and TorchScript modules (which take no hooks),
+    count nothing, so this can only err low."""
     total = [0.0]
 
     def hook(module: nn.Module, _args: Any, out: Any) -> None:
@@ -557,7 +558,8 @@ def _forward_cost(fn: _Net, z: Tensor) -> tuple[float, _Linearized]:
         fan_in = weight[0].numel() if isinstance(weight, Tensor) and weight.dim() >= 2 else 1
         total[0] += sum(t.numel() for t in _flatten_outputs(out, None)) * fan_in
 
-    leaves = [m for m in fn.module.modules() if not any(True for _ in m.children())]
+    leaves = [m for m in fn.module.modules()
+              if not any(True for _ in m.children()) and not isinstance(m, torch.jit.ScriptModule)]
     hooks = [m.register_forward_hook(hook) for m in leaves]
     try:
         lin = _Linearized(fn, z)
@@ -759,6 +761,8 @@ def _ascend(fn: _Net, z0: Tensor, keep: int, p: float, steps: int, power_steps: 
         q = torch.nan_to_num(q, nan=0.0, posinf=0.0)
         if record(q.detach(), zp.detach(), v, torch.full((b,), eps, dtype=fn.dtype, device=fn.device)) or (
                 steer and t == steps - 1):
+            break
+        if not q.requires_grad:  # a forward under torch.no_grad() (or detached): nothing to climb along
             break
         zp.grad = None
         (-q.sum()).backward()

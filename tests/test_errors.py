@@ -493,3 +493,24 @@ def test_rules_file_missing(tmp_path: Path, model_file: Path, capsys) -> None:
 def test_bad_slope_interval() -> None:
     with pytest.raises(lipgraph.RuleError, match="lo <= hi"):
         lipgraph.elementwise(slope=(1, 0))
+
+
+class _ScriptedInside(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = torch.jit.script(nn.Linear(3, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.l(x)
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export", "auto"])
+def test_a_torchscript_module_is_named_with_its_remedy(frontend):
+    """It once failed deep in torch (fx: "no rule for Tensor.forward"; the lower search: "register_forward_hook is
+    not supported on ScriptModules")."""
+    torch.manual_seed(0)
+    for model, who in [(_ScriptedInside(), "module 'l'"), (torch.jit.script(nn.Linear(3, 2)), "the model")]:
+        with pytest.raises(lipgraph.TraceError) as err:
+            lipgraph.analyze(model, torch.zeros(1, 3), frontend=frontend)
+        assert str(err.value).startswith(f"{who} is a TorchScript module (torch.jit.script or torch.jit.trace)")
+        assert "analyse the module as it was before scripting" in str(err.value)

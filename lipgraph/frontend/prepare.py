@@ -57,7 +57,7 @@ def _mode_dependent(module: nn.Module) -> bool:
         return False
     try:
         return "training" in inspect.getsource(type(module).forward)
-    except (OSError, TypeError):  # no source (defined in a REPL): assume it may depend on the mode
+    except (OSError, TypeError, AttributeError):  # no source (a REPL, TorchScript): it may depend on the mode
         return True
 
 

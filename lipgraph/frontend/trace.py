@@ -64,6 +64,7 @@ def trace(model: nn.Module, inputs: tuple, registry: Registry, frontend: str = "
     """Trace ``model``; return the graph module and the frontend that produced it."""
     if frontend not in FRONTENDS:
         raise TraceError(f"unknown frontend {frontend!r}; choose one of {', '.join(FRONTENDS)}")
+    _refuse_torchscript(model, registry)
     if frontend == "export":
         return _export(model, inputs), "export"
     try:
@@ -75,6 +76,20 @@ def trace(model: nn.Module, inputs: tuple, registry: Registry, frontend: str = "
             return _export(model, inputs), "export"
         except TraceError as export_error:
             raise TraceError(f"{fx_error}\n\nThe export frontend failed as well: {export_error}") from None
+
+
+def _refuse_torchscript(model: nn.Module, registry: Registry) -> None:
+    """A TorchScript module (``torch.jit.script``/``trace``) runs compiled code that neither frontend can read: a
+    clear error up front, unless a rule makes it a leaf."""
+    for name, m in model.named_modules():
+        key = module_key(type(m), registry.alias)
+        if isinstance(m, torch.jit.ScriptModule) and (key is None or registry.get(key) is None):
+            raise TraceError(
+                f"{'the model' if not name else f'module {name!r}'} is a TorchScript module (torch.jit.script or "
+                "torch.jit.trace): lipgraph reads eager PyTorch code, which scripting compiles away.\n"
+                "Remedies:\n"
+                "  - analyse the module as it was before scripting (the eager nn.Module)\n"
+                "  - give its class a rule: lipgraph.register(type(module), rule)")
 
 
 def _fx(model: nn.Module, registry: Registry, concrete_args: dict[str, Any] | None) -> fx.GraphModule:
