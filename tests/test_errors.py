@@ -514,3 +514,14 @@ def test_a_torchscript_module_is_named_with_its_remedy(frontend):
             lipgraph.analyze(model, torch.zeros(1, 3), frontend=frontend)
         assert str(err.value).startswith(f"{who} is a TorchScript module (torch.jit.script or torch.jit.trace)")
         assert "analyse the module as it was before scripting" in str(err.value)
+
+
+def test_a_lazy_module_not_yet_run_is_named_with_its_remedy():
+    """torch's deep ValueError ("Attempted to use an uninitialized parameter") before."""
+    model = nn.Sequential(nn.LazyLinear(3), nn.ReLU(), nn.Linear(3, 2))
+    with pytest.raises(lipgraph.InputError) as err:
+        lipgraph.analyze(model, torch.zeros(1, 4))
+    assert str(err.value) == ("the model has 2 uninitialised lazy parameter(s) or buffer(s) (0.weight, 0.bias; "
+                              "nn.LazyLinear, nn.LazyConv2d…): run it once on an input, model(x), then analyse it")
+    model(torch.zeros(1, 4))
+    assert lipgraph.analyze(model, torch.zeros(1, 4), lower=False).bound.value > 0

@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from ..errors import InputError
 from .untouched import untouched
@@ -84,12 +85,20 @@ def frozen_parametrizations(model: nn.Module) -> nn.Module:
 
 
 def check_finite_weights(model: nn.Module) -> None:
-    """NaN/Inf weights make every bound meaningless: refuse them, naming each tensor."""
-    bad = [name for name, t in [*model.named_parameters(), *model.named_buffers()]
-           if t.is_floating_point() and not _all_finite(t)]
+    """NaN/Inf weights make every bound meaningless, and a lazy module's weights do not exist before its first
+    call: refuse them, naming each tensor."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    lazy = [name for name, t in tensors if is_lazy(t)]
+    if lazy:
+        raise InputError(f"the model has {len(lazy)} uninitialised lazy parameter(s) or buffer(s) ({_listed(lazy)}; "
+                         "nn.LazyLinear, nn.LazyConv2d…): run it once on an input, model(x), then analyse it")
+    bad = [name for name, t in tensors if t.is_floating_point() and not _all_finite(t)]
     if bad:
-        shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
-        raise InputError(f"the model has NaN or Inf values in {len(bad)} tensor(s): {shown}")
+        raise InputError(f"the model has NaN or Inf values in {len(bad)} tensor(s): {_listed(bad)}")
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
 
 
 def _all_finite(t: torch.Tensor) -> bool:
