@@ -118,6 +118,15 @@ def test_pool_gives_the_same_report(torch_threads):
         assert strip_seconds(pooled.to_dict()) == strip_seconds(serial.to_dict()), name
 
 
+def test_parallel_map_gives_the_threads_back_with_its_last_result(torch_threads):
+    """A consumer that stops at the last result (``zip`` with a list, ``next``) runs on torch's threads again."""
+    torch_threads(2)
+    results = parallel_map(lambda _: torch.get_num_threads(), range(3))
+    assert [next(results) for _ in range(3)] == [1, 1, 1]
+    assert torch.get_num_threads() == 2
+    results.close()
+
+
 def test_fused_chain_norms_run_in_the_pool(torch_threads, monkeypatch):
     """conv → BatchNorm chains are most of a CNN's work: the pool's workers compute their norms (they once ran
     in the calling thread, one at a time: the rules' pool still held torch on one thread)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextvars
 from contextlib import contextmanager
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Callable, Iterable, Iterator, TypeVar
 
@@ -42,17 +42,22 @@ def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None =
         finished = False
         try:
             futures = [pool.submit(contextvars.copy_context().run, fn, item) for item in items]
-            for future in futures:
-                while True:
-                    try:
-                        result = future.result(timeout=POLL)
-                        break
-                    except FutureTimeout:
-                        continue
-                yield result
+            for future in futures[:-1]:
+                yield _result(future)
+            last = _result(futures[-1])
             finished = True
         finally:
             pool.shutdown(wait=finished, cancel_futures=True)
+    yield last  # with torch's threads restored: a consumer that does not ask past the last result runs on them
+
+
+def _result(future: Future) -> R:
+    """The future's result, waited for in slices of ``POLL`` seconds (so that Ctrl-C is raised within one)."""
+    while True:
+        try:
+            return future.result(timeout=POLL)
+        except FutureTimeout:
+            continue
 
 
 @contextmanager

@@ -91,7 +91,6 @@ def annotate(lg: LipGraph, registry: Registry, norm: float = 2, unsupported: str
             record(node).transfer = Transfer(gains=(unbounded(why),) * len(record(node).inputs))
             record(node).seconds = 0.0
         if fusion:
-            pooled.close()  # a pool's generator holds torch on one thread until it is closed
             _prefetch_fused_norms(lg, norm, bar)
 
 
