@@ -46,3 +46,8 @@ class UnsoundBoundError(LipgraphError):
     def __init__(self, message: str, layers: list[str] | None = None) -> None:
         super().__init__(message)
         self.layers = layers or []
+
+
+def listed(names: list[str], limit: int = 10) -> str:
+    """The first ``limit`` names of a message's list, then how many more."""
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")

@@ -25,7 +25,7 @@ from torch import nn
 from . import ir
 from .bound import Bound, Kind
 from .cache import NormCache
-from .errors import UnsoundBoundError
+from .errors import UnsoundBoundError, listed
 from .estimators import ESTIMATORS, EstimatorCatalogue
 from .estimators.budget import reserve_for_blocks
 from .frontend.prepare import check_runs
@@ -285,8 +285,8 @@ def failing_unsound(cache: NormCache | None) -> Iterator[None]:
     except UnsoundBoundError as exc:
         dropped = cache.drop_disk_hits() if cache is not None else []
         if dropped:
-            shown = ", ".join(dropped[:8]) + (f" and {len(dropped) - 8} more" if len(dropped) > 8 else "")
-            tail = (f"\nNorms used by these layers came from the disk cache: {shown}. Those entries were removed; "
+            tail = (f"\nNorms used by these layers came from the disk cache: {listed(dropped, 8)}. Those entries were "
+                    "removed; "
                     "rerun to recompute them. If this error comes back (or with --no-cache), a rule is wrong: please "
                     "report this model.")
         else:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
 
-from ..errors import InputError
+from ..errors import InputError, listed
 from .untouched import untouched
 
 _WRAPPERS = (nn.DataParallel, nn.parallel.DistributedDataParallel)
@@ -90,16 +90,11 @@ def check_finite_weights(model: nn.Module) -> None:
     tensors = [*model.named_parameters(), *model.named_buffers()]
     lazy = [name for name, t in tensors if is_lazy(t)]
     if lazy:
-        raise InputError(f"the model has {len(lazy)} uninitialised lazy parameter(s) or buffer(s) ({_listed(lazy)}; "
+        raise InputError(f"the model has {len(lazy)} uninitialised lazy parameter(s) or buffer(s) ({listed(lazy)}; "
                          "nn.LazyLinear, nn.LazyConv2d…): run it once on an input, model(x), then analyse it")
     bad = [name for name, t in tensors if t.is_floating_point() and not _all_finite(t)]
     if bad:
-        raise InputError(f"the model has NaN or Inf values in {len(bad)} tensor(s): {_listed(bad)}")
-
-
-def _listed(names: list[str]) -> str:
-    return ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
-
+        raise InputError(f"the model has NaN or Inf values in {len(bad)} tensor(s): {listed(bad)}")
 
 def _all_finite(t: torch.Tensor) -> bool:
     """Every entry finite: the extremes are, since ``torch.aminmax`` propagates NaN (its documentation). One pass and
