@@ -86,8 +86,9 @@ def product_above(gains: Sequence[Bound], test: Callable[[float], bool]) -> bool
     The pending gains' cheap attained values (:attr:`LazyBound.below`, each ≤ its gain) are drawn one round at a
     time (one more of each per round: a power step of each pending conv norm) and the product with them tested after
     each round; the first that passes decides (the real product, its factors multiplied in the same order, is no
-    smaller: rounding is monotone, so it passes too) and the rest is not computed. When they never pass, the gains are read and the real product decides. Either way the answer is
-    ``test(Π gains)``: the values drawn only decide how soon it is known, never what it is."""
+    smaller: rounding is monotone, so it passes too) and the rest is not computed. When they never pass, the gains
+    are read and the real product decides. Either way the answer is ``test(Π gains)``: the values drawn only decide
+    how soon it is known, never what it is."""
     drawn = {i: iter(g.below()) for i, g in enumerate(gains) if is_pending(g) and g.below is not None}
     low = {i: 0.0 for i in drawn}
     while drawn:
